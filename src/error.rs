@@ -1,0 +1,91 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in histor, by cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A TrackingPolicy that cannot be applied as written.
+    #[error("policy {policy}: {message}")]
+    Policy { policy: String, message: String },
+
+    /// A request body that is not an AdmissionReview.
+    #[error("not an AdmissionReview: {0}")]
+    BadReview(String),
+
+    /// The embedded store failed.
+    #[error("store: {0}")]
+    Store(#[source] sled::Error),
+
+    /// The store is held by another process (a running `histor serve`).
+    #[error(
+        "the store at {0} is in use by another histor process; stop it or query through its API"
+    )]
+    StoreLocked(PathBuf),
+
+    /// Stored bytes that do not decode.
+    #[error("corrupt stored record: {0}")]
+    Corrupt(String),
+
+    /// The event queue is full; the review was answered but not recorded.
+    #[error("event queue full")]
+    QueueFull,
+
+    /// TLS configuration or certificate generation failed.
+    #[error("tls: {0}")]
+    Tls(String),
+
+    /// JSON (de)serialisation failed.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Other I/O failure.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// A command-line argument that does not make sense.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    /// A short, fixed label for metrics (`error` label values must stay low-cardinality).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Policy { .. } => "policy",
+            Error::BadReview(_) => "bad_review",
+            Error::Store(_) | Error::StoreLocked(_) => "store",
+            Error::Corrupt(_) => "corrupt",
+            Error::QueueFull => "queue_full",
+            Error::Tls(_) => "tls",
+            Error::Json(_) => "json",
+            Error::File { .. } | Error::Io(_) => "io",
+            Error::Usage(_) => "usage",
+        }
+    }
+
+    /// Wraps an I/O error with the path it concerns.
+    pub fn file(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::File {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Store(e)
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,18 @@
+//! histor: who changed what in a Kubernetes cluster, when, and exactly how.
+//!
+//! Data flows one way: [`capture`] receives AdmissionReviews, [`pipeline`] turns them into clean
+//! [`pipeline::ChangeEvent`]s, [`store`] keeps them; [`cmd`] wires the parts into the binary's
+//! subcommands. [`crd`] holds the custom resource types.
+#![forbid(unsafe_code)]
+
+pub mod capture;
+pub mod cmd;
+pub mod crd;
+pub mod metrics;
+pub mod pipeline;
+pub mod render;
+pub mod store;
+pub mod telemetry;
+
+mod error;
+pub use error::{Error, Result};

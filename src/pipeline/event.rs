@@ -1,0 +1,183 @@
+//! The change event: what histor knows about one admitted change after cleaning and redaction.
+//! This is the type every stage after the pipeline speaks.
+
+use crate::crd::Operation;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// One recorded change to one object, attributed to who made it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeEvent {
+    /// `request.uid` of the AdmissionReview: unique per request, shared by every policy it matched.
+    pub request_uid: String,
+    /// When histor received the review (the apiserver sends no timestamp).
+    pub received_at: Timestamp,
+    /// Policies the request matched.
+    pub policies: Vec<String>,
+    /// What kind of change.
+    pub operation: Operation,
+    /// Who made it.
+    pub user: Actor,
+    /// The resource the request was made against (subresource included).
+    pub resource: ResourceId,
+    /// Kind of the object in the request (for `scale`, `autoscaling/v1 Scale`).
+    pub kind: KindId,
+    /// Namespace; `None` for cluster-scoped objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name of the object (for `generateName` creates, the generated name when known).
+    pub name: String,
+    /// UID of the object (shared by its subresources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_uid: Option<String>,
+    /// The cleaned diff between the old and new object, with values. Empty for CREATE and DELETE.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<FieldChange>,
+    /// The cleaned object after the change; for DELETE the last state. For subresource requests,
+    /// the subresource object (a Scale, say), not the parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<Value>,
+    /// True when Secret values were replaced by keyed hashes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
+}
+
+/// The authenticated user behind a request.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Actor {
+    /// User name, such as `alice` or `system:serviceaccount:ns:name`.
+    pub username: String,
+    /// The authenticator's UID of the user, when it gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Groups the user belongs to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Extra attributes from the authenticator (such as the credential id of a token).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// Group, version, resource and subresource of a request.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceId {
+    /// API group; empty for the core group.
+    #[serde(default)]
+    pub group: String,
+    /// API version.
+    pub version: String,
+    /// Plural resource name, such as `deployments`.
+    pub resource: String,
+    /// Subresource, such as `scale` or `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subresource: Option<String>,
+}
+
+impl ResourceId {
+    /// `deployments.apps` (or `configmaps` for the core group): how kubectl names a resource.
+    pub fn group_resource(&self) -> String {
+        if self.group.is_empty() {
+            self.resource.clone()
+        } else {
+            format!("{}.{}", self.resource, self.group)
+        }
+    }
+}
+
+/// Group, version and kind.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct KindId {
+    /// API group; empty for the core group.
+    #[serde(default)]
+    pub group: String,
+    /// API version.
+    pub version: String,
+    /// Kind, such as `Deployment`.
+    pub kind: String,
+}
+
+impl KindId {
+    /// `apps/v1`, or `v1` for the core group.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+}
+
+/// One operation of the diff: an RFC 6902 operation that also keeps the value it replaced.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldChange {
+    /// `add`, `remove` or `replace`.
+    pub op: ChangeOp,
+    /// JSON pointer (RFC 6901) of the changed field.
+    pub path: String,
+    /// Value before the change (`remove`, `replace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<Value>,
+    /// Value after the change (`add`, `replace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new: Option<Value>,
+}
+
+/// The kind of a field change.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeOp {
+    /// The field is new.
+    Add,
+    /// The field is gone.
+    Remove,
+    /// The field has a new value.
+    Replace,
+}
+
+impl ChangeEvent {
+    /// The diff as an RFC 6902 JSON Patch that turns the old object into the new one.
+    pub fn json_patch(&self) -> json_patch::Patch {
+        use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
+        let ops = self
+            .changes
+            .iter()
+            .filter_map(|c| {
+                let path = c.path.parse().ok()?;
+                Some(match c.op {
+                    ChangeOp::Add => PatchOperation::Add(AddOperation {
+                        path,
+                        value: c.new.clone().unwrap_or(Value::Null),
+                    }),
+                    ChangeOp::Remove => PatchOperation::Remove(RemoveOperation { path }),
+                    ChangeOp::Replace => PatchOperation::Replace(ReplaceOperation {
+                        path,
+                        value: c.new.clone().unwrap_or(Value::Null),
+                    }),
+                })
+            })
+            .collect();
+        json_patch::Patch(ops)
+    }
+
+    /// `deployments.apps/nginx`: the target as kubectl would name it.
+    pub fn target(&self) -> String {
+        format!("{}/{}", self.resource.group_resource(), self.name)
+    }
+}
+
+/// What the pipeline hands to the store: the event, plus the cleaned old object so the store can
+/// tell whether its delta chain for the object is unbroken.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Captured {
+    /// The event to record.
+    pub event: ChangeEvent,
+    /// The cleaned (and redacted) old object, for UPDATE and DELETE.
+    pub before: Option<Value>,
+}

@@ -1,0 +1,134 @@
+//! Event storage: the [`EventStore`] trait the rest of histor speaks, and its sled implementation.
+//! Depends only on pipeline types; knows nothing of HTTP or Kubernetes clients.
+
+use crate::Result;
+use crate::crd::Operation;
+use crate::pipeline::{Captured, ChangeEvent};
+use jiff::{SignedDuration, Timestamp};
+use serde_json::Value;
+
+/// Identifies a stored event. Ids grow with receipt time (microseconds since the epoch, bumped to
+/// stay unique), so an id range is a time range.
+pub type EventId = u64;
+
+/// An event as read back from the store.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    /// The event's id.
+    pub id: EventId,
+    /// The event. `object` is filled only by [`EventStore::get`] and [`EventStore::history`] readers
+    /// that ask for it through [`EventStore::state_after`]; queries leave it `None` to stay cheap.
+    pub event: ChangeEvent,
+}
+
+/// What [`EventStore::append`] did with one captured event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored as a new event.
+    Recorded(EventId),
+    /// The same request was already stored under another policy; this policy was linked to it.
+    Linked(EventId),
+    /// The same request was already stored under this policy (an apiserver retry); nothing written.
+    Duplicate(EventId),
+}
+
+/// Filters for [`EventStore::query`]. Every set field must match.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Query {
+    /// Namespace; `None` for all namespaces and cluster-scoped objects.
+    pub namespace: Option<String>,
+    /// Kind (`Deployment`, case-insensitive) or resource (`deployments`, `deployments.apps`).
+    pub kind: Option<String>,
+    /// Object name.
+    pub name: Option<String>,
+    /// Object uid.
+    pub uid: Option<String>,
+    /// User name.
+    pub user: Option<String>,
+    /// Operation.
+    pub operation: Option<Operation>,
+    /// Only events received at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only events received before this time.
+    pub until: Option<Timestamp>,
+    /// Page size; the store caps it.
+    pub limit: usize,
+    /// Continue from a previous page (its `next`).
+    pub after: Option<EventId>,
+}
+
+/// One page of results, newest first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Page {
+    /// The events.
+    pub events: Vec<StoredEvent>,
+    /// Pass as [`Query::after`] to get the next (older) page; `None` on the last page.
+    pub next: Option<EventId>,
+}
+
+/// How long a policy keeps its events.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetentionRule {
+    /// Most events per object.
+    pub max_events_per_object: u32,
+    /// Oldest event kept.
+    pub max_age: SignedDuration,
+}
+
+/// What one retention pass removed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RetentionReport {
+    /// Events removed.
+    pub removed: u64,
+    /// Objects whose last event was removed (their ChangeRecords can go), as `(namespace, uid-or-key)`.
+    pub objects_emptied: Vec<String>,
+}
+
+/// Size figures for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StoreStats {
+    /// Events held.
+    pub events: u64,
+    /// Bytes the store occupies on disk.
+    pub bytes_on_disk: u64,
+}
+
+/// Durable, queryable storage of change events. Methods block: call them from a blocking thread.
+pub trait EventStore: Send + Sync + 'static {
+    /// Stores a batch atomically enough that a crash after return loses none of it: when this
+    /// returns `Ok`, every `Recorded`/`Linked` outcome is on disk (group commit: one flush a batch).
+    fn append(&self, batch: Vec<Captured>) -> Result<Vec<AppendOutcome>>;
+
+    /// Events matching `query`, newest first.
+    fn query(&self, query: &Query) -> Result<Page>;
+
+    /// One event by id (with `object` rebuilt: the state after the change, or the last state for DELETE).
+    fn get(&self, id: EventId) -> Result<Option<StoredEvent>>;
+
+    /// The object's cleaned state right after event `id`, rebuilt from snapshots and deltas.
+    fn state_after(&self, id: EventId) -> Result<Option<Value>>;
+
+    /// The state before event `id` (the state after the object's previous event), if known.
+    fn state_before(&self, id: EventId) -> Result<Option<Value>>;
+
+    /// Removes events past their policies' retention. `rule` gives the rule of a policy by name;
+    /// events of unknown policies use `default`.
+    fn enforce_retention(
+        &self,
+        now: Timestamp,
+        rule: &dyn Fn(&str) -> Option<RetentionRule>,
+        default: RetentionRule,
+    ) -> Result<RetentionReport>;
+
+    /// Size figures.
+    fn stats(&self) -> Result<StoreStats>;
+}
+
+impl Default for RetentionRule {
+    fn default() -> Self {
+        RetentionRule {
+            max_events_per_object: 100,
+            max_age: SignedDuration::from_hours(720),
+        }
+    }
+}

@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 
 pub mod capture;
+pub mod certs;
 pub mod cmd;
 pub mod crd;
+pub mod index;
 pub mod metrics;
 pub mod pipeline;
 pub mod render;

@@ -1,1 +1,18 @@
-fn main() {}
+//! The `histor` binary: parse arguments, set up logging, run the chosen subcommand.
+use clap::Parser;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // rustls needs one process-wide crypto provider before any TLS is set up.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = histor::cmd::Cli::parse();
+    histor::telemetry::init(cli.log_format, &cli.log_level);
+    match histor::cmd::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("histor: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

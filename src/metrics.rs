@@ -1,1 +1,97 @@
-//! placeholder
+//! Prometheus metrics of capture and storage. Labels stay low-cardinality: outcomes and error
+//! kinds, never user, object or policy names.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Label of a review counter: what happened to the review.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `recorded`, `duplicate`, `linked`, `dry_run`, `empty_diff`, `not_matched`, `unknown_policy`,
+    /// `uninterpretable`, `bad_request`, `dropped`, `deadline_exceeded`, `store_error`, ...
+    pub outcome: &'static str,
+}
+
+/// Every metric histor exports.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Reviews answered, by outcome.
+    pub reviews: Family<OutcomeLabels, Counter>,
+    /// Time from receiving a review to answering it, in seconds.
+    pub review_latency: Histogram,
+    /// Events written durably.
+    pub events_recorded: Counter,
+    /// Updates whose cleaned diff was empty, so nothing was recorded.
+    pub empty_diffs: Counter,
+    /// Reviews answered without recording because the queue was full.
+    pub dropped: Counter,
+    /// Reviews answered before their durable write finished (the event stays queued).
+    pub deadline_exceeded: Counter,
+    /// Events waiting for the writer.
+    pub queue_depth: Gauge,
+    /// Events in the store.
+    pub store_events: Gauge<u64, AtomicU64>,
+    /// Bytes the store occupies on disk.
+    pub store_bytes: Gauge<u64, AtomicU64>,
+    /// Events removed by retention.
+    pub retention_removed: Counter,
+    /// Size of the group-commit batches, in events.
+    pub batch_size: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            reviews: Family::default(),
+            // 100 µs .. ~3 s: the interesting part is well under the 500 ms deadline.
+            review_latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.0001, 2.0, 16,
+            )),
+            events_recorded: Counter::default(),
+            empty_diffs: Counter::default(),
+            dropped: Counter::default(),
+            deadline_exceeded: Counter::default(),
+            queue_depth: Gauge::default(),
+            store_events: Gauge::default(),
+            store_bytes: Gauge::default(),
+            retention_removed: Counter::default(),
+            batch_size: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 12)),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `histor_` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("histor");
+        r.register("admission_reviews", "Admission reviews answered, by outcome", self.reviews.clone());
+        r.register(
+            "admission_review_duration_seconds",
+            "Time from receiving a review to answering it",
+            self.review_latency.clone(),
+        );
+        r.register("events_recorded", "Change events written durably", self.events_recorded.clone());
+        r.register("empty_diffs", "Updates skipped because their cleaned diff was empty", self.empty_diffs.clone());
+        r.register("events_dropped", "Reviews not recorded because the queue was full", self.dropped.clone());
+        r.register(
+            "deadline_exceeded",
+            "Reviews answered before their durable write finished",
+            self.deadline_exceeded.clone(),
+        );
+        r.register("queue_depth", "Events waiting for the writer", self.queue_depth.clone());
+        r.register("store_events", "Events held in the store", self.store_events.clone());
+        r.register("store_size_bytes", "Bytes the store occupies on disk", self.store_bytes.clone());
+        r.register("retention_removed", "Events removed by retention", self.retention_removed.clone());
+        r.register("write_batch_events", "Events per group commit", self.batch_size.clone());
+    }
+
+    /// Counts one review outcome.
+    pub fn review(&self, outcome: &'static str) {
+        self.reviews.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+}

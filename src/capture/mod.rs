@@ -1,1 +1,150 @@
-//! placeholder
+//! The HTTPS admission endpoint. It answers every review `allowed: true` (histor observes, it never
+//! denies), runs the pure pipeline, queues the event for the group-commit writer and waits for the
+//! durable write no longer than the deadline. Also serves `/healthz`, `/readyz` and `/metrics`.
+//! Knows nothing of Kubernetes clients; policies come from the shared [`PolicyIndex`].
+
+pub mod tls;
+mod writer;
+
+pub use writer::{Ack, RecordObserver, Writer};
+
+use crate::index::PolicyIndex;
+use crate::metrics::Metrics;
+use crate::pipeline::{self, Outcome, Redactor};
+use crate::store::AppendOutcome;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Largest review body accepted. An AdmissionReview carries the object twice (object and
+/// oldObject), each up to etcd's 1.5 MiB default and the apiserver's 3 MiB request limit.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Default for how long a review waits for its durable write before it is answered anyway.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(500);
+
+/// Everything the handlers share.
+pub struct Capture {
+    /// Compiled policies by name.
+    pub policies: Arc<PolicyIndex>,
+    /// Secret value hasher.
+    pub redactor: Arc<Redactor>,
+    /// Queue to the group-commit writer.
+    pub writer: Writer,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The registry `/metrics` encodes.
+    pub registry: Arc<Registry>,
+    /// Longest wait for the durable write.
+    pub deadline: Duration,
+    /// False until the server is ready to record (and after shutdown starts).
+    pub ready: AtomicBool,
+}
+
+/// The capture endpoint's routes.
+pub fn router(state: Arc<Capture>) -> Router {
+    Router::new()
+        .route("/admit/{policy}", post(admit))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<Capture>>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<Capture>>) -> Response {
+    let mut text = String::new();
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+        tracing::warn!(%error, "encoding metrics failed");
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+async fn admit(State(state): State<Arc<Capture>>, Path(policy): Path<String>, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let received_at = jiff::Timestamp::now();
+    let (response, outcome) = match body {
+        Ok(body) => review(&state, &policy, &body, received_at).await,
+        Err(rejection) => {
+            tracing::warn!(policy = %policy, error = %rejection, "review body rejected");
+            (rejection.into_response(), "bad_request")
+        }
+    };
+    state.metrics.review(outcome);
+    state.metrics.review_latency.observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Answers one review body and names what happened to it (the metric label).
+async fn review(state: &Capture, policy: &str, body: &[u8], received_at: jiff::Timestamp) -> (Response, &'static str) {
+    let parsed = match pipeline::parse_review(body) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            tracing::warn!(policy = %policy, %error, bytes = body.len(), "request body is not an AdmissionReview");
+            let message = format!("histor: {error}\n");
+            return ((StatusCode::BAD_REQUEST, message).into_response(), "bad_request");
+        }
+    };
+    let answer = allowed(&parsed.api_version, parsed.uid.as_deref().unwrap_or_default());
+    let request = match &parsed.request {
+        Ok(request) => request,
+        Err(why) => {
+            // Allowed all the same: histor must never be the reason a change fails.
+            tracing::warn!(policy = %policy, uid = parsed.uid.as_deref().unwrap_or("-"), reason = %why, "cannot interpret admission review; allowed without recording");
+            return (answer, "uninterpretable");
+        }
+    };
+    let Some(compiled) = state.policies.get(policy) else {
+        tracing::debug!(policy = %policy, "review for an unknown policy");
+        return (answer, "unknown_policy");
+    };
+    let captured = match pipeline::process(request, &compiled, &state.redactor, received_at) {
+        Outcome::Record(captured) => captured,
+        Outcome::Skip(reason) => {
+            if reason.metric_label() == "empty_diff" {
+                state.metrics.empty_diffs.inc();
+            }
+            return (answer, reason.metric_label());
+        }
+    };
+    let ack = match state.writer.submit(captured) {
+        Ok(ack) => ack,
+        Err(_) => {
+            state.metrics.dropped.inc();
+            tracing::error!(policy = %policy, uid = %request.uid, "event queue full: change answered but NOT recorded");
+            return (answer, "dropped");
+        }
+    };
+    let outcome = match tokio::time::timeout(state.deadline, ack).await {
+        Ok(Ok(AppendOutcome::Recorded(_))) => "recorded",
+        Ok(Ok(AppendOutcome::Linked(_))) => "linked",
+        Ok(Ok(AppendOutcome::Duplicate(_))) => "duplicate",
+        Ok(Err(_)) => "store_error",
+        Err(_) => {
+            state.metrics.deadline_exceeded.inc();
+            "deadline_exceeded"
+        }
+    };
+    (answer, outcome)
+}
+
+fn allowed(api_version: &str, uid: &str) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], pipeline::allowed_response(api_version, uid)).into_response()
+}

@@ -1,1 +1,53 @@
-//! placeholder
+//! The subcommands of the `histor` binary. Each module wires library parts together for one job;
+//! the logic they use lives in the library modules.
+
+mod demo;
+mod files;
+mod history;
+mod replay;
+mod serve;
+
+pub use files::{load_or_create_key, read_policy_files};
+pub use serve::{Running, ServeArgs, start};
+
+use crate::Result;
+use crate::telemetry::LogFormat;
+use clap::{Parser, Subcommand};
+
+/// histor: who changed what in a Kubernetes cluster, when, and exactly how.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "HISTOR_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log filter when RUST_LOG is unset, such as `info` or `histor=debug`.
+    #[arg(long, global = true, default_value = "info", env = "HISTOR_LOG_LEVEL")]
+    pub log_level: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run capture, pipeline and store without a cluster, with policies read from files.
+    Serve(ServeArgs),
+    /// Record AdmissionReviews from files (one JSON document per file, or JSON lines).
+    Replay(replay::ReplayArgs),
+    /// Read recorded changes from a store directory.
+    History(history::HistoryArgs),
+    /// Run a self-contained demo: a real server on a temporary store, fed recorded reviews.
+    Demo(demo::DemoArgs),
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Replay(args) => replay::run(args).await,
+        Command::History(args) => history::run(args),
+        Command::Demo(args) => demo::run(args).await,
+    }
+}

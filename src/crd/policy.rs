@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
     shortname = "tp",
     category = "histor",
     doc = "Declares which changes histor records and where it reports them.",
+    cel,
     status = "TrackingPolicyStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Events","type":"integer","jsonPath":".status.eventsRecorded"}"#,

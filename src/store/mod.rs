@@ -97,7 +97,7 @@ pub struct StoreStats {
 pub trait EventStore: Send + Sync + 'static {
     /// Stores a batch atomically enough that a crash after return loses none of it: when this
     /// returns `Ok`, every `Recorded`/`Linked` outcome is on disk (group commit: one flush a batch).
-    fn append(&self, batch: Vec<Captured>) -> Result<Vec<AppendOutcome>>;
+    fn append(&self, batch: &[Captured]) -> Result<Vec<AppendOutcome>>;
 
     /// Events matching `query`, newest first.
     fn query(&self, query: &Query) -> Result<Page>;

@@ -1,0 +1,124 @@
+//! The group-commit writer: one thread drains the bounded event queue in batches and hands each
+//! batch to the store, which makes it durable with a single flush. Reviews wait on their batch's
+//! acknowledgement (up to the capture deadline), so "allowed" normally means "on disk".
+
+use crate::metrics::Metrics;
+use crate::pipeline::Captured;
+use crate::store::{AppendOutcome, EventStore, StoredEvent};
+use crate::{Error, Result};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most events in one batch; bounds the time one flush keeps later events waiting.
+const MAX_BATCH: usize = 1024;
+
+/// Told about every batch after it is durable (the notification outbox, ChangeRecord summaries).
+pub trait RecordObserver: Send + Sync {
+    /// Called on the writer thread with the events just made durable; keep it quick.
+    fn on_recorded(&self, events: &[StoredEvent]);
+}
+
+/// The answer a waiting review gets.
+pub type Ack = oneshot::Receiver<AppendOutcome>;
+
+struct Job {
+    captured: Captured,
+    ack: Option<oneshot::Sender<AppendOutcome>>,
+}
+
+/// Handle to submit events; cheap to clone. The writer stops once every handle is dropped and
+/// the queue is drained.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    /// Starts the writer thread with a queue of `capacity` events.
+    pub fn spawn(
+        store: Arc<dyn EventStore>,
+        capacity: usize,
+        metrics: Arc<Metrics>,
+        observers: Vec<Arc<dyn RecordObserver>>,
+    ) -> Result<(Writer, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let m = metrics.clone();
+        let handle = std::thread::Builder::new()
+            .name("histor-writer".into())
+            .spawn(move || run(rx, store, m, observers))?;
+        Ok((Writer { tx, metrics }, handle))
+    }
+
+    /// Queues an event and returns the receiver of its outcome. Never waits: a full queue is
+    /// `Error::QueueFull`, because the apiserver's time is not ours to spend.
+    pub fn submit(&self, captured: Captured) -> Result<Ack> {
+        let (ack, rx) = oneshot::channel();
+        self.tx.try_send(Job { captured, ack: Some(ack) }).map_err(|_| Error::QueueFull)?;
+        self.metrics.queue_depth.inc();
+        Ok(rx)
+    }
+
+    /// Queues an event, waiting for room (for replay, where nobody else is waiting on us).
+    pub async fn submit_wait(&self, captured: Captured) -> Result<Ack> {
+        let (ack, rx) = oneshot::channel();
+        self.tx.send(Job { captured, ack: Some(ack) }).await.map_err(|_| Error::QueueFull)?;
+        self.metrics.queue_depth.inc();
+        Ok(rx)
+    }
+}
+
+fn run(mut rx: mpsc::Receiver<Job>, store: Arc<dyn EventStore>, metrics: Arc<Metrics>, observers: Vec<Arc<dyn RecordObserver>>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = Vec::with_capacity(64);
+        jobs.push(first);
+        // Everything that arrived while the previous flush ran goes into this batch.
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        metrics.queue_depth.dec_by(jobs.len() as i64);
+        metrics.batch_size.observe(jobs.len() as f64);
+        commit(jobs, store.as_ref(), &metrics, &observers);
+    }
+    tracing::debug!("event writer stopped: queue closed and drained");
+}
+
+/// Appends one batch, retrying until the store takes it: a full disk or a transient store error
+/// must not lose events that are already queued. Reviews stop waiting at their deadline anyway.
+fn commit(jobs: Vec<Job>, store: &dyn EventStore, metrics: &Metrics, observers: &[Arc<dyn RecordObserver>]) {
+    let (batch, acks): (Vec<Captured>, Vec<_>) = jobs.into_iter().map(|j| (j.captured, j.ack)).unzip();
+    let mut backoff = Duration::from_millis(50);
+    let outcomes = loop {
+        match store.append(&batch) {
+            Ok(outcomes) => break outcomes,
+            Err(error) => {
+                tracing::error!(%error, events = batch.len(), retry_in_ms = backoff.as_millis() as u64, "store append failed; retrying");
+                metrics.review("store_error");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let mut recorded = Vec::new();
+    for ((captured, ack), outcome) in batch.into_iter().zip(acks).zip(outcomes) {
+        if let AppendOutcome::Recorded(id) = outcome {
+            metrics.events_recorded.inc();
+            if !observers.is_empty() {
+                recorded.push(StoredEvent { id, event: captured.event });
+            }
+        }
+        if let Some(ack) = ack {
+            // The review may have stopped waiting (deadline); that is fine.
+            let _ = ack.send(outcome);
+        }
+    }
+    if !recorded.is_empty() {
+        for observer in observers {
+            observer.on_recorded(&recorded);
+        }
+    }
+}

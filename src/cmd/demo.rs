@@ -1,0 +1,155 @@
+//! `histor demo`: the whole capture path with nothing but cargo. Starts the real HTTPS server on
+//! a temporary store, POSTs AdmissionReviews recorded from a real kube-apiserver (bundled in the
+//! binary), and prints who changed what.
+
+use super::serve::{ServeArgs, start};
+use crate::pipeline;
+use crate::render;
+use crate::store::{EventStore, Query};
+use crate::{Error, Result};
+use std::path::PathBuf;
+
+/// Options of `histor demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Keep the store here instead of a temporary directory (to explore it with `histor history`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// The policy the demo runs with: everything, every subresource, every user.
+const DEMO_POLICY: &str = r#"apiVersion: histor.dev/v1alpha1
+kind: TrackingPolicy
+metadata:
+  name: demo
+spec:
+  resources:
+    - apiGroups: ["*"]
+      resources: ["*/*"]
+"#;
+
+macro_rules! fixtures {
+    ($($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!("../../tests/fixtures/admission/", $name)))),*]
+    };
+}
+
+/// Recorded reviews, in the order the apiserver sent them.
+const REVIEWS: &[(&str, &str)] = fixtures![
+    "admissionreview-create-deployment.json",
+    "admissionreview-update-deployment-scale.json",
+    "admissionreview-update-deployment.json",
+    "admissionreview-update-deployment-dryrun.json",
+    "admissionreview-delete-deployment.json",
+    "admissionreview-create-configmap.json",
+    "admissionreview-update-configmap.json",
+    "admissionreview-create-configmap-dryrun.json",
+    "admissionreview-delete-configmap.json",
+    "admissionreview-create-configmap-denied.json",
+    "admissionreview-create-secret.json",
+    "admissionreview-update-secret.json",
+    "admissionreview-delete-secret.json",
+    "admissionreview-create-widget.json",
+    "admissionreview-update-widget.json",
+    "admissionreview-update-widget-status.json",
+    "admissionreview-update-widget-scale.json",
+    "admissionreview-delete-widget.json",
+    "admissionreview-create-configmap-alice.json",
+    "admissionreview-delete-configmap-alice.json",
+];
+
+/// Runs the demo and prints its report.
+pub async fn run(args: DemoArgs) -> Result<()> {
+    let temp = tempdir()?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| temp.join("data"));
+    let policy_file = temp.join("demo-policy.yaml");
+    std::fs::write(&policy_file, DEMO_POLICY).map_err(|e| Error::file(&policy_file, e))?;
+    let running = start(ServeArgs {
+        policy_files: vec![policy_file],
+        data_dir: data_dir.clone(),
+        listen: "127.0.0.1:0".parse().map_err(|_| Error::Usage("bad listen address".into()))?,
+        tls_cert: None,
+        tls_key: None,
+        hmac_key_file: None,
+        deadline_ms: 500,
+        queue_capacity: 1024,
+        retention_interval_secs: 60,
+    })
+    .await?;
+    let ca = running.ca_file.clone().ok_or_else(|| Error::Tls("demo server has no CA file".into()))?;
+    println!("histor demo: HTTPS capture server on https://{} (CA {})", running.addr, ca.display());
+    println!("sending {} AdmissionReviews recorded from a real kube-apiserver...\n", REVIEWS.len());
+
+    let client = https_client(&ca)?;
+    let url = format!("https://localhost:{}/admit/demo", running.addr.port());
+    for (name, body) in REVIEWS {
+        let response = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(*body)
+            .send()
+            .await
+            .map_err(|e| Error::Usage(format!("posting {name}: {e}")))?;
+        let answer: serde_json::Value =
+            response.json().await.map_err(|e| Error::Usage(format!("reading the answer to {name}: {e}")))?;
+        if answer.pointer("/response/allowed") != Some(&serde_json::Value::Bool(true)) {
+            return Err(Error::Usage(format!("{name} was not allowed: {answer}")));
+        }
+    }
+    let metrics = client
+        .get(format!("https://localhost:{}/metrics", running.addr.port()))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| Error::Usage(format!("reading /metrics: {e}")))?
+        .text()
+        .await
+        .map_err(|e| Error::Usage(format!("reading /metrics: {e}")))?;
+    println!("every review answered allowed; outcomes from /metrics:");
+    for line in metrics.lines().filter(|l| l.starts_with("histor_admission_reviews_total{")) {
+        println!("  {line}");
+    }
+
+    let store = running.store.clone();
+    let page = store.query(&Query { limit: 100, ..Query::default() })?;
+    println!("\nwho changed what (newest first):\n");
+    print!("{}", render::events_table(&page.events));
+
+    if let Some(scale) = page.events.iter().find(|e| e.event.resource.subresource.as_deref() == Some("scale")) {
+        let before = store.state_before(scale.id)?;
+        let after = store.state_after(scale.id)?;
+        println!(
+            "\n`kubectl scale` by {} as a diff of the {} it changed:\n",
+            scale.event.user.username,
+            render::target(&scale.event)
+        );
+        print!(
+            "{}",
+            pipeline::unified_yaml_diff(before.as_ref(), after.as_ref(), "before", "after")
+        );
+    }
+    running.shutdown().await?;
+    match args.data_dir {
+        Some(dir) => println!("\nstore kept in {}: try `histor history --data-dir {}`", dir.display(), dir.display()),
+        None => {
+            let _ = std::fs::remove_dir_all(&temp);
+        }
+    }
+    Ok(())
+}
+
+fn tempdir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("histor-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, e))?;
+    Ok(dir)
+}
+
+/// A client that trusts only the demo's CA: the handshake is real TLS.
+fn https_client(ca: &std::path::Path) -> Result<reqwest::Client> {
+    let pem = std::fs::read(ca).map_err(|e| Error::file(ca, e))?;
+    let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| Error::Tls(e.to_string()))?;
+    reqwest::Client::builder()
+        .tls_certs_only([cert])
+        .build()
+        .map_err(|e| Error::Tls(e.to_string()))
+}

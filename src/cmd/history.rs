@@ -1,0 +1,78 @@
+//! `histor history`: read recorded changes straight from a store directory.
+
+use crate::crd::Operation;
+use crate::render;
+use crate::store::{EventStore, Query, SledStore};
+use crate::{Error, Result};
+use std::path::PathBuf;
+
+/// Options of `histor history`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HistoryArgs {
+    /// Directory given to `histor serve --data-dir`.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Only this namespace.
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Only this kind or resource (`Deployment`, `deployments`, `deployments.apps`).
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only objects with this name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only changes by this user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only this operation.
+    #[arg(long)]
+    pub operation: Option<Operation>,
+    /// Only changes received at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<jiff::Timestamp>,
+    /// Only changes received before this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<jiff::Timestamp>,
+    /// Most changes to show.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Aligned columns.
+    Table,
+    /// The events as a JSON array.
+    Json,
+}
+
+/// Prints the matching changes, newest first.
+pub fn run(args: HistoryArgs) -> Result<()> {
+    let store = SledStore::open(args.data_dir.join("store"))?;
+    let query = Query {
+        namespace: args.namespace,
+        kind: args.kind,
+        name: args.name,
+        user: args.user,
+        operation: args.operation,
+        since: args.since,
+        until: args.until,
+        limit: args.limit,
+        ..Query::default()
+    };
+    let page = store.query(&query)?;
+    let out = match args.output {
+        Output::Table if page.events.is_empty() => "No changes recorded that match.\n".to_string(),
+        Output::Table => render::events_table(&page.events),
+        Output::Json => {
+            let events: Vec<_> = page.events.iter().map(|e| &e.event).collect();
+            serde_json::to_string_pretty(&events).map_err(Error::Json)? + "\n"
+        }
+    };
+    print!("{out}");
+    Ok(())
+}

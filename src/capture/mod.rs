@@ -94,7 +94,7 @@ async fn admit(State(state): State<Arc<Capture>>, Path(policy): Path<String>, bo
 
 /// Answers one review body and names what happened to it (the metric label).
 async fn review(state: &Capture, policy: &str, body: &[u8], received_at: jiff::Timestamp) -> (Response, &'static str) {
-    let parsed = match pipeline::parse_review(body) {
+    let parsed = match pipeline::review::parse(body) {
         Ok(parsed) => parsed,
         Err(error) => {
             tracing::warn!(policy = %policy, %error, bytes = body.len(), "request body is not an AdmissionReview");

@@ -66,7 +66,7 @@ pub fn replay(bodies: &[Vec<u8>], policies: &[CompiledPolicy], redactor: &Redact
         let mut batch = Vec::new();
         let mut owners = Vec::new();
         for (i, body) in chunk.iter().enumerate() {
-            let request = match pipeline::parse_review(body) {
+            let request = match pipeline::review::parse(body) {
                 Err(_) => {
                     *tally.entry("bad_request").or_default() += 1;
                     continue;

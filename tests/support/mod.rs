@@ -1,0 +1,89 @@
+//! Helpers shared by the component tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// The fixtures in the order the apiserver sent them (tests/fixtures/index.json).
+pub const FIXTURE_ORDER: [&str; 20] = [
+    "admissionreview-create-deployment.json",
+    "admissionreview-update-deployment-scale.json",
+    "admissionreview-update-deployment.json",
+    "admissionreview-update-deployment-dryrun.json",
+    "admissionreview-delete-deployment.json",
+    "admissionreview-create-configmap.json",
+    "admissionreview-update-configmap.json",
+    "admissionreview-create-configmap-dryrun.json",
+    "admissionreview-delete-configmap.json",
+    "admissionreview-create-configmap-denied.json",
+    "admissionreview-create-secret.json",
+    "admissionreview-update-secret.json",
+    "admissionreview-delete-secret.json",
+    "admissionreview-create-widget.json",
+    "admissionreview-update-widget.json",
+    "admissionreview-update-widget-status.json",
+    "admissionreview-update-widget-scale.json",
+    "admissionreview-delete-widget.json",
+    "admissionreview-create-configmap-alice.json",
+    "admissionreview-delete-configmap-alice.json",
+];
+
+/// Installs the TLS crypto provider once.
+pub fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A recorded review body.
+pub fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The same review with a different request uid, as a new request would have.
+pub fn fresh_uid(body: &str, n: u64) -> String {
+    let mut review: serde_json::Value = serde_json::from_str(body).unwrap();
+    review["request"]["uid"] = format!("00000000-0000-4000-8000-{n:012x}").into();
+    review.to_string()
+}
+
+/// Writes a policy tracking every resource and subresource, named `name`.
+pub fn write_policy(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: histor.dev/v1alpha1\nkind: TrackingPolicy\nmetadata:\n  name: {name}\nspec:\n  resources:\n    - apiGroups: [\"*\"]\n      resources: [\"*/*\"]\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// An HTTPS client that trusts only `ca`.
+pub fn client(ca: &Path) -> reqwest::Client {
+    let cert = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    reqwest::Client::builder().tls_certs_only([cert]).build().unwrap()
+}
+
+/// The recorded Secret fixtures carry the value `s3cr3t`; neither it nor its base64 form may be
+/// anywhere in the data directory.
+pub fn assert_no_secret_value_under(dir: &Path) {
+    let mut stack = vec![dir.to_path_buf()];
+    let mut files = 0;
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        files += 1;
+        let bytes = std::fs::read(&path).unwrap();
+        for needle in [&b"s3cr3t"[..], b"czNjcjN0"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} contains {:?}",
+                path.display(),
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+    assert!(files > 0, "nothing under {}", dir.display());
+}

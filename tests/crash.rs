@@ -5,6 +5,7 @@ mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use histor::store::{EventStore, Query};
 use support::{client, fixture, fresh_uid, write_policy};
 
 fn free_port() -> u16 {
@@ -77,16 +78,18 @@ async fn kill_9_loses_no_answered_event() {
     let answered = answered.lock().unwrap().clone();
     assert!(answered.len() > 50, "too few reviews answered before the kill: {}", answered.len());
 
-    let output = Command::new(env!("CARGO_BIN_EXE_histor"))
-        .args(["history", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(["--limit", "1000000", "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let events: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
-    let stored: std::collections::HashSet<String> =
-        events.iter().map(|e| e["requestUid"].as_str().unwrap().to_string()).collect();
+    // Reopen the store as the next start would, and read every event page by page.
+    let store = histor::store::SledStore::open(dir.path().join("data/store")).unwrap();
+    let mut stored = std::collections::HashSet::new();
+    let mut query = Query { limit: 1000, ..Query::default() };
+    loop {
+        let page = store.query(&query).unwrap();
+        stored.extend(page.events.into_iter().map(|e| e.event.request_uid));
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+    }
     let lost: Vec<&u64> =
         answered.iter().filter(|n| !stored.contains(&format!("00000000-0000-4000-8000-{n:012x}"))).collect();
     assert!(lost.is_empty(), "{} of {} answered reviews lost after kill -9", lost.len(), answered.len());

@@ -2,7 +2,7 @@
 
 use crate::crd::Operation;
 use crate::render;
-use crate::store::{EventStore, Query, SledStore};
+use crate::store::{EventStore, Query, SledStore, StoredEvent};
 use crate::{Error, Result};
 use std::path::PathBuf;
 
@@ -50,6 +50,21 @@ pub enum Output {
     Json,
 }
 
+/// Up to `limit` matching events, newest first, across as many store pages as that takes.
+fn collect(store: &dyn EventStore, mut query: Query, limit: usize) -> Result<Vec<StoredEvent>> {
+    let mut events = Vec::new();
+    while events.len() < limit {
+        query.limit = limit - events.len();
+        let page = store.query(&query)?;
+        events.extend(page.events);
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+    }
+    Ok(events)
+}
+
 /// Prints the matching changes, newest first.
 pub fn run(args: HistoryArgs) -> Result<()> {
     let store = SledStore::open(args.data_dir.join("store"))?;
@@ -64,12 +79,12 @@ pub fn run(args: HistoryArgs) -> Result<()> {
         limit: args.limit,
         ..Query::default()
     };
-    let page = store.query(&query)?;
+    let events = collect(&store, query, args.limit)?;
     let out = match args.output {
-        Output::Table if page.events.is_empty() => "No changes recorded that match.\n".to_string(),
-        Output::Table => render::events_table(&page.events),
+        Output::Table if events.is_empty() => "No changes recorded that match.\n".to_string(),
+        Output::Table => render::events_table(&events),
         Output::Json => {
-            let events: Vec<_> = page.events.iter().map(|e| &e.event).collect();
+            let events: Vec<_> = events.iter().map(|e| &e.event).collect();
             serde_json::to_string_pretty(&events).map_err(Error::Json)? + "\n"
         }
     };

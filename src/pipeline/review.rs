@@ -1,0 +1,536 @@
+//! Parsing AdmissionReview bodies: bytes in, a [`Parsed`] review (or a reason it is not one) out.
+//!
+//! The capture endpoint must answer every review, so parsing is split in three outcomes:
+//! - [`ReviewError::NotAReview`]: the body is not JSON, or JSON that is not an AdmissionReview (no
+//!   `kind: AdmissionReview`, no `request` object). The server answers 400 with the message.
+//! - [`Parsed`] with `request: Err(why)`: an AdmissionReview we cannot interpret (unsupported
+//!   `apiVersion`, missing `uid`, fields of the wrong type, unknown operation, nesting too deep). The
+//!   server still answers `allowed: true`, echoing whatever `uid` and `apiVersion` it could find.
+//! - [`Parsed`] with `request: Ok(Request)`: the request, with `object`/`oldObject` kept as
+//!   [`serde_json::Value`] and moved (not copied) out of the parsed body.
+//!
+//! Depth: serde_json stops at 128 levels of nesting, so no body can overflow the stack here. A
+//! review nested deeper than that is re-read leniently (serde_json skips ignored values iteratively,
+//! without recursion) to recover its `uid`, so even it gets a proper `allowed` answer.
+//!
+//! Depends on nothing of ours but the event and CRD types.
+
+use super::event::{Actor, KindId, ResourceId};
+use crate::crd::Operation;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::{Map, Value};
+
+/// `apiVersion` of the current AdmissionReview API.
+pub const ADMISSION_V1: &str = "admission.k8s.io/v1";
+/// `apiVersion` of the older AdmissionReview API, still accepted.
+pub const ADMISSION_V1BETA1: &str = "admission.k8s.io/v1beta1";
+
+/// A body that is not an AdmissionReview at all: answer 400 with this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewError {
+    /// Not JSON, or JSON without `kind: AdmissionReview` and a `request` object.
+    #[error("not an AdmissionReview: {0}")]
+    NotAReview(String),
+}
+
+impl From<ReviewError> for crate::Error {
+    fn from(e: ReviewError) -> Self {
+        match e {
+            ReviewError::NotAReview(m) => crate::Error::BadReview(m),
+        }
+    }
+}
+
+/// An AdmissionReview, interpretable or not: enough to answer it in every case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    /// The `apiVersion` to answer with: the review's own when it is a string, else
+    /// [`ADMISSION_V1`].
+    pub api_version: String,
+    /// `request.uid` when it is a string, even if the rest of the request is unusable.
+    pub uid: Option<String>,
+    /// The request, or why it cannot be interpreted (for the warning log).
+    pub request: Result<Request, String>,
+}
+
+impl Parsed {
+    /// The response body for this review: always allowed, echoing uid and apiVersion (an empty uid
+    /// when the review had none).
+    pub fn allowed_response(&self) -> Vec<u8> {
+        allowed_response(&self.api_version, self.uid.as_deref().unwrap_or(""))
+    }
+}
+
+/// What histor keeps of an AdmissionRequest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// `request.uid`: unique per request, shared by every webhook it is sent to.
+    pub uid: String,
+    /// Kind of `object` (for `scale`, `autoscaling/v1 Scale`).
+    pub kind: KindId,
+    /// Resource the request was made against, with `subResource`.
+    pub resource: ResourceId,
+    /// Object name; empty for `generateName` creates before the name is known.
+    pub name: String,
+    /// Namespace; `None` for cluster-scoped objects.
+    pub namespace: Option<String>,
+    /// The operation.
+    pub operation: Operation,
+    /// Who made the request.
+    pub user: Actor,
+    /// The object after the change (`None` for DELETE).
+    pub object: Option<Value>,
+    /// The object before the change (`None` for CREATE).
+    pub old_object: Option<Value>,
+    /// True for dry-run requests, which change nothing.
+    pub dry_run: bool,
+    /// Create/Update/Delete options, as sent.
+    pub options: Option<Value>,
+}
+
+/// Parses an AdmissionReview body. Never panics, whatever the bytes.
+pub fn parse(body: &[u8]) -> Result<Parsed, ReviewError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(value) => classify(value),
+        Err(e) if is_recursion_limit(&e) => parse_too_deep(body, &e),
+        Err(e) => Err(ReviewError::NotAReview(format!("invalid JSON: {e}"))),
+    }
+}
+
+/// The response body for a review: `allowed: true` with its uid, in its apiVersion.
+pub fn allowed_response(api_version: &str, uid: &str) -> Vec<u8> {
+    // Built by hand: cheaper than a serde struct and cannot fail; strings still go through
+    // serde_json so quotes and control characters in a hostile uid stay escaped.
+    let mut out = Vec::with_capacity(96 + api_version.len() + uid.len());
+    out.extend_from_slice(b"{\"apiVersion\":");
+    write_json_str(&mut out, api_version);
+    out.extend_from_slice(b",\"kind\":\"AdmissionReview\",\"response\":{\"uid\":");
+    write_json_str(&mut out, uid);
+    out.extend_from_slice(b",\"allowed\":true}}");
+    out
+}
+
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Serialising a &str into a Vec cannot fail; fall back to an empty string all the same.
+    if serde_json::to_writer(&mut *out, s).is_err() {
+        out.extend_from_slice(b"\"\"");
+    }
+}
+
+fn is_recursion_limit(e: &serde_json::Error) -> bool {
+    e.is_syntax() && e.to_string().starts_with("recursion limit exceeded")
+}
+
+fn classify(value: Value) -> Result<Parsed, ReviewError> {
+    let Value::Object(mut top) = value else {
+        return Err(ReviewError::NotAReview(format!(
+            "expected a JSON object, got {}",
+            type_name(&value)
+        )));
+    };
+    match top.get("kind") {
+        Some(Value::String(k)) if k == "AdmissionReview" => {}
+        Some(Value::String(k)) => {
+            return Err(ReviewError::NotAReview(format!(
+                "kind is {k:?}, expected \"AdmissionReview\""
+            )));
+        }
+        Some(other) => {
+            return Err(ReviewError::NotAReview(format!(
+                "kind is a {}, expected the string \"AdmissionReview\"",
+                type_name(other)
+            )));
+        }
+        None => return Err(ReviewError::NotAReview("no kind".into())),
+    }
+    let request = match top.remove("request") {
+        Some(Value::Object(r)) => r,
+        Some(other) => {
+            return Err(ReviewError::NotAReview(format!(
+                "request is a {}, expected an object",
+                type_name(&other)
+            )));
+        }
+        None => return Err(ReviewError::NotAReview("no request".into())),
+    };
+    let (api_version, version_ok) = match top.get("apiVersion") {
+        Some(Value::String(v)) => (v.clone(), v == ADMISSION_V1 || v == ADMISSION_V1BETA1),
+        _ => (ADMISSION_V1.to_owned(), false),
+    };
+    let uid = match request.get("uid") {
+        Some(Value::String(u)) => Some(u.clone()),
+        _ => None,
+    };
+    let request = if version_ok {
+        interpret(request)
+    } else {
+        Err(match top.get("apiVersion") {
+            Some(Value::String(v)) => format!("unsupported apiVersion {v:?}"),
+            Some(other) => format!("apiVersion is a {}", type_name(other)),
+            None => "no apiVersion".to_owned(),
+        })
+    };
+    Ok(Parsed {
+        api_version,
+        uid,
+        request,
+    })
+}
+
+/// Turns the `request` object into a [`Request`], or says which field is unusable.
+fn interpret(mut r: Map<String, Value>) -> Result<Request, String> {
+    let uid = match r.get("uid") {
+        Some(Value::String(u)) if !u.is_empty() => u.clone(),
+        Some(Value::String(_)) => return Err("request.uid is empty".into()),
+        Some(v) => return Err(format!("request.uid is a {}", type_name(v))),
+        None => return Err("no request.uid".into()),
+    };
+    let operation = match r.get("operation") {
+        Some(Value::String(op)) => op
+            .parse::<Operation>()
+            .map_err(|e| format!("request.operation: {e}"))?,
+        Some(v) => return Err(format!("request.operation is a {}", type_name(v))),
+        None => return Err("no request.operation".into()),
+    };
+    let kind: KindId = field(&r, "kind")?.ok_or("no request.kind")?;
+    let mut resource: ResourceId = field(&r, "resource")?.ok_or("no request.resource")?;
+    let sub: Option<String> = field(&r, "subResource")?;
+    resource.subresource = sub.filter(|s| !s.is_empty());
+    let name: Option<String> = field(&r, "name")?;
+    let namespace: Option<String> = field(&r, "namespace")?;
+    let user: Actor = field(&r, "userInfo")?.ok_or("no request.userInfo")?;
+    let dry_run: Option<bool> = field(&r, "dryRun")?;
+    let object = object_field(&mut r, "object")?;
+    let old_object = object_field(&mut r, "oldObject")?;
+    let options = match r.remove("options") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v),
+    };
+    Ok(Request {
+        uid,
+        kind,
+        resource,
+        name: name.unwrap_or_default(),
+        namespace: namespace.filter(|n| !n.is_empty()),
+        operation,
+        user,
+        object,
+        old_object,
+        dry_run: dry_run.unwrap_or(false),
+        options,
+    })
+}
+
+/// A small typed field, deserialised from a borrowed value (no copy of the body). `null` and
+/// absence are both `None`.
+fn field<'a, T: Deserialize<'a>>(
+    r: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<T>, String> {
+    match r.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => T::deserialize(v)
+            .map(Some)
+            .map_err(|e| format!("request.{key}: {e}")),
+    }
+}
+
+/// `object`/`oldObject`: moved out of the map; must be a JSON object or null.
+fn object_field(r: &mut Map<String, Value>, key: &str) -> Result<Option<Value>, String> {
+    match r.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ Value::Object(_)) => Ok(Some(v)),
+        Some(v) => Err(format!(
+            "request.{key} is a {}, expected an object",
+            type_name(&v)
+        )),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The shape read when the body nests deeper than serde_json's limit: everything but the envelope
+/// is skipped, and skipping is iterative, so depth costs nothing.
+#[derive(Deserialize)]
+struct Shallow {
+    kind: Option<String>,
+    #[serde(rename = "apiVersion")]
+    api_version: Option<IgnoredOrString>,
+    request: Option<ShallowRequest>,
+}
+
+#[derive(Deserialize)]
+struct ShallowRequest {
+    uid: Option<IgnoredOrString>,
+}
+
+/// A string, or anything else (skipped).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IgnoredOrString {
+    String(String),
+    #[allow(dead_code)]
+    Other(IgnoredAny),
+}
+
+impl IgnoredOrString {
+    fn into_string(self) -> Option<String> {
+        match self {
+            IgnoredOrString::String(s) => Some(s),
+            IgnoredOrString::Other(_) => None,
+        }
+    }
+}
+
+fn parse_too_deep(body: &[u8], first: &serde_json::Error) -> Result<Parsed, ReviewError> {
+    let not_a_review = || {
+        ReviewError::NotAReview(format!(
+            "invalid JSON: {first} (nesting deeper than 128 levels)"
+        ))
+    };
+    // Untagged enums buffer their input into serde's Content type, which recurses: only use them
+    // on the short scalar fields, never on the deep parts (those go through IgnoredAny directly).
+    let shallow: Shallow = serde_json::from_slice(body).map_err(|_| not_a_review())?;
+    if shallow.kind.as_deref() != Some("AdmissionReview") {
+        return Err(not_a_review());
+    }
+    let request = shallow.request.ok_or_else(not_a_review)?;
+    Ok(Parsed {
+        api_version: shallow
+            .api_version
+            .and_then(IgnoredOrString::into_string)
+            .unwrap_or_else(|| ADMISSION_V1.to_owned()),
+        uid: request.uid.and_then(IgnoredOrString::into_string),
+        request: Err("request nested deeper than 128 levels".into()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::testdata;
+
+    #[test]
+    fn every_fixture_parses() {
+        for (name, body) in testdata::FIXTURES {
+            let parsed = parse(body.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let req = parsed.request.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(parsed.uid.as_deref(), Some(req.uid.as_str()), "{name}");
+            assert_eq!(parsed.api_version, ADMISSION_V1);
+            assert_eq!(req.uid, testdata::index_uid(name), "{name}");
+            assert!(!req.user.username.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn fields_of_a_subresource_request() {
+        let req = testdata::request("update-deployment-scale");
+        assert_eq!(req.operation, Operation::Update);
+        assert_eq!(req.resource.group, "apps");
+        assert_eq!(req.resource.resource, "deployments");
+        assert_eq!(req.resource.subresource.as_deref(), Some("scale"));
+        assert_eq!(req.kind.kind, "Scale");
+        assert_eq!(req.kind.group, "autoscaling");
+        assert_eq!(req.name, "nginx");
+        assert_eq!(req.namespace.as_deref(), Some("demo"));
+        assert_eq!(req.user.username, "admin");
+        assert!(!req.dry_run);
+        assert!(req.object.is_some() && req.old_object.is_some());
+        assert_eq!(req.options.as_ref().unwrap()["kind"], "UpdateOptions");
+    }
+
+    #[test]
+    fn delete_has_old_object_only_and_alice_is_alice() {
+        let req = testdata::request("delete-configmap-alice");
+        assert_eq!(req.operation, Operation::Delete);
+        assert!(req.object.is_none());
+        assert!(req.old_object.is_some());
+        assert_eq!(req.user.username, "alice");
+        assert_eq!(req.user.groups, ["dev", "system:authenticated"]);
+    }
+
+    #[test]
+    fn dry_run_flag() {
+        assert!(testdata::request("create-configmap-dryrun").dry_run);
+        assert!(testdata::request("update-deployment-dryrun").dry_run);
+    }
+
+    fn not_a_review(body: &[u8]) -> String {
+        match parse(body) {
+            Err(ReviewError::NotAReview(m)) => m,
+            other => panic!("expected NotAReview, got {other:?}"),
+        }
+    }
+
+    fn uninterpretable(body: &[u8]) -> (Parsed, String) {
+        match parse(body) {
+            Ok(p) => match p.request.clone() {
+                Err(why) => (p, why),
+                Ok(_) => panic!("expected an uninterpretable review"),
+            },
+            Err(e) => panic!("expected a Parsed review, got {e}"),
+        }
+    }
+
+    #[test]
+    fn bodies_that_are_not_reviews() {
+        let full = testdata::fixture("update-deployment");
+        let m = not_a_review(&full.as_bytes()[..full.len() / 2]);
+        assert!(m.starts_with("invalid JSON"), "{m}");
+        not_a_review(b"");
+        not_a_review(b"hello");
+        not_a_review(b"\xff\xfe\x00");
+        not_a_review(b"[]");
+        not_a_review(b"42");
+        assert_eq!(not_a_review(b"{}"), "no kind");
+        assert!(not_a_review(br#"{"kind":"Pod","request":{}}"#).contains("Pod"));
+        assert_eq!(
+            not_a_review(br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#),
+            "no request"
+        );
+        not_a_review(br#"{"kind":"AdmissionReview","request":"x"}"#);
+        not_a_review(br#"{"kind":1,"request":{}}"#);
+    }
+
+    #[test]
+    fn uninterpretable_reviews_keep_uid_and_api_version() {
+        let mut v: Value = serde_json::from_str(testdata::fixture("create-configmap")).unwrap();
+        v["apiVersion"] = "admission.k8s.io/v2".into();
+        let (p, why) = uninterpretable(&serde_json::to_vec(&v).unwrap());
+        assert_eq!(p.api_version, "admission.k8s.io/v2");
+        assert_eq!(p.uid.as_deref(), Some(testdata::index_uid("create-configmap")));
+        assert!(why.contains("apiVersion"), "{why}");
+
+        let mut v: Value = serde_json::from_str(testdata::fixture("create-configmap")).unwrap();
+        v["request"].as_object_mut().unwrap().remove("uid");
+        let (p, why) = uninterpretable(&serde_json::to_vec(&v).unwrap());
+        assert_eq!(p.uid, None);
+        assert_eq!(why, "no request.uid");
+        let answer: Value = serde_json::from_slice(&p.allowed_response()).unwrap();
+        assert_eq!(answer["response"]["uid"], "");
+        assert_eq!(answer["response"]["allowed"], true);
+
+        let mut v: Value = serde_json::from_str(testdata::fixture("create-configmap")).unwrap();
+        v["request"]["operation"] = "PATCH".into();
+        let (_, why) = uninterpretable(&serde_json::to_vec(&v).unwrap());
+        assert!(why.contains("operation"), "{why}");
+
+        let mut v: Value = serde_json::from_str(testdata::fixture("create-configmap")).unwrap();
+        v["request"]["userInfo"]["groups"] = 7.into();
+        let (p, why) = uninterpretable(&serde_json::to_vec(&v).unwrap());
+        assert!(why.starts_with("request.userInfo"), "{why}");
+        assert!(p.uid.is_some());
+
+        let mut v: Value = serde_json::from_str(testdata::fixture("create-configmap")).unwrap();
+        v["request"]["object"] = "x".into();
+        let (_, why) = uninterpretable(&serde_json::to_vec(&v).unwrap());
+        assert!(why.contains("request.object"), "{why}");
+
+        let (p, _) = uninterpretable(br#"{"kind":"AdmissionReview","request":{"uid":"u1"}}"#);
+        assert_eq!(p.api_version, ADMISSION_V1);
+        assert_eq!(p.uid.as_deref(), Some("u1"));
+    }
+
+    #[test]
+    fn v1beta1_is_accepted() {
+        let mut v: Value = serde_json::from_str(testdata::fixture("create-configmap")).unwrap();
+        v["apiVersion"] = ADMISSION_V1BETA1.into();
+        let p = parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(p.api_version, ADMISSION_V1BETA1);
+        assert!(p.request.is_ok());
+    }
+
+    #[test]
+    fn deep_nesting_does_not_overflow() {
+        let deep = "[".repeat(100_000);
+        let m = not_a_review(deep.as_bytes());
+        assert!(m.contains("recursion limit"), "{m}");
+
+        let deep_obj = format!("{}{}", "{\"a\":".repeat(100_000), "1");
+        not_a_review(deep_obj.as_bytes());
+
+        // A real review whose object nests too deep: still answered with its uid.
+        let body = format!(
+            r#"{{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{{"uid":"deep-1","object":{}{}}}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let (p, why) = uninterpretable(body.as_bytes());
+        assert_eq!(p.uid.as_deref(), Some("deep-1"));
+        assert!(why.contains("128"), "{why}");
+
+        // Deep and truncated: not JSON.
+        let body = format!(
+            r#"{{"kind":"AdmissionReview","request":{{"uid":"deep-1","object":{}"#,
+            "[".repeat(100_000)
+        );
+        not_a_review(body.as_bytes());
+    }
+
+    #[test]
+    fn allowed_response_shape() {
+        let body = allowed_response(ADMISSION_V1, "abc\"def");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"apiVersion": ADMISSION_V1, "kind": "AdmissionReview",
+                "response": {"uid": "abc\"def", "allowed": true}})
+        );
+    }
+
+    mod fuzz {
+        use super::super::parse;
+        use crate::pipeline::testdata;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn never_panics_on_bytes(body in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let _ = parse(&body);
+            }
+
+            #[test]
+            fn never_panics_on_mutated_fixtures(
+                idx in 0..testdata::FIXTURES.len(),
+                edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..8),
+            ) {
+                let mut body = testdata::FIXTURES[idx].1.as_bytes().to_vec();
+                for (at, byte, how) in edits {
+                    if body.is_empty() { break; }
+                    let i = at.index(body.len());
+                    match how {
+                        0 => body[i] = byte,
+                        1 => { body.remove(i); }
+                        _ => body.truncate(i),
+                    }
+                }
+                let _ = parse(&body);
+            }
+
+            #[test]
+            fn never_panics_on_retyped_fields(
+                idx in 0..testdata::FIXTURES.len(),
+                field in prop::sample::select(vec!["uid", "kind", "resource", "subResource", "name",
+                    "namespace", "operation", "userInfo", "object", "oldObject", "dryRun", "options"]),
+                replacement in prop::sample::select(vec!["null", "1", "\"x\"", "[]", "{}", "true", "[[{}]]"]),
+            ) {
+                let mut v: serde_json::Value = serde_json::from_str(testdata::FIXTURES[idx].1).unwrap();
+                v["request"][field] = serde_json::from_str(replacement).unwrap();
+                let parsed = parse(&serde_json::to_vec(&v).unwrap());
+                prop_assert!(parsed.is_ok());
+            }
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Test helpers: the recorded AdmissionReview fixtures, compiled in.
+
+use super::review::{Request, parse};
+
+macro_rules! fixtures {
+    ($($name:literal),* $(,)?) => {
+        /// `(short name, body)` of every recorded review.
+        pub const FIXTURES: &[(&str, &str)] = &[$(
+            ($name, include_str!(concat!("../../tests/fixtures/admission/admissionreview-", $name, ".json"))),
+        )*];
+    };
+}
+
+fixtures!(
+    "create-configmap-alice",
+    "create-configmap-denied",
+    "create-configmap-dryrun",
+    "create-configmap",
+    "create-deployment",
+    "create-secret",
+    "create-widget",
+    "delete-configmap-alice",
+    "delete-configmap",
+    "delete-deployment",
+    "delete-secret",
+    "delete-widget",
+    "update-configmap",
+    "update-deployment-dryrun",
+    "update-deployment-scale",
+    "update-deployment",
+    "update-secret",
+    "update-widget-scale",
+    "update-widget-status",
+    "update-widget",
+);
+
+const INDEX: &str = include_str!("../../tests/fixtures/index.json");
+
+/// The body of one fixture, by short name (`update-deployment`).
+pub fn fixture(name: &str) -> &'static str {
+    FIXTURES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no fixture {name}"))
+        .1
+}
+
+/// The parsed request of one fixture.
+pub fn request(name: &str) -> Request {
+    parse(fixture(name).as_bytes()).unwrap().request.unwrap()
+}
+
+/// The request uid index.json gives for a fixture.
+pub fn index_uid(name: &str) -> &'static str {
+    let file = format!("admissionreview-{name}.json");
+    let index: Vec<serde_json::Value> = serde_json::from_str(INDEX).unwrap();
+    let uid = index
+        .iter()
+        .find(|e| e["file"] == file.as_str())
+        .and_then(|e| e["request_uid"].as_str())
+        .unwrap_or_else(|| panic!("{file} not in index.json"))
+        .to_owned();
+    Box::leak(uid.into_boxed_str())
+}

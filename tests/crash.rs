@@ -31,10 +31,10 @@ async fn wait_ready(dir: &std::path::Path, port: u16) -> reqwest::Client {
     loop {
         if ca.exists() {
             let c = client(&ca);
-            if let Ok(r) = c.get(format!("https://localhost:{port}/readyz")).send().await {
-                if r.status() == 200 {
-                    return c;
-                }
+            if let Ok(r) = c.get(format!("https://localhost:{port}/readyz")).send().await
+                && r.status() == 200
+            {
+                return c;
             }
         }
         assert!(Instant::now() < deadline, "histor serve did not become ready");

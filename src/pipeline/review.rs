@@ -408,7 +408,10 @@ mod tests {
         v["apiVersion"] = "admission.k8s.io/v2".into();
         let (p, why) = uninterpretable(&serde_json::to_vec(&v).unwrap());
         assert_eq!(p.api_version, "admission.k8s.io/v2");
-        assert_eq!(p.uid.as_deref(), Some(testdata::index_uid("create-configmap")));
+        assert_eq!(
+            p.uid.as_deref(),
+            Some(testdata::index_uid("create-configmap"))
+        );
         assert!(why.contains("apiVersion"), "{why}");
 
         let mut v: Value = serde_json::from_str(testdata::fixture("create-configmap")).unwrap();

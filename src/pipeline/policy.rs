@@ -277,7 +277,7 @@ impl CompiledPolicy {
 
     /// Retention, with `maxAge` parsed.
     pub fn retention(&self) -> RetentionRule {
-        self.retention.clone()
+        self.retention
     }
 
     /// The digest window of a notify sink, by sink name (`None`: no such sink, or no digest).
@@ -326,10 +326,10 @@ impl CompiledPolicy {
         {
             return Err(NotMatched::User);
         }
-        if let Some(g) = &self.groups_exclude {
-            if req.user.groups.iter().any(|grp| g.is_match(grp)) {
-                return Err(NotMatched::Group);
-            }
+        if let Some(g) = &self.groups_exclude
+            && req.user.groups.iter().any(|grp| g.is_match(grp))
+        {
+            return Err(NotMatched::Group);
         }
         match &self.cel {
             None => Ok(()),

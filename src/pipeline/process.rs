@@ -461,3 +461,42 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::pipeline::{review, testdata};
+
+    /// Rough figures for the hot path; run with
+    /// `cargo test --release --lib pipeline::process::timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing, not a check"]
+    fn parse_and_process_update_deployment() {
+        let body = testdata::fixture("update-deployment").as_bytes();
+        let spec: crate::crd::TrackingPolicySpec = serde_json::from_value(serde_json::json!({
+            "resources": [{"apiGroups": ["apps"], "resources": ["deployments"]}],
+            "users": {"exclude": ["system:serviceaccount:kube-system:*"]},
+        }))
+        .unwrap();
+        let policy = CompiledPolicy::compile("p", &spec).unwrap();
+        let redactor = Redactor::new(b"k");
+        let now = Timestamp::UNIX_EPOCH;
+        let n = 20_000u32;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let p = review::parse(std::hint::black_box(body)).unwrap();
+            std::hint::black_box(p);
+        }
+        let parse = t.elapsed() / n;
+        let req = review::parse(body).unwrap().request.unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(process(&req, &policy, &redactor, now));
+        }
+        let proc = t.elapsed() / n;
+        eprintln!(
+            "parse {parse:?}/review, process {proc:?}/review ({} bytes)",
+            body.len()
+        );
+    }
+}

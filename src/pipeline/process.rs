@@ -488,6 +488,12 @@ mod timing {
             std::hint::black_box(p);
         }
         let parse = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let v: serde_json::Value = serde_json::from_slice(std::hint::black_box(body)).unwrap();
+            std::hint::black_box(v);
+        }
+        let plain = t.elapsed() / n;
         let req = review::parse(body).unwrap().request.unwrap();
         let t = std::time::Instant::now();
         for _ in 0..n {
@@ -495,7 +501,7 @@ mod timing {
         }
         let proc = t.elapsed() / n;
         eprintln!(
-            "parse {parse:?}/review, process {proc:?}/review ({} bytes)",
+            "parse {parse:?}/review (plain serde_json::Value: {plain:?}), process {proc:?}/review ({} bytes)",
             body.len()
         );
     }

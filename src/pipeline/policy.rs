@@ -14,8 +14,8 @@
 //!    rejects a user in any listed group;
 //! 4. CEL conditions, all of which must return `true`, over `request` (the AdmissionRequest as the
 //!    apiserver sends it, camelCase, without `object`/`oldObject`), `object` and `oldObject` (`null`
-//!    when absent). Only the variables a policy's conditions mention are built, and nothing at all
-//!    when it has none. A runtime error or a non-bool result is [`NotMatched::ConditionError`].
+//!    when absent; their `metadata.managedFields` is never parsed). Only the variables a policy's
+//!    conditions mention are built, and nothing at all when it has none. A runtime error or a non-bool result is [`NotMatched::ConditionError`].
 //!
 //! `namespaces.selector` and `objectSelector` are left to the apiserver (it has the labels of
 //! namespaces). Globs use `globset` syntax; `*` also matches `:` and `/`.
@@ -166,6 +166,10 @@ const CEL_VARIABLES: [&str; 3] = ["request", "object", "oldObject"];
 
 impl CompiledPolicy {
     /// Compiles `spec`; every error is [`Error::Policy`] naming `name` and the offending field.
+    ///
+    /// Blocks briefly: each CEL condition is parsed on a short-lived thread with a large stack
+    /// (the generated parser recurses deeply on nested input, and a stack overflow would abort the
+    /// process). Call it when a policy changes, not per request.
     pub fn compile(name: &str, spec: &TrackingPolicySpec) -> Result<CompiledPolicy> {
         let err = |message: String| Error::Policy {
             policy: name.to_owned(),

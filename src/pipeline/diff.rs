@@ -201,7 +201,10 @@ mod tests {
     fn same_ops_as_json_patch_for_objects() {
         let old = json!({"a": {"b": 1, "c": [1, {"d": 2}]}, "x": "y"});
         let new = json!({"a": {"b": 2, "c": [1, {"d": 3}, 4]}, "z": null});
-        let ours: Vec<(String, ChangeOp)> = diff(&old, &new).into_iter().map(|c| (c.path, c.op)).collect();
+        let ours: Vec<(String, ChangeOp)> = diff(&old, &new)
+            .into_iter()
+            .map(|c| (c.path, c.op))
+            .collect();
         let theirs = json_patch::diff(&old, &new);
         assert_eq!(ours.len(), theirs.0.len());
         assert_eq!(apply(&old, diff(&old, &new)), new);
@@ -218,7 +221,12 @@ mod tests {
 
     #[test]
     fn real_update_roundtrips() {
-        for name in ["update-deployment", "update-configmap", "update-widget", "update-secret"] {
+        for name in [
+            "update-deployment",
+            "update-configmap",
+            "update-widget",
+            "update-secret",
+        ] {
             let req = testdata::request(name);
             let (old, new) = (req.old_object.unwrap(), req.object.unwrap());
             assert_eq!(apply(&old, diff(&old, &new)), new, "{name}");

@@ -39,7 +39,9 @@ impl IgnorePattern {
     /// Parses a pattern; it must start with `/` and name at least one segment.
     pub fn parse(pointer: &str) -> Result<Self, String> {
         let Some(rest) = pointer.strip_prefix('/') else {
-            return Err(format!("{pointer:?} is not a JSON pointer: it must start with '/'"));
+            return Err(format!(
+                "{pointer:?} is not a JSON pointer: it must start with '/'"
+            ));
         };
         let segments = rest
             .split('/')
@@ -47,9 +49,11 @@ impl IgnorePattern {
                 if raw == "*" {
                     return Ok(Segment::Any);
                 }
-                unescape(raw)
-                    .map(Segment::Key)
-                    .ok_or_else(|| format!("{pointer:?}: bad escape in segment {raw:?} (only ~0 and ~1 are allowed)"))
+                unescape(raw).map(Segment::Key).ok_or_else(|| {
+                    format!(
+                        "{pointer:?}: bad escape in segment {raw:?} (only ~0 and ~1 are allowed)"
+                    )
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(IgnorePattern {
@@ -221,7 +225,9 @@ mod tests {
     use serde_json::json;
 
     fn patterns(ps: &[&str]) -> Vec<IgnorePattern> {
-        ps.iter().map(|p| IgnorePattern::parse(p).unwrap()).collect()
+        ps.iter()
+            .map(|p| IgnorePattern::parse(p).unwrap())
+            .collect()
     }
 
     #[test]
@@ -241,7 +247,11 @@ mod tests {
 
     #[test]
     fn cleaned_equals_clean_on_every_fixture() {
-        let ignore = patterns(&["/spec/replicas", "/metadata/labels/*", "/spec/template/spec/containers/*/image"]);
+        let ignore = patterns(&[
+            "/spec/replicas",
+            "/metadata/labels/*",
+            "/spec/template/spec/containers/*/image",
+        ]);
         for (name, _) in testdata::FIXTURES {
             let req = testdata::request(name);
             for obj in [&req.object, &req.old_object].into_iter().flatten() {

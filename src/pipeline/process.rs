@@ -261,7 +261,10 @@ mod tests {
     #[test]
     fn dry_runs_are_skipped() {
         assert_eq!(skip("create-configmap-dryrun", &spec()), SkipReason::DryRun);
-        assert_eq!(skip("update-deployment-dryrun", &spec()), SkipReason::DryRun);
+        assert_eq!(
+            skip("update-deployment-dryrun", &spec()),
+            SkipReason::DryRun
+        );
     }
 
     #[test]
@@ -299,7 +302,10 @@ mod tests {
         assert_eq!(ev.changes[0].new, Some(json!(3)));
         assert_eq!(ev.resource.subresource.as_deref(), Some("scale"));
         assert_eq!(ev.kind.kind, "Scale");
-        assert_eq!(ev.object_uid.as_deref(), Some("0586b4f3-e1f7-4e9e-b154-4db6d9bb92af"));
+        assert_eq!(
+            ev.object_uid.as_deref(),
+            Some("0586b4f3-e1f7-4e9e-b154-4db6d9bb92af")
+        );
         assert_eq!(summarize(&ev), "spec.replicas: 1 → 3");
 
         let ev = record("update-widget-scale").event;
@@ -385,7 +391,10 @@ mod tests {
             panic!("skipped");
         };
         assert!(
-            c.event.changes.iter().all(|c| c.path.starts_with("/status")),
+            c.event
+                .changes
+                .iter()
+                .all(|c| c.path.starts_with("/status")),
             "{:#?}",
             c.event.changes
         );
@@ -406,14 +415,20 @@ mod tests {
     fn generate_name() {
         let mut req = testdata::request("create-configmap");
         req.name = String::new();
-        let meta = req.object.as_mut().unwrap()["metadata"].as_object_mut().unwrap();
+        let meta = req.object.as_mut().unwrap()["metadata"]
+            .as_object_mut()
+            .unwrap();
         meta.insert("generateName".into(), json!("app-config-"));
         let p = policy(&spec());
         let name = |req: &Request| match process(req, &p, &redactor(), now()) {
             Outcome::Record(c) => c.event.name,
             Outcome::Skip(w) => panic!("{w}"),
         };
-        assert_eq!(name(&req), "app-config", "the object's name wins when present");
+        assert_eq!(
+            name(&req),
+            "app-config",
+            "the object's name wins when present"
+        );
         req.object.as_mut().unwrap()["metadata"]
             .as_object_mut()
             .unwrap()
@@ -440,6 +455,54 @@ mod tests {
         let why = skip("create-configmap", &s);
         assert!(matches!(why, SkipReason::ConditionError { ref name, .. } if name == "replicas"));
         assert_eq!(why.metric_label(), "condition_error");
-        assert!(matches!(run_with("create-deployment", &s), Outcome::Record(_)));
+        assert!(matches!(
+            run_with("create-deployment", &s),
+            Outcome::Record(_)
+        ));
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::pipeline::{review, testdata};
+
+    /// Rough figures for the hot path; run with
+    /// `cargo test --release --lib pipeline::process::timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing, not a check"]
+    fn parse_and_process_update_deployment() {
+        let body = testdata::fixture("update-deployment").as_bytes();
+        let spec: crate::crd::TrackingPolicySpec = serde_json::from_value(serde_json::json!({
+            "resources": [{"apiGroups": ["apps"], "resources": ["deployments"]}],
+            "users": {"exclude": ["system:serviceaccount:kube-system:*"]},
+        }))
+        .unwrap();
+        let policy = CompiledPolicy::compile("p", &spec).unwrap();
+        let redactor = Redactor::new(b"k");
+        let now = Timestamp::UNIX_EPOCH;
+        let n = 20_000u32;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let p = review::parse(std::hint::black_box(body)).unwrap();
+            std::hint::black_box(p);
+        }
+        let parse = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let v: serde_json::Value = serde_json::from_slice(std::hint::black_box(body)).unwrap();
+            std::hint::black_box(v);
+        }
+        let plain = t.elapsed() / n;
+        let req = review::parse(body).unwrap().request.unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(process(&req, &policy, &redactor, now));
+        }
+        let proc = t.elapsed() / n;
+        eprintln!(
+            "parse {parse:?}/review (plain serde_json::Value: {plain:?}), process {proc:?}/review ({} bytes)",
+            body.len()
+        );
     }
 }

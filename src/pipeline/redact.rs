@@ -112,9 +112,7 @@ pub fn is_redacted_value(v: &Value) -> bool {
     v.as_str().is_some_and(|s| {
         s.len() == REDACTED_PREFIX.len() + 64
             && s.starts_with(REDACTED_PREFIX)
-            && s[REDACTED_PREFIX.len()..]
-                .bytes()
-                .all(|b| HEX.contains(&b))
+            && s[REDACTED_PREFIX.len()..].bytes().all(|b| HEX.contains(&b))
     })
 }
 
@@ -144,7 +142,11 @@ mod tests {
                 assert!(!text.contains("czNjcjN0"), "{name}: {text}");
                 assert!(!text.contains("s3cr3t"), "{name}: {text}");
                 assert!(is_redacted_value(&obj["data"]["password"]), "{name}");
-                assert!(obj["metadata"]["annotations"].get(LAST_APPLIED_FOR_TEST).is_none());
+                assert!(
+                    obj["metadata"]["annotations"]
+                        .get(LAST_APPLIED_FOR_TEST)
+                        .is_none()
+                );
             }
         }
     }
@@ -157,7 +159,10 @@ mod tests {
         let mut obj = json!({"apiVersion": "v1", "kind": "Secret",
             "data": {"password": "czNjcjN0"}, "stringData": {"password": "s3cr3t", "other": "x"},
             "metadata": {"annotations": {LAST_APPLIED_FOR_TEST: "{\"stringData\":{\"password\":\"s3cr3t\"}}"}}});
-        assert!(r.redact(&mut obj, &KindId::default()), "recognised by the object itself");
+        assert!(
+            r.redact(&mut obj, &KindId::default()),
+            "recognised by the object itself"
+        );
         assert_eq!(obj["data"]["password"], obj["stringData"]["password"]);
         assert_ne!(obj["stringData"]["other"], obj["stringData"]["password"]);
         assert!(obj["metadata"].get("annotations").is_none());

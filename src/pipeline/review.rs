@@ -7,7 +7,9 @@
 //!   `apiVersion`, missing `uid`, fields of the wrong type, unknown operation, nesting too deep). The
 //!   server still answers `allowed: true`, echoing whatever `uid` and `apiVersion` it could find.
 //! - [`Parsed`] with `request: Ok(Request)`: the request, with `object`/`oldObject` kept as
-//!   [`serde_json::Value`] and moved (not copied) out of the parsed body.
+//!   [`serde_json::Value`] and moved (not copied) out of the parsed body. Their
+//!   `metadata.managedFields` is skipped while parsing (never built): it is about half of a
+//!   typical object and noise the pipeline drops anyway, so CEL conditions do not see it either.
 //!
 //! Depth: serde_json stops at 128 levels of nesting, so no body can overflow the stack here. A
 //! review nested deeper than that is re-read leniently (serde_json skips ignored values iteratively,
@@ -18,7 +20,7 @@
 use super::event::{Actor, KindId, ResourceId};
 use crate::crd::Operation;
 use serde::Deserialize;
-use serde::de::IgnoredAny;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// `apiVersion` of the current AdmissionReview API.
@@ -91,7 +93,11 @@ pub struct Request {
 
 /// Parses an AdmissionReview body. Never panics, whatever the bytes.
 pub fn parse(body: &[u8]) -> Result<Parsed, ReviewError> {
-    match serde_json::from_slice::<Value>(body) {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = Lean(Level::Top)
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
+    match value {
         Ok(value) => classify(value),
         Err(e) if is_recursion_limit(&e) => parse_too_deep(body, &e),
         Err(e) => Err(ReviewError::NotAReview(format!("invalid JSON: {e}"))),
@@ -115,6 +121,91 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
     // Serialising a &str into a Vec cannot fail; fall back to an empty string all the same.
     if serde_json::to_writer(&mut *out, s).is_err() {
         out.extend_from_slice(b"\"\"");
+    }
+}
+
+/// Where in the review a JSON value sits, for [`Lean`].
+#[derive(Clone, Copy)]
+enum Level {
+    Top,
+    Request,
+    Object,
+    Metadata,
+    Other,
+}
+
+/// Reads JSON into a [`Value`] like `Value`'s own `Deserialize`, except that
+/// `request.object.metadata.managedFields` and `request.oldObject.metadata.managedFields` are skipped
+/// without being built: they are about half of a typical object, and noise that is dropped anyway.
+struct Lean(Level);
+
+impl<'de> DeserializeSeed<'de> for Lean {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Lean {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        self.deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(v) = seq.next_element::<Value>()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let next = match (self.0, key.as_str()) {
+                (Level::Metadata, "managedFields") => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                (Level::Top, "request") => Level::Request,
+                (Level::Request, "object" | "oldObject") => Level::Object,
+                (Level::Object, "metadata") => Level::Metadata,
+                _ => Level::Other,
+            };
+            let value = match next {
+                Level::Other => map.next_value::<Value>()?,
+                level => map.next_value_seed(Lean(level))?,
+            };
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -408,7 +499,10 @@ mod tests {
         v["apiVersion"] = "admission.k8s.io/v2".into();
         let (p, why) = uninterpretable(&serde_json::to_vec(&v).unwrap());
         assert_eq!(p.api_version, "admission.k8s.io/v2");
-        assert_eq!(p.uid.as_deref(), Some(testdata::index_uid("create-configmap")));
+        assert_eq!(
+            p.uid.as_deref(),
+            Some(testdata::index_uid("create-configmap"))
+        );
         assert!(why.contains("apiVersion"), "{why}");
 
         let mut v: Value = serde_json::from_str(testdata::fixture("create-configmap")).unwrap();
@@ -439,6 +533,28 @@ mod tests {
         let (p, _) = uninterpretable(br#"{"kind":"AdmissionReview","request":{"uid":"u1"}}"#);
         assert_eq!(p.api_version, ADMISSION_V1);
         assert_eq!(p.uid.as_deref(), Some("u1"));
+    }
+
+    #[test]
+    fn managed_fields_are_skipped_and_the_rest_is_as_serde_json_reads_it() {
+        for (name, body) in testdata::FIXTURES {
+            let req = parse(body.as_bytes()).unwrap().request.unwrap();
+            let full: Value = serde_json::from_str(body).unwrap();
+            for (key, got) in [("object", &req.object), ("oldObject", &req.old_object)] {
+                let mut want = full["request"][key].clone();
+                if let Some(meta) = want.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.remove("managedFields");
+                }
+                assert_eq!(got.clone().unwrap_or(Value::Null), want, "{name} {key}");
+            }
+            assert_eq!(
+                req.options.unwrap_or(Value::Null),
+                full["request"]["options"]
+            );
+        }
+        // Trailing garbage is not JSON.
+        let body = format!("{} x", testdata::fixture("create-configmap"));
+        assert!(parse(body.as_bytes()).is_err());
     }
 
     #[test]

@@ -174,20 +174,40 @@ mod tests {
     fn describes() {
         use ChangeOp::*;
         assert_eq!(
-            describe(&change(Replace, "/spec/replicas", Some(json!(1)), Some(json!(3)))),
+            describe(&change(
+                Replace,
+                "/spec/replicas",
+                Some(json!(1)),
+                Some(json!(3))
+            )),
             "spec.replicas: 1 → 3"
         );
         assert_eq!(
-            describe(&change(Add, "/metadata/labels/tier", None, Some(json!("web")))),
+            describe(&change(
+                Add,
+                "/metadata/labels/tier",
+                None,
+                Some(json!("web"))
+            )),
             "metadata.labels.tier: + web"
         );
         assert_eq!(
-            describe(&change(Remove, "/metadata/labels/tier", Some(json!("web")), None)),
+            describe(&change(
+                Remove,
+                "/metadata/labels/tier",
+                Some(json!("web")),
+                None
+            )),
             "metadata.labels.tier: - web"
         );
         let h = |c: char| json!(format!("hmac-sha256:{}", c.to_string().repeat(64)));
         assert_eq!(
-            describe(&change(Replace, "/data/password", Some(h('a')), Some(h('b')))),
+            describe(&change(
+                Replace,
+                "/data/password",
+                Some(h('a')),
+                Some(h('b'))
+            )),
             "data.password changed"
         );
         assert_eq!(
@@ -201,8 +221,14 @@ mod tests {
             describe(&change(Add, "/spec/x", None, Some(json!({"a": [1]})))),
             r#"spec.x: + {"a":[1]}"#
         );
-        assert_eq!(describe(&change(Add, "/spec/x", None, Some(json!("")))), r#"spec.x: + """#);
-        assert_eq!(shorten("é".repeat(MAX_VALUE_CHARS)), "é".repeat(MAX_VALUE_CHARS));
+        assert_eq!(
+            describe(&change(Add, "/spec/x", None, Some(json!("")))),
+            r#"spec.x: + """#
+        );
+        assert_eq!(
+            shorten("é".repeat(MAX_VALUE_CHARS)),
+            "é".repeat(MAX_VALUE_CHARS)
+        );
     }
 
     #[test]
@@ -216,8 +242,18 @@ mod tests {
         .unwrap();
         assert_eq!(summarize(&ev), "updated");
         ev.changes = vec![
-            change(ChangeOp::Replace, "/spec/replicas", Some(json!(1)), Some(json!(3))),
-            change(ChangeOp::Add, "/metadata/labels/tier", None, Some(json!("web"))),
+            change(
+                ChangeOp::Replace,
+                "/spec/replicas",
+                Some(json!(1)),
+                Some(json!(3)),
+            ),
+            change(
+                ChangeOp::Add,
+                "/metadata/labels/tier",
+                None,
+                Some(json!("web")),
+            ),
             change(ChangeOp::Remove, "/a", Some(json!(1)), None),
             change(ChangeOp::Remove, "/b", Some(json!(1)), None),
         ];

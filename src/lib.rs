@@ -9,6 +9,7 @@ pub mod capture;
 pub mod cmd;
 pub mod crd;
 pub mod metrics;
+pub mod notify;
 pub mod pipeline;
 pub mod render;
 pub mod store;

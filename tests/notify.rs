@@ -5,11 +5,9 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use histor::crd::{
-    EmailSink, NotifySink, SecretKeyRef, SecretRef, SlackSink, WebhookSink,
-};
+use histor::crd::{EmailSink, NotifySink, SecretKeyRef, SecretRef, SlackSink, WebhookSink};
 use histor::notify::webhook::verify_signature;
-use histor::notify::{NotifyConfig, NotifyMetrics, Notifier, StaticSecrets};
+use histor::notify::{Notifier, NotifyConfig, NotifyMetrics, StaticSecrets};
 use histor::pipeline::ChangeEvent;
 use histor::store::StoredEvent;
 use serde_json::Value;
@@ -199,7 +197,12 @@ fn deployment_event(user: &str, name: &str, replicas: (i64, i64)) -> ChangeEvent
 }
 
 /// Runs the notifier in the background; the returned closure stops it and waits.
-fn spawn_run(n: &Notifier) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+fn spawn_run(
+    n: &Notifier,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let n = n.clone();
     let h = tokio::spawn(async move {
@@ -260,7 +263,10 @@ async fn slack_and_webhook_posts_arrive_signed() {
     handle.await.unwrap();
     assert_eq!(n.pending(), 0);
     let health = n.health();
-    assert!(health.iter().all(|h| h.ready && h.reason == "Delivered"), "{health:?}");
+    assert!(
+        health.iter().all(|h| h.ready && h.reason == "Delivered"),
+        "{health:?}"
+    );
 }
 
 #[tokio::test]
@@ -280,8 +286,8 @@ async fn receiver_down_then_up_gets_everything_once_across_a_restart() {
     // First life: queue everything, let a few attempts fail, stop in the middle.
     {
         let db = sled::open(dir.path()).unwrap();
-        let n = Notifier::new(db, secrets.clone(), fast_config(), NotifyMetrics::default())
-            .unwrap();
+        let n =
+            Notifier::new(db, secrets.clone(), fast_config(), NotifyMetrics::default()).unwrap();
         n.set_policy("prod", &[webhook_sink(None)]).unwrap();
         n.on_recorded(&events).unwrap();
         let (stop, handle) = spawn_run(&n);
@@ -563,13 +569,15 @@ fn start_smtp(tls_flags: &[&str]) -> Smtp {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start aiosmtpd");
+    // Owned by `Smtp` at once, so that its Drop reaps the process even if startup fails.
+    let smtp = Smtp {
+        child,
+        port,
+        maildir,
+    };
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Smtp {
-                child,
-                port,
-                maildir,
-            };
+            return smtp;
         }
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -609,7 +617,11 @@ print(json.dumps({'subject': str(m['subject']), 'messageId': str(m['message-id']
                 .arg(e.unwrap().path())
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             serde_json::from_slice(&out.stdout).unwrap()
         })
         .collect()
@@ -675,7 +687,10 @@ async fn send_mail_and_check(smtp: &Smtp, secret: &[(&str, &[u8])]) {
     assert!(m["messageId"].as_str().unwrap().ends_with("@histor.dev>"));
     let text = m["text"].as_str().unwrap();
     assert!(text.contains("spec.replicas 1 → 3"), "{text}");
-    assert!(text.contains("metadata.labels.team added: <web & api>"), "{text}");
+    assert!(
+        text.contains("metadata.labels.team added: <web & api>"),
+        "{text}"
+    );
     let html = m["html"].as_str().unwrap();
     assert!(
         html.contains("metadata.labels.team added: &lt;web &amp; api&gt;"),

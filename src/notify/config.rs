@@ -215,7 +215,7 @@ impl SinkSpec {
         }
         if targets.len() != 1 {
             return Err(bad(
-                "a sink needs exactly one of slack, email or webhook".into(),
+                "a sink needs exactly one of slack, email or webhook".into()
             ));
         }
         let digest = match &sink.digest {
@@ -286,7 +286,7 @@ pub fn format_duration(d: Duration) -> String {
     if ms == 0 {
         return "0s".into();
     }
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let mut secs = d.as_secs();

@@ -29,7 +29,7 @@ pub struct DigestSummary {
 fn ranked<K: Ord + Clone>(counts: BTreeMap<K, usize>) -> Vec<(K, usize)> {
     let mut v: Vec<_> = counts.into_iter().collect();
     // Stable sort keeps the BTreeMap's name order among equal counts: deterministic messages.
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
     v
 }
 
@@ -63,7 +63,12 @@ pub fn summarize<'a>(events: impl IntoIterator<Item = &'a ChangeEvent>) -> Diges
 
 /// Up to `max` names joined with commas, then "and N others".
 pub fn name_list(names: &[String], max: usize) -> String {
-    let shown = names.iter().take(max).cloned().collect::<Vec<_>>().join(", ");
+    let shown = names
+        .iter()
+        .take(max)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     match names.len().saturating_sub(max) {
         0 => shown,
         1 => format!("{shown} and 1 other"),
@@ -97,7 +102,7 @@ impl DigestSummary {
 /// True when a window opened at `opened` is over at `now`.
 pub fn window_due(opened: Timestamp, window: Duration, now: Timestamp) -> bool {
     let window = jiff::SignedDuration::try_from(window).unwrap_or(jiff::SignedDuration::MAX);
-    opened.checked_add(window).map_or(false, |end| end <= now)
+    opened.checked_add(window).is_ok_and(|end| end <= now)
 }
 
 #[cfg(test)]

@@ -114,7 +114,10 @@ impl EmailTransport {
             .map_err(|e| sink(format!("bad from address: {e}")))?;
         let to = to
             .iter()
-            .map(|t| t.parse().map_err(|e| sink(format!("bad to address {t:?}: {e}"))))
+            .map(|t| {
+                t.parse()
+                    .map_err(|e| sink(format!("bad to address {t:?}: {e}")))
+            })
             .collect::<Result<Vec<Mailbox>>>()?;
         Ok(EmailTransport {
             transport: builder.build(),

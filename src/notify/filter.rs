@@ -101,13 +101,24 @@ mod tests {
             namespaces: ns.iter().map(|s| s.to_string()).collect(),
             kinds: kinds.iter().map(|s| s.to_string()).collect(),
         };
-        assert!(matches(Some(&f(vec![Operation::Update], &[], &[], &[])), &e));
-        assert!(!matches(Some(&f(vec![Operation::Delete], &[], &[], &[])), &e));
+        assert!(matches(
+            Some(&f(vec![Operation::Update], &[], &[], &[])),
+            &e
+        ));
+        assert!(!matches(
+            Some(&f(vec![Operation::Delete], &[], &[], &[])),
+            &e
+        ));
         assert!(matches(Some(&f(vec![], &["al*"], &[], &[])), &e));
         assert!(!matches(Some(&f(vec![], &["bob"], &[], &[])), &e));
         assert!(matches(Some(&f(vec![], &[], &["prod-*"], &[])), &e));
         assert!(!matches(Some(&f(vec![], &[], &["dev-*"], &[])), &e));
-        for k in ["Deployment", "deployments", "deployments.apps", "DEPLOYMENT"] {
+        for k in [
+            "Deployment",
+            "deployments",
+            "deployments.apps",
+            "DEPLOYMENT",
+        ] {
             assert!(matches(Some(&f(vec![], &[], &[], &[k])), &e), "{k}");
         }
         assert!(!matches(Some(&f(vec![], &[], &[], &["ConfigMap"])), &e));

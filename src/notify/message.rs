@@ -119,7 +119,11 @@ pub fn display_path(pointer: &str) -> String {
             out.push_str(&format!("[{seg:?}]"));
         }
     }
-    if out.is_empty() { "(object)".into() } else { out }
+    if out.is_empty() {
+        "(object)".into()
+    } else {
+        out
+    }
 }
 
 /// A value shown inline: strings bare, everything else as compact JSON, cut to a readable length.
@@ -375,7 +379,10 @@ pub fn render_email(events: &[StoredEvent], ctx: &MessageContext) -> EmailConten
                 ("When", when(e)),
                 ("Request", e.request_uid.clone()),
             ];
-            html.push_str(&format!("<h2>{}</h2>\n<table>\n", html_escape(&one_line(e))));
+            html.push_str(&format!(
+                "<h2>{}</h2>\n<table>\n",
+                html_escape(&one_line(e))
+            ));
             for (k, v) in rows {
                 text.push_str(&format!("{k:<8} {v}\n"));
                 html.push_str(&format!(
@@ -420,7 +427,10 @@ pub fn render_email(events: &[StoredEvent], ctx: &MessageContext) -> EmailConten
                     ),
                 ),
             ];
-            html.push_str(&format!("<h2>{}</h2>\n<table>\n", html_escape(&s.headline())));
+            html.push_str(&format!(
+                "<h2>{}</h2>\n<table>\n",
+                html_escape(&s.headline())
+            ));
             text.push_str(&format!("{}\n\n", s.headline()));
             for (k, v) in rows {
                 text.push_str(&format!("{k:<10} {v}\n"));
@@ -574,7 +584,12 @@ mod tests {
         assert!(!m.html.contains("<script>"));
         assert!(m.html.contains("&lt;script&gt;"));
         let slack = render_slack(&[stored(1, e)], &ctx());
-        assert!(slack["text"].as_str().unwrap().starts_with("&lt;script&gt;"));
+        assert!(
+            slack["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("&lt;script&gt;")
+        );
         assert_eq!(
             slack["blocks"][1]["fields"][0]["text"],
             "*Who*\n&lt;script&gt;alert(1)&lt;/script&gt;"
@@ -586,7 +601,10 @@ mod tests {
         let events: Vec<StoredEvent> = (0..200)
             .map(|i| {
                 let user = if i % 2 == 0 { "alice" } else { "bob" };
-                stored(i, event(user, Operation::Update, Some("demo"), &format!("a{i}")))
+                stored(
+                    i,
+                    event(user, Operation::Update, Some("demo"), &format!("a{i}")),
+                )
             })
             .collect();
         let m = render_email(&events, &ctx());
@@ -618,8 +636,8 @@ mod tests {
             .map(|(i, e)| stored(i as u64, e))
             .collect();
         // The fixtures do carry the values (else this test would prove nothing).
-        let raw = serde_json::to_string(&events.iter().map(|s| &s.event).collect::<Vec<_>>())
-            .unwrap();
+        let raw =
+            serde_json::to_string(&events.iter().map(|s| &s.event).collect::<Vec<_>>()).unwrap();
         assert!(raw.contains("hmac-sha256:"));
         let rotated = &events[3].event;
         assert!(
@@ -638,7 +656,15 @@ mod tests {
         }
         // Key names are still shown.
         let m = render_email(&events[3..4], &ctx());
-        assert!(m.text.contains("data.password changed (value hidden)"), "{}", m.text);
-        assert!(m.text.contains("stringData keys added: token"), "{}", m.text);
+        assert!(
+            m.text.contains("data.password changed (value hidden)"),
+            "{}",
+            m.text
+        );
+        assert!(
+            m.text.contains("stringData keys added: token"),
+            "{}",
+            m.text
+        );
     }
 }

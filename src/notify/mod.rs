@@ -167,10 +167,7 @@ impl Notifier {
             let mut map = lock(&self.inner.sinks);
             map.retain(|id, _| id.policy != policy || keep.contains(id));
             for spec in specs {
-                let filter = spec
-                    .when
-                    .as_ref()
-                    .and_then(|w| CompiledFilter::new(w).ok());
+                let filter = spec.when.as_ref().and_then(|w| CompiledFilter::new(w).ok());
                 match map.get_mut(&spec.id) {
                     Some(st) if st.spec == spec => {}
                     Some(st) => {
@@ -252,7 +249,7 @@ impl Notifier {
             let sinks = lock(&self.inner.sinks);
             for se in events {
                 for (id, st) in sinks.iter() {
-                    if !se.event.policies.iter().any(|p| *p == id.policy) {
+                    if !se.event.policies.contains(&id.policy) {
                         continue;
                     }
                     if let Some(f) = &st.filter
@@ -377,10 +374,8 @@ impl Notifier {
             }
         }
         let grace = self.inner.config.request_timeout;
-        let drained = tokio::time::timeout(grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             warn!("deliveries still running at shutdown; they will be retried after restart");
             tasks.abort_all();
@@ -408,15 +403,19 @@ impl Notifier {
                 pending: pending.get(id).copied().unwrap_or(0),
             })
             .collect();
-        out.extend(lock(&self.inner.invalid).iter().map(|(id, msg)| SinkHealth {
-            policy: id.policy.clone(),
-            sink: id.sink.clone(),
-            kind: None,
-            ready: false,
-            reason: "InvalidSink".into(),
-            message: msg.clone(),
-            pending: 0,
-        }));
+        out.extend(
+            lock(&self.inner.invalid)
+                .iter()
+                .map(|(id, msg)| SinkHealth {
+                    policy: id.policy.clone(),
+                    sink: id.sink.clone(),
+                    kind: None,
+                    ready: false,
+                    reason: "InvalidSink".into(),
+                    message: msg.clone(),
+                    pending: 0,
+                }),
+        );
         out.sort_by(|a, b| (&a.policy, &a.sink).cmp(&(&b.policy, &b.sink)));
         out
     }
@@ -675,5 +674,119 @@ impl Inner {
             ),
         );
         self.outbox.remove(key).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{SecretKeyRef, WebhookSink};
+    use testutil::{MemStore, event, stored};
+
+    fn notifier(db: &sled::Db) -> Notifier {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let n = Notifier::new(
+            db.clone(),
+            Arc::new(StaticSecrets::default()),
+            NotifyConfig::default(),
+            NotifyMetrics::default(),
+        )
+        .unwrap();
+        let sink = NotifySink {
+            name: "hook".into(),
+            webhook: Some(WebhookSink {
+                url_secret_ref: SecretKeyRef {
+                    namespace: "ns".into(),
+                    name: "hook".into(),
+                    key: "url".into(),
+                },
+                signing_secret_ref: None,
+            }),
+            ..Default::default()
+        };
+        n.set_policy("prod", &[sink]).unwrap();
+        n
+    }
+
+    fn at(id: u64) -> StoredEvent {
+        let mut e = event("alice", Operation::Update, Some("demo"), &format!("a{id}"));
+        e.received_at = Timestamp::from_microsecond(id as i64).unwrap();
+        stored(id, e)
+    }
+
+    use crate::crd::Operation;
+
+    #[test]
+    fn recover_from_hands_over_what_the_cursor_missed() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let n = notifier(&db);
+        let base = 1_800_000_000_000_000u64;
+        let store = MemStore::default();
+        store.0.lock().unwrap().extend((0..5).map(|i| at(base + i)));
+        // First start: no cursor, nothing replayed, cursor set to the newest event.
+        assert_eq!(n.recover_from(&store).unwrap(), 0);
+        assert_eq!(n.pending(), 0);
+        // Two events handed over normally, then three stored but lost before on_recorded.
+        n.on_recorded(&[at(base + 5), at(base + 6)]).unwrap();
+        store
+            .0
+            .lock()
+            .unwrap()
+            .extend((5..10).map(|i| at(base + i)));
+        // Lots of older history too, to exercise paging.
+        store
+            .0
+            .lock()
+            .unwrap()
+            .extend((0..300).map(|i| at(base - 1_000_000 + i)));
+        assert_eq!(n.pending(), 2);
+        assert_eq!(n.recover_from(&store).unwrap(), 3);
+        assert_eq!(n.pending(), 5);
+        assert_eq!(n.recover_from(&store).unwrap(), 0);
+        let ids: Vec<u64> = n
+            .inner
+            .outbox
+            .entries()
+            .unwrap()
+            .into_iter()
+            .flat_map(|(_, e)| e.event_ids)
+            .collect();
+        assert_eq!(ids, (5..10).map(|i| base + i).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn policies_and_filters_route_events() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let n = notifier(&db);
+        let mut other = at(1);
+        other.event.policies = vec!["staging".into()];
+        n.on_recorded(&[other, at(2)]).unwrap();
+        assert_eq!(n.pending(), 1);
+        // Removing the policy drops its queue.
+        n.remove_policy("prod").unwrap();
+        assert_eq!(n.pending(), 0);
+        assert!(n.health().is_empty());
+    }
+
+    #[test]
+    fn invalid_sinks_show_in_health() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let n = notifier(&db);
+        let bad = NotifySink {
+            name: "nothing".into(),
+            ..Default::default()
+        };
+        assert!(n.set_policy("other", &[bad]).is_err());
+        let h = n.health();
+        assert_eq!(h.len(), 2);
+        assert_eq!(
+            (h[0].policy.as_str(), h[0].reason.as_str()),
+            ("other", "InvalidSink")
+        );
+        assert!(!h[0].ready);
+        assert_eq!(
+            (h[1].policy.as_str(), h[1].reason.as_str()),
+            ("prod", "Configured")
+        );
     }
 }

@@ -120,7 +120,9 @@ impl RetryPolicy {
             Some(d) => (*d).min(self.max_delay),
             None => self.backoff(failures, random),
         };
-        let at = now.checked_add(SignedDuration::try_from(delay).ok()?).ok()?;
+        let at = now
+            .checked_add(SignedDuration::try_from(delay).ok()?)
+            .ok()?;
         let deadline = created
             .checked_add(SignedDuration::try_from(self.max_duration).ok()?)
             .ok()?;
@@ -159,7 +161,10 @@ mod tests {
         }
         for s in [301, 400, 401, 403, 404, 410, 413, 422, 501] {
             assert!(
-                matches!(classify_http(s, None, now), DeliveryResult::Permanent { .. }),
+                matches!(
+                    classify_http(s, None, now),
+                    DeliveryResult::Permanent { .. }
+                ),
                 "{s}"
             );
         }
@@ -168,7 +173,10 @@ mod tests {
     #[test]
     fn retry_after_seconds_and_dates() {
         let now = t("2015-10-21T07:28:00Z");
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after("Wed, 21 Oct 2015 07:30:00 GMT", now),
             Some(Duration::from_secs(120))
@@ -222,7 +230,13 @@ mod tests {
             None
         );
         assert_eq!(
-            p.next_attempt(created, created, 1, &DeliveryResult::permanent("HTTP 400"), 0),
+            p.next_attempt(
+                created,
+                created,
+                1,
+                &DeliveryResult::permanent("HTTP 400"),
+                0
+            ),
             None
         );
         // Retry-After wins over the backoff but stays capped.

@@ -156,12 +156,19 @@ impl SecretSource for FileSecrets {
             let mut entries = match tokio::fs::read_dir(&dir).await {
                 Ok(e) => e,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(secret_error(secret, format!("not found in {}", dir.display())));
+                    return Err(secret_error(
+                        secret,
+                        format!("not found in {}", dir.display()),
+                    ));
                 }
                 Err(e) => return Err(Error::file(&dir, e)),
             };
             let mut values = BTreeMap::new();
-            while let Some(entry) = entries.next_entry().await.map_err(|e| Error::file(&dir, e))? {
+            while let Some(entry) = entries
+                .next_entry()
+                .await
+                .map_err(|e| Error::file(&dir, e))?
+            {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 // Mounted Secret volumes hold `..data` and timestamped dirs next to the keys.
                 if name.starts_with('.') {
@@ -250,6 +257,9 @@ mod tests {
             ..key
         };
         let err = get_key(&s, &missing).await.unwrap_err().to_string();
-        assert!(err.contains("token") && !err.contains("http://two"), "{err}");
+        assert!(
+            err.contains("token") && !err.contains("http://two"),
+            "{err}"
+        );
     }
 }

@@ -107,10 +107,8 @@ pub fn event_from_review(review: &serde_json::Value, policy: &str) -> ChangeEven
     }
     let operation: Operation = s(&r["operation"]).parse().expect("operation");
     let mut changes = Vec::new();
-    if operation == Operation::Update {
-        if let (Some(a), Some(b)) = (&old, &object) {
-            diff("", a, b, &mut changes);
-        }
+    if let (Operation::Update, Some(a), Some(b)) = (operation, &old, &object) {
+        diff("", a, b, &mut changes);
     }
     let namespace = r
         .get("namespace")

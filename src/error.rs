@@ -54,6 +54,30 @@ pub enum Error {
     /// A command-line argument that does not make sense.
     #[error("{0}")]
     Usage(String),
+
+    /// A Secret a sink needs is missing, unreadable or lacks a key.
+    #[error("secret {namespace}/{name}: {message}")]
+    Secret {
+        namespace: String,
+        name: String,
+        message: String,
+    },
+
+    /// The Kubernetes API failed.
+    #[error("kubernetes api: {0}")]
+    Kube(#[source] kube::Error),
+
+    /// A notification sink is misconfigured or cannot be used as configured.
+    #[error("notify sink {sink}: {message}")]
+    Notify { sink: String, message: String },
+
+    /// Building or sending an email failed.
+    #[error("smtp: {0}")]
+    Smtp(String),
+
+    /// An HTTP request to a sink failed.
+    #[error("http: {0}")]
+    Http(String),
 }
 
 impl Error {
@@ -69,6 +93,11 @@ impl Error {
             Error::Json(_) => "json",
             Error::File { .. } | Error::Io(_) => "io",
             Error::Usage(_) => "usage",
+            Error::Secret { .. } => "secret",
+            Error::Kube(_) => "kube",
+            Error::Notify { .. } => "notify",
+            Error::Smtp(_) => "smtp",
+            Error::Http(_) => "http",
         }
     }
 

@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod crd;
 pub mod index;
 pub mod metrics;
+pub mod notify;
 pub mod pipeline;
 pub mod render;
 pub mod store;

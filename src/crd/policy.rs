@@ -299,8 +299,10 @@ pub struct SlackSink {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EmailSink {
-    /// Secret with the connection: `host`, optional `port`, `tls` (`starttls`, `tls` or `none`),
-    /// `username`, `password`.
+    /// Secret with the connection: `host`; optional `tls` (`starttls`, the default; `tls` for
+    /// implicit TLS; `none` for a local relay), `port` (default 587, 465 or 25 by `tls`),
+    /// `username` and `password` (no authentication without `username`), and `ca.crt` (PEM CA to
+    /// trust for a server with a private certificate). Re-read on change: no restart needed.
     pub smtp_secret_ref: SecretRef,
     /// Sender address.
     pub from: String,

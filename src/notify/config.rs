@@ -1,0 +1,377 @@
+//! Notifier configuration: the knobs of the delivery machinery (with `default_*` functions), the
+//! per-sink view of a policy's `spec.notify` entry, and Go-style duration parsing. Pure: depends on
+//! `crd` types only.
+
+use crate::crd::{NotifySink, SecretKeyRef, SecretRef};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+
+/// Knobs of the notification machinery, shared by every sink.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// First retry delay after a failed delivery; doubles on each further failure.
+    #[serde(default = "default_initial_backoff", with = "duration_str")]
+    pub initial_backoff: Duration,
+    /// Longest delay between two attempts.
+    #[serde(default = "default_max_backoff", with = "duration_str")]
+    pub max_backoff: Duration,
+    /// How long a notification is retried before it counts as a permanent failure.
+    #[serde(default = "default_max_retry_duration", with = "duration_str")]
+    pub max_retry_duration: Duration,
+    /// Time limit of one delivery attempt (connect, TLS, send and answer).
+    #[serde(default = "default_request_timeout", with = "duration_str")]
+    pub request_timeout: Duration,
+    /// How often the delivery loop looks for due work when nothing wakes it.
+    #[serde(default = "default_poll_interval", with = "duration_str")]
+    pub poll_interval: Duration,
+    /// Changed fields shown per event in a message.
+    #[serde(default = "default_max_fields")]
+    pub max_fields: usize,
+    /// Events listed in a digest before "and N more".
+    #[serde(default = "default_max_listed")]
+    pub max_listed: usize,
+}
+
+/// Default of [`NotifyConfig::initial_backoff`]: 1s.
+pub fn default_initial_backoff() -> Duration {
+    Duration::from_secs(1)
+}
+/// Default of [`NotifyConfig::max_backoff`]: 5m.
+pub fn default_max_backoff() -> Duration {
+    Duration::from_secs(300)
+}
+/// Default of [`NotifyConfig::max_retry_duration`]: 1h.
+pub fn default_max_retry_duration() -> Duration {
+    Duration::from_secs(3600)
+}
+/// Default of [`NotifyConfig::request_timeout`]: 10s.
+pub fn default_request_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+/// Default of [`NotifyConfig::poll_interval`]: 1s.
+pub fn default_poll_interval() -> Duration {
+    Duration::from_secs(1)
+}
+/// Default of [`NotifyConfig::max_fields`]: 10.
+pub fn default_max_fields() -> usize {
+    10
+}
+/// Default of [`NotifyConfig::max_listed`]: 5.
+pub fn default_max_listed() -> usize {
+    5
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+            max_retry_duration: default_max_retry_duration(),
+            request_timeout: default_request_timeout(),
+            poll_interval: default_poll_interval(),
+            max_fields: default_max_fields(),
+            max_listed: default_max_listed(),
+        }
+    }
+}
+
+/// The transport of a sink; also the `sink` label of metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// Slack incoming webhook.
+    Slack,
+    /// SMTP.
+    Email,
+    /// Generic JSON webhook.
+    Webhook,
+}
+
+impl SinkKind {
+    /// Fixed lowercase name, used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Slack => "slack",
+            SinkKind::Email => "email",
+            SinkKind::Webhook => "webhook",
+        }
+    }
+}
+
+impl fmt::Display for SinkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Names one sink of one policy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SinkId {
+    /// TrackingPolicy name.
+    pub policy: String,
+    /// Sink name within the policy.
+    pub sink: String,
+}
+
+impl SinkId {
+    /// Builds an id.
+    pub fn new(policy: impl Into<String>, sink: impl Into<String>) -> Self {
+        SinkId {
+            policy: policy.into(),
+            sink: sink.into(),
+        }
+    }
+
+    /// Key prefix in the sled trees. Policy and sink names are DNS labels, so `/` cannot occur in
+    /// them and the prefix is unambiguous.
+    pub(crate) fn key(&self) -> String {
+        format!("{}/{}/", self.policy, self.sink)
+    }
+}
+
+impl fmt::Display for SinkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.policy, self.sink)
+    }
+}
+
+/// Where a sink sends, as written in the policy (secret references, not secret values: those are
+/// read at delivery time so that rotation needs no restart).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SinkTarget {
+    /// Slack: the incoming-webhook URL is in this Secret key.
+    Slack { url: SecretKeyRef },
+    /// Email: connection settings in this Secret.
+    Email {
+        smtp: SecretRef,
+        from: String,
+        to: Vec<String>,
+    },
+    /// Webhook: URL and optional HMAC key in these Secret keys.
+    Webhook {
+        url: SecretKeyRef,
+        signing_key: Option<SecretKeyRef>,
+    },
+}
+
+impl SinkTarget {
+    /// The transport kind.
+    pub fn kind(&self) -> SinkKind {
+        match self {
+            SinkTarget::Slack { .. } => SinkKind::Slack,
+            SinkTarget::Email { .. } => SinkKind::Email,
+            SinkTarget::Webhook { .. } => SinkKind::Webhook,
+        }
+    }
+}
+
+/// One sink of one policy, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SinkSpec {
+    /// Policy and sink name.
+    pub id: SinkId,
+    /// Where to send.
+    pub target: SinkTarget,
+    /// Which events the sink gets.
+    pub when: Option<crate::crd::NotifyFilter>,
+    /// Digest window; `None` sends each event alone.
+    pub digest: Option<Duration>,
+    /// Messages per minute; `None` for no limit.
+    pub rate_limit_per_minute: Option<u32>,
+}
+
+impl SinkSpec {
+    /// Validates one `spec.notify` entry of `policy`.
+    pub fn from_crd(policy: &str, sink: &NotifySink) -> Result<Self> {
+        let id = SinkId::new(policy, &sink.name);
+        let bad = |message: String| Error::Notify {
+            sink: id.to_string(),
+            message,
+        };
+        let mut targets = Vec::new();
+        if let Some(s) = &sink.slack {
+            targets.push(SinkTarget::Slack {
+                url: s.webhook_secret_ref.clone(),
+            });
+        }
+        if let Some(e) = &sink.email {
+            if e.to.is_empty() {
+                return Err(bad("email needs at least one recipient in `to`".into()));
+            }
+            targets.push(SinkTarget::Email {
+                smtp: e.smtp_secret_ref.clone(),
+                from: e.from.clone(),
+                to: e.to.clone(),
+            });
+        }
+        if let Some(w) = &sink.webhook {
+            targets.push(SinkTarget::Webhook {
+                url: w.url_secret_ref.clone(),
+                signing_key: w.signing_secret_ref.clone(),
+            });
+        }
+        if targets.len() != 1 {
+            return Err(bad(
+                "a sink needs exactly one of slack, email or webhook".into()
+            ));
+        }
+        let digest = match &sink.digest {
+            Some(d) => Some(parse_duration(d).map_err(|e| bad(format!("digest: {e}")))?),
+            None => None,
+        };
+        if let Some(when) = &sink.when {
+            // Reject bad globs now, so the policy's status says so instead of every event failing.
+            super::filter::CompiledFilter::new(when).map_err(|e| bad(format!("when: {e}")))?;
+        }
+        if sink.rate_limit_per_minute == Some(0) {
+            return Err(bad("rateLimitPerMinute must be positive".into()));
+        }
+        Ok(SinkSpec {
+            id,
+            target: targets.remove(0),
+            when: sink.when.clone(),
+            digest: digest.filter(|d| !d.is_zero()),
+            rate_limit_per_minute: sink.rate_limit_per_minute,
+        })
+    }
+}
+
+/// Parses a Go-style duration such as `60s`, `5m`, `1h30m` or `1.5h` (units `ns`, `us`, `ms`, `s`,
+/// `m`, `h`), as `kubectl` users write them.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = s;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("{s:?}: missing unit (ns, us, ms, s, m or h)"))?;
+        if num_len == 0 {
+            return Err(format!("{s:?}: expected a number before the unit"));
+        }
+        let value: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| format!("{s:?}: bad number {:?}", &rest[..num_len]))?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            other => return Err(format!("{s:?}: unknown unit {other:?}")),
+        };
+        rest = &rest[unit_len..];
+        total += value * scale;
+    }
+    Duration::try_from_secs_f64(total).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it (`1h30m`, `60s`, `250ms`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let mut secs = d.as_secs();
+    let mut out = String::new();
+    for (unit, size) in [("h", 3600), ("m", 60), ("s", 1)] {
+        if secs >= size {
+            out.push_str(&format!("{}{unit}", secs / size));
+            secs %= size;
+        }
+    }
+    out
+}
+
+mod duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{NotifyFilter, SlackSink};
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("60").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("5d").is_err());
+        for d in ["1h30m", "60s", "250ms", "2h"] {
+            let parsed = parse_duration(d).unwrap();
+            assert_eq!(parse_duration(&format_duration(parsed)), Ok(parsed));
+        }
+    }
+
+    #[test]
+    fn config_deserialises_with_defaults() {
+        let c: NotifyConfig = serde_json::from_str(r#"{"maxRetryDuration":"2h"}"#).unwrap();
+        assert_eq!(c.max_retry_duration, Duration::from_secs(7200));
+        assert_eq!(c.initial_backoff, default_initial_backoff());
+        assert!(serde_json::from_str::<NotifyConfig>(r#"{"bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn sink_spec_validates() {
+        let mut sink = NotifySink {
+            name: "team".into(),
+            slack: Some(SlackSink {
+                webhook_secret_ref: SecretKeyRef {
+                    namespace: "ns".into(),
+                    name: "slack".into(),
+                    key: "url".into(),
+                },
+            }),
+            digest: Some("60s".into()),
+            ..Default::default()
+        };
+        let spec = SinkSpec::from_crd("p", &sink).unwrap();
+        assert_eq!(spec.target.kind(), SinkKind::Slack);
+        assert_eq!(spec.digest, Some(Duration::from_secs(60)));
+        sink.digest = Some("soon".into());
+        assert!(SinkSpec::from_crd("p", &sink).is_err());
+        sink.digest = None;
+        sink.when = Some(NotifyFilter {
+            users: vec!["[".into()],
+            ..Default::default()
+        });
+        assert!(SinkSpec::from_crd("p", &sink).is_err());
+        sink.when = None;
+        sink.slack = None;
+        assert!(SinkSpec::from_crd("p", &sink).is_err());
+    }
+}

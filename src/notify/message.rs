@@ -1,0 +1,670 @@
+//! Rendering: one event or a digest of events as a Slack Block Kit message, an email (subject,
+//! text/plain and text/html) or a generic webhook JSON body. Pure; depends on pipeline and store
+//! types only.
+//!
+//! Secret values never reach a message: the redactor has already replaced them with
+//! `hmac-sha256:<hex>` strings, and here those (and anything under a Secret's `data`/`stringData`)
+//! are shown only as "which key changed".
+
+// TODO(integrate): use pipeline::summary for display paths and one-line summaries once it lands;
+// the helpers below are the minimum this module needs meanwhile.
+
+use super::config::SinkKind;
+use super::digest::{name_list, summarize};
+use crate::crd::Operation;
+use crate::pipeline::{ChangeEvent, ChangeOp, FieldChange};
+use crate::store::StoredEvent;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Prefix the redactor gives hashed Secret values.
+const HMAC_PREFIX: &str = "hmac-sha256:";
+/// Longest value shown inline before it is cut.
+const MAX_VALUE_CHARS: usize = 80;
+/// Most events a webhook body carries; the summary still counts them all.
+const MAX_WEBHOOK_EVENTS: usize = 1000;
+
+/// A rendered notification, as kept in the outbox (rendered once so that every retry sends the
+/// very same bytes, and the HMAC signature of a retry matches the first attempt's).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Payload {
+    /// Slack Block Kit JSON.
+    Slack { body: String },
+    /// Email content; sender and recipients come from the sink at send time.
+    Email(EmailContent),
+    /// Generic webhook JSON.
+    Webhook { body: String },
+}
+
+/// The parts of an email.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EmailContent {
+    /// Subject line saying the gist.
+    pub subject: String,
+    /// text/plain part.
+    pub text: String,
+    /// text/html part.
+    pub html: String,
+}
+
+/// Where a message comes from, shown in its footer and in webhook bodies.
+#[derive(Clone, Debug, Default)]
+pub struct MessageContext {
+    /// TrackingPolicy name.
+    pub policy: String,
+    /// Sink name.
+    pub sink: String,
+    /// The outbox delivery id (idempotency key).
+    pub delivery_id: String,
+    /// Changed fields shown per event.
+    pub max_fields: usize,
+    /// Events listed in a digest.
+    pub max_listed: usize,
+}
+
+/// Renders `events` (one, or a digest of several) for a sink of `kind`.
+pub fn render(kind: SinkKind, events: &[StoredEvent], ctx: &MessageContext) -> Payload {
+    match kind {
+        SinkKind::Slack => Payload::Slack {
+            body: render_slack(events, ctx).to_string(),
+        },
+        SinkKind::Email => Payload::Email(render_email(events, ctx)),
+        SinkKind::Webhook => Payload::Webhook {
+            body: render_webhook(events, ctx).to_string(),
+        },
+    }
+}
+
+/// `created`, `updated`, `deleted`, `connected to`.
+pub fn verb(op: Operation) -> &'static str {
+    match op {
+        Operation::Create => "created",
+        Operation::Update => "updated",
+        Operation::Delete => "deleted",
+        Operation::Connect => "connected to",
+    }
+}
+
+/// `deployments.apps demo/nginx` (with `/scale` for a subresource): what kubectl users recognise.
+pub fn what(e: &ChangeEvent) -> String {
+    let mut resource = e.resource.group_resource();
+    if let Some(sub) = &e.resource.subresource {
+        resource = format!("{resource} ({sub})");
+    }
+    match &e.namespace {
+        Some(ns) => format!("{resource} {ns}/{}", e.name),
+        None => format!("{resource} {}", e.name),
+    }
+}
+
+/// `/spec/template/spec/containers/0/image` → `spec.template.spec.containers[0].image`;
+/// keys that are not plain identifiers are quoted: `metadata.labels["app.kubernetes.io/name"]`.
+pub fn display_path(pointer: &str) -> String {
+    let mut out = String::new();
+    for raw in pointer.split('/').skip(1) {
+        let seg = raw.replace("~1", "/").replace("~0", "~");
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{seg}]"));
+        } else if !seg.is_empty()
+            && seg
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&seg);
+        } else {
+            out.push_str(&format!("[{seg:?}]"));
+        }
+    }
+    if out.is_empty() {
+        "(object)".into()
+    } else {
+        out
+    }
+}
+
+/// A value shown inline: strings bare, everything else as compact JSON, cut to a readable length.
+pub fn display_value(v: &Value) -> String {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if s.chars().count() > MAX_VALUE_CHARS {
+        let cut: String = s.chars().take(MAX_VALUE_CHARS - 1).collect();
+        format!("{cut}…")
+    } else {
+        s
+    }
+}
+
+fn contains_hmac(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.starts_with(HMAC_PREFIX),
+        Value::Array(a) => a.iter().any(contains_hmac),
+        Value::Object(o) => o.values().any(contains_hmac),
+        _ => false,
+    }
+}
+
+fn is_secret(e: &ChangeEvent) -> bool {
+    e.kind.group.is_empty() && e.kind.kind == "Secret"
+}
+
+fn is_secret_data_path(path: &str) -> bool {
+    ["/data", "/stringData"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+}
+
+/// True when a change must be shown without its values.
+fn hides_values(e: &ChangeEvent, c: &FieldChange) -> bool {
+    (is_secret(e) && is_secret_data_path(&c.path))
+        || c.old.as_ref().is_some_and(contains_hmac)
+        || c.new.as_ref().is_some_and(contains_hmac)
+}
+
+fn keys_of(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Object(o)) => o.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// One changed field, human-readable: `spec.replicas 1 → 3`; for secret values only the key:
+/// `data.password changed`.
+pub fn display_change(e: &ChangeEvent, c: &FieldChange) -> String {
+    let path = display_path(&c.path);
+    if hides_values(e, c) {
+        let (new_keys, old_keys) = (keys_of(c.new.as_ref()), keys_of(c.old.as_ref()));
+        let keys = if new_keys.is_empty() {
+            old_keys
+        } else {
+            new_keys
+        };
+        let what = match c.op {
+            ChangeOp::Add => "added",
+            ChangeOp::Remove => "removed",
+            ChangeOp::Replace => "changed",
+        };
+        return if keys.is_empty() {
+            format!("{path} {what} (value hidden)")
+        } else {
+            format!("{path} keys {what}: {} (values hidden)", keys.join(", "))
+        };
+    }
+    let show = |v: &Option<Value>| v.as_ref().map(display_value).unwrap_or_default();
+    match c.op {
+        ChangeOp::Replace => format!("{path} {} → {}", show(&c.old), show(&c.new)),
+        ChangeOp::Add => format!("{path} added: {}", show(&c.new)),
+        ChangeOp::Remove => format!("{path} removed (was {})", show(&c.old)),
+    }
+}
+
+/// Up to `max` changed fields of `e`, plus how many were left out.
+pub fn change_lines(e: &ChangeEvent, max: usize) -> (Vec<String>, usize) {
+    let lines = e
+        .changes
+        .iter()
+        .take(max)
+        .map(|c| display_change(e, c))
+        .collect();
+    (lines, e.changes.len().saturating_sub(max))
+}
+
+/// `alice updated deployments.apps demo/nginx: spec.replicas 1 → 3` (and `+2 more fields`).
+pub fn one_line(e: &ChangeEvent) -> String {
+    let head = format!("{} {} {}", e.user.username, verb(e.operation), what(e));
+    match e.changes.as_slice() {
+        [] => head,
+        [c] => format!("{head}: {}", display_change(e, c)),
+        [c, rest @ ..] => format!(
+            "{head}: {} (+{} more field{})",
+            display_change(e, c),
+            rest.len(),
+            if rest.len() == 1 { "" } else { "s" }
+        ),
+    }
+}
+
+fn when(e: &ChangeEvent) -> String {
+    e.received_at.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+fn headline(events: &[StoredEvent]) -> String {
+    match events {
+        [one] => one_line(&one.event),
+        many => summarize(many.iter().map(|s| &s.event)).headline(),
+    }
+}
+
+/// Escapes text for Slack mrkdwn, which treats `&`, `<` and `>` as control characters.
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn cut(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let c: String = s.chars().take(max - 1).collect();
+        format!("{c}…")
+    }
+}
+
+fn footer(ctx: &MessageContext) -> String {
+    format!("histor · policy {} · sink {}", ctx.policy, ctx.sink)
+}
+
+/// Slack Block Kit message: header, who/what/where/when, changed fields, context footer.
+pub fn render_slack(events: &[StoredEvent], ctx: &MessageContext) -> Value {
+    let title = headline(events);
+    let mut blocks = vec![json!({
+        "type": "header",
+        // Slack caps header text at 150 characters.
+        "text": {"type": "plain_text", "text": cut(&title, 150), "emoji": false}
+    })];
+    match events {
+        [one] => {
+            let e = &one.event;
+            let ts = e.received_at.as_second();
+            blocks.push(json!({
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": format!("*Who*\n{}", slack_escape(&e.user.username))},
+                    {"type": "mrkdwn", "text": format!("*What*\n{} {}", verb(e.operation), slack_escape(&e.resource.group_resource()))},
+                    {"type": "mrkdwn", "text": format!("*Where*\n{}", slack_escape(&match &e.namespace {
+                        Some(ns) => format!("{ns}/{}", e.name),
+                        None => e.name.clone(),
+                    }))},
+                    {"type": "mrkdwn", "text": format!("*When*\n<!date^{ts}^{{date_short_pretty}} {{time_secs}}|{}>", when(e))},
+                ]
+            }));
+            let (lines, more) = change_lines(e, ctx.max_fields);
+            if !lines.is_empty() {
+                let mut text = lines
+                    .iter()
+                    .map(|l| format!("• {}", slack_escape(l)))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if more > 0 {
+                    text.push_str(&format!("\n…and {more} more"));
+                }
+                blocks.push(json!({
+                    "type": "section",
+                    "text": {"type": "mrkdwn", "text": cut(&format!("*Changed fields*\n{text}"), 3000)}
+                }));
+            }
+        }
+        many => {
+            let s = summarize(many.iter().map(|s| &s.event));
+            let users = s
+                .users
+                .iter()
+                .map(|(u, n)| format!("{} ({n})", slack_escape(u)))
+                .collect::<Vec<_>>();
+            let resources = s
+                .resources
+                .iter()
+                .map(|(r, n)| format!("{} ({n})", slack_escape(r)))
+                .collect::<Vec<_>>();
+            blocks.push(json!({
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": format!("*Who*\n{}", name_list(&users, 5))},
+                    {"type": "mrkdwn", "text": format!("*What*\n{}", s.operations_line())},
+                    {"type": "mrkdwn", "text": format!("*Resources*\n{}", name_list(&resources, 5))},
+                    {"type": "mrkdwn", "text": format!("*When*\n{} – {}",
+                        s.first.map(|t| t.strftime("%H:%M:%S").to_string()).unwrap_or_default(),
+                        s.last.map(|t| t.strftime("%H:%M:%S UTC").to_string()).unwrap_or_default())},
+                ]
+            }));
+            let mut text = many
+                .iter()
+                .take(ctx.max_listed)
+                .map(|s| format!("• {}", slack_escape(&one_line(&s.event))))
+                .collect::<Vec<_>>()
+                .join("\n");
+            if many.len() > ctx.max_listed {
+                text.push_str(&format!("\n…and {} more", many.len() - ctx.max_listed));
+            }
+            blocks.push(json!({
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": cut(&text, 3000)}
+            }));
+        }
+    }
+    blocks.push(json!({
+        "type": "context",
+        "elements": [{"type": "mrkdwn", "text": slack_escape(&footer(ctx))}]
+    }));
+    // `text` (mrkdwn, hence escaped) is what notifications and screen readers show. The header
+    // is plain_text, which Slack never parses, so it stays as is.
+    json!({"text": slack_escape(&title), "blocks": blocks})
+}
+
+/// Email with a subject that says the gist, and matching text and HTML parts.
+pub fn render_email(events: &[StoredEvent], ctx: &MessageContext) -> EmailContent {
+    let subject = format!("[histor] {}", cut(&headline(events), 200));
+    let mut text = String::new();
+    let mut html = String::from(
+        "<!DOCTYPE html><html><body style=\"font-family: sans-serif; font-size: 14px\">\n",
+    );
+    match events {
+        [one] => {
+            let e = &one.event;
+            let rows = [
+                ("Who", e.user.username.clone()),
+                ("What", format!("{} {}", verb(e.operation), what(e))),
+                ("When", when(e)),
+                ("Request", e.request_uid.clone()),
+            ];
+            html.push_str(&format!(
+                "<h2>{}</h2>\n<table>\n",
+                html_escape(&one_line(e))
+            ));
+            for (k, v) in rows {
+                text.push_str(&format!("{k:<8} {v}\n"));
+                html.push_str(&format!(
+                    "<tr><th align=\"left\">{k}</th><td>{}</td></tr>\n",
+                    html_escape(&v)
+                ));
+            }
+            html.push_str("</table>\n");
+            let (lines, more) = change_lines(e, ctx.max_fields);
+            if !lines.is_empty() {
+                text.push_str("\nChanged fields:\n");
+                html.push_str("<h3>Changed fields</h3>\n<ul>\n");
+                for l in &lines {
+                    text.push_str(&format!("  {l}\n"));
+                    html.push_str(&format!("<li><code>{}</code></li>\n", html_escape(l)));
+                }
+                if more > 0 {
+                    text.push_str(&format!("  …and {more} more\n"));
+                    html.push_str(&format!("<li>…and {more} more</li>\n"));
+                }
+                html.push_str("</ul>\n");
+            }
+        }
+        many => {
+            let s = summarize(many.iter().map(|s| &s.event));
+            let users: Vec<String> = s.users.iter().map(|(u, n)| format!("{u} ({n})")).collect();
+            let resources: Vec<String> = s
+                .resources
+                .iter()
+                .map(|(r, n)| format!("{r} ({n})"))
+                .collect();
+            let rows = [
+                ("Who", users.join(", ")),
+                ("What", s.operations_line()),
+                ("Resources", resources.join(", ")),
+                (
+                    "When",
+                    format!(
+                        "{} – {}",
+                        s.first.map(|t| t.to_string()).unwrap_or_default(),
+                        s.last.map(|t| t.to_string()).unwrap_or_default()
+                    ),
+                ),
+            ];
+            html.push_str(&format!(
+                "<h2>{}</h2>\n<table>\n",
+                html_escape(&s.headline())
+            ));
+            text.push_str(&format!("{}\n\n", s.headline()));
+            for (k, v) in rows {
+                text.push_str(&format!("{k:<10} {v}\n"));
+                html.push_str(&format!(
+                    "<tr><th align=\"left\">{k}</th><td>{}</td></tr>\n",
+                    html_escape(&v)
+                ));
+            }
+            html.push_str("</table>\n<h3>Changes</h3>\n<ul>\n");
+            text.push_str("\nChanges:\n");
+            for s in many.iter().take(ctx.max_listed) {
+                let l = one_line(&s.event);
+                text.push_str(&format!("  {l}\n"));
+                html.push_str(&format!("<li>{}</li>\n", html_escape(&l)));
+            }
+            if many.len() > ctx.max_listed {
+                let more = many.len() - ctx.max_listed;
+                text.push_str(&format!("  …and {more} more\n"));
+                html.push_str(&format!("<li>…and {more} more</li>\n"));
+            }
+            html.push_str("</ul>\n");
+        }
+    }
+    let foot = footer(ctx);
+    text.push_str(&format!("\n-- \n{foot}\n"));
+    html.push_str(&format!(
+        "<p style=\"color: #888; font-size: 12px\">{}</p>\n</body></html>\n",
+        html_escape(&foot)
+    ));
+    EmailContent {
+        subject,
+        text,
+        html,
+    }
+}
+
+/// Replaces every hashed Secret value inside `v` so that only key names remain.
+fn scrub(v: &mut Value) {
+    match v {
+        Value::String(s) if s.starts_with(HMAC_PREFIX) => *v = Value::String("(hidden)".into()),
+        Value::Array(a) => a.iter_mut().for_each(scrub),
+        Value::Object(o) => o.values_mut().for_each(scrub),
+        _ => {}
+    }
+}
+
+fn scrub_object_values(v: &mut Value) {
+    match v {
+        Value::Object(o) => o
+            .values_mut()
+            .for_each(|x| *x = Value::String("(hidden)".into())),
+        other => *other = Value::String("(hidden)".into()),
+    }
+}
+
+/// The event as a webhook receiver sees it: no `object` (receivers can query histor for it), and
+/// changes without Secret values.
+fn webhook_event(s: &StoredEvent) -> Value {
+    let mut e = s.event.clone();
+    e.object = None;
+    let secret = is_secret(&s.event);
+    for c in &mut e.changes {
+        if secret && is_secret_data_path(&c.path) {
+            c.old.as_mut().map(scrub_object_values);
+            c.new.as_mut().map(scrub_object_values);
+        }
+        c.old.as_mut().map(scrub);
+        c.new.as_mut().map(scrub);
+    }
+    let mut v = serde_json::to_value(&e).unwrap_or(Value::Null);
+    if let Value::Object(o) = &mut v {
+        o.insert("id".into(), json!(s.id));
+        o.insert("summary".into(), json!(one_line(&s.event)));
+    }
+    v
+}
+
+/// Generic webhook body: a summary plus the events as JSON.
+pub fn render_webhook(events: &[StoredEvent], ctx: &MessageContext) -> Value {
+    let s = summarize(events.iter().map(|s| &s.event));
+    json!({
+        "deliveryId": ctx.delivery_id,
+        "policy": ctx.policy,
+        "sink": ctx.sink,
+        "summary": headline(events),
+        "count": events.len(),
+        "users": s.users.iter().map(|(u, _)| u).collect::<Vec<_>>(),
+        "truncated": events.len() > MAX_WEBHOOK_EVENTS,
+        "events": events.iter().take(MAX_WEBHOOK_EVENTS).map(webhook_event).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::testutil::{event, fixtures, stored};
+
+    fn ctx() -> MessageContext {
+        MessageContext {
+            policy: "prod".into(),
+            sink: "team".into(),
+            delivery_id: "d-1".into(),
+            max_fields: 10,
+            max_listed: 5,
+        }
+    }
+
+    fn scaled() -> ChangeEvent {
+        let mut e = event("alice", Operation::Update, Some("demo"), "nginx");
+        e.changes = vec![FieldChange {
+            op: ChangeOp::Replace,
+            path: "/spec/replicas".into(),
+            old: Some(json!(1)),
+            new: Some(json!(3)),
+        }];
+        e
+    }
+
+    #[test]
+    fn paths_and_values() {
+        assert_eq!(display_path("/spec/replicas"), "spec.replicas");
+        assert_eq!(
+            display_path("/spec/template/spec/containers/0/image"),
+            "spec.template.spec.containers[0].image"
+        );
+        assert_eq!(
+            display_path("/metadata/labels/app.kubernetes.io~1name"),
+            "metadata.labels[\"app.kubernetes.io/name\"]"
+        );
+        assert_eq!(display_value(&json!("x")), "x");
+        assert_eq!(display_value(&json!({"a": 1})), "{\"a\":1}");
+        assert!(display_value(&json!("y".repeat(200))).ends_with('…'));
+    }
+
+    #[test]
+    fn single_event_email_subject_says_the_gist() {
+        let m = render_email(&[stored(1, scaled())], &ctx());
+        assert_eq!(
+            m.subject,
+            "[histor] alice updated deployments.apps demo/nginx: spec.replicas 1 → 3"
+        );
+        assert!(m.text.contains("spec.replicas 1 → 3"));
+        assert!(m.html.contains("<code>spec.replicas 1 → 3</code>"));
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        let mut e = scaled();
+        e.user.username = "<script>alert(1)</script>".into();
+        let m = render_email(&[stored(1, e.clone())], &ctx());
+        assert!(!m.html.contains("<script>"));
+        assert!(m.html.contains("&lt;script&gt;"));
+        let slack = render_slack(&[stored(1, e)], &ctx());
+        assert!(
+            slack["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("&lt;script&gt;")
+        );
+        assert_eq!(
+            slack["blocks"][1]["fields"][0]["text"],
+            "*Who*\n&lt;script&gt;alert(1)&lt;/script&gt;"
+        );
+    }
+
+    #[test]
+    fn digest_lists_the_first_few_and_counts_the_rest() {
+        let events: Vec<StoredEvent> = (0..200)
+            .map(|i| {
+                let user = if i % 2 == 0 { "alice" } else { "bob" };
+                stored(
+                    i,
+                    event(user, Operation::Update, Some("demo"), &format!("a{i}")),
+                )
+            })
+            .collect();
+        let m = render_email(&events, &ctx());
+        assert_eq!(m.subject, "[histor] 200 changes by alice, bob in demo");
+        assert!(m.text.contains("…and 195 more"), "{}", m.text);
+        let slack = render_slack(&events, &ctx());
+        assert_eq!(slack["blocks"][0]["type"], "header");
+        assert!(slack.to_string().contains("…and 195 more"));
+        let hook = render_webhook(&events, &ctx());
+        assert_eq!(hook["count"], 200);
+        assert_eq!(hook["events"].as_array().map(Vec::len), Some(200));
+    }
+
+    #[test]
+    fn slack_blocks_have_the_expected_shape() {
+        let v = render_slack(&[stored(7, scaled())], &ctx());
+        let blocks = v["blocks"].as_array().unwrap();
+        let types: Vec<&str> = blocks.iter().map(|b| b["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["header", "section", "section", "context"]);
+        assert_eq!(blocks[1]["fields"][0]["text"], "*Who*\nalice");
+        assert!(v["text"].as_str().unwrap().contains("spec.replicas 1 → 3"));
+    }
+
+    #[test]
+    fn no_secret_value_in_any_message() {
+        let events: Vec<StoredEvent> = fixtures::secret_events("prod")
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| stored(i as u64, e))
+            .collect();
+        // The fixtures do carry the values (else this test would prove nothing).
+        let raw =
+            serde_json::to_string(&events.iter().map(|s| &s.event).collect::<Vec<_>>()).unwrap();
+        assert!(raw.contains("hmac-sha256:"));
+        let rotated = &events[3].event;
+        assert!(
+            rotated.changes.iter().any(|c| c.path == "/data/password"),
+            "{:?}",
+            rotated.changes
+        );
+        let mut outputs = Vec::new();
+        for batch in events.chunks(1).chain([&events[..]]) {
+            for kind in [SinkKind::Slack, SinkKind::Email, SinkKind::Webhook] {
+                outputs.push(serde_json::to_string(&render(kind, batch, &ctx())).unwrap());
+            }
+        }
+        for o in &outputs {
+            fixtures::assert_no_secret_values(o);
+        }
+        // Key names are still shown.
+        let m = render_email(&events[3..4], &ctx());
+        assert!(
+            m.text.contains("data.password changed (value hidden)"),
+            "{}",
+            m.text
+        );
+        assert!(
+            m.text.contains("stringData keys added: token"),
+            "{}",
+            m.text
+        );
+    }
+}

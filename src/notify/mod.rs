@@ -1,0 +1,792 @@
+//! Notifications: tells people about recorded changes through Slack, email and generic webhooks,
+//! once, without flooding them.
+//!
+//! The [`Notifier`] hub takes events right after the store made them durable
+//! ([`Notifier::on_recorded`]), filters them per sink, holds them in a digest window or renders them
+//! at once, and writes the result to a durable outbox in the store's sled database before anything
+//! is sent. [`Notifier::run`] delivers from the outbox with retries, jittered backoff and a per-sink
+//! rate limit; [`Notifier::health`] says how each sink is doing.
+//!
+//! Modules, one job each: `config` (knobs, sink specs, durations), `secrets` (where credentials
+//! come from), `filter`, `digest`, `message` and `retry` (pure), `outbox` (durability),
+//! `slack`/`email`/`webhook` (transports behind [`Sink`]), `metrics`. Depends on `crd`,
+//! `pipeline` and `store` types; knows nothing of the controller that wires it.
+
+pub mod config;
+pub mod digest;
+pub mod email;
+pub mod filter;
+pub mod message;
+pub mod metrics;
+pub mod outbox;
+pub mod ratelimit;
+pub mod retry;
+pub mod secrets;
+pub mod sink;
+pub mod slack;
+pub mod webhook;
+
+#[cfg(test)]
+pub(crate) mod testutil;
+
+pub use config::{NotifyConfig, SinkId, SinkKind, SinkSpec, SinkTarget, parse_duration};
+pub use message::Payload;
+pub use metrics::NotifyMetrics;
+pub use retry::DeliveryResult;
+pub use secrets::{FileSecrets, KubeSecrets, SecretSource, SecretValues, StaticSecrets};
+pub use sink::{Delivery, Sink};
+
+use crate::crd::NotifySink;
+use crate::store::{EventId, EventStore, Query, StoredEvent};
+use crate::{Error, Result};
+use filter::CompiledFilter;
+use jiff::Timestamp;
+use message::MessageContext;
+use outbox::{BufferedEvent, EntryState, Intake, Outbox, OutboxEntry};
+use ratelimit::TokenBucket;
+use retry::{RetryPolicy, random_u64};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+/// How one sink is doing, for the policy's `SinksReady` condition and Kubernetes Events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkHealth {
+    /// TrackingPolicy name.
+    pub policy: String,
+    /// Sink name.
+    pub sink: String,
+    /// Transport; `None` when the sink's spec is invalid.
+    pub kind: Option<SinkKind>,
+    /// False when the sink is misconfigured, its Secret is unreadable, or its last notification
+    /// failed permanently (until a later one gets through).
+    pub ready: bool,
+    /// CamelCase reason: `Configured`, `Delivered`, `Retrying`, `DeliveryFailed`,
+    /// `SecretUnavailable` or `InvalidSink`.
+    pub reason: String,
+    /// Human-readable detail (never a secret value).
+    pub message: String,
+    /// Notifications waiting in the outbox for this sink.
+    pub pending: usize,
+}
+
+#[derive(Clone, Debug)]
+struct Status {
+    ready: bool,
+    reason: &'static str,
+    message: String,
+}
+
+struct SinkState {
+    spec: SinkSpec,
+    filter: Option<CompiledFilter>,
+    bucket: Option<TokenBucket>,
+    status: Status,
+}
+
+struct Inner {
+    outbox: Outbox,
+    secrets: Arc<dyn SecretSource>,
+    config: NotifyConfig,
+    metrics: NotifyMetrics,
+    http: reqwest::Client,
+    sinks: Mutex<BTreeMap<SinkId, SinkState>>,
+    invalid: Mutex<BTreeMap<SinkId, String>>,
+    busy: Mutex<HashSet<SinkId>>,
+    wake: Notify,
+}
+
+/// Locks a mutex even if a panicking thread poisoned it: the maps stay consistent between
+/// statements, so the data is still good.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The notification hub. Cheap to clone; all clones share one outbox and one set of sinks.
+#[derive(Clone)]
+pub struct Notifier {
+    inner: Arc<Inner>,
+}
+
+impl Notifier {
+    /// Opens the outbox in `db` (the store's database). Pending notifications of an earlier run
+    /// are delivered once [`Notifier::run`] runs and their sinks are set with
+    /// [`Notifier::set_policy`]. Needs a rustls crypto provider installed (as `main` does).
+    pub fn new(
+        db: sled::Db,
+        secrets: Arc<dyn SecretSource>,
+        config: NotifyConfig,
+        metrics: NotifyMetrics,
+    ) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout)
+            .user_agent(concat!("histor/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Http(e.to_string()))?;
+        let outbox = Outbox::open(&db)?;
+        let inner = Inner {
+            outbox,
+            secrets,
+            config,
+            metrics,
+            http,
+            sinks: Mutex::new(BTreeMap::new()),
+            invalid: Mutex::new(BTreeMap::new()),
+            busy: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+        };
+        inner.update_gauges();
+        Ok(Notifier {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Sets (or replaces) the sinks of policy `policy`. Valid sinks take effect even when others
+    /// are invalid; the invalid ones are reported by [`Notifier::health`] and in the returned
+    /// error. Work queued for sinks that are gone is dropped.
+    pub fn set_policy(&self, policy: &str, sinks: &[NotifySink]) -> Result<()> {
+        let mut specs = Vec::new();
+        let mut errors = BTreeMap::new();
+        for s in sinks {
+            match SinkSpec::from_crd(policy, s) {
+                Ok(spec) => specs.push(spec),
+                Err(e) => {
+                    errors.insert(SinkId::new(policy, &s.name), e.to_string());
+                }
+            }
+        }
+        let keep: HashSet<SinkId> = specs.iter().map(|s| s.id.clone()).collect();
+        {
+            let mut map = lock(&self.inner.sinks);
+            map.retain(|id, _| id.policy != policy || keep.contains(id));
+            for spec in specs {
+                let filter = spec.when.as_ref().and_then(|w| CompiledFilter::new(w).ok());
+                match map.get_mut(&spec.id) {
+                    Some(st) if st.spec == spec => {}
+                    Some(st) => {
+                        if st.spec.rate_limit_per_minute != spec.rate_limit_per_minute {
+                            st.bucket = spec.rate_limit_per_minute.map(TokenBucket::per_minute);
+                        }
+                        st.filter = filter;
+                        st.spec = spec;
+                    }
+                    None => {
+                        let bucket = spec.rate_limit_per_minute.map(TokenBucket::per_minute);
+                        map.insert(
+                            spec.id.clone(),
+                            SinkState {
+                                spec,
+                                filter,
+                                bucket,
+                                status: Status {
+                                    ready: true,
+                                    reason: "Configured",
+                                    message: "no notification sent yet".into(),
+                                },
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        {
+            let mut invalid = lock(&self.inner.invalid);
+            invalid.retain(|id, _| id.policy != policy);
+            invalid.extend(errors.clone());
+        }
+        let dropped = self
+            .inner
+            .outbox
+            .retain(|id| id.policy != policy || keep.contains(id))?;
+        if dropped > 0 {
+            info!(policy, dropped, "dropped notifications of removed sinks");
+        }
+        self.inner.update_gauges();
+        self.inner.wake.notify_one();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Policy {
+                policy: policy.into(),
+                message: errors.into_values().collect::<Vec<_>>().join("; "),
+            })
+        }
+    }
+
+    /// Forgets a deleted policy: its sinks, and everything still queued for them.
+    pub fn remove_policy(&self, policy: &str) -> Result<()> {
+        lock(&self.inner.sinks).retain(|id, _| id.policy != policy);
+        lock(&self.inner.invalid).retain(|id, _| id.policy != policy);
+        let dropped = self.inner.outbox.retain(|id| id.policy != policy)?;
+        if dropped > 0 {
+            info!(policy, dropped, "dropped notifications of a removed policy");
+        }
+        self.inner.update_gauges();
+        Ok(())
+    }
+
+    /// Hands freshly stored events to the notifier. Call it right after the store's durable
+    /// append, from one writer, in id order; each event's `policies` must list only the policies
+    /// it is new to (for an `AppendOutcome::Linked` event: the newly linked policy). Blocks on a
+    /// sled flush: call it from the same blocking thread as the append.
+    pub fn on_recorded(&self, events: &[StoredEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let now = Timestamp::now();
+        let mut intake = Intake {
+            cursor: events.iter().map(|e| e.id).max(),
+            ..Default::default()
+        };
+        {
+            let sinks = lock(&self.inner.sinks);
+            for se in events {
+                for (id, st) in sinks.iter() {
+                    if !se.event.policies.contains(&id.policy) {
+                        continue;
+                    }
+                    if let Some(f) = &st.filter
+                        && !f.matches(&se.event)
+                    {
+                        continue;
+                    }
+                    let mut event = se.event.clone();
+                    // The outbox needs the diff, not the whole object.
+                    event.object = None;
+                    if st.spec.digest.is_some() {
+                        intake.buffered.push(BufferedEvent {
+                            sink: id.clone(),
+                            id: se.id,
+                            added_at: now,
+                            event,
+                        });
+                    } else {
+                        let events = [StoredEvent { id: se.id, event }];
+                        intake
+                            .entries
+                            .push(self.inner.new_entry(&st.spec, &events, now)?);
+                    }
+                }
+            }
+        }
+        self.inner.outbox.commit(&intake)?;
+        debug!(
+            events = events.len(),
+            queued = intake.entries.len(),
+            buffered = intake.buffered.len(),
+            "events handed to the notifier"
+        );
+        self.inner.update_gauges();
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Hands over events that were stored but never reached the notifier (a crash between the
+    /// store's append and [`Notifier::on_recorded`]). Call once at startup, after
+    /// [`Notifier::set_policy`] for every policy and before new events flow. Blocks on the store.
+    /// Returns how many events it recovered.
+    pub fn recover_from(&self, store: &dyn EventStore) -> Result<usize> {
+        let Some(cursor) = self.inner.outbox.cursor()? else {
+            // First start: nothing was ever handed over. Start at the newest event instead of
+            // notifying about the whole history.
+            let newest = store
+                .query(&Query {
+                    limit: 1,
+                    ..Default::default()
+                })?
+                .events
+                .first()
+                .map(|e| e.id);
+            self.inner.outbox.commit(&Intake {
+                cursor: newest,
+                ..Default::default()
+            })?;
+            return Ok(0);
+        };
+        // Ids are receipt microseconds bumped to stay unique, so an event's receipt time can be a
+        // little before its id's time: look back a minute and filter by id.
+        let since_us = i64::try_from(cursor)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(60_000_000);
+        let since = Timestamp::from_microsecond(since_us).unwrap_or(Timestamp::UNIX_EPOCH);
+        let mut missed: Vec<StoredEvent> = Vec::new();
+        let mut after: Option<EventId> = None;
+        loop {
+            let page = store.query(&Query {
+                since: Some(since),
+                limit: 500,
+                after,
+                ..Default::default()
+            })?;
+            missed.extend(page.events.into_iter().filter(|e| e.id > cursor));
+            match page.next {
+                Some(next) if after != Some(next) => after = Some(next),
+                _ => break,
+            }
+        }
+        missed.sort_by_key(|e| e.id);
+        missed.dedup_by_key(|e| e.id);
+        for chunk in missed.chunks(256) {
+            self.on_recorded(chunk)?;
+        }
+        if !missed.is_empty() {
+            info!(
+                events = missed.len(),
+                "recovered events stored but not yet notified"
+            );
+        }
+        Ok(missed.len())
+    }
+
+    /// Delivers from the outbox until `shutdown` completes: closes due digest windows, sends due
+    /// notifications (one at a time per sink, in order, within its rate limit), retries failures.
+    /// Attempts still running at shutdown get `request_timeout` to finish; any cut off stay
+    /// in-flight in the outbox and are sent again (same delivery id) after a restart.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        lock(&self.inner.busy).clear();
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        info!(pending = self.inner.outbox.len(), "notifier started");
+        loop {
+            if let Err(error) = self.inner.close_due_windows(Timestamp::now()) {
+                warn!(%error, "closing digest windows failed");
+            }
+            if let Err(error) = self.inner.dispatch(&mut tasks).await {
+                warn!(%error, "reading the outbox failed");
+            }
+            self.inner.update_gauges();
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = self.inner.wake.notified() => {}
+                Some(res) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(error) = res {
+                        error!(%error, "delivery task failed");
+                    }
+                }
+                _ = tokio::time::sleep(self.inner.config.poll_interval) => {}
+            }
+        }
+        let grace = self.inner.config.request_timeout;
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            warn!("deliveries still running at shutdown; they will be retried after restart");
+            tasks.abort_all();
+        }
+        info!(pending = self.inner.outbox.len(), "notifier stopped");
+    }
+
+    /// How each sink is doing, sorted by policy and sink.
+    pub fn health(&self) -> Vec<SinkHealth> {
+        let mut pending: BTreeMap<SinkId, usize> = BTreeMap::new();
+        if let Ok(entries) = self.inner.outbox.entries() {
+            for (_, e) in entries {
+                *pending.entry(e.sink).or_default() += 1;
+            }
+        }
+        let mut out: Vec<SinkHealth> = lock(&self.inner.sinks)
+            .iter()
+            .map(|(id, st)| SinkHealth {
+                policy: id.policy.clone(),
+                sink: id.sink.clone(),
+                kind: Some(st.spec.target.kind()),
+                ready: st.status.ready,
+                reason: st.status.reason.into(),
+                message: st.status.message.clone(),
+                pending: pending.get(id).copied().unwrap_or(0),
+            })
+            .collect();
+        out.extend(
+            lock(&self.inner.invalid)
+                .iter()
+                .map(|(id, msg)| SinkHealth {
+                    policy: id.policy.clone(),
+                    sink: id.sink.clone(),
+                    kind: None,
+                    ready: false,
+                    reason: "InvalidSink".into(),
+                    message: msg.clone(),
+                    pending: 0,
+                }),
+        );
+        out.sort_by(|a, b| (&a.policy, &a.sink).cmp(&(&b.policy, &b.sink)));
+        out
+    }
+
+    /// Notifications waiting in the outbox.
+    pub fn pending(&self) -> usize {
+        self.inner.outbox.len()
+    }
+
+    /// Events waiting in digest windows.
+    pub fn buffered(&self) -> usize {
+        self.inner.outbox.buffered_len()
+    }
+}
+
+impl Inner {
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            initial: self.config.initial_backoff,
+            max_delay: self.config.max_backoff,
+            max_duration: self.config.max_retry_duration,
+        }
+    }
+
+    fn update_gauges(&self) {
+        self.metrics.queue_depth.set(self.outbox.len() as i64);
+        self.metrics
+            .digest_buffered
+            .set(self.outbox.buffered_len() as i64);
+    }
+
+    /// Renders `events` for `spec` into a new outbox entry (with its key).
+    fn new_entry(
+        &self,
+        spec: &SinkSpec,
+        events: &[StoredEvent],
+        now: Timestamp,
+    ) -> Result<(u64, OutboxEntry)> {
+        let key = self.outbox.next_key()?;
+        // The key is unique in this database, the random half across databases (replicas,
+        // reinstalls), so receivers can dedupe on it safely.
+        let delivery_id = format!("{key:016x}{:016x}", random_u64());
+        let ctx = MessageContext {
+            policy: spec.id.policy.clone(),
+            sink: spec.id.sink.clone(),
+            delivery_id: delivery_id.clone(),
+            max_fields: self.config.max_fields,
+            max_listed: self.config.max_listed,
+        };
+        let kind = spec.target.kind();
+        Ok((
+            key,
+            OutboxEntry {
+                delivery_id,
+                sink: spec.id.clone(),
+                kind,
+                event_ids: events.iter().map(|e| e.id).collect(),
+                payload: message::render(kind, events, &ctx),
+                created_at: now,
+                attempts: 0,
+                next_attempt_at: now,
+                state: EntryState::Pending,
+                last_error: None,
+            },
+        ))
+    }
+
+    /// Turns every digest window that is over into one notification.
+    fn close_due_windows(&self, now: Timestamp) -> Result<()> {
+        for (sink, opened) in self.outbox.open_windows()? {
+            let spec = match lock(&self.sinks).get(&sink) {
+                Some(st) => st.spec.clone(),
+                // Its policy is not (yet) set: keep the events until it is.
+                None => continue,
+            };
+            // A sink whose digest was switched off sends what it holds at once.
+            if let Some(window) = spec.digest
+                && !digest::window_due(opened, window, now)
+            {
+                continue;
+            }
+            let buffered = self.outbox.buffered(&sink)?;
+            if buffered.is_empty() {
+                continue;
+            }
+            let ids: Vec<EventId> = buffered.iter().map(|b| b.id).collect();
+            let events: Vec<StoredEvent> = buffered
+                .into_iter()
+                .map(|b| StoredEvent {
+                    id: b.id,
+                    event: b.event,
+                })
+                .collect();
+            let (key, entry) = self.new_entry(&spec, &events, now)?;
+            self.outbox.close_window(&sink, &ids, key, &entry)?;
+            debug!(sink = %sink, events = ids.len(), delivery = %entry.delivery_id, "digest window closed");
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Starts the due head entry of every idle sink.
+    async fn dispatch(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<()> {
+        let now = Timestamp::now();
+        let now_i = tokio::time::Instant::now();
+        let mut heads: HashSet<SinkId> = HashSet::new();
+        let mut stale = Vec::new();
+        for (key, entry) in self.outbox.entries()? {
+            // Only each sink's oldest entry is a candidate: messages keep their order and a sink
+            // that is down is not hammered with its whole queue.
+            if !heads.insert(entry.sink.clone()) {
+                continue;
+            }
+            if entry.next_attempt_at > now || lock(&self.busy).contains(&entry.sink) {
+                continue;
+            }
+            let target = {
+                let mut sinks = lock(&self.sinks);
+                let Some(st) = sinks.get_mut(&entry.sink) else {
+                    continue;
+                };
+                if st.spec.target.kind() != entry.kind {
+                    stale.push((key, entry));
+                    continue;
+                }
+                if let Some(bucket) = &mut st.bucket
+                    && !bucket.try_take(now_i)
+                {
+                    continue;
+                }
+                st.spec.target.clone()
+            };
+            lock(&self.busy).insert(entry.sink.clone());
+            let inner = Arc::clone(self);
+            tasks.spawn(async move { inner.deliver(key, entry, target).await });
+        }
+        for (key, entry) in stale {
+            warn!(sink = %entry.sink, delivery = %entry.delivery_id, "sink changed kind; dropping a notification rendered for the old one");
+            self.outbox.remove(key).await?;
+        }
+        Ok(())
+    }
+
+    fn set_status(&self, sink: &SinkId, ready: bool, reason: &'static str, message: String) {
+        if let Some(st) = lock(&self.sinks).get_mut(sink) {
+            st.status = Status {
+                ready,
+                reason,
+                message,
+            };
+        }
+    }
+
+    /// One attempt at one entry, and its bookkeeping.
+    async fn deliver(&self, key: u64, mut entry: OutboxEntry, target: SinkTarget) {
+        let kind = entry.kind.as_str();
+        if entry.state == EntryState::InFlight {
+            info!(sink = %entry.sink, delivery = %entry.delivery_id, "an earlier attempt's outcome is unknown (restart during delivery); sending again");
+        }
+        entry.state = EntryState::InFlight;
+        entry.attempts += 1;
+        // Mark in flight on disk before sending: after a crash we know the outcome is unknown.
+        if let Err(error) = self.outbox.update(key, &entry).await {
+            warn!(%error, sink = %entry.sink, "cannot mark a notification in flight; not sending it now");
+            lock(&self.busy).remove(&entry.sink);
+            return;
+        }
+        let result = match sink::connect(&target, &*self.secrets, &self.http, &self.config).await {
+            Ok(sink) => {
+                let delivery = Delivery {
+                    id: &entry.delivery_id,
+                    payload: &entry.payload,
+                };
+                // The transports time out on their own; this bounds anything they miss.
+                let limit = self.config.request_timeout + Duration::from_secs(1);
+                match tokio::time::timeout(limit, sink.deliver(delivery)).await {
+                    Ok(r) => r,
+                    Err(_) => DeliveryResult::retry("timed out"),
+                }
+            }
+            Err(error) => {
+                warn!(%error, sink = %entry.sink, "sink cannot be set up");
+                self.set_status(&entry.sink, false, "SecretUnavailable", error.to_string());
+                DeliveryResult::retry(error.to_string())
+            }
+        };
+        self.metrics.delivery(kind, result.label());
+        let now = Timestamp::now();
+        let outcome = match &result {
+            DeliveryResult::Delivered => {
+                debug!(sink = %entry.sink, delivery = %entry.delivery_id, attempts = entry.attempts, "notification delivered");
+                self.set_status(
+                    &entry.sink,
+                    true,
+                    "Delivered",
+                    format!("last notification delivered at {now}"),
+                );
+                self.outbox.remove(key).await
+            }
+            DeliveryResult::Retry { reason, .. } => {
+                match self.retry_policy().next_attempt(
+                    entry.created_at,
+                    now,
+                    entry.attempts,
+                    &result,
+                    random_u64(),
+                ) {
+                    Some(at) => {
+                        warn!(error = %reason, sink = %entry.sink, delivery = %entry.delivery_id, attempts = entry.attempts, next_attempt = %at, "delivery failed; will retry");
+                        self.metrics.retries.get_or_create(&[("sink", kind)]).inc();
+                        if lock(&self.sinks)
+                            .get(&entry.sink)
+                            .is_some_and(|s| s.status.reason != "SecretUnavailable")
+                        {
+                            let msg = format!(
+                                "attempt {} failed ({reason}); retrying at {at}",
+                                entry.attempts
+                            );
+                            let ready = lock(&self.sinks)
+                                .get(&entry.sink)
+                                .is_some_and(|s| s.status.ready);
+                            self.set_status(&entry.sink, ready, "Retrying", msg);
+                        }
+                        entry.state = EntryState::Pending;
+                        entry.next_attempt_at = at;
+                        entry.last_error = Some(reason.clone());
+                        self.outbox.update(key, &entry).await
+                    }
+                    None => self.give_up(key, &entry, reason).await,
+                }
+            }
+            DeliveryResult::Permanent { reason } => self.give_up(key, &entry, reason).await,
+        };
+        if let Err(error) = outcome {
+            warn!(%error, sink = %entry.sink, "cannot record a delivery outcome");
+        }
+        lock(&self.busy).remove(&entry.sink);
+        self.update_gauges();
+        self.wake.notify_one();
+    }
+
+    async fn give_up(&self, key: u64, entry: &OutboxEntry, reason: &str) -> Result<()> {
+        error!(error = %reason, sink = %entry.sink, delivery = %entry.delivery_id, attempts = entry.attempts, events = entry.event_ids.len(), "notification failed permanently");
+        self.metrics
+            .permanent_failures
+            .get_or_create(&[("sink", entry.kind.as_str())])
+            .inc();
+        self.set_status(
+            &entry.sink,
+            false,
+            "DeliveryFailed",
+            format!(
+                "a notification of {} event(s) failed after {} attempt(s): {reason}",
+                entry.event_ids.len(),
+                entry.attempts
+            ),
+        );
+        self.outbox.remove(key).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{SecretKeyRef, WebhookSink};
+    use testutil::{MemStore, event, stored};
+
+    fn notifier(db: &sled::Db) -> Notifier {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let n = Notifier::new(
+            db.clone(),
+            Arc::new(StaticSecrets::default()),
+            NotifyConfig::default(),
+            NotifyMetrics::default(),
+        )
+        .unwrap();
+        let sink = NotifySink {
+            name: "hook".into(),
+            webhook: Some(WebhookSink {
+                url_secret_ref: SecretKeyRef {
+                    namespace: "ns".into(),
+                    name: "hook".into(),
+                    key: "url".into(),
+                },
+                signing_secret_ref: None,
+            }),
+            ..Default::default()
+        };
+        n.set_policy("prod", &[sink]).unwrap();
+        n
+    }
+
+    fn at(id: u64) -> StoredEvent {
+        let mut e = event("alice", Operation::Update, Some("demo"), &format!("a{id}"));
+        e.received_at = Timestamp::from_microsecond(id as i64).unwrap();
+        stored(id, e)
+    }
+
+    use crate::crd::Operation;
+
+    #[test]
+    fn recover_from_hands_over_what_the_cursor_missed() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let n = notifier(&db);
+        let base = 1_800_000_000_000_000u64;
+        let store = MemStore::default();
+        store.0.lock().unwrap().extend((0..5).map(|i| at(base + i)));
+        // First start: no cursor, nothing replayed, cursor set to the newest event.
+        assert_eq!(n.recover_from(&store).unwrap(), 0);
+        assert_eq!(n.pending(), 0);
+        // Two events handed over normally, then three stored but lost before on_recorded.
+        n.on_recorded(&[at(base + 5), at(base + 6)]).unwrap();
+        store
+            .0
+            .lock()
+            .unwrap()
+            .extend((5..10).map(|i| at(base + i)));
+        // Lots of older history too, to exercise paging.
+        store
+            .0
+            .lock()
+            .unwrap()
+            .extend((0..300).map(|i| at(base - 1_000_000 + i)));
+        assert_eq!(n.pending(), 2);
+        assert_eq!(n.recover_from(&store).unwrap(), 3);
+        assert_eq!(n.pending(), 5);
+        assert_eq!(n.recover_from(&store).unwrap(), 0);
+        let ids: Vec<u64> = n
+            .inner
+            .outbox
+            .entries()
+            .unwrap()
+            .into_iter()
+            .flat_map(|(_, e)| e.event_ids)
+            .collect();
+        assert_eq!(ids, (5..10).map(|i| base + i).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn policies_and_filters_route_events() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let n = notifier(&db);
+        let mut other = at(1);
+        other.event.policies = vec!["staging".into()];
+        n.on_recorded(&[other, at(2)]).unwrap();
+        assert_eq!(n.pending(), 1);
+        // Removing the policy drops its queue.
+        n.remove_policy("prod").unwrap();
+        assert_eq!(n.pending(), 0);
+        assert!(n.health().is_empty());
+    }
+
+    #[test]
+    fn invalid_sinks_show_in_health() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let n = notifier(&db);
+        let bad = NotifySink {
+            name: "nothing".into(),
+            ..Default::default()
+        };
+        assert!(n.set_policy("other", &[bad]).is_err());
+        let h = n.health();
+        assert_eq!(h.len(), 2);
+        assert_eq!(
+            (h[0].policy.as_str(), h[0].reason.as_str()),
+            ("other", "InvalidSink")
+        );
+        assert!(!h[0].ready);
+        assert_eq!(
+            (h[1].policy.as_str(), h[1].reason.as_str()),
+            ("prod", "Configured")
+        );
+    }
+}

@@ -246,7 +246,7 @@ async fn slack_and_webhook_posts_arrive_signed() {
     assert_eq!(v["blocks"][0]["type"], "header");
     assert_eq!(
         v["blocks"][0]["text"]["text"],
-        "alice updated deployments.apps demo/nginx: spec.replicas 1 → 3"
+        "alice updated deployments.apps demo/nginx: spec.replicas: 1 → 3"
     );
 
     let hook = rx.wait_for("/hook", 1).await;
@@ -681,12 +681,12 @@ async fn send_mail_and_check(smtp: &Smtp, secret: &[(&str, &[u8])]) {
     let m = &mails[0];
     assert_eq!(
         m["subject"],
-        "[histor] alice updated deployments.apps demo/nginx: spec.replicas 1 → 3 (+1 more field)"
+        "[histor] alice updated deployments.apps demo/nginx: spec.replicas: 1 → 3 (+1 more field)"
     );
     assert_eq!(m["to"], "oncall@example.com");
     assert!(m["messageId"].as_str().unwrap().ends_with("@histor.dev>"));
     let text = m["text"].as_str().unwrap();
-    assert!(text.contains("spec.replicas 1 → 3"), "{text}");
+    assert!(text.contains("spec.replicas: 1 → 3"), "{text}");
     assert!(
         text.contains("metadata.labels.team added: <web & api>"),
         "{text}"

@@ -6,21 +6,15 @@
 //! `hmac-sha256:<hex>` strings, and here those (and anything under a Secret's `data`/`stringData`)
 //! are shown only as "which key changed".
 
-// TODO(integrate): use pipeline::summary for display paths and one-line summaries once it lands;
-// the helpers below are the minimum this module needs meanwhile.
 
 use super::config::SinkKind;
 use super::digest::{name_list, summarize};
 use crate::crd::Operation;
-use crate::pipeline::{ChangeEvent, ChangeOp, FieldChange};
+use crate::pipeline::{ChangeEvent, FieldChange, summary};
 use crate::store::StoredEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// Prefix the redactor gives hashed Secret values.
-const HMAC_PREFIX: &str = "hmac-sha256:";
-/// Longest value shown inline before it is cut.
-const MAX_VALUE_CHARS: usize = 80;
 /// Most events a webhook body carries; the summary still counts them all.
 const MAX_WEBHOOK_EVENTS: usize = 1000;
 
@@ -98,109 +92,21 @@ pub fn what(e: &ChangeEvent) -> String {
     }
 }
 
-/// `/spec/template/spec/containers/0/image` → `spec.template.spec.containers[0].image`;
-/// keys that are not plain identifiers are quoted: `metadata.labels["app.kubernetes.io/name"]`.
-pub fn display_path(pointer: &str) -> String {
-    let mut out = String::new();
-    for raw in pointer.split('/').skip(1) {
-        let seg = raw.replace("~1", "/").replace("~0", "~");
-        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
-            out.push_str(&format!("[{seg}]"));
-        } else if !seg.is_empty()
-            && seg
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(&seg);
-        } else {
-            out.push_str(&format!("[{seg:?}]"));
-        }
-    }
-    if out.is_empty() {
-        "(object)".into()
-    } else {
-        out
-    }
-}
-
-/// A value shown inline: strings bare, everything else as compact JSON, cut to a readable length.
-pub fn display_value(v: &Value) -> String {
-    let s = match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    if s.chars().count() > MAX_VALUE_CHARS {
-        let cut: String = s.chars().take(MAX_VALUE_CHARS - 1).collect();
-        format!("{cut}…")
-    } else {
-        s
-    }
-}
-
-fn contains_hmac(v: &Value) -> bool {
-    match v {
-        Value::String(s) => s.starts_with(HMAC_PREFIX),
-        Value::Array(a) => a.iter().any(contains_hmac),
-        Value::Object(o) => o.values().any(contains_hmac),
-        _ => false,
-    }
-}
-
 fn is_secret(e: &ChangeEvent) -> bool {
     e.kind.group.is_empty() && e.kind.kind == "Secret"
 }
 
 fn is_secret_data_path(path: &str) -> bool {
-    ["/data", "/stringData"]
-        .iter()
-        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+    ["/data", "/stringData"].iter().any(|p| path == *p || path.starts_with(&format!("{p}/")))
 }
 
-/// True when a change must be shown without its values.
-fn hides_values(e: &ChangeEvent, c: &FieldChange) -> bool {
-    (is_secret(e) && is_secret_data_path(&c.path))
-        || c.old.as_ref().is_some_and(contains_hmac)
-        || c.new.as_ref().is_some_and(contains_hmac)
-}
-
-fn keys_of(v: Option<&Value>) -> Vec<String> {
-    match v {
-        Some(Value::Object(o)) => o.keys().cloned().collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// One changed field, human-readable: `spec.replicas 1 → 3`; for secret values only the key:
-/// `data.password changed`.
+/// One changed field, human-readable (`spec.replicas: 1 → 3`, `data.password changed`).
 pub fn display_change(e: &ChangeEvent, c: &FieldChange) -> String {
-    let path = display_path(&c.path);
-    if hides_values(e, c) {
-        let (new_keys, old_keys) = (keys_of(c.new.as_ref()), keys_of(c.old.as_ref()));
-        let keys = if new_keys.is_empty() {
-            old_keys
-        } else {
-            new_keys
-        };
-        let what = match c.op {
-            ChangeOp::Add => "added",
-            ChangeOp::Remove => "removed",
-            ChangeOp::Replace => "changed",
-        };
-        return if keys.is_empty() {
-            format!("{path} {what} (value hidden)")
-        } else {
-            format!("{path} keys {what}: {} (values hidden)", keys.join(", "))
-        };
+    // Defence in depth: a Secret's data is named, never shown, even if a value escaped redaction.
+    if is_secret(e) && is_secret_data_path(&c.path) && !summary::hides_values(c) {
+        return format!("{} changed (value hidden)", summary::display_path(&c.path));
     }
-    let show = |v: &Option<Value>| v.as_ref().map(display_value).unwrap_or_default();
-    match c.op {
-        ChangeOp::Replace => format!("{path} {} → {}", show(&c.old), show(&c.new)),
-        ChangeOp::Add => format!("{path} added: {}", show(&c.new)),
-        ChangeOp::Remove => format!("{path} removed (was {})", show(&c.old)),
-    }
+    summary::describe(c)
 }
 
 /// Up to `max` changed fields of `e`, plus how many were left out.
@@ -214,7 +120,7 @@ pub fn change_lines(e: &ChangeEvent, max: usize) -> (Vec<String>, usize) {
     (lines, e.changes.len().saturating_sub(max))
 }
 
-/// `alice updated deployments.apps demo/nginx: spec.replicas 1 → 3` (and `+2 more fields`).
+/// `alice updated deployments.apps demo/nginx: spec.replicas: 1 → 3` (and `+2 more fields`).
 pub fn one_line(e: &ChangeEvent) -> String {
     let head = format!("{} {} {}", e.user.username, verb(e.operation), what(e));
     match e.changes.as_slice() {
@@ -470,7 +376,7 @@ pub fn render_email(events: &[StoredEvent], ctx: &MessageContext) -> EmailConten
 /// Replaces every hashed Secret value inside `v` so that only key names remain.
 fn scrub(v: &mut Value) {
     match v {
-        Value::String(s) if s.starts_with(HMAC_PREFIX) => *v = Value::String("(hidden)".into()),
+        Value::String(_) if crate::pipeline::is_redacted_value(v) => *v = Value::String("(hidden)".into()),
         Value::Array(a) => a.iter_mut().for_each(scrub),
         Value::Object(o) => o.values_mut().for_each(scrub),
         _ => {}
@@ -527,6 +433,7 @@ pub fn render_webhook(events: &[StoredEvent], ctx: &MessageContext) -> Value {
 mod tests {
     use super::*;
     use crate::notify::testutil::{event, fixtures, stored};
+    use crate::pipeline::ChangeOp;
 
     fn ctx() -> MessageContext {
         MessageContext {
@@ -550,30 +457,14 @@ mod tests {
     }
 
     #[test]
-    fn paths_and_values() {
-        assert_eq!(display_path("/spec/replicas"), "spec.replicas");
-        assert_eq!(
-            display_path("/spec/template/spec/containers/0/image"),
-            "spec.template.spec.containers[0].image"
-        );
-        assert_eq!(
-            display_path("/metadata/labels/app.kubernetes.io~1name"),
-            "metadata.labels[\"app.kubernetes.io/name\"]"
-        );
-        assert_eq!(display_value(&json!("x")), "x");
-        assert_eq!(display_value(&json!({"a": 1})), "{\"a\":1}");
-        assert!(display_value(&json!("y".repeat(200))).ends_with('…'));
-    }
-
-    #[test]
     fn single_event_email_subject_says_the_gist() {
         let m = render_email(&[stored(1, scaled())], &ctx());
         assert_eq!(
             m.subject,
-            "[histor] alice updated deployments.apps demo/nginx: spec.replicas 1 → 3"
+            "[histor] alice updated deployments.apps demo/nginx: spec.replicas: 1 → 3"
         );
-        assert!(m.text.contains("spec.replicas 1 → 3"));
-        assert!(m.html.contains("<code>spec.replicas 1 → 3</code>"));
+        assert!(m.text.contains("spec.replicas: 1 → 3"));
+        assert!(m.html.contains("<code>spec.replicas: 1 → 3</code>"));
     }
 
     #[test]
@@ -625,7 +516,7 @@ mod tests {
         let types: Vec<&str> = blocks.iter().map(|b| b["type"].as_str().unwrap()).collect();
         assert_eq!(types, ["header", "section", "section", "context"]);
         assert_eq!(blocks[1]["fields"][0]["text"], "*Who*\nalice");
-        assert!(v["text"].as_str().unwrap().contains("spec.replicas 1 → 3"));
+        assert!(v["text"].as_str().unwrap().contains("spec.replicas: 1 → 3"));
     }
 
     #[test]
@@ -657,12 +548,12 @@ mod tests {
         // Key names are still shown.
         let m = render_email(&events[3..4], &ctx());
         assert!(
-            m.text.contains("data.password changed (value hidden)"),
+            m.text.contains("data.password changed"),
             "{}",
             m.text
         );
         assert!(
-            m.text.contains("stringData keys added: token"),
+            m.text.contains("stringData added: token"),
             "{}",
             m.text
         );

@@ -53,7 +53,7 @@ pub(crate) struct MemStore(pub std::sync::Mutex<Vec<StoredEvent>>);
 impl EventStore for MemStore {
     fn append(
         &self,
-        _: Vec<crate::pipeline::Captured>,
+        _: &[crate::pipeline::Captured],
     ) -> crate::Result<Vec<crate::store::AppendOutcome>> {
         unimplemented!()
     }

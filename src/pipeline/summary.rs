@@ -88,15 +88,22 @@ pub fn summarize(event: &ChangeEvent) -> String {
 /// `data.password changed`.
 pub fn describe(change: &FieldChange) -> String {
     let path = display_path(&change.path);
-    let hidden = change.old.as_ref().is_some_and(contains_redacted)
-        || change.new.as_ref().is_some_and(contains_redacted);
-    if hidden {
+    if hides_values(change) {
         let verb = match change.op {
             ChangeOp::Add => "added",
             ChangeOp::Remove => "removed",
             ChangeOp::Replace => "changed",
         };
-        return format!("{path} {verb}");
+        // A whole map of hidden values (a Secret's `data` added at once): name its keys.
+        let keys: Vec<&str> = match change.new.as_ref().or(change.old.as_ref()) {
+            Some(Value::Object(map)) => map.keys().map(String::as_str).collect(),
+            _ => Vec::new(),
+        };
+        return if keys.is_empty() {
+            format!("{path} {verb}")
+        } else {
+            format!("{path} {verb}: {}", keys.join(", "))
+        };
     }
     let show = |v: &Option<Value>| v.as_ref().map_or_else(|| "null".to_owned(), short_value);
     match change.op {
@@ -104,6 +111,11 @@ pub fn describe(change: &FieldChange) -> String {
         ChangeOp::Remove => format!("{path}: - {}", show(&change.old)),
         ChangeOp::Replace => format!("{path}: {} → {}", show(&change.old), show(&change.new)),
     }
+}
+
+/// True when the change carries redacted Secret values, so only its path may be shown.
+pub fn hides_values(change: &FieldChange) -> bool {
+    change.old.as_ref().is_some_and(contains_redacted) || change.new.as_ref().is_some_and(contains_redacted)
 }
 
 fn contains_redacted(v: &Value) -> bool {

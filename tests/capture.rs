@@ -20,6 +20,7 @@ fn args(dir: &Path, policy: std::path::PathBuf) -> ServeArgs {
         deadline_ms: 500,
         queue_capacity: 1024,
         retention_interval_secs: 3600,
+        secrets_dir: None,
     }
 }
 

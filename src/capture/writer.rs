@@ -105,11 +105,20 @@ fn commit(jobs: Vec<Job>, store: &dyn EventStore, metrics: &Metrics, observers: 
     };
     let mut recorded = Vec::new();
     for ((captured, ack), outcome) in batch.into_iter().zip(acks).zip(outcomes) {
-        if let AppendOutcome::Recorded(id) = outcome {
-            metrics.events_recorded.inc();
-            if !observers.is_empty() {
-                recorded.push(StoredEvent { id, event: captured.event });
+        // A linked event is news to the policy it was just linked to (and only to it: the
+        // captured event names that one policy), so observers hear of it too.
+        let id = match outcome {
+            AppendOutcome::Recorded(id) => {
+                metrics.events_recorded.inc();
+                Some(id)
             }
+            AppendOutcome::Linked(id) => Some(id),
+            AppendOutcome::Duplicate(_) => None,
+        };
+        if let Some(id) = id
+            && !observers.is_empty()
+        {
+            recorded.push(StoredEvent { id, event: captured.event });
         }
         if let Some(ack) = ack {
             // The review may have stopped waiting (deadline); that is fine.

@@ -74,6 +74,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         deadline_ms: 500,
         queue_capacity: 1024,
         retention_interval_secs: 60,
+        secrets_dir: None,
     })
     .await?;
     let ca = running.ca_file.clone().ok_or_else(|| Error::Tls("demo server has no CA file".into()))?;

@@ -1,11 +1,12 @@
 //! `histor serve`: capture, pipeline and store in one process, with policies from files.
 
 use super::files::{load_or_create_key, read_policy_files};
-use crate::capture::{self, Capture, Writer, tls};
+use crate::capture::{self, Capture, RecordObserver, Writer, tls};
 use crate::index::PolicyIndex;
 use crate::metrics::Metrics;
 use crate::pipeline::Redactor;
-use crate::store::{EventStore, RetentionRule, SledStore};
+use crate::notify::{FileSecrets, NotifyConfig, NotifyMetrics, Notifier, SecretSource, StaticSecrets};
+use crate::store::{EventStore, RetentionRule, SledStore, StoredEvent};
 use crate::{Error, Result};
 use axum_server::Handle;
 use prometheus_client::registry::Registry;
@@ -46,6 +47,11 @@ pub struct ServeArgs {
     /// Seconds between retention passes.
     #[arg(long, default_value_t = 10)]
     pub retention_interval_secs: u64,
+    /// Directory of the Secrets that notification sinks refer to, laid out as
+    /// `DIR/<namespace>/<name>/<key>` (a mounted Secret has this shape). Files are re-read on use,
+    /// so a rotated webhook URL or SMTP password needs no restart.
+    #[arg(long)]
+    pub secrets_dir: Option<PathBuf>,
 }
 
 /// A started server.
@@ -62,6 +68,7 @@ pub struct Running {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     writer: std::thread::JoinHandle<()>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    notifier: (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>),
 }
 
 impl Running {
@@ -80,6 +87,10 @@ impl Running {
             .await
             .map_err(|e| Error::Usage(format!("writer join failed: {e}")))?
             .map_err(|_| Error::Usage("writer thread panicked".into()))?;
+        // Deliveries still running get their timeout; unsent ones stay in the durable outbox.
+        let (stop, notifier) = self.notifier;
+        let _ = stop.send(());
+        let _ = notifier.await;
         self.store.flush()?;
         served?.map_err(Error::Io)
     }
@@ -106,8 +117,13 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let (writer, writer_thread) =
-        Writer::spawn(store.clone() as Arc<dyn EventStore>, args.queue_capacity, metrics.clone(), Vec::new())?;
+    let notifier = notifier(&args, &store, &policies, &mut registry).await?;
+    let (writer, writer_thread) = Writer::spawn(
+        store.clone() as Arc<dyn EventStore>,
+        args.queue_capacity,
+        metrics.clone(),
+        vec![Arc::new(NotifyObserver(notifier.clone())) as Arc<dyn RecordObserver>],
+    )?;
     let capture = Arc::new(Capture {
         policies: policies.clone(),
         redactor,
@@ -138,8 +154,64 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             Duration::from_secs(args.retention_interval_secs.max(1)),
         )),
     ];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let delivery = tokio::spawn(async move {
+        notifier
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
     capture.ready.store(true, Ordering::Relaxed);
-    Ok(Running { addr, ca_file: files.ca, store, capture, handle, server, writer: writer_thread, background })
+    Ok(Running {
+        addr,
+        ca_file: files.ca,
+        store,
+        capture,
+        handle,
+        server,
+        writer: writer_thread,
+        background,
+        notifier: (stop, delivery),
+    })
+}
+
+/// The notification hub on the store's database, with every policy's sinks, caught up with
+/// events a crash may have stored but not handed to it.
+async fn notifier(
+    args: &ServeArgs,
+    store: &Arc<SledStore>,
+    policies: &PolicyIndex,
+    registry: &mut Registry,
+) -> Result<Notifier> {
+    let secrets: Arc<dyn SecretSource> = match &args.secrets_dir {
+        Some(dir) => Arc::new(FileSecrets::new(dir)),
+        None => Arc::new(StaticSecrets::default()),
+    };
+    let metrics = NotifyMetrics::default();
+    metrics.register(registry);
+    let notifier = Notifier::new(store.db().clone(), secrets, NotifyConfig::default(), metrics)?;
+    for policy in policies.all() {
+        if let Err(error) = notifier.set_policy(policy.name(), &policy.spec().notify) {
+            tracing::warn!(%error, policy = %policy.name(), "some notification sinks are not usable");
+        }
+    }
+    let (n, s) = (notifier.clone(), store.clone());
+    tokio::task::spawn_blocking(move || n.recover_from(s.as_ref()))
+        .await
+        .map_err(|e| Error::Usage(format!("notification recovery failed: {e}")))??;
+    Ok(notifier)
+}
+
+/// Hands each durable batch to the notification outbox.
+struct NotifyObserver(Notifier);
+
+impl RecordObserver for NotifyObserver {
+    fn on_recorded(&self, events: &[StoredEvent]) {
+        if let Err(error) = self.0.on_recorded(events) {
+            tracing::error!(%error, events = events.len(), "queueing notifications failed; they are recovered at the next start");
+        }
+    }
 }
 
 fn self_signed(args: &ServeArgs) -> Result<tls::CertFiles> {

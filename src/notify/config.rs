@@ -239,45 +239,11 @@ impl SinkSpec {
     }
 }
 
-/// Parses a Go-style duration such as `60s`, `5m`, `1h30m` or `1.5h` (units `ns`, `us`, `ms`, `s`,
-/// `m`, `h`), as `kubectl` users write them.
+/// A Go-style duration (`60s`, `1h30m`) as a non-negative std duration; see
+/// [`crate::pipeline::parse_duration`].
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("empty duration".into());
-    }
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut rest = s;
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("{s:?}: missing unit (ns, us, ms, s, m or h)"))?;
-        if num_len == 0 {
-            return Err(format!("{s:?}: expected a number before the unit"));
-        }
-        let value: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("{s:?}: bad number {:?}", &rest[..num_len]))?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            other => return Err(format!("{s:?}: unknown unit {other:?}")),
-        };
-        rest = &rest[unit_len..];
-        total += value * scale;
-    }
-    Duration::try_from_secs_f64(total).map_err(|e| format!("{s:?}: {e}"))
+    let d = crate::pipeline::parse_duration(s)?;
+    Duration::try_from(d).map_err(|_| format!("{s:?}: a duration here must not be negative"))
 }
 
 /// Formats a duration the way [`parse_duration`] reads it (`1h30m`, `60s`, `250ms`).

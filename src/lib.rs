@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod cmd;
+pub mod controller;
 pub mod crd;
 pub mod metrics;
 pub mod pipeline;

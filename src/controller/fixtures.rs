@@ -175,7 +175,7 @@ impl MemStore {
     pub fn add(&self, events: &[StoredEvent]) {
         let mut all = self.events.lock().expect("lock");
         all.extend_from_slice(events);
-        all.sort_by(|a, b| b.id.cmp(&a.id));
+        all.sort_by_key(|e| std::cmp::Reverse(e.id));
     }
     /// Removes every event.
     pub fn clear(&self) {

@@ -240,9 +240,9 @@ fn namespace_selector(policy: &TrackingPolicy, operator_namespace: &str) -> Labe
             });
         }
     }
-    let excluded = filter
+    let excluded: Vec<String> = filter
         .map(|f| f.exclude.iter().filter(|n| !is_glob(n)).cloned().collect())
-        .unwrap_or_else(Vec::new);
+        .unwrap_or_default();
     expressions.push(LabelSelectorRequirement {
         key: NAMESPACE_NAME_LABEL.into(),
         operator: "NotIn".into(),

@@ -709,6 +709,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn ensure_renews_an_expiring_leaf_in_the_existing_secret() {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let old = created(t0());
+        let mut secret = serde_json::to_value(old.to_secret("histor-system")).expect("json");
+        secret["metadata"]["resourceVersion"] = "7".into();
+        let path = "/api/v1/namespaces/histor-system/secrets/histor-webhook-tls".to_string();
+        let server = super::super::fixtures::serve(handle, vec![(path.clone(), secret)]);
+        let manager = CertManager::new(client, "histor-system", sans(), "/nonexistent", timings());
+
+        // day 25 of a 30-day leaf: renew, keep the CA
+        let renewed = manager.ensure(t0() + days(25)).await.expect("ensure");
+        assert_eq!(renewed.ca_crt, old.ca_crt);
+        assert_ne!(renewed.tls_crt, old.tls_crt);
+        // the next check finds nothing to do
+        let same = manager.ensure(t0() + days(25)).await.expect("ensure");
+        assert_eq!(same, renewed);
+        drop(manager);
+
+        let calls = server.await.expect("server");
+        assert_eq!(
+            super::super::fixtures::summary(&calls),
+            vec![
+                format!("GET {path}"),
+                format!("PATCH {path}"),
+                format!("GET {path}")
+            ]
+        );
+        let body = &calls[1].body;
+        // optimistic concurrency against a stale leader
+        assert_eq!(body["metadata"]["resourceVersion"], "7");
+        let written =
+            TlsMaterial::from_secret(&serde_json::from_value(body.clone()).expect("secret"))
+                .expect("material");
+        assert_eq!(written, renewed);
+        assert!(signed_by(&written.tls_crt, &old.ca_crt));
+    }
+
+    #[tokio::test]
     async fn ensure_creates_the_secret_by_server_side_apply() {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(service, "default");

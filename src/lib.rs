@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod certs;
 pub mod cmd;
+pub mod controller;
 pub mod crd;
 pub mod index;
 pub mod metrics;

@@ -1,0 +1,377 @@
+//! The operator: turns TrackingPolicies into ValidatingWebhookConfigurations, manages the webhook's
+//! certificates, and writes ChangeRecords back from the store.
+//!
+//! I/O handles live in [`Context`]; the logic that decides things lives in pure functions
+//! ([`webhook::build`], [`certs::decide`], [`records::summarise`]). Depends on `crd`, `pipeline` and
+//! `store` types; the capture side is reached only through the [`PolicyRegistry`] trait and the
+//! serving files in the cert directory, so this module never links against it.
+//!
+//! Only the leader (see [`leader`]) reconciles policies, rotates certificates and writes
+//! ChangeRecords; every replica keeps its serving certificate files current and serves the webhook.
+
+pub mod certs;
+pub mod leader;
+pub mod options;
+pub mod policy;
+pub mod records;
+pub mod webhook;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+
+pub use options::OperatorOptions;
+pub use policy::{error_policy, reconcile};
+pub use records::ChangeRecordWriter;
+
+use crate::crd::TrackingPolicySpec;
+use crate::store::EventStore;
+use certs::{CertManager, CertTimings};
+use jiff::Timestamp;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use webhook::WebhookClient;
+
+/// Field manager of every server-side apply histor makes.
+pub const FIELD_MANAGER: &str = "histor";
+/// Finalizer histor puts on TrackingPolicies so their webhook configuration goes with them.
+pub const FINALIZER: &str = "histor.dev/cleanup";
+
+/// What can go wrong in the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes api: {0}")]
+    Kube(#[from] kube::Error),
+    /// The finalizer helper failed (adding/removing the finalizer, or the apply/cleanup inside it).
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// Certificate generation or parsing failed.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// A file could not be written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The event store failed.
+    #[error("store: {0}")]
+    Store(#[source] crate::Error),
+    /// JSON (de)serialisation failed.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Leader election failed.
+    #[error("leader election: {0}")]
+    Lease(String),
+    /// Settings that do not make sense.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    /// A short, fixed label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::Tls(_) => "tls",
+            Error::File { .. } => "io",
+            Error::Store(_) => "store",
+            Error::Json(_) => "json",
+            Error::Lease(_) => "lease",
+            Error::Config(_) => "config",
+        }
+    }
+
+    fn file(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::File {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The operator's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The capture side's in-memory index of compiled policies. The integrator implements it for the
+/// real index; reconcile calls it so the capture side sees policy changes at once.
+pub trait PolicyRegistry: Send + Sync {
+    /// Compiles and installs (or replaces) policy `name`. `Err` carries a message fit for a
+    /// condition and an Event, such as which CEL expression or glob is bad and why.
+    fn apply(&self, name: &str, spec: &TrackingPolicySpec) -> Result<(), String>;
+    /// Forgets policy `name`.
+    fn remove(&self, name: &str);
+}
+
+/// Health of one notification sink, as the notify side reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkHealth {
+    /// Sink name from the policy.
+    pub name: String,
+    /// Whether it currently delivers.
+    pub ready: bool,
+    /// CamelCase reason, such as `DeliveryFailing`.
+    pub reason: String,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// `events recorded, newest receipt time` for a policy name.
+pub type StatsProvider = Arc<dyn Fn(&str) -> (u64, Option<Timestamp>) + Send + Sync>;
+/// Sink health for a policy name.
+pub type SinkHealthProvider = Arc<dyn Fn(&str) -> Vec<SinkHealth> + Send + Sync>;
+
+/// Where the serving certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertMode {
+    /// histor makes its own CA and serving certificate (Secret `histor-webhook-tls`).
+    SelfManaged,
+    /// cert-manager provides the certificate (mounted into the cert dir) and injects the CA.
+    CertManager {
+        /// `NAMESPACE/NAME` of the cert-manager Certificate.
+        certificate: String,
+    },
+}
+
+/// The operator's settings (see [`OperatorOptions`] for the command line that produces them).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespace the operator runs in: its Secret, Lease and cluster-scoped ChangeRecords live here.
+    pub namespace: String,
+    /// Service account the operator runs as; its requests never reach its own webhook.
+    pub service_account: String,
+    /// How the apiserver reaches the webhook.
+    pub webhook: WebhookClient,
+    /// Certificate source.
+    pub cert_mode: CertMode,
+    /// Directory holding `tls.crt` and `tls.key` for the capture server.
+    pub cert_dir: PathBuf,
+    /// Certificate lifetimes and rotation pacing.
+    pub cert_timings: CertTimings,
+    /// How often certificates are checked.
+    pub cert_check_interval: Duration,
+    /// Least time between two writes of one ChangeRecord.
+    pub record_interval: Duration,
+    /// How often a Ready policy is reconciled again (refreshes eventsRecorded and sink health).
+    pub resync_interval: Duration,
+    /// Whether to elect a leader; without it this replica always leads.
+    pub leader_election: bool,
+    /// Name of the Lease used for leader election.
+    pub lease_name: String,
+    /// This replica's identity in the Lease (the pod name when known).
+    pub identity: String,
+}
+
+impl Settings {
+    /// Defaults for a given namespace and webhook client, for tests and embedding.
+    pub fn new(namespace: impl Into<String>, webhook: WebhookClient) -> Settings {
+        Settings {
+            namespace: namespace.into(),
+            service_account: "histor".into(),
+            webhook,
+            cert_mode: CertMode::SelfManaged,
+            cert_dir: PathBuf::from("/var/run/histor/tls"),
+            cert_timings: CertTimings::default(),
+            cert_check_interval: Duration::from_secs(60),
+            record_interval: Duration::from_secs(5),
+            resync_interval: Duration::from_secs(60),
+            leader_election: true,
+            lease_name: "histor-leader".into(),
+            identity: leader::default_identity(),
+        }
+    }
+}
+
+/// Everything reconcile and the background loops need.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Publishes Kubernetes Events about policies.
+    pub recorder: Recorder,
+    /// The capture side's policy index.
+    pub registry: Arc<dyn PolicyRegistry>,
+    /// Settings.
+    pub settings: Settings,
+    /// Writes ChangeRecords; the capture writer reports durable batches to it.
+    pub records: Arc<ChangeRecordWriter>,
+    stats: Option<StatsProvider>,
+    sink_health: Option<SinkHealthProvider>,
+    match_conditions: OnceLock<bool>,
+    ca_bundle: watch::Sender<Option<Vec<u8>>>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context over `client`, reporting to `registry` and reading history from `store`.
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        registry: Arc<dyn PolicyRegistry>,
+        store: Arc<dyn EventStore>,
+    ) -> Context {
+        let reporter = Reporter {
+            controller: "histor".into(),
+            instance: Some(settings.identity.clone()),
+        };
+        let records = Arc::new(ChangeRecordWriter::new(
+            client.clone(),
+            store,
+            settings.namespace.clone(),
+            settings.record_interval,
+        ));
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            registry,
+            records,
+            settings,
+            stats: None,
+            sink_health: None,
+            match_conditions: OnceLock::new(),
+            ca_bundle: watch::channel(None).0,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reports `eventsRecorded` and `lastEventTime` in policy status.
+    pub fn with_stats(mut self, stats: StatsProvider) -> Context {
+        self.stats = Some(stats);
+        self
+    }
+
+    /// Reports sink health in the `SinksReady` condition.
+    pub fn with_sink_health(mut self, health: SinkHealthProvider) -> Context {
+        self.sink_health = Some(health);
+        self
+    }
+
+    /// Fixes whether webhook configurations carry `matchConditions` ([`run`] asks the server).
+    pub fn set_match_conditions(&self, supported: bool) {
+        let _ = self.match_conditions.set(supported);
+    }
+
+    fn match_conditions(&self) -> bool {
+        self.match_conditions.get().copied().unwrap_or(false)
+    }
+
+    /// Sets the caBundle webhook configurations carry (self-managed certificates).
+    pub fn set_ca_bundle(&self, bundle: Option<Vec<u8>>) {
+        self.ca_bundle.send_if_modified(|current| {
+            if *current == bundle {
+                false
+            } else {
+                *current = bundle;
+                true
+            }
+        });
+    }
+
+    fn ca_bundle(&self) -> Option<Vec<u8>> {
+        self.ca_bundle.borrow().clone()
+    }
+
+    fn stats(&self, policy: &str) -> (u64, Option<Timestamp>) {
+        self.stats.as_ref().map_or((0, None), |f| f(policy))
+    }
+
+    fn sink_health(&self, policy: &str) -> Option<Vec<SinkHealth>> {
+        self.sink_health.as_ref().map(|f| f(policy))
+    }
+
+    /// Counts a failed reconcile of `policy` and returns how many in a row.
+    fn failed(&self, policy: &str) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(policy.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    fn succeeded(&self, policy: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(policy);
+    }
+}
+
+/// Runs the operator until an unrecoverable error: leader election, the certificate loop (every
+/// replica), and, while leading, the TrackingPolicy controller and the ChangeRecord writer.
+pub async fn run(ctx: Arc<Context>) -> Result<()> {
+    let version = ctx.client.apiserver_version().await?;
+    let supported = webhook::supports_match_conditions(&version);
+    ctx.set_match_conditions(supported);
+    info!(
+        version = %version.git_version,
+        match_conditions = supported,
+        "connected to the apiserver"
+    );
+
+    let (leading, _lease) = leader::elect(ctx.client.clone(), &ctx.settings).await?;
+
+    let certs = cert_loop(ctx.clone(), leading.clone());
+    let records = ctx.records.clone().run(leading.clone());
+    let controller = leader::while_leader(leading, {
+        let ctx = ctx.clone();
+        move || policy::run_controller(ctx.clone())
+    });
+    tokio::join!(certs, records, controller);
+    Ok(())
+}
+
+/// Keeps the serving files and the caBundle current. The leader also renews and rotates.
+async fn cert_loop(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) {
+    let settings = &ctx.settings;
+    if let CertMode::CertManager { certificate } = &settings.cert_mode {
+        info!(%certificate, "certificates come from cert-manager");
+        return;
+    }
+    let manager = CertManager::new(
+        ctx.client.clone(),
+        settings.namespace.clone(),
+        settings.webhook.subject_alt_names(),
+        settings.cert_dir.clone(),
+        settings.cert_timings,
+    );
+    loop {
+        let is_leader = *leading.borrow_and_update();
+        let material = if is_leader {
+            manager.ensure(Timestamp::now()).await.map(Some)
+        } else {
+            manager.read().await.map(|m| m.map(|(m, _)| m))
+        };
+        let wait = match material.and_then(|m| match m {
+            Some(m) => manager.write_files(&m).map(|_| Some(m)),
+            None => Ok(None),
+        }) {
+            Ok(Some(m)) => {
+                ctx.set_ca_bundle(Some(m.ca_bundle()));
+                settings.cert_check_interval
+            }
+            Ok(None) => {
+                info!(
+                    leader = is_leader,
+                    "waiting for the leader to create webhook certificates"
+                );
+                Duration::from_secs(5)
+            }
+            Err(error) => {
+                warn!(%error, leader = is_leader, "webhook certificate check failed");
+                Duration::from_secs(10)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            changed = leading.changed() => if changed.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,783 @@
+//! ChangeRecord writer: keeps one small ChangeRecord per tracked object in step with the store.
+//!
+//! The capture writer reports every durable batch ([`ChangeRecordWriter::on_recorded`]); that only
+//! marks records dirty. A loop flushes due records: at most one write per record per interval, so a
+//! burst of changes (a rollout, a `kubectl apply` of many objects) costs one write per object, not one
+//! per change. Each flush reads the object's retained events back from the store and summarises them
+//! with the pure [`summarise`], so the record always agrees with the store, retention included. When
+//! retention empties an object, its record is deleted. etcd only ever holds the summary.
+
+use super::{Error, FIELD_MANAGER, Result};
+use crate::crd::{
+    ChangeRecord, ChangeRecordSpec, ChangeRecordStatus, ChangeSummary, Contributor, RecentChange,
+    TargetRef,
+};
+use crate::pipeline::{ChangeEvent, ChangeOp};
+use crate::store::{EventStore, Query, RetentionReport, StoredEvent};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, Resource};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// Changes listed in `status.recent`.
+pub const RECENT: usize = 5;
+/// Paths listed per recent change.
+pub const PATHS_PER_CHANGE: usize = 10;
+/// Contributors listed.
+pub const CONTRIBUTORS: usize = 5;
+/// Longest summary or path kept; longer ones are cut with `…` so a record stays small.
+const MAX_TEXT: usize = 200;
+/// Most events read back per record flush; `changeCount` saturates here.
+const MAX_SCAN: usize = 10_000;
+/// Page size when reading events back.
+const PAGE: usize = 500;
+/// Longest object name Kubernetes accepts for a DNS-subdomain name.
+const MAX_NAME: usize = 253;
+
+/// Which record an event belongs to, and how to find its events again.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordKey {
+    /// Namespace of the ChangeRecord.
+    pub namespace: String,
+    /// Name of the ChangeRecord.
+    pub name: String,
+}
+
+/// The tracked object behind a record (subresources fold into their parent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Target {
+    namespace: Option<String>,
+    group: String,
+    resource: String,
+    name: String,
+    uid: Option<String>,
+}
+
+impl Target {
+    fn of(event: &ChangeEvent) -> Target {
+        Target {
+            namespace: event.namespace.clone(),
+            group: event.resource.group.clone(),
+            resource: event.resource.resource.clone(),
+            name: event.name.clone(),
+            uid: event.object_uid.clone(),
+        }
+    }
+
+    fn group_resource(&self) -> String {
+        if self.group.is_empty() {
+            self.resource.clone()
+        } else {
+            format!("{}.{}", self.resource, self.group)
+        }
+    }
+
+    fn matches(&self, event: &ChangeEvent) -> bool {
+        event.namespace == self.namespace
+            && event.resource.group == self.group
+            && event.resource.resource == self.resource
+            && event.name == self.name
+    }
+}
+
+/// Name of the ChangeRecord of an object: `<resource>.<group>-<name>` (`<resource>-<name>` for
+/// the core group), lowercased. Names that are not valid DNS subdomains as they stand, or are too
+/// long, are cleaned up, cut, and given a hash suffix of the original so two objects never share
+/// a record.
+pub fn record_name(group: &str, resource: &str, name: &str) -> String {
+    let raw = if group.is_empty() {
+        format!("{resource}-{name}")
+    } else {
+        format!("{resource}.{group}-{name}")
+    }
+    .to_lowercase();
+    let clean = dns_subdomain(&raw);
+    if clean == raw && raw.len() <= MAX_NAME {
+        return raw;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, raw.as_bytes());
+    let hash: String = digest.as_ref()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let keep = MAX_NAME - hash.len() - 1;
+    let mut cut: String = clean.chars().take(keep).collect();
+    while cut.ends_with(['-', '.']) {
+        cut.pop();
+    }
+    if cut.is_empty() {
+        hash
+    } else {
+        format!("{cut}-{hash}")
+    }
+}
+
+/// Lowercase alphanumerics, `-` and `.`, each dot-separated label starting and ending with an
+/// alphanumeric.
+fn dns_subdomain(s: &str) -> String {
+    s.split('.')
+        .map(|label| {
+            let mapped: String = label
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            mapped.trim_matches('-').to_string()
+        })
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+// TODO(integrate): replace with `crate::pipeline::display_path` once the pipeline lands; this
+// stand-in turns a JSON pointer into `spec.template.spec.containers[0].image`.
+fn display_path(pointer: &str) -> String {
+    let mut out = String::new();
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        if !segment.is_empty() && segment.chars().all(|c| c.is_ascii_digit()) {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&segment);
+        }
+    }
+    out
+}
+
+// TODO(integrate): replace with `crate::pipeline::summarize` once the pipeline lands; this
+// stand-in gives `spec.replicas: 1 → 3 (+2 more)`.
+fn summarize(event: &ChangeEvent) -> String {
+    use crate::crd::Operation;
+    match event.operation {
+        Operation::Create => "created".into(),
+        Operation::Delete => "deleted".into(),
+        Operation::Connect => "connected".into(),
+        Operation::Update => {
+            let Some(first) = event.changes.first() else {
+                return "updated".into();
+            };
+            let value = |v: &Option<serde_json::Value>| {
+                v.as_ref()
+                    .map_or_else(|| "∅".to_string(), |v| v.to_string())
+            };
+            let mut line = format!("{}: ", display_path(&first.path));
+            line.push_str(&match first.op {
+                ChangeOp::Add => format!("+ {}", value(&first.new)),
+                ChangeOp::Remove => format!("- {}", value(&first.old)),
+                ChangeOp::Replace => format!("{} → {}", value(&first.old), value(&first.new)),
+            });
+            if event.changes.len() > 1 {
+                line.push_str(&format!(" (+{} more)", event.changes.len() - 1));
+            }
+            line
+        }
+    }
+}
+
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Summarises an object's retained events, newest first, into the record's status.
+pub fn summarise(events: &[StoredEvent]) -> ChangeRecordStatus {
+    let Some(newest) = events.first() else {
+        return ChangeRecordStatus::default();
+    };
+    let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+    for e in events {
+        *counts.entry(e.event.user.username.as_str()).or_default() += 1;
+    }
+    let mut contributors: Vec<Contributor> = counts
+        .into_iter()
+        .map(|(user, changes)| Contributor {
+            user: user.to_string(),
+            changes,
+        })
+        .collect();
+    contributors.sort_by(|a, b| b.changes.cmp(&a.changes).then_with(|| a.user.cmp(&b.user)));
+    contributors.truncate(CONTRIBUTORS);
+
+    let recent = events
+        .iter()
+        .take(RECENT)
+        .map(|e| {
+            let mut paths: Vec<String> = Vec::new();
+            for change in &e.event.changes {
+                let p = cut(&display_path(&change.path), MAX_TEXT);
+                if !paths.contains(&p) {
+                    paths.push(p);
+                }
+                if paths.len() == PATHS_PER_CHANGE {
+                    break;
+                }
+            }
+            RecentChange {
+                time: Time(e.event.received_at),
+                user: e.event.user.username.clone(),
+                operation: e.event.operation,
+                paths,
+            }
+        })
+        .collect();
+
+    ChangeRecordStatus {
+        change_count: events.len() as u64,
+        first_seen: events.last().map(|e| Time(e.event.received_at)),
+        last_change: Some(ChangeSummary {
+            time: Time(newest.event.received_at),
+            user: newest.event.user.username.clone(),
+            operation: newest.event.operation,
+            summary: cut(&summarize(&newest.event), MAX_TEXT),
+        }),
+        recent,
+        contributors,
+    }
+}
+
+/// The record's spec from its events (newest first): the kind comes from the newest request on
+/// the object itself, since a subresource request names the subresource's kind (a `Scale`).
+fn spec_of(target: &Target, events: &[StoredEvent]) -> ChangeRecordSpec {
+    let main = events
+        .iter()
+        .find(|e| e.event.resource.subresource.is_none())
+        .or_else(|| events.first());
+    let (api_version, kind) = main.map_or_else(
+        || (String::new(), String::new()),
+        |e| (e.event.kind.api_version(), e.event.kind.kind.clone()),
+    );
+    let uid = events
+        .iter()
+        .find_map(|e| e.event.object_uid.clone())
+        .or_else(|| target.uid.clone());
+    let display_kind = if target.group.is_empty() {
+        kind.to_lowercase()
+    } else {
+        format!("{}.{}", kind.to_lowercase(), target.group)
+    };
+    ChangeRecordSpec {
+        target: format!("{display_kind}/{}", target.name),
+        target_ref: TargetRef {
+            api_version,
+            kind,
+            namespace: target.namespace.clone(),
+            name: target.name.clone(),
+            uid,
+        },
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Dirty records and when they first became dirty since their last write.
+    dirty: HashMap<RecordKey, Instant>,
+    last_write: HashMap<RecordKey, Instant>,
+    targets: HashMap<RecordKey, Target>,
+    written_spec: HashMap<RecordKey, ChangeRecordSpec>,
+}
+
+/// Writes ChangeRecords. Implements the shape of the capture writer's `RecordObserver`.
+pub struct ChangeRecordWriter {
+    client: Client,
+    store: Arc<dyn EventStore>,
+    operator_namespace: String,
+    interval: Duration,
+    state: Mutex<State>,
+}
+
+impl ChangeRecordWriter {
+    /// A writer whose cluster-scoped records go to `operator_namespace` and which writes each
+    /// record at most once per `interval`.
+    pub fn new(
+        client: Client,
+        store: Arc<dyn EventStore>,
+        operator_namespace: String,
+        interval: Duration,
+    ) -> ChangeRecordWriter {
+        ChangeRecordWriter {
+            client,
+            store,
+            operator_namespace,
+            interval,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock leaves plain maps behind; they stay usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn key_of(&self, target: &Target) -> RecordKey {
+        RecordKey {
+            namespace: target
+                .namespace
+                .clone()
+                .unwrap_or_else(|| self.operator_namespace.clone()),
+            name: record_name(&target.group, &target.resource, &target.name),
+        }
+    }
+
+    /// Called after each durable batch: marks the touched objects' records dirty. Cheap; no I/O.
+    pub fn on_recorded(&self, events: &[StoredEvent]) {
+        let now = Instant::now();
+        let mut state = self.state();
+        for stored in events {
+            let target = Target::of(&stored.event);
+            let key = self.key_of(&target);
+            state.dirty.entry(key.clone()).or_insert(now);
+            state.targets.insert(key, target);
+        }
+    }
+
+    /// Called after a retention pass: records of emptied objects are flushed, which deletes them.
+    /// Keys are matched against each known record's object uid, `namespace/name` and name.
+    pub fn on_retention(&self, report: &RetentionReport) {
+        if report.objects_emptied.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut state = self.state();
+        let hits: Vec<RecordKey> = state
+            .targets
+            .iter()
+            .filter(|(_, t)| {
+                report.objects_emptied.iter().any(|key| {
+                    let last = key.rsplit('/').next().unwrap_or(key);
+                    t.uid.as_deref() == Some(key.as_str())
+                        || t.uid.as_deref() == Some(last)
+                        || *key == format!("{}/{}", t.namespace.as_deref().unwrap_or(""), t.name)
+                })
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in hits {
+            // Deletion need not wait for the coalescing window of the last write.
+            state.dirty.insert(key.clone(), now);
+            state.last_write.remove(&key);
+        }
+    }
+
+    /// Writes every record that is due at `now`; returns how many were written or deleted.
+    pub async fn flush_due(&self, now: Instant) -> usize {
+        let due: Vec<(RecordKey, Target)> = {
+            let mut state = self.state();
+            let interval = self.interval;
+            let keys: Vec<RecordKey> = state
+                .dirty
+                .iter()
+                .filter(|(key, since)| {
+                    now >= **since + interval
+                        && state
+                            .last_write
+                            .get(*key)
+                            .is_none_or(|last| now >= *last + interval)
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| {
+                    state.dirty.remove(&k);
+                    state.targets.get(&k).cloned().map(|t| (k, t))
+                })
+                .collect()
+        };
+        let mut written = 0;
+        for (key, target) in due {
+            match self.write(&key, &target).await {
+                Ok(()) => {
+                    written += 1;
+                    self.state().last_write.insert(key, now);
+                }
+                Err(error) => {
+                    warn!(%error, namespace = %key.namespace, record = %key.name, "ChangeRecord write failed; will retry");
+                    self.state().dirty.entry(key).or_insert(now);
+                }
+            }
+        }
+        written
+    }
+
+    /// Reads the object's retained events back, newest first.
+    async fn events_of(&self, target: &Target) -> Result<Vec<StoredEvent>> {
+        let store = self.store.clone();
+        let t = target.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store
+                    .query(&Query {
+                        namespace: t.namespace.clone(),
+                        kind: Some(t.group_resource()),
+                        name: Some(t.name.clone()),
+                        limit: PAGE,
+                        after,
+                        ..Query::default()
+                    })
+                    .map_err(Error::Store)?;
+                out.extend(page.events.into_iter().filter(|e| t.matches(&e.event)));
+                match page.next {
+                    Some(next) if out.len() < MAX_SCAN => after = Some(next),
+                    _ => break,
+                }
+            }
+            out.truncate(MAX_SCAN);
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Config(format!("store reader task failed: {e}")))?
+    }
+
+    async fn write(&self, key: &RecordKey, target: &Target) -> Result<()> {
+        let api: Api<ChangeRecord> = Api::namespaced(self.client.clone(), &key.namespace);
+        let events = self.events_of(target).await?;
+        if events.is_empty() {
+            match api.delete(&key.name, &DeleteParams::default()).await {
+                Ok(_) => {
+                    info!(namespace = %key.namespace, record = %key.name, "ChangeRecord deleted: history expired")
+                }
+                Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+            let mut state = self.state();
+            state.targets.remove(key);
+            state.written_spec.remove(key);
+            state.last_write.remove(key);
+            return Ok(());
+        }
+
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let spec = spec_of(target, &events);
+        let spec_known = self.state().written_spec.get(key) == Some(&spec);
+        if !spec_known {
+            let mut record = ChangeRecord::new(&key.name, spec.clone());
+            record.metadata.namespace = Some(key.namespace.clone());
+            record.metadata.labels = Some(BTreeMap::from([(
+                super::webhook::MANAGED_BY_LABEL.to_string(),
+                super::webhook::MANAGED_BY.to_string(),
+            )]));
+            api.patch(&key.name, &params, &Patch::Apply(&record))
+                .await?;
+            self.state().written_spec.insert(key.clone(), spec);
+        }
+        let status = summarise(&events);
+        let patch = serde_json::json!({
+            "apiVersion": ChangeRecord::api_version(&()),
+            "kind": ChangeRecord::kind(&()),
+            "status": status,
+        });
+        api.patch_status(&key.name, &params, &Patch::Apply(patch))
+            .await?;
+        debug!(namespace = %key.namespace, record = %key.name, changes = status.change_count, "ChangeRecord written");
+        Ok(())
+    }
+
+    /// Flushes due records while this replica leads, until the leadership channel closes.
+    pub async fn run(self: Arc<Self>, leading: watch::Receiver<bool>) {
+        // Ticks finer than the interval keep the write latency close to the interval itself.
+        let tick = (self.interval / 5).max(Duration::from_millis(200));
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if leading.has_changed().is_err() {
+                return;
+            }
+            if *leading.borrow() {
+                self.flush_due(Instant::now()).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::fixtures::{self, MemStore};
+    use crate::crd::Operation;
+    use crate::pipeline::{Actor, FieldChange, KindId, ResourceId};
+    use http::{Request, Response};
+    use jiff::Timestamp;
+    use kube::client::Body;
+    use serde_json::json;
+
+    fn event(id: u64, op: Operation, user: &str, changes: &[(&str, i64, i64)]) -> StoredEvent {
+        StoredEvent {
+            id,
+            event: ChangeEvent {
+                request_uid: format!("req-{id}"),
+                received_at: Timestamp::from_second(1_767_225_600 + id as i64).expect("time"),
+                policies: vec!["prod-apps".into()],
+                operation: op,
+                user: Actor {
+                    username: user.into(),
+                    ..Actor::default()
+                },
+                resource: ResourceId {
+                    group: "apps".into(),
+                    version: "v1".into(),
+                    resource: "deployments".into(),
+                    subresource: None,
+                },
+                kind: KindId {
+                    group: "apps".into(),
+                    version: "v1".into(),
+                    kind: "Deployment".into(),
+                },
+                namespace: Some("prod".into()),
+                name: "api".into(),
+                object_uid: Some("uid-api".into()),
+                changes: changes
+                    .iter()
+                    .map(|(path, old, new)| FieldChange {
+                        op: ChangeOp::Replace,
+                        path: (*path).into(),
+                        old: Some(json!(old)),
+                        new: Some(json!(new)),
+                    })
+                    .collect(),
+                object: None,
+                redacted: false,
+            },
+        }
+    }
+
+    #[test]
+    fn names_follow_resource_group_name_and_stay_valid() {
+        assert_eq!(
+            record_name("apps", "deployments", "api"),
+            "deployments.apps-api"
+        );
+        assert_eq!(
+            record_name("", "configmaps", "Settings"),
+            "configmaps-settings"
+        );
+        let odd = record_name(
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            "system:controller:x",
+        );
+        assert!(odd.starts_with("clusterroles.rbac.authorization.k8s.io-system-controller-x-"));
+        assert_eq!(dns_subdomain(&odd), odd);
+        let long = record_name("apps", "deployments", &"a".repeat(300));
+        assert_eq!(long.len(), MAX_NAME);
+        assert_eq!(dns_subdomain(&long), long);
+        assert_ne!(long, record_name("apps", "deployments", &"a".repeat(301)));
+    }
+
+    #[test]
+    fn summary_is_small_and_newest_first() {
+        let paths: Vec<(String, i64, i64)> = (0..30)
+            .map(|i| (format!("/spec/template/metadata/labels/l{i}"), i, i + 1))
+            .collect();
+        let path_refs: Vec<(&str, i64, i64)> =
+            paths.iter().map(|(p, a, b)| (p.as_str(), *a, *b)).collect();
+        let mut events: Vec<StoredEvent> = (1..=40)
+            .map(|i| {
+                let user = format!("user-{}", i % 7);
+                event(i, Operation::Update, &user, &path_refs)
+            })
+            .collect();
+        events.push(event(
+            41,
+            Operation::Update,
+            "alice",
+            &[("/spec/replicas", 1, 3)],
+        ));
+        events.push(event(42, Operation::Delete, "bob", &[]));
+        events.reverse();
+
+        let status = summarise(&events);
+        assert_eq!(status.change_count, 42);
+        let last = status.last_change.clone().expect("last change");
+        assert_eq!(
+            (last.user.as_str(), last.operation),
+            ("bob", Operation::Delete)
+        );
+        assert_eq!(status.recent.len(), RECENT);
+        assert_eq!(status.recent[1].paths, vec!["spec.replicas".to_string()]);
+        assert_eq!(status.recent[2].paths.len(), PATHS_PER_CHANGE);
+        assert_eq!(status.contributors.len(), CONTRIBUTORS);
+        assert!(status.contributors[0].changes >= status.contributors[1].changes);
+        assert_eq!(
+            status.first_seen,
+            Some(Time(events.last().expect("event").event.received_at))
+        );
+        let size = serde_json::to_vec(&status).expect("json").len();
+        assert!(size < 8 * 1024, "status is {size} bytes");
+    }
+
+    #[test]
+    fn update_summary_reads_like_a_diff() {
+        let e = event(1, Operation::Update, "alice", &[("/spec/replicas", 1, 3)]);
+        assert_eq!(summarize(&e.event), "spec.replicas: 1 → 3");
+        assert_eq!(
+            display_path("/spec/template/spec/containers/0/image"),
+            "spec.template.spec.containers[0].image"
+        );
+        assert_eq!(
+            display_path("/metadata/annotations/a~1b"),
+            "metadata.annotations.a/b"
+        );
+    }
+
+    fn writer() -> (
+        Arc<ChangeRecordWriter>,
+        Arc<MemStore>,
+        tokio::task::JoinHandle<Vec<fixtures::Call>>,
+    ) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let store = Arc::new(MemStore::default());
+        let writer = Arc::new(ChangeRecordWriter::new(
+            client,
+            store.clone(),
+            "histor-system".into(),
+            Duration::from_secs(5),
+        ));
+        (writer, store, fixtures::serve(handle, Vec::new()))
+    }
+
+    const RECORD: &str =
+        "/apis/histor.dev/v1alpha1/namespaces/prod/changerecords/deployments.apps-api";
+
+    #[tokio::test(start_paused = true)]
+    async fn bursts_coalesce_into_one_write_per_window() {
+        let (writer, store, server) = writer();
+        let start = Instant::now();
+        for i in 1..=10 {
+            let e = event(
+                i,
+                Operation::Update,
+                "alice",
+                &[("/spec/replicas", 1, i as i64)],
+            );
+            store.add(std::slice::from_ref(&e));
+            writer.on_recorded(&[e]);
+            tokio::time::advance(Duration::from_millis(300)).await;
+        }
+        // inside the window: nothing yet
+        assert_eq!(writer.flush_due(start + Duration::from_secs(4)).await, 0);
+        // window over: one write (spec once, then status)
+        assert_eq!(writer.flush_due(start + Duration::from_secs(5)).await, 1);
+        assert_eq!(writer.flush_due(start + Duration::from_secs(6)).await, 0);
+
+        // a change in the next window: one more status write, not before 5 s after the last write
+        tokio::time::advance(Duration::from_secs(4)).await; // t ≈ 7 s
+        let e = event(11, Operation::Delete, "bob", &[]);
+        store.add(std::slice::from_ref(&e));
+        writer.on_recorded(&[e]);
+        assert_eq!(writer.flush_due(start + Duration::from_secs(9)).await, 0);
+        assert_eq!(writer.flush_due(start + Duration::from_secs(12)).await, 1);
+
+        drop(writer);
+        let calls = server.await.expect("server");
+        assert_eq!(
+            fixtures::summary(&calls),
+            vec![
+                format!("PATCH {RECORD}"),
+                format!("PATCH {RECORD}/status"),
+                format!("PATCH {RECORD}/status"),
+            ]
+        );
+        assert!(calls[0].query.contains("fieldManager=histor"));
+        assert_eq!(calls[0].body["spec"]["target"], "deployment.apps/api");
+        assert_eq!(
+            calls[0].body["spec"]["targetRef"],
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "prod", "name": "api", "uid": "uid-api"})
+        );
+        assert_eq!(calls[1].body["kind"], "ChangeRecord");
+        assert_eq!(calls[1].body["status"]["changeCount"], 10);
+        assert_eq!(
+            calls[1].body["status"]["lastChange"]["summary"],
+            "spec.replicas: 1 → 10"
+        );
+        // the deleted object's record stays and shows who deleted it
+        assert_eq!(calls[2].body["status"]["changeCount"], 11);
+        assert_eq!(calls[2].body["status"]["lastChange"]["operation"], "DELETE");
+        assert_eq!(calls[2].body["status"]["lastChange"]["user"], "bob");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn emptied_objects_lose_their_record() {
+        let (writer, store, server) = writer();
+        let e = event(1, Operation::Create, "alice", &[]);
+        store.add(std::slice::from_ref(&e));
+        writer.on_recorded(&[e]);
+        let start = Instant::now();
+        assert_eq!(writer.flush_due(start + Duration::from_secs(5)).await, 1);
+
+        store.clear();
+        writer.on_retention(&RetentionReport {
+            removed: 1,
+            objects_emptied: vec!["prod/uid-api".into()],
+        });
+        // deletion waits for the window since the report, not since the last write
+        assert_eq!(writer.flush_due(start + Duration::from_secs(4)).await, 0);
+        assert_eq!(writer.flush_due(start + Duration::from_secs(6)).await, 1);
+        drop(writer);
+        let calls = server.await.expect("server");
+        assert_eq!(
+            fixtures::summary(&calls),
+            vec![
+                format!("PATCH {RECORD}"),
+                format!("PATCH {RECORD}/status"),
+                format!("DELETE {RECORD}"),
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cluster_scoped_targets_go_to_the_operator_namespace() {
+        let (writer, store, server) = writer();
+        let mut e = event(1, Operation::Create, "alice", &[]);
+        e.event.namespace = None;
+        e.event.resource = ResourceId {
+            group: "".into(),
+            version: "v1".into(),
+            resource: "namespaces".into(),
+            subresource: None,
+        };
+        e.event.kind = KindId {
+            group: "".into(),
+            version: "v1".into(),
+            kind: "Namespace".into(),
+        };
+        e.event.name = "team-a".into();
+        store.add(std::slice::from_ref(&e));
+        writer.on_recorded(&[e]);
+        assert_eq!(
+            writer
+                .flush_due(Instant::now() + Duration::from_secs(5))
+                .await,
+            1
+        );
+        drop(writer);
+        let calls = server.await.expect("server");
+        assert_eq!(
+            calls[0].path,
+            "/apis/histor.dev/v1alpha1/namespaces/histor-system/changerecords/namespaces-team-a"
+        );
+        assert_eq!(calls[0].body["spec"]["target"], "namespace/team-a");
+    }
+}

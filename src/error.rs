@@ -65,7 +65,16 @@ pub enum Error {
 
     /// The Kubernetes API failed.
     #[error("kubernetes api: {0}")]
-    Kube(#[source] kube::Error),
+    Kube(#[from] kube::Error),
+
+    /// Reconciling through kube's finalizer helper failed (adding or removing the finalizer, or
+    /// the apply or cleanup inside it).
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+
+    /// Leader election failed.
+    #[error("leader election: {0}")]
+    Lease(String),
 
     /// A notification sink is misconfigured or cannot be used as configured.
     #[error("notify sink {sink}: {message}")]
@@ -95,6 +104,8 @@ impl Error {
             Error::Usage(_) => "usage",
             Error::Secret { .. } => "secret",
             Error::Kube(_) => "kube",
+            Error::Finalizer(_) => "finalizer",
+            Error::Lease(_) => "lease",
             Error::Notify { .. } => "notify",
             Error::Smtp(_) => "smtp",
             Error::Http(_) => "http",

@@ -42,66 +42,7 @@ pub const FIELD_MANAGER: &str = "histor";
 /// Finalizer histor puts on TrackingPolicies so their webhook configuration goes with them.
 pub const FINALIZER: &str = "histor.dev/cleanup";
 
-/// What can go wrong in the operator.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A Kubernetes API call failed.
-    #[error("kubernetes api: {0}")]
-    Kube(#[from] kube::Error),
-    /// The finalizer helper failed (adding/removing the finalizer, or the apply/cleanup inside it).
-    #[error("{0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    /// Certificate generation or parsing failed.
-    #[error("tls: {0}")]
-    Tls(String),
-    /// A file could not be written.
-    #[error("{path}: {source}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The event store failed.
-    #[error("store: {0}")]
-    Store(#[source] crate::Error),
-    /// JSON (de)serialisation failed.
-    #[error("json: {0}")]
-    Json(#[from] serde_json::Error),
-    /// Leader election failed.
-    #[error("leader election: {0}")]
-    Lease(String),
-    /// Settings that do not make sense.
-    #[error("{0}")]
-    Config(String),
-}
-
-impl Error {
-    /// A short, fixed label for metrics.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kube",
-            Error::Finalizer(_) => "finalizer",
-            Error::Tls(_) => "tls",
-            Error::File { .. } => "io",
-            Error::Store(_) => "store",
-            Error::Json(_) => "json",
-            Error::Lease(_) => "lease",
-            Error::Config(_) => "config",
-        }
-    }
-
-    fn file(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::File {
-            path: path.into(),
-            source,
-        }
-    }
-}
-
-/// The operator's result type.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub use crate::{Error, Result};
 
 /// The capture side's in-memory index of compiled policies. The integrator implements it for the
 /// real index; reconcile calls it so the capture side sees policy changes at once.
@@ -113,22 +54,12 @@ pub trait PolicyRegistry: Send + Sync {
     fn remove(&self, name: &str);
 }
 
-/// Health of one notification sink, as the notify side reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SinkHealth {
-    /// Sink name from the policy.
-    pub name: String,
-    /// Whether it currently delivers.
-    pub ready: bool,
-    /// CamelCase reason, such as `DeliveryFailing`.
-    pub reason: String,
-    /// Human-readable detail.
-    pub message: String,
-}
+pub use crate::notify::SinkHealth;
 
 /// `events recorded, newest receipt time` for a policy name.
 pub type StatsProvider = Arc<dyn Fn(&str) -> (u64, Option<Timestamp>) + Send + Sync>;
-/// Sink health for a policy name.
+
+/// Health of a policy's notification sinks, by policy name.
 pub type SinkHealthProvider = Arc<dyn Fn(&str) -> Vec<SinkHealth> + Send + Sync>;
 
 /// Where the serving certificate comes from.

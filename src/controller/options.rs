@@ -70,7 +70,7 @@ fn split_ref(value: &str, flag: &str) -> Result<(String, String)> {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
             Ok((ns.to_string(), name.to_string()))
         }
-        _ => Err(Error::Config(format!(
+        _ => Err(Error::Usage(format!(
             "{flag} wants NAMESPACE/NAME, got {value:?}"
         ))),
     }
@@ -90,12 +90,12 @@ impl OperatorOptions {
             }
             (None, Some(url)) => {
                 let rest = url.strip_prefix("https://").ok_or_else(|| {
-                    Error::Config(format!(
+                    Error::Usage(format!(
                         "--webhook-url must start with https:// (the apiserver only calls webhooks over TLS), got {url:?}"
                     ))
                 })?;
                 if rest.is_empty() || rest.trim_end_matches('/').contains('/') {
-                    return Err(Error::Config(format!(
+                    return Err(Error::Usage(format!(
                         "--webhook-url is https://HOST:PORT without a path, got {url:?}"
                     )));
                 }
@@ -107,7 +107,7 @@ impl OperatorOptions {
                 port: i32::from(self.webhook_port),
             },
             (Some(_), Some(_)) => {
-                return Err(Error::Config(
+                return Err(Error::Usage(
                     "--webhook-service and --webhook-url exclude each other".into(),
                 ));
             }
@@ -116,7 +116,7 @@ impl OperatorOptions {
             CertModeArg::SelfManaged => CertMode::SelfManaged,
             CertModeArg::CertManager => {
                 let certificate = self.cert_manager_certificate.clone().ok_or_else(|| {
-                    Error::Config(
+                    Error::Usage(
                         "--cert-mode cert-manager needs --cert-manager-certificate NAMESPACE/NAME"
                             .into(),
                     )
@@ -126,7 +126,7 @@ impl OperatorOptions {
             }
         };
         if self.record_interval_secs == 0 {
-            return Err(Error::Config(
+            return Err(Error::Usage(
                 "--record-interval-secs must be at least 1".into(),
             ));
         }

@@ -276,7 +276,7 @@ async fn sink_condition(
         if let Some(first) = bad.first() {
             let message = bad
                 .iter()
-                .map(|h| format!("sink {}: {}", h.name, h.message))
+                .map(|h| format!("sink {}: {}", h.sink, h.message))
                 .collect::<Vec<_>>()
                 .join("; ");
             return Ok((Some(false), first.reason.clone(), message));

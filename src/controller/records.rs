@@ -12,7 +12,7 @@ use crate::crd::{
     ChangeRecord, ChangeRecordSpec, ChangeRecordStatus, ChangeSummary, Contributor, RecentChange,
     TargetRef,
 };
-use crate::pipeline::{ChangeEvent, ChangeOp};
+use crate::pipeline::{ChangeEvent, display_path, summarize};
 use crate::store::{EventStore, Query, RetentionReport, StoredEvent};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -139,53 +139,6 @@ fn dns_subdomain(s: &str) -> String {
         .join(".")
 }
 
-// TODO(integrate): replace with `crate::pipeline::display_path` once the pipeline lands; this
-// stand-in turns a JSON pointer into `spec.template.spec.containers[0].image`.
-fn display_path(pointer: &str) -> String {
-    let mut out = String::new();
-    for segment in pointer.split('/').skip(1) {
-        let segment = segment.replace("~1", "/").replace("~0", "~");
-        if !segment.is_empty() && segment.chars().all(|c| c.is_ascii_digit()) {
-            out.push_str(&format!("[{segment}]"));
-        } else {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(&segment);
-        }
-    }
-    out
-}
-
-// TODO(integrate): replace with `crate::pipeline::summarize` once the pipeline lands; this
-// stand-in gives `spec.replicas: 1 → 3 (+2 more)`.
-fn summarize(event: &ChangeEvent) -> String {
-    use crate::crd::Operation;
-    match event.operation {
-        Operation::Create => "created".into(),
-        Operation::Delete => "deleted".into(),
-        Operation::Connect => "connected".into(),
-        Operation::Update => {
-            let Some(first) = event.changes.first() else {
-                return "updated".into();
-            };
-            let value = |v: &Option<serde_json::Value>| {
-                v.as_ref()
-                    .map_or_else(|| "∅".to_string(), |v| v.to_string())
-            };
-            let mut line = format!("{}: ", display_path(&first.path));
-            line.push_str(&match first.op {
-                ChangeOp::Add => format!("+ {}", value(&first.new)),
-                ChangeOp::Remove => format!("- {}", value(&first.old)),
-                ChangeOp::Replace => format!("{} → {}", value(&first.old), value(&first.new)),
-            });
-            if event.changes.len() > 1 {
-                line.push_str(&format!(" (+{} more)", event.changes.len() - 1));
-            }
-            line
-        }
-    }
-}
 
 fn cut(s: &str, max: usize) -> String {
     if s.len() <= max {
@@ -434,7 +387,7 @@ impl ChangeRecordWriter {
                         after,
                         ..Query::default()
                     })
-                    .map_err(Error::Store)?;
+                    ?;
                 out.extend(page.events.into_iter().filter(|e| t.matches(&e.event)));
                 match page.next {
                     Some(next) if out.len() < MAX_SCAN => after = Some(next),
@@ -445,7 +398,7 @@ impl ChangeRecordWriter {
             Ok(out)
         })
         .await
-        .map_err(|e| Error::Config(format!("store reader task failed: {e}")))?
+        .map_err(|e| Error::Usage(format!("store reader task failed: {e}")))?
     }
 
     async fn write(&self, key: &RecordKey, target: &Target) -> Result<()> {
@@ -513,6 +466,7 @@ impl ChangeRecordWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::ChangeOp;
     use crate::controller::fixtures::{self, MemStore};
     use crate::crd::Operation;
     use crate::pipeline::{Actor, FieldChange, KindId, ResourceId};
@@ -625,20 +579,6 @@ mod tests {
         );
         let size = serde_json::to_vec(&status).expect("json").len();
         assert!(size < 8 * 1024, "status is {size} bytes");
-    }
-
-    #[test]
-    fn update_summary_reads_like_a_diff() {
-        let e = event(1, Operation::Update, "alice", &[("/spec/replicas", 1, 3)]);
-        assert_eq!(summarize(&e.event), "spec.replicas: 1 → 3");
-        assert_eq!(
-            display_path("/spec/template/spec/containers/0/image"),
-            "spec.template.spec.containers[0].image"
-        );
-        assert_eq!(
-            display_path("/metadata/annotations/a~1b"),
-            "metadata.annotations.a/b"
-        );
     }
 
     fn writer() -> (

@@ -224,7 +224,7 @@ mod tests {
         );
         assert_eq!(
             describe(&change(Add, "/data", None, Some(json!({"k": h('c')})))),
-            "data added"
+            "data added: k"
         );
         let long = describe(&change(Add, "/spec/x", None, Some(json!("y".repeat(100)))));
         assert!(long.ends_with('…'), "{long}");

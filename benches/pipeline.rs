@@ -6,17 +6,24 @@ use histor::crd::TrackingPolicySpec;
 use histor::pipeline::{self, CompiledPolicy, Outcome, Redactor};
 use histor::store::{EventStore, SledStore};
 
-const UPDATE: &str = include_str!("../tests/fixtures/admission/admissionreview-update-deployment.json");
+const UPDATE: &str =
+    include_str!("../tests/fixtures/admission/admissionreview-update-deployment.json");
 const SECRET: &str = include_str!("../tests/fixtures/admission/admissionreview-update-secret.json");
 
 fn policy() -> CompiledPolicy {
-    let spec: TrackingPolicySpec =
-        serde_json::from_value(serde_json::json!({"resources": [{"apiGroups": ["*"], "resources": ["*/*"]}]})).unwrap();
+    let spec: TrackingPolicySpec = serde_json::from_value(
+        serde_json::json!({"resources": [{"apiGroups": ["*"], "resources": ["*/*"]}]}),
+    )
+    .unwrap();
     CompiledPolicy::compile("bench", &spec).unwrap()
 }
 
 fn with_uid(body: &str, n: u64) -> Vec<u8> {
-    body.replace("5f7c0deb-38fa-4591-b677-95437ac76d3d", &format!("00000000-0000-4000-8000-{n:012x}")).into_bytes()
+    body.replace(
+        "5f7c0deb-38fa-4591-b677-95437ac76d3d",
+        &format!("00000000-0000-4000-8000-{n:012x}"),
+    )
+    .into_bytes()
 }
 
 fn bench(c: &mut Criterion) {
@@ -56,7 +63,12 @@ fn bench(c: &mut Criterion) {
                     .map(|_| {
                         n += 1;
                         let parsed = pipeline::review::parse(&with_uid(UPDATE, n)).unwrap();
-                        match pipeline::process(&parsed.request.unwrap(), &policy, &redactor, jiff::Timestamp::now()) {
+                        match pipeline::process(
+                            &parsed.request.unwrap(),
+                            &policy,
+                            &redactor,
+                            jiff::Timestamp::now(),
+                        ) {
                             Outcome::Record(captured) => captured,
                             Outcome::Skip(reason) => panic!("not recorded: {reason:?}"),
                         }

@@ -13,18 +13,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("usage: loadgen URL CA_FILE RATE SECONDS [FIXTURE]");
         std::process::exit(2);
     };
-    let fixture = rest
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "tests/fixtures/admission/admissionreview-update-deployment.json".into());
+    let fixture = rest.first().cloned().unwrap_or_else(|| {
+        "tests/fixtures/admission/admissionreview-update-deployment.json".into()
+    });
     let rate: u64 = rate.parse()?;
     let seconds: u64 = seconds.parse()?;
     let body = std::fs::read_to_string(fixture)?;
     let uid = "5f7c0deb-38fa-4591-b677-95437ac76d3d";
-    let (head, tail) = body.split_once(uid).ok_or("fixture lacks the expected uid")?;
+    let (head, tail) = body
+        .split_once(uid)
+        .ok_or("fixture lacks the expected uid")?;
     let (head, tail) = (head.to_string(), tail.to_string());
     let cert = reqwest::Certificate::from_pem(&std::fs::read(ca)?)?;
-    let client = reqwest::Client::builder().tls_certs_only([cert]).pool_max_idle_per_host(64).build()?;
+    let client = reqwest::Client::builder()
+        .tls_certs_only([cert])
+        .pool_max_idle_per_host(64)
+        .build()?;
 
     let total = rate * seconds;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Duration, String>>();
@@ -34,11 +38,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // out in small bursts that average to the rate.
         let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
         tokio::time::sleep_until(due.into()).await;
-        let body = format!("{head}{:08x}-0000-4000-8000-{i:012x}{tail}", std::process::id());
+        let body = format!(
+            "{head}{:08x}-0000-4000-8000-{i:012x}{tail}",
+            std::process::id()
+        );
         let (client, url, tx) = (client.clone(), url.clone(), tx.clone());
         tokio::spawn(async move {
             let sent = Instant::now();
-            let result = client.post(&url).header("content-type", "application/json").body(body).send().await;
+            let result = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
             let outcome = match result {
                 Ok(r) if r.status().is_success() => match r.bytes().await {
                     Ok(_) => Ok(sent.elapsed()),
@@ -66,7 +78,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let elapsed = start.elapsed();
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)));
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+    };
     println!(
         "sent {total} at {rate}/s in {:.1}s: ok {} errors {errors}; latency p50 {:?} p90 {:?} p99 {:?} p99.9 {:?} max {:?}",
         elapsed.as_secs_f64(),

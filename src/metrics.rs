@@ -49,9 +49,9 @@ impl Default for Metrics {
         Metrics {
             reviews: Family::default(),
             // 100 µs .. ~3 s: the interesting part is well under the 500 ms deadline.
-            review_latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                0.0001, 2.0, 16,
-            )),
+            review_latency: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
+            ),
             events_recorded: Counter::default(),
             empty_diffs: Counter::default(),
             dropped: Counter::default(),
@@ -60,7 +60,9 @@ impl Default for Metrics {
             store_events: Gauge::default(),
             store_bytes: Gauge::default(),
             retention_removed: Counter::default(),
-            batch_size: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 12)),
+            batch_size: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                1.0, 2.0, 12,
+            )),
         }
     }
 }
@@ -69,25 +71,61 @@ impl Metrics {
     /// Registers every metric under the `histor_` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("histor");
-        r.register("admission_reviews", "Admission reviews answered, by outcome", self.reviews.clone());
+        r.register(
+            "admission_reviews",
+            "Admission reviews answered, by outcome",
+            self.reviews.clone(),
+        );
         r.register(
             "admission_review_duration_seconds",
             "Time from receiving a review to answering it",
             self.review_latency.clone(),
         );
-        r.register("events_recorded", "Change events written durably", self.events_recorded.clone());
-        r.register("empty_diffs", "Updates skipped because their cleaned diff was empty", self.empty_diffs.clone());
-        r.register("events_dropped", "Reviews not recorded because the queue was full", self.dropped.clone());
+        r.register(
+            "events_recorded",
+            "Change events written durably",
+            self.events_recorded.clone(),
+        );
+        r.register(
+            "empty_diffs",
+            "Updates skipped because their cleaned diff was empty",
+            self.empty_diffs.clone(),
+        );
+        r.register(
+            "events_dropped",
+            "Reviews not recorded because the queue was full",
+            self.dropped.clone(),
+        );
         r.register(
             "deadline_exceeded",
             "Reviews answered before their durable write finished",
             self.deadline_exceeded.clone(),
         );
-        r.register("queue_depth", "Events waiting for the writer", self.queue_depth.clone());
-        r.register("store_events", "Events held in the store", self.store_events.clone());
-        r.register("store_size_bytes", "Bytes the store occupies on disk", self.store_bytes.clone());
-        r.register("retention_removed", "Events removed by retention", self.retention_removed.clone());
-        r.register("write_batch_events", "Events per group commit", self.batch_size.clone());
+        r.register(
+            "queue_depth",
+            "Events waiting for the writer",
+            self.queue_depth.clone(),
+        );
+        r.register(
+            "store_events",
+            "Events held in the store",
+            self.store_events.clone(),
+        );
+        r.register(
+            "store_size_bytes",
+            "Bytes the store occupies on disk",
+            self.store_bytes.clone(),
+        );
+        r.register(
+            "retention_removed",
+            "Events removed by retention",
+            self.retention_removed.clone(),
+        );
+        r.register(
+            "write_batch_events",
+            "Events per group commit",
+            self.batch_size.clone(),
+        );
     }
 
     /// Counts one review outcome.

@@ -8,7 +8,9 @@ const MAX_CHANGES_WIDTH: usize = 72;
 
 /// A table with aligned columns: TIME, NAMESPACE, USER, OP, TARGET, CHANGES.
 pub fn events_table(events: &[StoredEvent]) -> String {
-    let header = ["TIME", "NAMESPACE", "USER", "OP", "TARGET", "CHANGES"].map(String::from).to_vec();
+    let header = ["TIME", "NAMESPACE", "USER", "OP", "TARGET", "CHANGES"]
+        .map(String::from)
+        .to_vec();
     let rows: Vec<Vec<String>> = events.iter().map(|e| row(&e.event)).collect();
     table(&header, &rows)
 }

@@ -24,8 +24,18 @@ fn args(dir: &Path, policy: std::path::PathBuf) -> ServeArgs {
     }
 }
 
-async fn post(client: &reqwest::Client, url: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
-    let response = client.post(url).header("content-type", "application/json").body(body).send().await.unwrap();
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, String) {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
@@ -33,12 +43,17 @@ async fn post(client: &reqwest::Client, url: &str, body: impl Into<reqwest::Body
 async fn every_recorded_review_becomes_the_expected_event() {
     support::init();
     let dir = tempfile::tempdir().unwrap();
-    let running = start(args(dir.path(), write_policy(dir.path(), "all"))).await.unwrap();
+    let running = start(args(dir.path(), write_policy(dir.path(), "all")))
+        .await
+        .unwrap();
     let client = client(running.ca_file.as_ref().unwrap());
     let url = format!("https://localhost:{}/admit/all", running.addr.port());
     for name in FIXTURE_ORDER {
         let body = fixture(name);
-        let uid = serde_json::from_str::<Value>(&body).unwrap()["request"]["uid"].as_str().unwrap().to_string();
+        let uid = serde_json::from_str::<Value>(&body).unwrap()["request"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let (status, answer) = post(&client, &url, body).await;
         assert_eq!(status, 200, "{name}: {answer}");
         let answer: Value = serde_json::from_str(&answer).unwrap();
@@ -47,13 +62,32 @@ async fn every_recorded_review_becomes_the_expected_event() {
         assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
     }
     let store = running.store.clone();
-    let events = store.query(&Query { limit: 100, ..Query::default() }).unwrap().events;
+    let events = store
+        .query(&Query {
+            limit: 100,
+            ..Query::default()
+        })
+        .unwrap()
+        .events;
     let summary: Vec<String> = events
         .iter()
         .rev()
         .map(|e| {
-            let sub = e.event.resource.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default();
-            format!("{} {}{} {} by {}", e.event.operation, e.event.resource.resource, sub, e.event.name, e.event.user.username)
+            let sub = e
+                .event
+                .resource
+                .subresource
+                .as_deref()
+                .map(|s| format!("/{s}"))
+                .unwrap_or_default();
+            format!(
+                "{} {}{} {} by {}",
+                e.event.operation,
+                e.event.resource.resource,
+                sub,
+                e.event.name,
+                e.event.user.username
+            )
         })
         .collect();
     assert_eq!(
@@ -100,15 +134,26 @@ async fn every_recorded_review_becomes_the_expected_event() {
     assert_eq!(scale.event.changes[0].new, Some(Value::from(3)));
     // The scale change is part of the Deployment's history: its state after the change is a
     // Deployment with 3 replicas.
-    let after = store.state_after(scale.id).unwrap().expect("state after scale");
+    let after = store
+        .state_after(scale.id)
+        .unwrap()
+        .expect("state after scale");
     assert_eq!(after["kind"], "Deployment");
     assert_eq!(after["spec"]["replicas"], 3);
 
     let label = find("deployments", None, "UPDATE");
-    let paths: Vec<&str> = label.event.changes.iter().map(|c| c.path.as_str()).collect();
+    let paths: Vec<&str> = label
+        .event
+        .changes
+        .iter()
+        .map(|c| c.path.as_str())
+        .collect();
     assert_eq!(paths, ["/metadata/labels/tier"]);
 
-    let alice = events.iter().find(|e| e.event.user.username == "alice").unwrap();
+    let alice = events
+        .iter()
+        .find(|e| e.event.user.username == "alice")
+        .unwrap();
     assert_eq!(alice.event.user.groups, ["dev", "system:authenticated"]);
 
     let secret_update = find("secrets", None, "UPDATE");
@@ -121,7 +166,9 @@ async fn every_recorded_review_becomes_the_expected_event() {
 async fn bad_bodies_get_clear_answers_and_nothing_breaks() {
     support::init();
     let dir = tempfile::tempdir().unwrap();
-    let running = start(args(dir.path(), write_policy(dir.path(), "all"))).await.unwrap();
+    let running = start(args(dir.path(), write_policy(dir.path(), "all")))
+        .await
+        .unwrap();
     let client = client(running.ca_file.as_ref().unwrap());
     let url = format!("https://localhost:{}/admit/all", running.addr.port());
     let good = fixture("admissionreview-update-configmap.json");
@@ -132,14 +179,25 @@ async fn bad_bodies_get_clear_answers_and_nothing_breaks() {
         ("not json", "hello".to_string()),
         ("empty object", "{}".to_string()),
         ("deeply nested", "[".repeat(100_000)),
-        ("no request", r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_string()),
+        (
+            "no request",
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_string(),
+        ),
     ] {
         let (status, text) = post(&client, &url, body).await;
         assert_eq!(status, 400, "{what}: {text}");
-        assert!(text.contains("AdmissionReview"), "{what}: message should say what was expected: {text}");
+        assert!(
+            text.contains("AdmissionReview"),
+            "{what}: message should say what was expected: {text}"
+        );
     }
     // Over the body limit: refused before parsing.
-    let (status, _) = post(&client, &url, vec![b' '; histor::capture::MAX_BODY_BYTES + 1]).await;
+    let (status, _) = post(
+        &client,
+        &url,
+        vec![b' '; histor::capture::MAX_BODY_BYTES + 1],
+    )
+    .await;
     assert_eq!(status, 413);
 
     // Reviews it cannot interpret are still allowed, echoing the uid.
@@ -148,14 +206,18 @@ async fn bad_bodies_get_clear_answers_and_nothing_breaks() {
     assert_eq!(status, 200, "{text}");
     assert!(text.contains(r#""allowed":true"#), "{text}");
     let mut missing_uid: Value = serde_json::from_str(&good).unwrap();
-    missing_uid["request"].as_object_mut().unwrap().remove("uid");
+    missing_uid["request"]
+        .as_object_mut()
+        .unwrap()
+        .remove("uid");
     let (status, text) = post(&client, &url, missing_uid.to_string()).await;
     assert_eq!(status, 200, "{text}");
     assert!(text.contains(r#""allowed":true"#), "{text}");
 
     // A huge but valid review (a 4 MiB annotation) and an unknown kind are recorded.
     let mut huge: Value = serde_json::from_str(&fresh_uid(&good, 1)).unwrap();
-    huge["request"]["object"]["metadata"]["annotations"] = serde_json::json!({"big": "x".repeat(4 << 20)});
+    huge["request"]["object"]["metadata"]["annotations"] =
+        serde_json::json!({"big": "x".repeat(4 << 20)});
     let (status, text) = post(&client, &url, huge.to_string()).await;
     assert_eq!(status, 200, "{text}");
     let unknown = fresh_uid(&fixture("admissionreview-create-widget.json"), 2)
@@ -165,7 +227,11 @@ async fn bad_bodies_get_clear_answers_and_nothing_breaks() {
     assert_eq!(status, 200);
 
     // Still healthy, and still recording.
-    let health = client.get(format!("https://localhost:{}/healthz", running.addr.port())).send().await.unwrap();
+    let health = client
+        .get(format!("https://localhost:{}/healthz", running.addr.port()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     let (status, _) = post(&client, &url, fresh_uid(&good, 3)).await;
     assert_eq!(status, 200);
@@ -177,10 +243,26 @@ async fn bad_bodies_get_clear_answers_and_nothing_breaks() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains(r#"histor_admission_reviews_total{outcome="uninterpretable"} 2"#), "{metrics}");
-    assert!(metrics.contains(r#"histor_admission_reviews_total{outcome="bad_request"} 6"#), "{metrics}");
-    assert!(metrics.contains(r#"histor_admission_reviews_total{outcome="recorded"} 3"#), "{metrics}");
-    let events = running.store.query(&Query { limit: 10, ..Query::default() }).unwrap().events;
+    assert!(
+        metrics.contains(r#"histor_admission_reviews_total{outcome="uninterpretable"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"histor_admission_reviews_total{outcome="bad_request"} 6"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"histor_admission_reviews_total{outcome="recorded"} 3"#),
+        "{metrics}"
+    );
+    let events = running
+        .store
+        .query(&Query {
+            limit: 10,
+            ..Query::default()
+        })
+        .unwrap()
+        .events;
     assert_eq!(events.len(), 3);
     assert!(events.iter().any(|e| e.event.resource.resource == "gizmos"));
     running.shutdown().await.unwrap();
@@ -200,7 +282,10 @@ async fn certificate_files_are_reloaded_without_a_restart() {
     serve.tls_key = Some(first.key.clone());
     let running = start(serve).await.unwrap();
     let url = format!("https://localhost:{}/healthz", running.addr.port());
-    assert_eq!(client(&first_ca).get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client(&first_ca).get(&url).send().await.unwrap().status(),
+        200
+    );
 
     // Rotate: a new CA and certificate in the same files.
     let second = histor::capture::tls::write_self_signed(&tls, &names).unwrap();
@@ -210,9 +295,15 @@ async fn certificate_files_are_reloaded_without_a_restart() {
         if client(&second_ca).get(&url).send().await.is_ok() {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "new certificate not served after 20 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "new certificate not served after 20 s"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
-    assert!(client(&first_ca).get(&url).send().await.is_err(), "old CA must no longer be accepted");
+    assert!(
+        client(&first_ca).get(&url).send().await.is_err(),
+        "old CA must no longer be accepted"
+    );
     running.shutdown().await.unwrap();
 }

@@ -3,13 +3,17 @@
 
 mod support;
 
+use histor::store::{EventStore, Query};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use histor::store::{EventStore, Query};
 use support::{client, fixture, fresh_uid, write_policy};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn serve(dir: &std::path::Path, port: u16) -> Child {
@@ -31,13 +35,19 @@ async fn wait_ready(dir: &std::path::Path, port: u16) -> reqwest::Client {
     loop {
         if ca.exists() {
             let c = client(&ca);
-            if let Ok(r) = c.get(format!("https://localhost:{port}/readyz")).send().await
+            if let Ok(r) = c
+                .get(format!("https://localhost:{port}/readyz"))
+                .send()
+                .await
                 && r.status() == 200
             {
                 return c;
             }
         }
-        assert!(Instant::now() < deadline, "histor serve did not become ready");
+        assert!(
+            Instant::now() < deadline,
+            "histor serve did not become ready"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -56,12 +66,18 @@ async fn kill_9_loses_no_answered_event() {
     let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for worker in 0..8u64 {
-        let (client, url, body, answered) = (client.clone(), url.clone(), body.clone(), answered.clone());
+        let (client, url, body, answered) =
+            (client.clone(), url.clone(), body.clone(), answered.clone());
         tasks.push(tokio::spawn(async move {
             for i in 0.. {
                 let n = worker << 32 | i;
                 let review = fresh_uid(&body, n);
-                let sent = client.post(&url).header("content-type", "application/json").body(review).send().await;
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(review)
+                    .send()
+                    .await;
                 match sent {
                     Ok(r) if r.status() == 200 => answered.lock().unwrap().push(n),
                     _ => break,
@@ -76,12 +92,19 @@ async fn kill_9_loses_no_answered_event() {
         task.await.unwrap();
     }
     let answered = answered.lock().unwrap().clone();
-    assert!(answered.len() > 50, "too few reviews answered before the kill: {}", answered.len());
+    assert!(
+        answered.len() > 50,
+        "too few reviews answered before the kill: {}",
+        answered.len()
+    );
 
     // Reopen the store as the next start would, and read every event page by page.
     let store = histor::store::SledStore::open(dir.path().join("data/store")).unwrap();
     let mut stored = std::collections::HashSet::new();
-    let mut query = Query { limit: 1000, ..Query::default() };
+    let mut query = Query {
+        limit: 1000,
+        ..Query::default()
+    };
     loop {
         let page = store.query(&query).unwrap();
         stored.extend(page.events.into_iter().map(|e| e.event.request_uid));
@@ -90,9 +113,16 @@ async fn kill_9_loses_no_answered_event() {
             None => break,
         }
     }
-    let lost: Vec<&u64> =
-        answered.iter().filter(|n| !stored.contains(&format!("00000000-0000-4000-8000-{n:012x}"))).collect();
-    assert!(lost.is_empty(), "{} of {} answered reviews lost after kill -9", lost.len(), answered.len());
+    let lost: Vec<&u64> = answered
+        .iter()
+        .filter(|n| !stored.contains(&format!("00000000-0000-4000-8000-{n:012x}")))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} answered reviews lost after kill -9",
+        lost.len(),
+        answered.len()
+    );
 }
 
 #[tokio::test]
@@ -111,5 +141,8 @@ async fn history_says_clearly_when_a_server_holds_the_store() {
     child.wait().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("in use by another histor process"), "{stderr}");
+    assert!(
+        stderr.contains("in use by another histor process"),
+        "{stderr}"
+    );
 }

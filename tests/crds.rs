@@ -42,14 +42,24 @@ spec:
 
 #[test]
 fn a_valid_policy_passes_the_schema_rules() {
-    policy(VALID).validate_cel().expect("valid policy passes every CEL rule");
+    policy(VALID)
+        .validate_cel()
+        .expect("valid policy passes every CEL rule");
 }
 
 #[test]
 fn schema_rules_reject_broken_policies() {
     let cases = [
-        ("ignoreFields: [\"/spec/replicas\"]", "ignoreFields: [\"spec.replicas\"]", "JSON pointers"),
-        ("maxAge: 720h", "maxAge: 30 days", "maxAge must be a duration"),
+        (
+            "ignoreFields: [\"/spec/replicas\"]",
+            "ignoreFields: [\"spec.replicas\"]",
+            "JSON pointers",
+        ),
+        (
+            "maxAge: 720h",
+            "maxAge: 30 days",
+            "maxAge must be a duration",
+        ),
         ("name: human-only", "name: Human_Only", "DNS label"),
         ("digest: 60s", "digest: soon", "digest must be a duration"),
         (
@@ -62,7 +72,10 @@ fn schema_rules_reject_broken_policies() {
         let broken = VALID.replace(from, to);
         assert_ne!(broken, VALID, "case {expected:?} did not change the policy");
         let errors = policy(&broken).validate_cel().expect_err(expected);
-        assert!(format!("{errors:?}").contains(expected), "{expected:?} not in {errors:?}");
+        assert!(
+            format!("{errors:?}").contains(expected),
+            "{expected:?} not in {errors:?}"
+        );
     }
 }
 
@@ -73,5 +86,8 @@ fn duplicate_sink_names_are_rejected() {
         "      digest: 60s\n    - name: team-slack\n      slack: {webhookSecretRef: {namespace: histor-system, name: slack, key: url}}\n",
     );
     let errors = policy(&broken).validate_cel().expect_err("duplicate names");
-    assert!(format!("{errors:?}").contains("sink names must be unique"), "{errors:?}");
+    assert!(
+        format!("{errors:?}").contains("sink names must be unique"),
+        "{errors:?}"
+    );
 }

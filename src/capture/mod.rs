@@ -74,10 +74,21 @@ async fn metrics(State(state): State<Arc<Capture>>) -> Response {
         tracing::warn!(%error, "encoding metrics failed");
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
-async fn admit(State(state): State<Arc<Capture>>, Path(policy): Path<String>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn admit(
+    State(state): State<Arc<Capture>>,
+    Path(policy): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let started = Instant::now();
     let received_at = jiff::Timestamp::now();
     let (response, outcome) = match body {
@@ -88,21 +99,35 @@ async fn admit(State(state): State<Arc<Capture>>, Path(policy): Path<String>, bo
         }
     };
     state.metrics.review(outcome);
-    state.metrics.review_latency.observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .review_latency
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 
 /// Answers one review body and names what happened to it (the metric label).
-async fn review(state: &Capture, policy: &str, body: &[u8], received_at: jiff::Timestamp) -> (Response, &'static str) {
+async fn review(
+    state: &Capture,
+    policy: &str,
+    body: &[u8],
+    received_at: jiff::Timestamp,
+) -> (Response, &'static str) {
     let parsed = match pipeline::review::parse(body) {
         Ok(parsed) => parsed,
         Err(error) => {
             tracing::warn!(policy = %policy, %error, bytes = body.len(), "request body is not an AdmissionReview");
             let message = format!("histor: {error}\n");
-            return ((StatusCode::BAD_REQUEST, message).into_response(), "bad_request");
+            return (
+                (StatusCode::BAD_REQUEST, message).into_response(),
+                "bad_request",
+            );
         }
     };
-    let answer = allowed(&parsed.api_version, parsed.uid.as_deref().unwrap_or_default());
+    let answer = allowed(
+        &parsed.api_version,
+        parsed.uid.as_deref().unwrap_or_default(),
+    );
     let request = match &parsed.request {
         Ok(request) => request,
         Err(why) => {
@@ -146,5 +171,9 @@ async fn review(state: &Capture, policy: &str, body: &[u8], received_at: jiff::T
 }
 
 fn allowed(api_version: &str, uid: &str) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], pipeline::allowed_response(api_version, uid)).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        pipeline::allowed_response(api_version, uid),
+    )
+        .into_response()
 }

@@ -21,34 +21,30 @@ pub struct CertFiles {
 /// Writes a fresh self-signed CA and a serving certificate for `names` into `dir`
 /// (`ca.crt`, `tls.crt`, `tls.key`; the key readable only by its owner).
 pub fn write_self_signed(dir: &Path, names: &[String]) -> Result<CertFiles> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    let bundle = certs::generate(names, 3650, 365)?;
-    let files = CertFiles { cert: dir.join("tls.crt"), key: dir.join("tls.key"), ca: Some(dir.join("ca.crt")) };
-    write_private(&files.key, bundle.leaf.key.as_bytes())?;
-    std::fs::write(&files.cert, &bundle.leaf.cert).map_err(|e| Error::file(&files.cert, e))?;
-    let ca = dir.join("ca.crt");
-    std::fs::write(&ca, &bundle.ca.cert).map_err(|e| Error::file(&ca, e))?;
-    Ok(files)
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut file = options.open(path).map_err(|e| Error::file(path, e))?;
-    file.write_all(bytes).map_err(|e| Error::file(path, e))
+    let now = jiff::Timestamp::now();
+    let timings = certs::CertTimings::default();
+    let material = certs::issue(&certs::CertAction::Create, None, names, now, &timings)?
+        .ok_or_else(|| Error::Tls("no certificate was issued".into()))?;
+    certs::write_serving_files(dir, &material)?;
+    let ca = dir.join(certs::CA_CRT);
+    std::fs::write(&ca, &material.ca_crt).map_err(|e| Error::file(&ca, e))?;
+    Ok(CertFiles {
+        cert: dir.join(certs::TLS_CRT),
+        key: dir.join(certs::TLS_KEY),
+        ca: Some(ca),
+    })
 }
 
 /// Loads the serving configuration from the files.
 pub async fn load(files: &CertFiles) -> Result<RustlsConfig> {
     let (cert, key) = read_pair(files)?;
-    RustlsConfig::from_pem(cert, key)
-        .await
-        .map_err(|e| Error::Tls(format!("loading {} and {}: {e}", files.cert.display(), files.key.display())))
+    RustlsConfig::from_pem(cert, key).await.map_err(|e| {
+        Error::Tls(format!(
+            "loading {} and {}: {e}",
+            files.cert.display(),
+            files.key.display()
+        ))
+    })
 }
 
 /// Polls the files every `every` and reloads `config` when their content changes. A half-written
@@ -69,7 +65,9 @@ pub async fn watch(config: RustlsConfig, files: CertFiles, every: Duration) {
                 tracing::info!(cert = %files.cert.display(), "serving certificate reloaded");
                 last = Some(now);
             }
-            Err(error) => tracing::warn!(%error, cert = %files.cert.display(), "new certificate files do not load; keeping the current ones"),
+            Err(error) => {
+                tracing::warn!(%error, cert = %files.cert.display(), "new certificate files do not load; keeping the current ones")
+            }
         }
     }
 }

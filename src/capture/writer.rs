@@ -55,7 +55,12 @@ impl Writer {
     /// `Error::QueueFull`, because the apiserver's time is not ours to spend.
     pub fn submit(&self, captured: Captured) -> Result<Ack> {
         let (ack, rx) = oneshot::channel();
-        self.tx.try_send(Job { captured, ack: Some(ack) }).map_err(|_| Error::QueueFull)?;
+        self.tx
+            .try_send(Job {
+                captured,
+                ack: Some(ack),
+            })
+            .map_err(|_| Error::QueueFull)?;
         self.metrics.queue_depth.inc();
         Ok(rx)
     }
@@ -63,13 +68,24 @@ impl Writer {
     /// Queues an event, waiting for room (for replay, where nobody else is waiting on us).
     pub async fn submit_wait(&self, captured: Captured) -> Result<Ack> {
         let (ack, rx) = oneshot::channel();
-        self.tx.send(Job { captured, ack: Some(ack) }).await.map_err(|_| Error::QueueFull)?;
+        self.tx
+            .send(Job {
+                captured,
+                ack: Some(ack),
+            })
+            .await
+            .map_err(|_| Error::QueueFull)?;
         self.metrics.queue_depth.inc();
         Ok(rx)
     }
 }
 
-fn run(mut rx: mpsc::Receiver<Job>, store: Arc<dyn EventStore>, metrics: Arc<Metrics>, observers: Vec<Arc<dyn RecordObserver>>) {
+fn run(
+    mut rx: mpsc::Receiver<Job>,
+    store: Arc<dyn EventStore>,
+    metrics: Arc<Metrics>,
+    observers: Vec<Arc<dyn RecordObserver>>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = Vec::with_capacity(64);
         jobs.push(first);
@@ -89,8 +105,14 @@ fn run(mut rx: mpsc::Receiver<Job>, store: Arc<dyn EventStore>, metrics: Arc<Met
 
 /// Appends one batch, retrying until the store takes it: a full disk or a transient store error
 /// must not lose events that are already queued. Reviews stop waiting at their deadline anyway.
-fn commit(jobs: Vec<Job>, store: &dyn EventStore, metrics: &Metrics, observers: &[Arc<dyn RecordObserver>]) {
-    let (batch, acks): (Vec<Captured>, Vec<_>) = jobs.into_iter().map(|j| (j.captured, j.ack)).unzip();
+fn commit(
+    jobs: Vec<Job>,
+    store: &dyn EventStore,
+    metrics: &Metrics,
+    observers: &[Arc<dyn RecordObserver>],
+) {
+    let (batch, acks): (Vec<Captured>, Vec<_>) =
+        jobs.into_iter().map(|j| (j.captured, j.ack)).unzip();
     let mut backoff = Duration::from_millis(50);
     let outcomes = loop {
         match store.append(&batch) {
@@ -118,7 +140,10 @@ fn commit(jobs: Vec<Job>, store: &dyn EventStore, metrics: &Metrics, observers: 
         if let Some(id) = id
             && !observers.is_empty()
         {
-            recorded.push(StoredEvent { id, event: captured.event });
+            recorded.push(StoredEvent {
+                id,
+                event: captured.event,
+            });
         }
         if let Some(ack) = ack {
             // The review may have stopped waiting (deadline); that is fine.

@@ -67,7 +67,9 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let running = start(ServeArgs {
         policy_files: vec![policy_file],
         data_dir: data_dir.clone(),
-        listen: "127.0.0.1:0".parse().map_err(|_| Error::Usage("bad listen address".into()))?,
+        listen: "127.0.0.1:0"
+            .parse()
+            .map_err(|_| Error::Usage("bad listen address".into()))?,
         tls_cert: None,
         tls_key: None,
         hmac_key_file: None,
@@ -77,9 +79,19 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         secrets_dir: None,
     })
     .await?;
-    let ca = running.ca_file.clone().ok_or_else(|| Error::Tls("demo server has no CA file".into()))?;
-    println!("histor demo: HTTPS capture server on https://{} (CA {})", running.addr, ca.display());
-    println!("sending {} AdmissionReviews recorded from a real kube-apiserver...\n", REVIEWS.len());
+    let ca = running
+        .ca_file
+        .clone()
+        .ok_or_else(|| Error::Tls("demo server has no CA file".into()))?;
+    println!(
+        "histor demo: HTTPS capture server on https://{} (CA {})",
+        running.addr,
+        ca.display()
+    );
+    println!(
+        "sending {} AdmissionReviews recorded from a real kube-apiserver...\n",
+        REVIEWS.len()
+    );
 
     let client = https_client(&ca)?;
     let url = format!("https://localhost:{}/admit/demo", running.addr.port());
@@ -91,8 +103,10 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .send()
             .await
             .map_err(|e| Error::Usage(format!("posting {name}: {e}")))?;
-        let answer: serde_json::Value =
-            response.json().await.map_err(|e| Error::Usage(format!("reading the answer to {name}: {e}")))?;
+        let answer: serde_json::Value = response
+            .json()
+            .await
+            .map_err(|e| Error::Usage(format!("reading the answer to {name}: {e}")))?;
         if answer.pointer("/response/allowed") != Some(&serde_json::Value::Bool(true)) {
             return Err(Error::Usage(format!("{name} was not allowed: {answer}")));
         }
@@ -107,16 +121,26 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         .await
         .map_err(|e| Error::Usage(format!("reading /metrics: {e}")))?;
     println!("every review answered allowed; outcomes from /metrics:");
-    for line in metrics.lines().filter(|l| l.starts_with("histor_admission_reviews_total{")) {
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("histor_admission_reviews_total{"))
+    {
         println!("  {line}");
     }
 
     let store = running.store.clone();
-    let page = store.query(&Query { limit: 100, ..Query::default() })?;
+    let page = store.query(&Query {
+        limit: 100,
+        ..Query::default()
+    })?;
     println!("\nwho changed what (newest first):\n");
     print!("{}", render::events_table(&page.events));
 
-    if let Some(scale) = page.events.iter().find(|e| e.event.resource.subresource.as_deref() == Some("scale")) {
+    if let Some(scale) = page
+        .events
+        .iter()
+        .find(|e| e.event.resource.subresource.as_deref() == Some("scale"))
+    {
         let before = store.state_before(scale.id)?;
         let after = store.state_after(scale.id)?;
         println!(
@@ -131,7 +155,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     running.shutdown().await?;
     match args.data_dir {
-        Some(dir) => println!("\nstore kept in {}: try `histor history --data-dir {}`", dir.display(), dir.display()),
+        Some(dir) => println!(
+            "\nstore kept in {}: try `histor history --data-dir {}`",
+            dir.display(),
+            dir.display()
+        ),
         None => {
             let _ = std::fs::remove_dir_all(&temp);
         }

@@ -12,10 +12,11 @@ pub fn read_policy_files(paths: &[PathBuf]) -> Result<Vec<CompiledPolicy>> {
     for path in paths {
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
         for (n, doc) in split_documents(&text).into_iter().enumerate() {
-            let policy: TrackingPolicy = serde_saphyr::from_str(doc).map_err(|e| Error::Policy {
-                policy: format!("{} (document {})", path.display(), n + 1),
-                message: e.to_string(),
-            })?;
+            let policy: TrackingPolicy =
+                serde_saphyr::from_str(doc).map_err(|e| Error::Policy {
+                    policy: format!("{} (document {})", path.display(), n + 1),
+                    message: e.to_string(),
+                })?;
             let name = policy.metadata.name.clone().ok_or_else(|| Error::Policy {
                 policy: format!("{} (document {})", path.display(), n + 1),
                 message: "metadata.name is required".into(),
@@ -40,7 +41,10 @@ fn split_documents(text: &str) -> Vec<&str> {
     }
     docs.push(&text[start..]);
     docs.into_iter()
-        .filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
+        .filter(|d| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
         .collect()
 }
 
@@ -49,7 +53,12 @@ fn split_documents(text: &str) -> Vec<&str> {
 pub fn load_or_create_key(path: &Path) -> Result<Vec<u8>> {
     match std::fs::read(path) {
         Ok(key) if key.len() >= 16 => return Ok(key),
-        Ok(_) => return Err(Error::Usage(format!("{}: HMAC key must be at least 16 bytes", path.display()))),
+        Ok(_) => {
+            return Err(Error::Usage(format!(
+                "{}: HMAC key must be at least 16 bytes",
+                path.display()
+            )));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::file(path, e)),
     }
@@ -67,7 +76,9 @@ pub fn load_or_create_key(path: &Path) -> Result<Vec<u8>> {
     #[cfg(unix)]
     options.mode(0o600);
     let mut file = options.open(path).map_err(|e| Error::file(path, e))?;
-    file.write_all(&key).and_then(|_| file.sync_all()).map_err(|e| Error::file(path, e))?;
+    file.write_all(&key)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::file(path, e))?;
     Ok(key)
 }
 

@@ -31,7 +31,12 @@ pub type Tally = BTreeMap<&'static str, u64>;
 pub async fn run(args: ReplayArgs) -> Result<()> {
     let policies = read_policy_files(&args.policy_files)?;
     std::fs::create_dir_all(&args.data_dir).map_err(|e| Error::file(&args.data_dir, e))?;
-    let key = load_or_create_key(&args.hmac_key_file.clone().unwrap_or_else(|| args.data_dir.join("hmac.key")))?;
+    let key = load_or_create_key(
+        &args
+            .hmac_key_file
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("hmac.key")),
+    )?;
     let redactor = Redactor::new(&key);
     let store = SledStore::open(args.data_dir.join("store"))?;
     let mut bodies = Vec::new();
@@ -43,7 +48,11 @@ pub async fn run(args: ReplayArgs) -> Result<()> {
         .await
         .map_err(|e| Error::Usage(format!("replay failed: {e}")))??;
     let summary: Vec<String> = tally.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    println!("replayed {} reviews ({})", tally.values().sum::<u64>(), summary.join(", "));
+    println!(
+        "replayed {} reviews ({})",
+        tally.values().sum::<u64>(),
+        summary.join(", ")
+    );
     Ok(())
 }
 
@@ -60,7 +69,12 @@ pub fn split_reviews(text: &[u8]) -> Vec<Vec<u8>> {
 
 /// Runs every body through the pipeline for every policy and stores the events in batches.
 /// Each review counts once: as recorded if any policy recorded it, else by its first outcome.
-pub fn replay(bodies: &[Vec<u8>], policies: &[CompiledPolicy], redactor: &Redactor, store: &dyn EventStore) -> Result<Tally> {
+pub fn replay(
+    bodies: &[Vec<u8>],
+    policies: &[CompiledPolicy],
+    redactor: &Redactor,
+    store: &dyn EventStore,
+) -> Result<Tally> {
     let mut tally = Tally::new();
     for chunk in bodies.chunks(256) {
         let mut batch = Vec::new();
@@ -94,7 +108,9 @@ pub fn replay(bodies: &[Vec<u8>], policies: &[CompiledPolicy], redactor: &Redact
                 }
             }
             if !recorded {
-                *tally.entry(first_skip.unwrap_or("not_matched")).or_default() += 1;
+                *tally
+                    .entry(first_skip.unwrap_or("not_matched"))
+                    .or_default() += 1;
             }
         }
         let outcomes = store.append(&batch)?;

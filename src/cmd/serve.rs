@@ -4,8 +4,10 @@ use super::files::{load_or_create_key, read_policy_files};
 use crate::capture::{self, Capture, RecordObserver, Writer, tls};
 use crate::index::PolicyIndex;
 use crate::metrics::Metrics;
+use crate::notify::{
+    FileSecrets, Notifier, NotifyConfig, NotifyMetrics, SecretSource, StaticSecrets,
+};
 use crate::pipeline::Redactor;
-use crate::notify::{FileSecrets, NotifyConfig, NotifyMetrics, Notifier, SecretSource, StaticSecrets};
 use crate::store::{EventStore, RetentionRule, SledStore, StoredEvent};
 use crate::{Error, Result};
 use axum_server::Handle;
@@ -68,7 +70,10 @@ pub struct Running {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     writer: std::thread::JoinHandle<()>,
     background: Vec<tokio::task::JoinHandle<()>>,
-    notifier: (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>),
+    notifier: (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ),
 }
 
 impl Running {
@@ -76,7 +81,10 @@ impl Running {
     pub async fn shutdown(self) -> Result<()> {
         self.capture.ready.store(false, Ordering::Relaxed);
         self.handle.graceful_shutdown(Some(Duration::from_secs(5)));
-        let served = self.server.await.map_err(|e| Error::Usage(format!("server task failed: {e}")));
+        let served = self
+            .server
+            .await
+            .map_err(|e| Error::Usage(format!("server task failed: {e}")));
         for task in self.background {
             task.abort();
         }
@@ -104,12 +112,19 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         policies.apply(policy);
     }
     std::fs::create_dir_all(&args.data_dir).map_err(|e| Error::file(&args.data_dir, e))?;
-    let key_path = args.hmac_key_file.clone().unwrap_or_else(|| args.data_dir.join("hmac.key"));
+    let key_path = args
+        .hmac_key_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("hmac.key"));
     let redactor = Arc::new(Redactor::new(&load_or_create_key(&key_path)?));
     let store = Arc::new(SledStore::open(args.data_dir.join("store"))?);
 
     let files = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => tls::CertFiles { cert: cert.clone(), key: key.clone(), ca: None },
+        (Some(cert), Some(key)) => tls::CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: None,
+        },
         _ => self_signed(&args)?,
     };
     let rustls_config = tls::load(&files).await?;
@@ -146,7 +161,11 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         .await
         .ok_or_else(|| Error::Usage(format!("could not listen on {}", args.listen)))?;
     let background = vec![
-        tokio::spawn(tls::watch(rustls_config, files.clone(), Duration::from_secs(5))),
+        tokio::spawn(tls::watch(
+            rustls_config,
+            files.clone(),
+            Duration::from_secs(5),
+        )),
         tokio::spawn(retention_loop(
             store.clone(),
             policies,
@@ -190,7 +209,12 @@ async fn notifier(
     };
     let metrics = NotifyMetrics::default();
     metrics.register(registry);
-    let notifier = Notifier::new(store.db().clone(), secrets, NotifyConfig::default(), metrics)?;
+    let notifier = Notifier::new(
+        store.db().clone(),
+        secrets,
+        NotifyConfig::default(),
+        metrics,
+    )?;
     for policy in policies.all() {
         if let Err(error) = notifier.set_policy(policy.name(), &policy.spec().notify) {
             tracing::warn!(%error, policy = %policy.name(), "some notification sinks are not usable");
@@ -216,11 +240,19 @@ impl RecordObserver for NotifyObserver {
 
 fn self_signed(args: &ServeArgs) -> Result<tls::CertFiles> {
     let dir = args.data_dir.join("tls");
-    let existing = tls::CertFiles { cert: dir.join("tls.crt"), key: dir.join("tls.key"), ca: Some(dir.join("ca.crt")) };
+    let existing = tls::CertFiles {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+        ca: Some(dir.join("ca.crt")),
+    };
     if existing.cert.exists() && existing.key.exists() {
         return Ok(existing);
     }
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     let ip = args.listen.ip();
     if !ip.is_unspecified() && !ip.is_loopback() {
         names.push(ip.to_string());
@@ -229,7 +261,12 @@ fn self_signed(args: &ServeArgs) -> Result<tls::CertFiles> {
 }
 
 /// Enforces retention and refreshes the store gauges, off the async threads.
-async fn retention_loop(store: Arc<SledStore>, policies: Arc<PolicyIndex>, metrics: Arc<Metrics>, every: Duration) {
+async fn retention_loop(
+    store: Arc<SledStore>,
+    policies: Arc<PolicyIndex>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -260,7 +297,9 @@ async fn retention_loop(store: Arc<SledStore>, policies: Arc<PolicyIndex>, metri
 pub async fn run(args: ServeArgs) -> Result<()> {
     let running = start(args).await?;
     match &running.ca_file {
-        Some(ca) => tracing::info!(addr = %running.addr, ca = %ca.display(), "serving (self-signed: trust this CA)"),
+        Some(ca) => {
+            tracing::info!(addr = %running.addr, ca = %ca.display(), "serving (self-signed: trust this CA)")
+        }
         None => tracing::info!(addr = %running.addr, "serving"),
     }
     shutdown_signal().await;
@@ -271,10 +310,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -23,9 +23,10 @@ pub use options::OperatorOptions;
 pub use policy::{error_policy, reconcile};
 pub use records::ChangeRecordWriter;
 
+use crate::certs::CertTimings;
 use crate::crd::TrackingPolicySpec;
 use crate::store::EventStore;
-use certs::{CertManager, CertTimings};
+use certs::CertManager;
 use jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};

@@ -139,7 +139,6 @@ fn dns_subdomain(s: &str) -> String {
         .join(".")
 }
 
-
 fn cut(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
@@ -378,16 +377,14 @@ impl ChangeRecordWriter {
             let mut out = Vec::new();
             let mut after = None;
             loop {
-                let page = store
-                    .query(&Query {
-                        namespace: t.namespace.clone(),
-                        kind: Some(t.group_resource()),
-                        name: Some(t.name.clone()),
-                        limit: PAGE,
-                        after,
-                        ..Query::default()
-                    })
-                    ?;
+                let page = store.query(&Query {
+                    namespace: t.namespace.clone(),
+                    kind: Some(t.group_resource()),
+                    name: Some(t.name.clone()),
+                    limit: PAGE,
+                    after,
+                    ..Query::default()
+                })?;
                 out.extend(page.events.into_iter().filter(|e| t.matches(&e.event)));
                 match page.next {
                     Some(next) if out.len() < MAX_SCAN => after = Some(next),
@@ -466,9 +463,9 @@ impl ChangeRecordWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::ChangeOp;
     use crate::controller::fixtures::{self, MemStore};
     use crate::crd::Operation;
+    use crate::pipeline::ChangeOp;
     use crate::pipeline::{Actor, FieldChange, KindId, ResourceId};
     use http::{Request, Response};
     use jiff::Timestamp;

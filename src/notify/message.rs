@@ -6,7 +6,6 @@
 //! `hmac-sha256:<hex>` strings, and here those (and anything under a Secret's `data`/`stringData`)
 //! are shown only as "which key changed".
 
-
 use super::config::SinkKind;
 use super::digest::{name_list, summarize};
 use crate::crd::Operation;
@@ -97,7 +96,9 @@ fn is_secret(e: &ChangeEvent) -> bool {
 }
 
 fn is_secret_data_path(path: &str) -> bool {
-    ["/data", "/stringData"].iter().any(|p| path == *p || path.starts_with(&format!("{p}/")))
+    ["/data", "/stringData"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
 }
 
 /// One changed field, human-readable (`spec.replicas: 1 → 3`, `data.password changed`).
@@ -376,7 +377,9 @@ pub fn render_email(events: &[StoredEvent], ctx: &MessageContext) -> EmailConten
 /// Replaces every hashed Secret value inside `v` so that only key names remain.
 fn scrub(v: &mut Value) {
     match v {
-        Value::String(_) if crate::pipeline::is_redacted_value(v) => *v = Value::String("(hidden)".into()),
+        Value::String(_) if crate::pipeline::is_redacted_value(v) => {
+            *v = Value::String("(hidden)".into())
+        }
         Value::Array(a) => a.iter_mut().for_each(scrub),
         Value::Object(o) => o.values_mut().for_each(scrub),
         _ => {}
@@ -547,15 +550,7 @@ mod tests {
         }
         // Key names are still shown.
         let m = render_email(&events[3..4], &ctx());
-        assert!(
-            m.text.contains("data.password changed"),
-            "{}",
-            m.text
-        );
-        assert!(
-            m.text.contains("stringData added: token"),
-            "{}",
-            m.text
-        );
+        assert!(m.text.contains("data.password changed"), "{}", m.text);
+        assert!(m.text.contains("stringData added: token"), "{}", m.text);
     }
 }

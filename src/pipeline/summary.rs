@@ -115,7 +115,8 @@ pub fn describe(change: &FieldChange) -> String {
 
 /// True when the change carries redacted Secret values, so only its path may be shown.
 pub fn hides_values(change: &FieldChange) -> bool {
-    change.old.as_ref().is_some_and(contains_redacted) || change.new.as_ref().is_some_and(contains_redacted)
+    change.old.as_ref().is_some_and(contains_redacted)
+        || change.new.as_ref().is_some_and(contains_redacted)
 }
 
 fn contains_redacted(v: &Value) -> bool {

@@ -34,7 +34,9 @@ pub fn init() {
 
 /// A recorded review body.
 pub fn fixture(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/admission")
+        .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -61,7 +63,10 @@ pub fn write_policy(dir: &Path, name: &str) -> PathBuf {
 /// An HTTPS client that trusts only `ca`.
 pub fn client(ca: &Path) -> reqwest::Client {
     let cert = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
-    reqwest::Client::builder().tls_certs_only([cert]).build().unwrap()
+    reqwest::Client::builder()
+        .tls_certs_only([cert])
+        .build()
+        .unwrap()
 }
 
 /// The recorded Secret fixtures carry the value `s3cr3t`; neither it nor its base64 form may be

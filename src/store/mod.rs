@@ -7,6 +7,14 @@ use crate::pipeline::{Captured, ChangeEvent};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
+mod codec;
+mod keys;
+mod sled;
+#[cfg(test)]
+mod tests;
+
+pub use self::sled::{DEDUPE_WINDOW, MAX_PAGE, MAX_REMOVALS_PER_PASS, SNAPSHOT_EVERY, SledStore};
+
 /// Identifies a stored event. Ids grow with receipt time (microseconds since the epoch, bumped to
 /// stay unique), so an id range is a time range.
 pub type EventId = u64;
@@ -80,8 +88,21 @@ pub struct RetentionRule {
 pub struct RetentionReport {
     /// Events removed.
     pub removed: u64,
-    /// Objects whose last event was removed (their ChangeRecords can go), as `(namespace, uid-or-key)`.
-    pub objects_emptied: Vec<String>,
+    /// Objects whose last event was removed (their ChangeRecords can go).
+    pub objects_emptied: Vec<EmptiedObject>,
+}
+
+/// An object that no longer has any stored event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EmptiedObject {
+    /// `deployments.apps`, or `configmaps` for the core group.
+    pub resource: String,
+    /// Namespace; `None` for cluster-scoped objects.
+    pub namespace: Option<String>,
+    /// Object name.
+    pub name: String,
+    /// Object uid, when its events had one.
+    pub uid: Option<String>,
 }
 
 /// Size figures for metrics.

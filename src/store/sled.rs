@@ -87,7 +87,7 @@ const META_CLEAN: &[u8] = b"clean";
 pub struct SledStore {
     db: sled::Db,
     events: Tree,
-    snaps: Tree,
+    pub(super) snaps: Tree,
     ix: Tree,
     targets: Tree,
     heads: Tree,

@@ -1,7 +1,7 @@
 //! Key layout of the sled trees. Every key that sorts by time ends in a big-endian event id, so
 //! sled's byte order is time order and a reverse range scan is "newest first".
 //!
-//! Index keys name their subject (object, namespace, user, target) by a 64-bit hash of it rather
+//! Index keys name their subject (namespace, user, target) by a 64-bit hash of it rather
 //! than the string: keys stay short whatever the names, and readers re-check the decoded event,
 //! so a (vanishingly rare) hash collision costs a skipped row, never a wrong answer.
 
@@ -9,7 +9,6 @@ use super::EventId;
 use ring::digest;
 
 /// Index entry tags (first byte of a key in the `ix` tree).
-pub const TAG_OBJECT: u8 = b'o';
 pub const TAG_NAMESPACE: u8 = b'n';
 pub const TAG_USER: u8 = b'u';
 
@@ -29,24 +28,16 @@ pub fn hash64(parts: &[&str]) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// `tag ‖ subject ‖ id`: one row of a secondary index.
-pub fn index_key(tag: u8, subject: u64, id: EventId) -> [u8; 17] {
+/// `tag ‖ subject ‖ n`: one row of a secondary index (`n` a time bucket).
+pub fn index_key(tag: u8, subject: u64, n: u64) -> [u8; 17] {
     let mut k = [0u8; 17];
     k[0] = tag;
     k[1..9].copy_from_slice(&subject.to_be_bytes());
-    k[9..].copy_from_slice(&id.to_be_bytes());
+    k[9..].copy_from_slice(&n.to_be_bytes());
     k
 }
 
-/// `tag ‖ subject`: the prefix of all index rows of one subject.
-pub fn index_prefix(tag: u8, subject: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = tag;
-    k[1..].copy_from_slice(&subject.to_be_bytes());
-    k
-}
-
-/// The event id at the end of an index key.
+/// The number at the end of an index or target key.
 pub fn id_of_index_key(k: &[u8]) -> Option<EventId> {
     let tail: [u8; 8] = k.get(k.len().checked_sub(8)?..)?.try_into().ok()?;
     Some(u64::from_be_bytes(tail))
@@ -90,7 +81,7 @@ mod tests {
         let a = index_key(TAG_USER, 7, 1);
         let b = index_key(TAG_USER, 7, 256);
         assert!(a < b);
-        assert!(a.starts_with(&index_prefix(TAG_USER, 7)));
+        assert!(b < index_key(TAG_USER, 8, 0));
         assert_eq!(id_of_index_key(&b), Some(256));
         assert_ne!(hash64(&["a", "b"]), hash64(&["ab"]));
     }

@@ -2,8 +2,12 @@
 //!
 //! Trees (all in one `sled::Db`, so one `flush` makes a whole batch durable):
 //! - `events`: id → compact event record ([`codec`]); the cluster-wide index is this tree itself.
+//!   Each record links to the previous event of its object, so an object's history is a chain
+//!   from its head (retention bounds its length) and costs no index rows.
 //! - `snaps`: id → full object state (JSON) after that event, for the few events that carry one.
-//! - `ix`: secondary indexes, `tag ‖ hash(subject) ‖ id` → empty (by object, namespace, user).
+//! - `ix`: namespace and user indexes at a coarse grain: `tag ‖ hash(subject) ‖ time bucket` →
+//!   empty, one row per subject per [`BUCKET_SHIFT`]-sized slice of time in which it had events;
+//!   a query scans the events of those slices only.
 //! - `targets`: `hash(group/resource, name) ‖ hash(object)` → empty: kind+name → objects.
 //! - `heads`: hash(object) → [`Head`]: last event, state digest, event count.
 //! - `dict`: id → tagged string, for the strings events repeat (users, resources, policies...).
@@ -14,13 +18,17 @@
 //! event, when the pipeline's `before` shows the chain is broken, when the delta would not
 //! reproduce the object exactly, and every [`SNAPSHOT_EVERY`] events.
 //!
+//! Why so few rows: sled costs 100–150 bytes on disk per row written, whatever its size (log
+//! records, page rewrites, segment slack). A row per index per event would triple disk use, so
+//! the only per-event row is the event itself (plus a snapshot every so often).
+//!
 //! Request-uid dedupe uses an in-memory window ([`DEDUPE_WINDOW`]) rebuilt from the newest events
 //! on open rather than a persisted uid → id tree: the apiserver only repeats a request uid for
 //! retries and for several webhooks of one request, all within its 30 s webhook timeout, and the
 //! tree would cost more disk per event than the event itself.
 
 use super::codec::{self, Head, Reader};
-use super::keys::{self, TAG_NAMESPACE, TAG_OBJECT, TAG_USER};
+use super::keys::{self, TAG_NAMESPACE, TAG_USER};
 use super::{
     AppendOutcome, EmptiedObject, EventId, EventStore, Page, Query, RetentionReport,
     RetentionRule, StoreStats, StoredEvent,
@@ -42,6 +50,10 @@ pub const SNAPSHOT_EVERY: u64 = 16;
 /// How long a request uid is remembered for dedupe, in microseconds (15 minutes; the apiserver's
 /// webhook timeout is at most 30 s).
 pub const DEDUPE_WINDOW: u64 = 15 * 60 * 1_000_000;
+
+/// Index rows cover `2^BUCKET_SHIFT` µs of ids (about 4 s): a query by namespace or user scans
+/// at most that slice of events per row, and a busy subject writes at most one row per slice.
+pub const BUCKET_SHIFT: u32 = 22;
 
 /// Most results per query page.
 pub const MAX_PAGE: usize = 1000;
@@ -120,12 +132,16 @@ struct Writer {
     touched: HashSet<u64>,
     /// Learnt (group/resource, kind) pairs, to skip alias writes on the hot path.
     kinds_seen: HashSet<(String, String)>,
+    /// Index rows written recently, to skip rewriting them on every event.
+    buckets: HashSet<[u8; 17]>,
     last_full_retention: Option<i64>,
 }
 
 /// An event decoded from its record.
 struct Record {
     flags: u8,
+    /// The object's previous event.
+    prev: Option<EventId>,
     event: ChangeEvent,
 }
 
@@ -223,6 +239,7 @@ impl SledStore {
             let mut r = Reader::new(&v);
             r.u8()?;
             r.varint()?;
+            r.varint()?;
             recent.push((id, codec::get_id_string(&mut r)?));
         }
         for (id, uid) in recent.into_iter().rev() {
@@ -290,7 +307,7 @@ impl SledStore {
 
     // ---------- records ----------
 
-    fn encode(&self, flags: u8, id: EventId, e: &ChangeEvent) -> Result<Vec<u8>> {
+    fn encode(&self, flags: u8, id: EventId, prev: Option<EventId>, e: &ChangeEvent) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(96);
         let mut flags = (flags & !3) | codec::op_code(e.operation);
         if e.redacted {
@@ -307,6 +324,8 @@ impl SledStore {
         let ns = e.received_at.as_nanosecond();
         let delta = ns - i128::from(id) * 1000;
         codec::put_varint(&mut out, codec::zigzag(delta.clamp(i64::MIN.into(), i64::MAX.into()) as i64));
+        // The previous event as a distance back (small), 0 for none.
+        codec::put_varint(&mut out, prev.map_or(0, |p| id.saturating_sub(p).max(1)));
         codec::put_id_string(&mut out, &e.request_uid);
         codec::put_varint(&mut out, e.policies.len() as u64);
         for p in &e.policies {
@@ -333,6 +352,10 @@ impl SledStore {
         let ns = i128::from(id) * 1000 + i128::from(delta);
         let received_at = Timestamp::from_nanosecond(ns)
             .map_err(|e| Error::Corrupt(format!("event {id}: receipt time: {e}")))?;
+        let prev = match r.varint()? {
+            0 => None,
+            back => Some(id.saturating_sub(back)),
+        };
         let request_uid = codec::get_id_string(&mut r)?;
         let n = r.varint()? as usize;
         let mut policies = Vec::with_capacity(n.min(64));
@@ -356,6 +379,7 @@ impl SledStore {
         let changes = codec::get_changes(&mut r)?;
         Ok(Record {
             flags,
+            prev,
             event: ChangeEvent {
                 request_uid,
                 received_at,
@@ -492,18 +516,24 @@ impl SledStore {
             event.object = None;
         }
 
-        let record = self.encode(flags, id, &event)?;
+        let record = self.encode(flags, id, prior.map(|h| h.last), &event)?;
         self.events.insert(keys::id_key(id), record)?;
         if let Some(s) = snapshot {
             self.snaps.insert(keys::id_key(id), s)?;
         }
-        self.ix.insert(keys::index_key(TAG_OBJECT, object, id), &[])?;
-        if let Some(ns) = &event.namespace {
-            let h = keys::hash64(&[ns]);
-            self.ix.insert(keys::index_key(TAG_NAMESPACE, h, id), &[])?;
+        if w.buckets.len() > 65_536 {
+            w.buckets.clear();
         }
-        let user = keys::hash64(&[&event.user.username]);
-        self.ix.insert(keys::index_key(TAG_USER, user, id), &[])?;
+        let bucket = id >> BUCKET_SHIFT;
+        let mut rows = vec![keys::index_key(TAG_USER, keys::hash64(&[&event.user.username]), bucket)];
+        if let Some(ns) = &event.namespace {
+            rows.push(keys::index_key(TAG_NAMESPACE, keys::hash64(&[ns]), bucket));
+        }
+        for row in rows {
+            if w.buckets.insert(row) {
+                self.ix.insert(row, &[])?;
+            }
+        }
         if prior.is_none() {
             let t = keys::target_hash(&gr, &event.name);
             self.targets.insert(keys::target_key(t, object), &[])?;
@@ -547,7 +577,7 @@ impl SledStore {
         if !added {
             return Ok(AppendOutcome::Duplicate(id));
         }
-        let bytes = self.encode(rec.flags, id, &rec.event)?;
+        let bytes = self.encode(rec.flags, id, rec.prev, &rec.event)?;
         self.events.insert(keys::id_key(id), bytes)?;
         Ok(AppendOutcome::Linked(id))
     }
@@ -587,21 +617,19 @@ impl SledStore {
         if rec.flags & F_UNKNOWN_STATE != 0 {
             return Ok(None);
         }
-        let object = rec.object_hash();
+        let mut next = rec.prev;
         let mut chain = vec![rec.event.changes];
         let mut base = None;
-        let range = keys::index_key(TAG_OBJECT, object, 0)..keys::index_key(TAG_OBJECT, object, id);
-        for item in self.ix.range(range).rev() {
-            let (k, _) = item?;
-            let Some(prev) = keys::id_of_index_key(&k) else { continue };
+        while let Some(prev) = next {
             if let Some(s) = self.snapshot(prev)? {
                 base = Some(s);
                 break;
             }
-            let Some(rec) = self.load_record(prev)? else { continue };
+            let Some(rec) = self.load_record(prev)? else { break };
             if rec.flags & F_UNKNOWN_STATE != 0 {
                 return Ok(None);
             }
+            next = rec.prev;
             chain.push(rec.event.changes);
         }
         let Some(mut state) = base else {
@@ -613,21 +641,19 @@ impl SledStore {
         Ok(Some(state))
     }
 
-    fn previous_of_object(&self, object: u64, id: EventId) -> Result<Option<EventId>> {
-        let range = keys::index_key(TAG_OBJECT, object, 0)..keys::index_key(TAG_OBJECT, object, id);
-        match self.ix.range(range).next_back() {
-            Some(item) => Ok(keys::id_of_index_key(&item?.0)),
+    /// The newest event of an object, from its head.
+    fn object_last(&self, object: u64) -> Result<Option<EventId>> {
+        match self.heads.get(object.to_be_bytes())? {
+            Some(v) => Ok(Some(Head::decode(&v)?.last)),
             None => Ok(None),
         }
     }
 
+    /// The ids of an object's events, oldest first.
     fn object_ids(&self, object: u64) -> Result<Vec<EventId>> {
-        let mut ids = Vec::new();
-        for item in self.ix.scan_prefix(keys::index_prefix(TAG_OBJECT, object)) {
-            if let Some(id) = keys::id_of_index_key(&item?.0) {
-                ids.push(id);
-            }
-        }
+        let mut ids: Vec<EventId> = Chain { store: self, next: self.object_last(object)?, hi: u64::MAX }
+            .collect::<Result<_>>()?;
+        ids.reverse();
         Ok(ids)
     }
 
@@ -649,15 +675,14 @@ impl SledStore {
         lo: EventId,
         hi: EventId,
     ) -> Result<Box<dyn Iterator<Item = Result<EventId>> + 'a>> {
-        let index = |tag: u8, subject: u64| -> Box<dyn Iterator<Item = Result<EventId>> + 'a> {
-            let range = keys::index_key(tag, subject, lo)..keys::index_key(tag, subject, hi);
-            Box::new(self.ix.range(range).rev().map(|item| {
-                let (k, _) = item?;
-                keys::id_of_index_key(&k).ok_or_else(|| Error::Corrupt("index key".into()))
-            }))
+        let chain = |object: u64| -> Result<Box<dyn Iterator<Item = Result<EventId>> + 'a>> {
+            let next = self.object_last(object)?;
+            Ok(Box::new(Chain { store: self, next, hi }.take_while(move |id| {
+                id.as_ref().map_or(true, |id| *id >= lo)
+            })))
         };
         if let Some(uid) = &q.uid {
-            return Ok(index(TAG_OBJECT, keys::object_hash(Some(uid), "", None, "")));
+            return chain(keys::object_hash(Some(uid), "", None, ""));
         }
         if let (Some(kinds), Some(name)) = (kinds, &q.name) {
             let mut streams = Vec::new();
@@ -667,21 +692,48 @@ impl SledStore {
                     let (k, _) = item?;
                     let object = keys::id_of_index_key(&k)
                         .ok_or_else(|| Error::Corrupt("target key".into()))?;
-                    streams.push(index(TAG_OBJECT, object).peekable());
+                    streams.push(chain(object)?.peekable());
                 }
             }
             return Ok(Box::new(Merge { streams }));
         }
         if let Some(user) = &q.user {
-            return Ok(index(TAG_USER, keys::hash64(&[user])));
+            return Ok(self.bucket_stream(TAG_USER, keys::hash64(&[user]), lo, hi));
         }
         if let Some(ns) = &q.namespace {
-            return Ok(index(TAG_NAMESPACE, keys::hash64(&[ns])));
+            return Ok(self.bucket_stream(TAG_NAMESPACE, keys::hash64(&[ns]), lo, hi));
         }
         let range = keys::id_key(lo)..keys::id_key(hi);
         Ok(Box::new(self.events.range(range).keys().rev().map(|k| {
             keys::id_from_key(&k?).ok_or_else(|| Error::Corrupt("event key".into()))
         })))
+    }
+
+    /// Ids in `[lo, hi)` of the time slices in which `subject` had events, newest first. The ids
+    /// include other subjects' events of those slices: the caller filters.
+    fn bucket_stream<'a>(
+        &'a self,
+        tag: u8,
+        subject: u64,
+        lo: EventId,
+        hi: EventId,
+    ) -> Box<dyn Iterator<Item = Result<EventId>> + 'a> {
+        let rows = keys::index_key(tag, subject, lo >> BUCKET_SHIFT)
+            ..=keys::index_key(tag, subject, (hi - 1) >> BUCKET_SHIFT);
+        Box::new(self.ix.range(rows).rev().flat_map(move |row| {
+            let ids: Box<dyn Iterator<Item = Result<EventId>>> = match row {
+                Err(e) => Box::new(std::iter::once(Err(e.into()))),
+                Ok((k, _)) => {
+                    let bucket = keys::id_of_index_key(&k).unwrap_or(0);
+                    let start = (bucket << BUCKET_SHIFT).max(lo);
+                    let end = ((bucket + 1) << BUCKET_SHIFT).min(hi);
+                    Box::new(self.events.range(keys::id_key(start)..keys::id_key(end)).keys().rev().map(
+                        |k| keys::id_from_key(&k?).ok_or_else(|| Error::Corrupt("event key".into())),
+                    ))
+                }
+            };
+            ids
+        }))
     }
 
     // ---------- retention ----------
@@ -709,7 +761,8 @@ impl SledStore {
                     }
                     None => {
                         if let Some(rec) = self.load_record(id)? {
-                            let bytes = self.encode(rec.flags | F_UNKNOWN_STATE, id, &rec.event)?;
+                            let bytes =
+                                self.encode(rec.flags | F_UNKNOWN_STATE, id, rec.prev, &rec.event)?;
                             self.events.insert(keys::id_key(id), bytes)?;
                         }
                     }
@@ -718,16 +771,25 @@ impl SledStore {
             gap = false;
         }
 
+        // Relink the chain around the removed events before they go.
+        let mut prev_kept = None;
+        for &id in &ids {
+            if remove.contains(&id) {
+                continue;
+            }
+            if let Some(rec) = self.load_record(id)? {
+                if rec.prev != prev_kept {
+                    let bytes = self.encode(rec.flags, id, prev_kept, &rec.event)?;
+                    self.events.insert(keys::id_key(id), bytes)?;
+                }
+            }
+            prev_kept = Some(id);
+        }
+
         let mut last_removed = None;
         let mut removed = 0u64;
         for &id in remove {
             let Some(rec) = self.load_record(id)? else { continue };
-            self.ix.remove(keys::index_key(TAG_OBJECT, object, id))?;
-            if let Some(ns) = &rec.event.namespace {
-                self.ix.remove(keys::index_key(TAG_NAMESPACE, keys::hash64(&[ns]), id))?;
-            }
-            let user = keys::hash64(&[&rec.event.user.username]);
-            self.ix.remove(keys::index_key(TAG_USER, user, id))?;
             self.snaps.remove(keys::id_key(id))?;
             self.events.remove(keys::id_key(id))?;
             self.count.fetch_sub(1, Ordering::Relaxed);
@@ -845,7 +907,7 @@ impl EventStore for SledStore {
         if rec.flags & F_CHAIN_BREAK != 0 {
             return Ok(None);
         }
-        match self.previous_of_object(rec.object_hash(), id)? {
+        match rec.prev {
             Some(prev) => self.state_after_record(prev),
             None => Ok(None),
         }
@@ -986,6 +1048,34 @@ impl Drop for SledStore {
         drop(w);
         if let Err(error) = saved.and_then(|()| self.db.flush().map(drop).map_err(Error::from)) {
             tracing::warn!(%error, "could not record a clean store shutdown");
+        }
+    }
+}
+
+/// An object's events below `hi`, newest first, along the records' links.
+struct Chain<'a> {
+    store: &'a SledStore,
+    next: Option<EventId>,
+    hi: EventId,
+}
+
+impl Iterator for Chain<'_> {
+    type Item = Result<EventId>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let id = self.next.take()?;
+            match self.store.load_record(id) {
+                Ok(Some(rec)) => {
+                    self.next = rec.prev;
+                    if id < self.hi {
+                        return Some(Ok(id));
+                    }
+                }
+                // A link to an event that is gone (a crash between writes): the chain ends.
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e)),
+            }
         }
     }
 }

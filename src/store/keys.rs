@@ -61,7 +61,12 @@ pub fn id_from_key(k: &[u8]) -> Option<EventId> {
 }
 
 /// The hash that names an object: its uid, or when the event has none, its target and namespace.
-pub fn object_hash(uid: Option<&str>, group_resource: &str, namespace: Option<&str>, name: &str) -> u64 {
+pub fn object_hash(
+    uid: Option<&str>,
+    group_resource: &str,
+    namespace: Option<&str>,
+    name: &str,
+) -> u64 {
     match uid {
         Some(uid) => hash64(&["uid", uid]),
         None => hash64(&["target", group_resource, namespace.unwrap_or(""), name]),

@@ -13,7 +13,9 @@ mod sled;
 #[cfg(test)]
 mod tests;
 
-pub use self::sled::{DEDUPE_WINDOW, MAX_PAGE, MAX_REMOVALS_PER_PASS, SNAPSHOT_EVERY, SledStore};
+pub use self::sled::{
+    BUCKET_SHIFT, DEDUPE_WINDOW, MAX_PAGE, MAX_REMOVALS_PER_PASS, SNAPSHOT_EVERY, SledStore,
+};
 
 /// Identifies a stored event. Ids grow with receipt time (microseconds since the epoch, bumped to
 /// stay unique), so an id range is a time range.

@@ -30,8 +30,8 @@
 use super::codec::{self, Head, Reader};
 use super::keys::{self, TAG_NAMESPACE, TAG_USER};
 use super::{
-    AppendOutcome, EmptiedObject, EventId, EventStore, Page, Query, RetentionReport,
-    RetentionRule, StoreStats, StoredEvent,
+    AppendOutcome, EmptiedObject, EventId, EventStore, Page, Query, RetentionReport, RetentionRule,
+    StoreStats, StoredEvent,
 };
 use crate::pipeline::{Actor, Captured, ChangeEvent, ChangeOp, FieldChange, KindId, ResourceId};
 use crate::{Error, Result};
@@ -100,7 +100,7 @@ pub struct SledStore {
     db: sled::Db,
     events: Tree,
     pub(super) snaps: Tree,
-    ix: Tree,
+    pub(super) ix: Tree,
     targets: Tree,
     heads: Tree,
     dict_tree: Tree,
@@ -165,7 +165,10 @@ impl SledStore {
     /// gives [`Error::StoreLocked`].
     pub fn open(path: impl AsRef<Path>) -> Result<SledStore> {
         let path = path.as_ref();
-        let db = sled::Config::new().path(path).open().map_err(|e| open_error(e, path))?;
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|e| open_error(e, path))?;
         let store = SledStore {
             events: db.open_tree("events")?,
             snaps: db.open_tree("snaps")?,
@@ -207,7 +210,10 @@ impl SledStore {
             let (k, _) = item?;
             let text = String::from_utf8_lossy(&k);
             if let Some((alias, gr)) = text.split_once('\0') {
-                kinds.entry(alias.to_owned()).or_default().insert(gr.to_owned());
+                kinds
+                    .entry(alias.to_owned())
+                    .or_default()
+                    .insert(gr.to_owned());
             }
         }
         *write_lock(&self.kinds) = kinds;
@@ -307,7 +313,13 @@ impl SledStore {
 
     // ---------- records ----------
 
-    fn encode(&self, flags: u8, id: EventId, prev: Option<EventId>, e: &ChangeEvent) -> Result<Vec<u8>> {
+    fn encode(
+        &self,
+        flags: u8,
+        id: EventId,
+        prev: Option<EventId>,
+        e: &ChangeEvent,
+    ) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(96);
         let mut flags = (flags & !3) | codec::op_code(e.operation);
         if e.redacted {
@@ -323,7 +335,10 @@ impl SledStore {
         // Receipt time relative to the id (usually equal to within the sub-microsecond part).
         let ns = e.received_at.as_nanosecond();
         let delta = ns - i128::from(id) * 1000;
-        codec::put_varint(&mut out, codec::zigzag(delta.clamp(i64::MIN.into(), i64::MAX.into()) as i64));
+        codec::put_varint(
+            &mut out,
+            codec::zigzag(delta.clamp(i64::MIN.into(), i64::MAX.into()) as i64),
+        );
         // The previous event as a distance back (small), 0 for none.
         codec::put_varint(&mut out, prev.map_or(0, |p| id.saturating_sub(p).max(1)));
         codec::put_id_string(&mut out, &e.request_uid);
@@ -525,7 +540,11 @@ impl SledStore {
             w.buckets.clear();
         }
         let bucket = id >> BUCKET_SHIFT;
-        let mut rows = vec![keys::index_key(TAG_USER, keys::hash64(&[&event.user.username]), bucket)];
+        let mut rows = vec![keys::index_key(
+            TAG_USER,
+            keys::hash64(&[&event.user.username]),
+            bucket,
+        )];
         if let Some(ns) = &event.namespace {
             rows.push(keys::index_key(TAG_NAMESPACE, keys::hash64(&[ns]), bucket));
         }
@@ -596,7 +615,8 @@ impl SledStore {
         for a in aliases {
             let set = cache.entry(a.clone()).or_default();
             if set.insert(gr.to_owned()) {
-                self.kinds_tree.insert(format!("{a}\0{gr}").as_bytes(), &[])?;
+                self.kinds_tree
+                    .insert(format!("{a}\0{gr}").as_bytes(), &[])?;
             }
         }
         w.kinds_seen.insert((gr.to_owned(), kind.kind.clone()));
@@ -625,7 +645,9 @@ impl SledStore {
                 base = Some(s);
                 break;
             }
-            let Some(rec) = self.load_record(prev)? else { break };
+            let Some(rec) = self.load_record(prev)? else {
+                break;
+            };
             if rec.flags & F_UNKNOWN_STATE != 0 {
                 return Ok(None);
             }
@@ -651,8 +673,12 @@ impl SledStore {
 
     /// The ids of an object's events, oldest first.
     fn object_ids(&self, object: u64) -> Result<Vec<EventId>> {
-        let mut ids: Vec<EventId> = Chain { store: self, next: self.object_last(object)?, hi: u64::MAX }
-            .collect::<Result<_>>()?;
+        let mut ids: Vec<EventId> = Chain {
+            store: self,
+            next: self.object_last(object)?,
+            hi: u64::MAX,
+        }
+        .collect::<Result<_>>()?;
         ids.reverse();
         Ok(ids)
     }
@@ -677,9 +703,14 @@ impl SledStore {
     ) -> Result<Box<dyn Iterator<Item = Result<EventId>> + 'a>> {
         let chain = |object: u64| -> Result<Box<dyn Iterator<Item = Result<EventId>> + 'a>> {
             let next = self.object_last(object)?;
-            Ok(Box::new(Chain { store: self, next, hi }.take_while(move |id| {
-                id.as_ref().map_or(true, |id| *id >= lo)
-            })))
+            Ok(Box::new(
+                Chain {
+                    store: self,
+                    next,
+                    hi,
+                }
+                .take_while(move |id| id.as_ref().map_or(true, |id| *id >= lo)),
+            ))
         };
         if let Some(uid) = &q.uid {
             return chain(keys::object_hash(Some(uid), "", None, ""));
@@ -727,9 +758,16 @@ impl SledStore {
                     let bucket = keys::id_of_index_key(&k).unwrap_or(0);
                     let start = (bucket << BUCKET_SHIFT).max(lo);
                     let end = ((bucket + 1) << BUCKET_SHIFT).min(hi);
-                    Box::new(self.events.range(keys::id_key(start)..keys::id_key(end)).keys().rev().map(
-                        |k| keys::id_from_key(&k?).ok_or_else(|| Error::Corrupt("event key".into())),
-                    ))
+                    Box::new(
+                        self.events
+                            .range(keys::id_key(start)..keys::id_key(end))
+                            .keys()
+                            .rev()
+                            .map(|k| {
+                                keys::id_from_key(&k?)
+                                    .ok_or_else(|| Error::Corrupt("event key".into()))
+                            }),
+                    )
                 }
             };
             ids
@@ -757,7 +795,8 @@ impl SledStore {
             if gap && !self.snaps.contains_key(keys::id_key(id))? {
                 match self.state_after_record(id)? {
                     Some(state) => {
-                        self.snaps.insert(keys::id_key(id), serde_json::to_vec(&state)?)?;
+                        self.snaps
+                            .insert(keys::id_key(id), serde_json::to_vec(&state)?)?;
                     }
                     None => {
                         if let Some(rec) = self.load_record(id)? {
@@ -789,7 +828,9 @@ impl SledStore {
         let mut last_removed = None;
         let mut removed = 0u64;
         for &id in remove {
-            let Some(rec) = self.load_record(id)? else { continue };
+            let Some(rec) = self.load_record(id)? else {
+                continue;
+            };
             self.snaps.remove(keys::id_key(id))?;
             self.events.remove(keys::id_key(id))?;
             self.count.fetch_sub(1, Ordering::Relaxed);
@@ -798,7 +839,11 @@ impl SledStore {
         }
         report.removed += removed;
 
-        let kept: Vec<EventId> = ids.iter().copied().filter(|id| !remove.contains(id)).collect();
+        let kept: Vec<EventId> = ids
+            .iter()
+            .copied()
+            .filter(|id| !remove.contains(id))
+            .collect();
         match kept.last() {
             None => {
                 self.heads.remove(object.to_be_bytes())?;
@@ -833,10 +878,43 @@ impl SledStore {
         Ok(())
     }
 
+    /// Removes index rows of time slices older than the oldest event. Subjects come from the
+    /// dictionary (every namespace and user ever stored), so no scan of the index is needed.
+    fn drop_stale_buckets(&self) -> Result<()> {
+        let oldest = match self.events.first()? {
+            Some((k, _)) => keys::id_from_key(&k).unwrap_or(0) >> BUCKET_SHIFT,
+            None => u64::MAX,
+        };
+        let mut subjects = HashSet::new();
+        for s in read_lock(&self.dict).strings.values() {
+            let (Some(&tag), Some(text)) = (s.first(), s.get(1..)) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(text);
+            match tag {
+                D_NAMESPACE => subjects.insert((TAG_NAMESPACE, keys::hash64(&[&text]))),
+                D_USER => match serde_json::from_str::<Actor>(&text) {
+                    Ok(actor) => subjects.insert((TAG_USER, keys::hash64(&[&actor.username]))),
+                    Err(_) => false,
+                },
+                _ => false,
+            };
+        }
+        for (tag, subject) in subjects {
+            let stale = keys::index_key(tag, subject, 0)..keys::index_key(tag, subject, oldest);
+            for row in self.ix.range(stale).keys() {
+                self.ix.remove(row?)?;
+            }
+        }
+        Ok(())
+    }
+
     fn persist_counters(&self, w: &Writer) -> Result<()> {
         self.meta.insert(META_LAST_ID, &w.last_id.to_be_bytes())?;
-        self.meta
-            .insert(META_COUNT, &self.count.load(Ordering::Relaxed).to_be_bytes())?;
+        self.meta.insert(
+            META_COUNT,
+            &self.count.load(Ordering::Relaxed).to_be_bytes(),
+        )?;
         Ok(())
     }
 }
@@ -861,7 +939,9 @@ impl EventStore for SledStore {
             n => n.min(MAX_PAGE),
         };
         let lo = q.since.map_or(0, |t| t.as_microsecond().max(0) as u64);
-        let mut hi = q.until.map_or(u64::MAX, |t| t.as_microsecond().max(0) as u64);
+        let mut hi = q
+            .until
+            .map_or(u64::MAX, |t| t.as_microsecond().max(0) as u64);
         if let Some(after) = q.after {
             hi = hi.min(after);
         }
@@ -873,7 +953,9 @@ impl EventStore for SledStore {
         let mut more = false;
         for id in self.id_stream(q, kinds.as_ref(), lo, hi)? {
             let id = id?;
-            let Some(rec) = self.load_record(id)? else { continue };
+            let Some(rec) = self.load_record(id)? else {
+                continue;
+            };
             if !matches(q, kinds.as_ref(), &rec.event) {
                 continue;
             }
@@ -881,9 +963,16 @@ impl EventStore for SledStore {
                 more = true;
                 break;
             }
-            events.push(StoredEvent { id, event: rec.event });
+            events.push(StoredEvent {
+                id,
+                event: rec.event,
+            });
         }
-        let next = if more { events.last().map(|e| e.id) } else { None };
+        let next = if more {
+            events.last().map(|e| e.id)
+        } else {
+            None
+        };
         Ok(Page { events, next })
     }
 
@@ -927,7 +1016,10 @@ impl EventStore for SledStore {
             rules.insert(p, r);
         }
         let rule_of = |p: &str| rules.get(p).copied().unwrap_or(default);
-        let min_age = rules.values().map(|r| r.max_age).fold(default.max_age, |a, b| a.min(b));
+        let min_age = rules
+            .values()
+            .map(|r| r.max_age)
+            .fold(default.max_age, |a, b| a.min(b));
         let min_count = rules
             .values()
             .map(|r| r.max_events_per_object)
@@ -952,7 +1044,10 @@ impl EventStore for SledStore {
             let keep = if rec.event.policies.is_empty() {
                 id >= cutoff(default.max_age)
             } else {
-                rec.event.policies.iter().any(|p| id >= cutoff(rule_of(p).max_age))
+                rec.event
+                    .policies
+                    .iter()
+                    .any(|p| id >= cutoff(rule_of(p).max_age))
             };
             if !keep {
                 remove.entry(rec.object_hash()).or_default().insert(id);
@@ -978,7 +1073,10 @@ impl EventStore for SledStore {
         } else {
             let mut touched = Vec::new();
             for object in w.touched.iter().copied().collect::<Vec<_>>() {
-                if self.head(&mut w, object)?.is_some_and(|h| h.count > u64::from(min_count)) {
+                if self
+                    .head(&mut w, object)?
+                    .is_some_and(|h| h.count > u64::from(min_count))
+                {
                     touched.push(object);
                 }
             }
@@ -994,7 +1092,9 @@ impl EventStore for SledStore {
             // Newest first: each policy keeps its newest `max_events_per_object` events.
             let mut seen: HashMap<String, u32> = HashMap::new();
             for id in self.object_ids(object)?.into_iter().rev() {
-                let Some(rec) = self.load_record(id)? else { continue };
+                let Some(rec) = self.load_record(id)? else {
+                    continue;
+                };
                 let mut keep = false;
                 let policies: Vec<&str> = if rec.event.policies.is_empty() {
                     vec![""]
@@ -1020,6 +1120,9 @@ impl EventStore for SledStore {
             if !ids.is_empty() {
                 self.prune_object(&mut w, object, &ids, &mut report)?;
             }
+        }
+        if full {
+            self.drop_stale_buckets()?;
         }
         if report.removed > 0 {
             self.persist_counters(&w)?;
@@ -1107,9 +1210,13 @@ impl Iterator for Merge<'_> {
 }
 
 fn matches(q: &Query, kinds: Option<&BTreeSet<String>>, e: &ChangeEvent) -> bool {
-    q.namespace.as_ref().is_none_or(|ns| e.namespace.as_ref() == Some(ns))
+    q.namespace
+        .as_ref()
+        .is_none_or(|ns| e.namespace.as_ref() == Some(ns))
         && q.name.as_ref().is_none_or(|n| &e.name == n)
-        && q.uid.as_ref().is_none_or(|u| e.object_uid.as_ref() == Some(u))
+        && q.uid
+            .as_ref()
+            .is_none_or(|u| e.object_uid.as_ref() == Some(u))
         && q.user.as_ref().is_none_or(|u| &e.user.username == u)
         && q.operation.is_none_or(|op| e.operation == op)
         && kinds.is_none_or(|set| set.contains(&e.resource.group_resource()))

@@ -36,7 +36,7 @@ impl<'a> Reader<'a> {
     }
 
     pub fn u8(&mut self) -> Result<u8> {
-        let (&b, rest) = self.buf.split_first().ok_or_else(|| short())?;
+        let (&b, rest) = self.buf.split_first().ok_or_else(short)?;
         self.buf = rest;
         Ok(b)
     }

@@ -570,10 +570,10 @@ impl SledStore {
             if *old >= floor {
                 break;
             }
-            if let Some((old, uid)) = w.recent_order.pop_front() {
-                if w.recent.get(&uid) == Some(&old) {
-                    w.recent.remove(&uid);
-                }
+            if let Some((old, uid)) = w.recent_order.pop_front()
+                && w.recent.get(&uid) == Some(&old)
+            {
+                w.recent.remove(&uid);
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -816,11 +816,11 @@ impl SledStore {
             if remove.contains(&id) {
                 continue;
             }
-            if let Some(rec) = self.load_record(id)? {
-                if rec.prev != prev_kept {
-                    let bytes = self.encode(rec.flags, id, prev_kept, &rec.event)?;
-                    self.events.insert(keys::id_key(id), bytes)?;
-                }
+            if let Some(rec) = self.load_record(id)?
+                && rec.prev != prev_kept
+            {
+                let bytes = self.encode(rec.flags, id, prev_kept, &rec.event)?;
+                self.events.insert(keys::id_key(id), bytes)?;
             }
             prev_kept = Some(id);
         }
@@ -1195,13 +1195,9 @@ impl Iterator for Merge<'_> {
         let mut best: Option<(usize, EventId)> = None;
         for (i, s) in self.streams.iter_mut().enumerate() {
             match s.peek() {
-                Some(Ok(id)) => {
-                    if best.is_none_or(|(_, b)| *id > b) {
-                        best = Some((i, *id));
-                    }
-                }
+                Some(Ok(id)) if best.is_none_or(|(_, b)| *id > b) => best = Some((i, *id)),
                 Some(Err(_)) => return s.next(),
-                None => {}
+                _ => {}
             }
         }
         let (i, _) = best?;
@@ -1270,10 +1266,10 @@ fn digest_value(v: &Value) -> Result<[u8; 16]> {
 
 fn open_error(e: sled::Error, path: &Path) -> Error {
     // sled reports a held lock as a plain io error of kind Other; recognise it by its message.
-    if let sled::Error::Io(io) = &e {
-        if io.to_string().contains("could not acquire lock") {
-            return Error::StoreLocked(PathBuf::from(path));
-        }
+    if let sled::Error::Io(io) = &e
+        && io.to_string().contains("could not acquire lock")
+    {
+        return Error::StoreLocked(PathBuf::from(path));
     }
     Error::Store(e)
 }

@@ -829,8 +829,29 @@ impl SledStore {
             prev_kept = Some(id);
         }
 
+        let kept: Vec<EventId> = ids
+            .iter()
+            .copied()
+            .filter(|id| !remove.contains(id))
+            .collect();
+        // The head moves off removed events before they go, so a crash in between never leaves
+        // it pointing at a missing event while older ones remain.
+        if let Some(&newest) = kept.last()
+            && let Some(mut head) = self.head(w, object)?
+        {
+            head.count = kept.len() as u64;
+            if newest != head.last {
+                // The state the head's digest describes is gone: the next full object must
+                // start a new chain.
+                head.last = newest;
+                head.broken = true;
+                w.states.remove(&object);
+            }
+            self.heads.insert(object.to_be_bytes(), head.encode())?;
+            w.heads.insert(object, head);
+        }
+
         let mut last_removed = None;
-        let mut removed = 0u64;
         for &id in remove {
             let Some(rec) = self.load_record(id)? else {
                 continue;
@@ -838,45 +859,23 @@ impl SledStore {
             self.snaps.remove(keys::id_key(id))?;
             self.events.remove(keys::id_key(id))?;
             self.count.fetch_sub(1, Ordering::Relaxed);
-            removed += 1;
+            report.removed += 1;
             last_removed = Some(rec.event);
         }
-        report.removed += removed;
 
-        let kept: Vec<EventId> = ids
-            .iter()
-            .copied()
-            .filter(|id| !remove.contains(id))
-            .collect();
-        match kept.last() {
-            None => {
-                self.heads.remove(object.to_be_bytes())?;
-                w.heads.remove(&object);
-                w.states.remove(&object);
-                if let Some(e) = last_removed {
-                    let t = keys::target_hash(&e.resource.group_resource(), &e.name);
-                    self.targets.remove(keys::target_key(t, object))?;
-                    report.objects_emptied.push(EmptiedObject {
-                        resource: e.resource.group_resource(),
-                        namespace: e.namespace,
-                        name: e.name,
-                        uid: e.object_uid,
-                    });
-                }
-            }
-            Some(&newest) => {
-                if let Some(mut head) = self.head(w, object)? {
-                    head.count = kept.len() as u64;
-                    if newest != head.last {
-                        // The state the head's digest describes is gone: the next full object
-                        // must start a new chain.
-                        head.last = newest;
-                        head.broken = true;
-                        w.states.remove(&object);
-                    }
-                    self.heads.insert(object.to_be_bytes(), head.encode())?;
-                    w.heads.insert(object, head);
-                }
+        if kept.is_empty() {
+            self.heads.remove(object.to_be_bytes())?;
+            w.heads.remove(&object);
+            w.states.remove(&object);
+            if let Some(e) = last_removed {
+                let t = keys::target_hash(&e.resource.group_resource(), &e.name);
+                self.targets.remove(keys::target_key(t, object))?;
+                report.objects_emptied.push(EmptiedObject {
+                    resource: e.resource.group_resource(),
+                    namespace: e.namespace,
+                    name: e.name,
+                    uid: e.object_uid,
+                });
             }
         }
         Ok(())

@@ -100,6 +100,13 @@ pub fn put_id_string(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+pub fn skip_id_string(r: &mut Reader<'_>) -> Result<()> {
+    match r.u8()? {
+        0 => r.take(16).map(drop),
+        _ => r.bytes().map(drop),
+    }
+}
+
 pub fn get_id_string(r: &mut Reader<'_>) -> Result<String> {
     match r.u8()? {
         0 => Ok(format_uuid(r.take(16)?)),

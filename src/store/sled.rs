@@ -271,9 +271,7 @@ impl SledStore {
     // ---------- dictionary ----------
 
     fn intern(&self, tag: u8, text: &str) -> Result<u64> {
-        let mut key = Vec::with_capacity(text.len() + 1);
-        key.push(tag);
-        key.extend_from_slice(text.as_bytes());
+        let key = tagged(tag, text);
         if let Some(&id) = read_lock(&self.dict).ids.get(&key) {
             return Ok(id);
         }
@@ -303,6 +301,19 @@ impl SledStore {
 
     fn lookup_json<T: serde::de::DeserializeOwned>(&self, tag: u8, id: u64) -> Result<T> {
         Ok(serde_json::from_str(&self.lookup(tag, id)?)?)
+    }
+
+    /// Dictionary ids of every stored identity of user `name` (one per set of groups seen).
+    fn actors_named(&self, name: &str) -> HashSet<u64> {
+        read_lock(&self.dict)
+            .strings
+            .iter()
+            .filter(|(_, s)| s.first() == Some(&D_USER))
+            .filter(|(_, s)| {
+                serde_json::from_slice::<Actor>(&s[1..]).is_ok_and(|a| a.username == name)
+            })
+            .map(|(&id, _)| id)
+            .collect()
     }
 
     fn policies(&self) -> Vec<String> {
@@ -952,13 +963,31 @@ impl EventStore for SledStore {
             return Ok(Page::default());
         }
         let kinds = q.kind.as_deref().map(|k| self.resolve_kind(k));
+        // Namespace and user compare as dictionary ids on the raw record, before decoding it.
+        let want_ns = match &q.namespace {
+            Some(ns) => match read_lock(&self.dict).ids.get(&tagged(D_NAMESPACE, ns)) {
+                Some(&id) => Some(id),
+                None => return Ok(Page::default()),
+            },
+            None => None,
+        };
+        let want_actors = q.user.as_deref().map(|user| self.actors_named(user));
         let mut events = Vec::new();
         let mut more = false;
         for id in self.id_stream(q, kinds.as_ref(), lo, hi)? {
             let id = id?;
-            let Some(rec) = self.load_record(id)? else {
+            let Some(raw) = self.events.get(keys::id_key(id))? else {
                 continue;
             };
+            if want_ns.is_some() || want_actors.is_some() {
+                let (actor, ns) = peek_actor_namespace(&raw)?;
+                if want_ns.is_some_and(|w| ns != Some(w))
+                    || want_actors.as_ref().is_some_and(|a| !a.contains(&actor))
+                {
+                    continue;
+                }
+            }
+            let rec = self.decode(id, &raw)?;
             if !matches(q, kinds.as_ref(), &rec.event) {
                 continue;
             }
@@ -1246,6 +1275,35 @@ fn apply_changes(state: &mut Value, changes: &[FieldChange]) -> bool {
         }
     }
     ok
+}
+
+fn tagged(tag: u8, text: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(text.len() + 1);
+    key.push(tag);
+    key.extend_from_slice(text.as_bytes());
+    key
+}
+
+/// The user (dictionary id) and namespace (dictionary id, if any) of a raw event record,
+/// without decoding the rest. Mirrors [`SledStore::encode`].
+fn peek_actor_namespace(buf: &[u8]) -> Result<(u64, Option<u64>)> {
+    let mut r = Reader::new(buf);
+    let flags = r.u8()?;
+    r.varint()?;
+    r.varint()?;
+    codec::skip_id_string(&mut r)?;
+    for _ in 0..r.varint()? {
+        r.varint()?;
+    }
+    let actor = r.varint()?;
+    r.varint()?;
+    r.varint()?;
+    let ns = if flags & F_HAS_NS != 0 {
+        Some(r.varint()?)
+    } else {
+        None
+    };
+    Ok((actor, ns))
 }
 
 /// A request uid as 128 bits: the UUID itself, or for other strings a 128-bit hash of it.

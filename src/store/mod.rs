@@ -7,6 +7,16 @@ use crate::pipeline::{Captured, ChangeEvent};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
+mod codec;
+mod keys;
+mod sled;
+#[cfg(test)]
+mod tests;
+
+pub use self::sled::{
+    BUCKET_SHIFT, DEDUPE_WINDOW, MAX_PAGE, MAX_REMOVALS_PER_PASS, SNAPSHOT_EVERY, SledStore,
+};
+
 /// Identifies a stored event. Ids grow with receipt time (microseconds since the epoch, bumped to
 /// stay unique), so an id range is a time range.
 pub type EventId = u64;
@@ -16,8 +26,8 @@ pub type EventId = u64;
 pub struct StoredEvent {
     /// The event's id.
     pub id: EventId,
-    /// The event. `object` is filled only by [`EventStore::get`] and [`EventStore::history`] readers
-    /// that ask for it through [`EventStore::state_after`]; queries leave it `None` to stay cheap.
+    /// The event. `object` is filled only by [`EventStore::get`] (the state after the change);
+    /// queries leave it `None` to stay cheap.
     pub event: ChangeEvent,
 }
 
@@ -37,7 +47,9 @@ pub enum AppendOutcome {
 pub struct Query {
     /// Namespace; `None` for all namespaces and cluster-scoped objects.
     pub namespace: Option<String>,
-    /// Kind (`Deployment`, case-insensitive) or resource (`deployments`, `deployments.apps`).
+    /// Kind or resource, case-insensitive: `Deployment`, `deployment`, `deployments`,
+    /// `deployments.apps`, `apps/deployment` (aliases are learnt from stored events). Matches the
+    /// object's subresource events too (a `deployments/scale` change is a Deployment's).
     pub kind: Option<String>,
     /// Object name.
     pub name: Option<String>,
@@ -47,11 +59,12 @@ pub struct Query {
     pub user: Option<String>,
     /// Operation.
     pub operation: Option<Operation>,
-    /// Only events received at or after this time.
+    /// Only events received at or after this time (compared as event ids: an id is the receipt
+    /// time in microseconds, bumped by a few µs at most to stay unique).
     pub since: Option<Timestamp>,
-    /// Only events received before this time.
+    /// Only events received before this time (likewise by id).
     pub until: Option<Timestamp>,
-    /// Page size; the store caps it.
+    /// Page size; 0 means 100, more than 1000 means 1000.
     pub limit: usize,
     /// Continue from a previous page (its `next`).
     pub after: Option<EventId>,
@@ -80,8 +93,21 @@ pub struct RetentionRule {
 pub struct RetentionReport {
     /// Events removed.
     pub removed: u64,
-    /// Objects whose last event was removed (their ChangeRecords can go), as `(namespace, uid-or-key)`.
-    pub objects_emptied: Vec<String>,
+    /// Objects whose last event was removed (their ChangeRecords can go).
+    pub objects_emptied: Vec<EmptiedObject>,
+}
+
+/// An object that no longer has any stored event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EmptiedObject {
+    /// `deployments.apps`, or `configmaps` for the core group.
+    pub resource: String,
+    /// Namespace; `None` for cluster-scoped objects.
+    pub namespace: Option<String>,
+    /// Object name.
+    pub name: String,
+    /// Object uid, when its events had one.
+    pub uid: Option<String>,
 }
 
 /// Size figures for metrics.
@@ -102,17 +128,23 @@ pub trait EventStore: Send + Sync + 'static {
     /// Events matching `query`, newest first.
     fn query(&self, query: &Query) -> Result<Page>;
 
-    /// One event by id (with `object` rebuilt: the state after the change, or the last state for DELETE).
+    /// One event by id, with `object` rebuilt: the state after the change, the last state for
+    /// DELETE, and for a subresource event (such as `scale`) the parent object's state after it
+    /// (the subresource object itself is not kept). `None` in `object` when the state is unknown.
     fn get(&self, id: EventId) -> Result<Option<StoredEvent>>;
 
     /// The object's cleaned state right after event `id`, rebuilt from snapshots and deltas.
     fn state_after(&self, id: EventId) -> Result<Option<Value>>;
 
-    /// The state before event `id` (the state after the object's previous event), if known.
+    /// The state before event `id` (the state after the object's previous event), if known:
+    /// `None` for an object's first event, and when the pipeline's `before` showed the object had
+    /// changed in a way the store never saw.
     fn state_before(&self, id: EventId) -> Result<Option<Value>>;
 
     /// Removes events past their policies' retention. `rule` gives the rule of a policy by name;
-    /// events of unknown policies use `default`.
+    /// events of unknown policies use `default`. An event goes when none of its policies keeps
+    /// it: a policy keeps events younger than its `max_age` and, per object, its newest
+    /// `max_events_per_object` events. Incremental and bounded: call it every few seconds.
     fn enforce_retention(
         &self,
         now: Timestamp,

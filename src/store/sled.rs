@@ -1,0 +1,1357 @@
+//! [`SledStore`]: the [`EventStore`] on an embedded sled database.
+//!
+//! Trees (all in one `sled::Db`, so one `flush` makes a whole batch durable):
+//! - `events`: id → compact event record ([`codec`]); the cluster-wide index is this tree itself.
+//!   Each record links to the previous event of its object, so an object's history is a chain
+//!   from its head (retention bounds its length) and costs no index rows.
+//! - `snaps`: id → full object state (JSON) after that event, for the few events that carry one.
+//! - `ix`: namespace and user indexes at a coarse grain: `tag ‖ hash(subject) ‖ time bucket` →
+//!   empty, one row per subject per [`BUCKET_SHIFT`]-sized slice of time in which it had events;
+//!   a query scans the events of those slices only.
+//! - `targets`: `hash(group/resource, name) ‖ hash(object)` → empty: kind+name → objects.
+//! - `heads`: hash(object) → [`Head`]: last event, state digest, event count.
+//! - `dict`: id → tagged string, for the strings events repeat (users, resources, policies...).
+//! - `kinds`: alias ‖ 0 ‖ group/resource → empty, so queries accept `Deployment` or `deploy...`.
+//! - `meta`: last id, event count, clean-shutdown flag.
+//!
+//! Objects are stored as deltas (the event's `changes`) with a full snapshot on an object's first
+//! event, when the pipeline's `before` shows the chain is broken, when the delta would not
+//! reproduce the object exactly, and every [`SNAPSHOT_EVERY`] events.
+//!
+//! Why so few rows: sled costs 100–150 bytes on disk per row written, whatever its size (log
+//! records, page rewrites, segment slack). A row per index per event would triple disk use, so
+//! the only per-event row is the event itself (plus a snapshot every so often).
+//!
+//! Request-uid dedupe uses an in-memory window ([`DEDUPE_WINDOW`]) rebuilt from the newest events
+//! on open rather than a persisted uid → id tree: the apiserver only repeats a request uid for
+//! retries and for several webhooks of one request, all within its 30 s webhook timeout, and the
+//! tree would cost more disk per event than the event itself.
+
+use super::codec::{self, Head, Reader};
+use super::keys::{self, TAG_NAMESPACE, TAG_USER};
+use super::{
+    AppendOutcome, EmptiedObject, EventId, EventStore, Page, Query, RetentionReport, RetentionRule,
+    StoreStats, StoredEvent,
+};
+use crate::pipeline::{Actor, Captured, ChangeEvent, ChangeOp, FieldChange, KindId, ResourceId};
+use crate::{Error, Result};
+use jiff::Timestamp;
+use serde_json::Value;
+use sled::Tree;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
+
+/// A full snapshot at least every this many events of an object, so rebuilding any version
+/// applies at most this many deltas.
+pub const SNAPSHOT_EVERY: u64 = 16;
+
+/// How long a request uid is remembered for dedupe, in microseconds: 2 minutes. The apiserver
+/// calls every webhook of a request, and retries it, within the request's own timeout (60 s by
+/// default; a webhook's timeout is at most 30 s). At 12,000 events/s this is ~1.4 M entries of
+/// 40-odd bytes each.
+pub const DEDUPE_WINDOW: u64 = 2 * 60 * 1_000_000;
+
+/// Index rows cover `2^BUCKET_SHIFT` µs of ids (about 4 s): a query by namespace or user scans
+/// at most that slice of events per row, and a busy subject writes at most one row per slice.
+pub const BUCKET_SHIFT: u32 = 22;
+
+/// Most results per query page.
+pub const MAX_PAGE: usize = 1000;
+
+/// Page size when a query asks for 0.
+const DEFAULT_PAGE: usize = 100;
+
+/// Most events one retention pass removes, so a pass after a long downtime does not hold the
+/// writer for long; the next pass continues.
+pub const MAX_REMOVALS_PER_PASS: usize = 20_000;
+
+/// Current states kept in memory for the writer (used when a subresource event must be applied
+/// to its parent). Past this the cache is dropped and states are rebuilt from disk on demand.
+const STATE_CACHE: usize = 4096;
+
+/// How often retention re-examines every object and every old event, not only what changed.
+const FULL_RETENTION_SCAN_US: i64 = 60 * 1_000_000;
+
+// Event record flag bits (the low two bits hold the operation).
+const F_REDACTED: u8 = 1 << 2;
+/// The state after this event is not known (a subresource change on an object whose state the
+/// store did not have).
+const F_UNKNOWN_STATE: u8 = 1 << 3;
+/// The pipeline's `before` did not match the stored state: the state before this event is not the
+/// state after the object's previous stored event.
+const F_CHAIN_BREAK: u8 = 1 << 4;
+const F_HAS_NS: u8 = 1 << 5;
+const F_HAS_UID: u8 = 1 << 6;
+
+// Dictionary tags.
+const D_USER: u8 = b'u';
+const D_RESOURCE: u8 = b'r';
+const D_KIND: u8 = b'k';
+const D_POLICY: u8 = b'p';
+const D_NAMESPACE: u8 = b'n';
+
+const META_LAST_ID: &[u8] = b"last_id";
+const META_COUNT: &[u8] = b"count";
+const META_CLEAN: &[u8] = b"clean";
+
+/// The sled-backed event store. Cheap to share behind an `Arc`; appends and retention serialise on
+/// an internal lock, queries run concurrently with them.
+pub struct SledStore {
+    db: sled::Db,
+    events: Tree,
+    pub(super) snaps: Tree,
+    pub(super) ix: Tree,
+    targets: Tree,
+    heads: Tree,
+    dict_tree: Tree,
+    kinds_tree: Tree,
+    meta: Tree,
+    dict: RwLock<Dict>,
+    kinds: RwLock<HashMap<String, BTreeSet<String>>>,
+    count: AtomicU64,
+    writer: Mutex<Writer>,
+}
+
+/// Interned strings: tag ‖ text ↔ small integer.
+#[derive(Default)]
+struct Dict {
+    ids: HashMap<Vec<u8>, u64>,
+    strings: HashMap<u64, Vec<u8>>,
+    next: u64,
+}
+
+/// State only the writer (append, retention) touches.
+#[derive(Default)]
+struct Writer {
+    last_id: EventId,
+    heads: HashMap<u64, Head>,
+    states: HashMap<u64, Value>,
+    /// Request uid (as [`request_key`]) → event, for the dedupe window.
+    recent: HashMap<u128, EventId>,
+    recent_order: VecDeque<(EventId, u128)>,
+    /// Objects with new events since the last retention pass.
+    touched: HashSet<u64>,
+    /// Learnt (group/resource, kind) pairs, to skip alias writes on the hot path.
+    kinds_seen: HashSet<(String, String)>,
+    /// Index rows written recently, to skip rewriting them on every event.
+    buckets: HashSet<[u8; 17]>,
+    last_full_retention: Option<i64>,
+}
+
+/// An event decoded from its record.
+struct Record {
+    flags: u8,
+    /// The object's previous event.
+    prev: Option<EventId>,
+    event: ChangeEvent,
+}
+
+impl Record {
+    fn object_hash(&self) -> u64 {
+        object_hash_of(&self.event)
+    }
+}
+
+fn object_hash_of(e: &ChangeEvent) -> u64 {
+    keys::object_hash(
+        e.object_uid.as_deref(),
+        &e.resource.group_resource(),
+        e.namespace.as_deref(),
+        &e.name,
+    )
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store in directory `path`. A store held by another process
+    /// gives [`Error::StoreLocked`].
+    pub fn open(path: impl AsRef<Path>) -> Result<SledStore> {
+        let path = path.as_ref();
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|e| open_error(e, path))?;
+        let store = SledStore {
+            events: db.open_tree("events")?,
+            snaps: db.open_tree("snaps")?,
+            ix: db.open_tree("ix")?,
+            targets: db.open_tree("targets")?,
+            heads: db.open_tree("heads")?,
+            dict_tree: db.open_tree("dict")?,
+            kinds_tree: db.open_tree("kinds")?,
+            meta: db.open_tree("meta")?,
+            db,
+            dict: RwLock::default(),
+            kinds: RwLock::default(),
+            count: AtomicU64::new(0),
+            writer: Mutex::default(),
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    /// The underlying database, for components that keep their own trees next to the events
+    /// (their writes become durable with the next append's flush, or their own).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    fn load(&self) -> Result<()> {
+        let mut dict = Dict::default();
+        for item in self.dict_tree.iter() {
+            let (k, v) = item?;
+            let id = keys::id_from_key(&k).ok_or_else(|| Error::Corrupt("dict key".into()))?;
+            dict.ids.insert(v.to_vec(), id);
+            dict.strings.insert(id, v.to_vec());
+            dict.next = dict.next.max(id + 1);
+        }
+        *write_lock(&self.dict) = dict;
+
+        let mut kinds: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for item in self.kinds_tree.iter() {
+            let (k, _) = item?;
+            let text = String::from_utf8_lossy(&k);
+            if let Some((alias, gr)) = text.split_once('\0') {
+                kinds
+                    .entry(alias.to_owned())
+                    .or_default()
+                    .insert(gr.to_owned());
+            }
+        }
+        *write_lock(&self.kinds) = kinds;
+
+        let mut w = self.lock_writer();
+        let meta_last = self.meta_u64(META_LAST_ID)?.unwrap_or(0);
+        // A crash can leave events of an unacknowledged batch behind the persisted last id.
+        let tree_last = match self.events.last()? {
+            Some((k, _)) => keys::id_from_key(&k).unwrap_or(0),
+            None => 0,
+        };
+        w.last_id = meta_last.max(tree_last);
+
+        let clean = self.meta_u64(META_CLEAN)? == Some(1);
+        let count = match self.meta_u64(META_COUNT)? {
+            Some(c) if clean => c,
+            // After a crash the persisted count may lag the tree: count once.
+            _ => self.events.len() as u64,
+        };
+        self.count.store(count, Ordering::Relaxed);
+        self.meta.insert(META_CLEAN, &0u64.to_be_bytes())?;
+
+        // Rebuild the dedupe window from the newest events.
+        let floor = w.last_id.saturating_sub(DEDUPE_WINDOW);
+        let mut recent = Vec::new();
+        for item in self.events.range(keys::id_key(floor)..).rev() {
+            let (k, v) = item?;
+            let id = keys::id_from_key(&k).unwrap_or(0);
+            let mut r = Reader::new(&v);
+            r.u8()?;
+            r.varint()?;
+            r.varint()?;
+            recent.push((id, request_key(&codec::get_id_string(&mut r)?)));
+        }
+        for (id, uid) in recent.into_iter().rev() {
+            w.recent.insert(uid, id);
+            w.recent_order.push_back((id, uid));
+        }
+        Ok(())
+    }
+
+    fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>> {
+        Ok(self.meta.get(key)?.and_then(|v| keys::id_from_key(&v)))
+    }
+
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        // A panic while holding the lock leaves in-memory caches possibly ahead of disk; they are
+        // only caches of what was written, so carrying on is safe.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---------- dictionary ----------
+
+    fn intern(&self, tag: u8, text: &str) -> Result<u64> {
+        let key = tagged(tag, text);
+        if let Some(&id) = read_lock(&self.dict).ids.get(&key) {
+            return Ok(id);
+        }
+        let mut dict = write_lock(&self.dict);
+        if let Some(&id) = dict.ids.get(&key) {
+            return Ok(id);
+        }
+        let id = dict.next;
+        self.dict_tree.insert(keys::id_key(id), key.as_slice())?;
+        dict.next += 1;
+        dict.strings.insert(id, key.clone());
+        dict.ids.insert(key, id);
+        Ok(id)
+    }
+
+    fn intern_json<T: serde::Serialize>(&self, tag: u8, v: &T) -> Result<u64> {
+        self.intern(tag, &serde_json::to_string(v)?)
+    }
+
+    fn lookup(&self, tag: u8, id: u64) -> Result<String> {
+        let dict = read_lock(&self.dict);
+        match dict.strings.get(&id) {
+            Some(s) if s.first() == Some(&tag) => Ok(String::from_utf8_lossy(&s[1..]).into_owned()),
+            _ => Err(Error::Corrupt(format!("unknown dictionary entry {id}"))),
+        }
+    }
+
+    fn lookup_json<T: serde::de::DeserializeOwned>(&self, tag: u8, id: u64) -> Result<T> {
+        Ok(serde_json::from_str(&self.lookup(tag, id)?)?)
+    }
+
+    /// Dictionary ids of every stored identity of user `name` (one per set of groups seen).
+    fn actors_named(&self, name: &str) -> HashSet<u64> {
+        read_lock(&self.dict)
+            .strings
+            .iter()
+            .filter(|(_, s)| s.first() == Some(&D_USER))
+            .filter(|(_, s)| {
+                serde_json::from_slice::<Actor>(&s[1..]).is_ok_and(|a| a.username == name)
+            })
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    fn policies(&self) -> Vec<String> {
+        read_lock(&self.dict)
+            .strings
+            .values()
+            .filter(|s| s.first() == Some(&D_POLICY))
+            .map(|s| String::from_utf8_lossy(&s[1..]).into_owned())
+            .collect()
+    }
+
+    // ---------- records ----------
+
+    fn encode(
+        &self,
+        flags: u8,
+        id: EventId,
+        prev: Option<EventId>,
+        e: &ChangeEvent,
+    ) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(96);
+        let mut flags = (flags & !3) | codec::op_code(e.operation);
+        if e.redacted {
+            flags |= F_REDACTED;
+        }
+        if e.namespace.is_some() {
+            flags |= F_HAS_NS;
+        }
+        if e.object_uid.is_some() {
+            flags |= F_HAS_UID;
+        }
+        out.push(flags);
+        // Receipt time relative to the id (usually equal to within the sub-microsecond part).
+        let ns = e.received_at.as_nanosecond();
+        let delta = ns - i128::from(id) * 1000;
+        codec::put_varint(
+            &mut out,
+            codec::zigzag(delta.clamp(i64::MIN.into(), i64::MAX.into()) as i64),
+        );
+        // The previous event as a distance back (small), 0 for none.
+        codec::put_varint(&mut out, prev.map_or(0, |p| id.saturating_sub(p).max(1)));
+        codec::put_id_string(&mut out, &e.request_uid);
+        codec::put_varint(&mut out, e.policies.len() as u64);
+        for p in &e.policies {
+            codec::put_varint(&mut out, self.intern(D_POLICY, p)?);
+        }
+        codec::put_varint(&mut out, self.intern_json(D_USER, &e.user)?);
+        codec::put_varint(&mut out, self.intern_json(D_RESOURCE, &e.resource)?);
+        codec::put_varint(&mut out, self.intern_json(D_KIND, &e.kind)?);
+        if let Some(ns) = &e.namespace {
+            codec::put_varint(&mut out, self.intern(D_NAMESPACE, ns)?);
+        }
+        codec::put_bytes(&mut out, e.name.as_bytes());
+        if let Some(uid) = &e.object_uid {
+            codec::put_id_string(&mut out, uid);
+        }
+        codec::put_changes(&mut out, &e.changes)?;
+        Ok(out)
+    }
+
+    fn decode(&self, id: EventId, buf: &[u8]) -> Result<Record> {
+        let mut r = Reader::new(buf);
+        let flags = r.u8()?;
+        let delta = codec::unzigzag(r.varint()?);
+        let ns = i128::from(id) * 1000 + i128::from(delta);
+        let received_at = Timestamp::from_nanosecond(ns)
+            .map_err(|e| Error::Corrupt(format!("event {id}: receipt time: {e}")))?;
+        let prev = match r.varint()? {
+            0 => None,
+            back => Some(id.saturating_sub(back)),
+        };
+        let request_uid = codec::get_id_string(&mut r)?;
+        let n = r.varint()? as usize;
+        let mut policies = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            policies.push(self.lookup(D_POLICY, r.varint()?)?);
+        }
+        let user: Actor = self.lookup_json(D_USER, r.varint()?)?;
+        let resource: ResourceId = self.lookup_json(D_RESOURCE, r.varint()?)?;
+        let kind: KindId = self.lookup_json(D_KIND, r.varint()?)?;
+        let namespace = if flags & F_HAS_NS != 0 {
+            Some(self.lookup(D_NAMESPACE, r.varint()?)?)
+        } else {
+            None
+        };
+        let name = r.string()?;
+        let object_uid = if flags & F_HAS_UID != 0 {
+            Some(codec::get_id_string(&mut r)?)
+        } else {
+            None
+        };
+        let changes = codec::get_changes(&mut r)?;
+        Ok(Record {
+            flags,
+            prev,
+            event: ChangeEvent {
+                request_uid,
+                received_at,
+                policies,
+                operation: codec::op_from_code(flags),
+                user,
+                resource,
+                kind,
+                namespace,
+                name,
+                object_uid,
+                changes,
+                object: None,
+                redacted: flags & F_REDACTED != 0,
+            },
+        })
+    }
+
+    fn load_record(&self, id: EventId) -> Result<Option<Record>> {
+        match self.events.get(keys::id_key(id))? {
+            Some(v) => Ok(Some(self.decode(id, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn snapshot(&self, id: EventId) -> Result<Option<Value>> {
+        match self.snaps.get(keys::id_key(id))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn head(&self, w: &mut Writer, object: u64) -> Result<Option<Head>> {
+        if let Some(h) = w.heads.get(&object) {
+            return Ok(Some(*h));
+        }
+        match self.heads.get(object.to_be_bytes())? {
+            Some(v) => {
+                let h = Head::decode(&v)?;
+                w.heads.insert(object, h);
+                Ok(Some(h))
+            }
+            None => Ok(None),
+        }
+    }
+
+    // ---------- append ----------
+
+    fn append_one(&self, w: &mut Writer, captured: Captured) -> Result<AppendOutcome> {
+        let Captured { mut event, before } = captured;
+        let request = request_key(&event.request_uid);
+        if let Some(&id) = w.recent.get(&request) {
+            return self.link(id, &event.policies);
+        }
+
+        let received_us = event.received_at.as_microsecond().max(0) as u64;
+        let id = received_us.max(w.last_id + 1);
+        w.last_id = id;
+
+        let gr = event.resource.group_resource();
+        let object = object_hash_of(&event);
+        let prior = self.head(w, object)?;
+        if event.resource.subresource.is_none() {
+            self.learn_kind(w, &gr, &event.resource, &event.kind)?;
+        }
+
+        let mut head = prior.unwrap_or_default();
+        let mut flags = 0u8;
+        let mut snapshot: Option<Vec<u8>> = None;
+        let derived = event.resource.subresource.is_some() || event.object.is_none();
+        if !derived {
+            let state = event.object.take().unwrap_or(Value::Null);
+            let state_bytes = serde_json::to_vec(&state)?;
+            let digest = digest_bytes(&state_bytes);
+            let mut full = prior.is_none()
+                || head.broken
+                || event.operation == crate::crd::Operation::Create
+                || head.since_snapshot + 1 >= SNAPSHOT_EVERY;
+            if !full {
+                match before {
+                    Some(mut before) => {
+                        if digest_value(&before)? != head.digest {
+                            flags |= F_CHAIN_BREAK;
+                            full = true;
+                        } else if !(apply_changes(&mut before, &event.changes) && before == state) {
+                            // The diff would not rebuild the object exactly: keep it whole.
+                            full = true;
+                        }
+                    }
+                    None => full = true,
+                }
+            }
+            if full {
+                snapshot = Some(state_bytes);
+                head.since_snapshot = 0;
+            } else {
+                head.since_snapshot += 1;
+            }
+            head.digest = digest;
+            head.broken = false;
+            cache_state(w, object, state);
+        } else {
+            // A subresource change (or an event without object): apply it to the parent's state.
+            let state = match prior {
+                Some(h) if !h.broken => match w.states.remove(&object) {
+                    Some(s) => Some(s),
+                    None => self.state_after_record(h.last)?,
+                },
+                _ => None,
+            };
+            match state {
+                Some(mut state) => {
+                    if !apply_changes(&mut state, &event.changes) {
+                        // Best effort for this event; the next full object re-anchors.
+                        head.broken = true;
+                    }
+                    let state_bytes = serde_json::to_vec(&state)?;
+                    head.digest = digest_bytes(&state_bytes);
+                    if head.since_snapshot + 1 >= SNAPSHOT_EVERY && !head.broken {
+                        snapshot = Some(state_bytes);
+                        head.since_snapshot = 0;
+                    } else {
+                        head.since_snapshot += 1;
+                    }
+                    cache_state(w, object, state);
+                }
+                None => {
+                    flags |= F_UNKNOWN_STATE;
+                    head.broken = true;
+                    head.since_snapshot += 1;
+                    w.states.remove(&object);
+                }
+            }
+            // Subresource events never carry the parent; their own object is not kept.
+            event.object = None;
+        }
+
+        let record = self.encode(flags, id, prior.map(|h| h.last), &event)?;
+        self.events.insert(keys::id_key(id), record)?;
+        if let Some(s) = snapshot {
+            self.snaps.insert(keys::id_key(id), s)?;
+        }
+        if w.buckets.len() > 65_536 {
+            w.buckets.clear();
+        }
+        let bucket = id >> BUCKET_SHIFT;
+        let mut rows = vec![keys::index_key(
+            TAG_USER,
+            keys::hash64(&[&event.user.username]),
+            bucket,
+        )];
+        if let Some(ns) = &event.namespace {
+            rows.push(keys::index_key(TAG_NAMESPACE, keys::hash64(&[ns]), bucket));
+        }
+        for row in rows {
+            if w.buckets.insert(row) {
+                self.ix.insert(row, &[])?;
+            }
+        }
+        if prior.is_none() {
+            let t = keys::target_hash(&gr, &event.name);
+            self.targets.insert(keys::target_key(t, object), &[])?;
+        }
+        head.last = id;
+        head.count += 1;
+        self.heads.insert(object.to_be_bytes(), head.encode())?;
+        w.heads.insert(object, head);
+        w.touched.insert(object);
+
+        w.recent.insert(request, id);
+        w.recent_order.push_back((id, request));
+        let floor = id.saturating_sub(DEDUPE_WINDOW);
+        while let Some((old, _)) = w.recent_order.front() {
+            if *old >= floor {
+                break;
+            }
+            if let Some((old, uid)) = w.recent_order.pop_front()
+                && w.recent.get(&uid) == Some(&old)
+            {
+                w.recent.remove(&uid);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        Ok(AppendOutcome::Recorded(id))
+    }
+
+    /// The request is already stored as `id`: link the new policies to it, if any.
+    fn link(&self, id: EventId, policies: &[String]) -> Result<AppendOutcome> {
+        let Some(mut rec) = self.load_record(id)? else {
+            // Recorded, then removed by retention: nothing to link to.
+            return Ok(AppendOutcome::Duplicate(id));
+        };
+        let mut added = false;
+        for p in policies {
+            if !rec.event.policies.contains(p) {
+                rec.event.policies.push(p.clone());
+                added = true;
+            }
+        }
+        if !added {
+            return Ok(AppendOutcome::Duplicate(id));
+        }
+        let bytes = self.encode(rec.flags, id, rec.prev, &rec.event)?;
+        self.events.insert(keys::id_key(id), bytes)?;
+        Ok(AppendOutcome::Linked(id))
+    }
+
+    fn learn_kind(&self, w: &mut Writer, gr: &str, res: &ResourceId, kind: &KindId) -> Result<()> {
+        if w.kinds_seen.contains(&(gr.to_owned(), kind.kind.clone())) {
+            return Ok(());
+        }
+        let k = kind.kind.to_lowercase();
+        let mut aliases = vec![k.clone(), res.resource.to_lowercase(), gr.to_lowercase()];
+        if !kind.group.is_empty() {
+            aliases.push(format!("{k}.{}", kind.group.to_lowercase()));
+            aliases.push(format!("{}/{k}", kind.group.to_lowercase()));
+        }
+        let mut cache = write_lock(&self.kinds);
+        for a in aliases {
+            let set = cache.entry(a.clone()).or_default();
+            if set.insert(gr.to_owned()) {
+                self.kinds_tree
+                    .insert(format!("{a}\0{gr}").as_bytes(), &[])?;
+            }
+        }
+        w.kinds_seen.insert((gr.to_owned(), kind.kind.clone()));
+        Ok(())
+    }
+
+    // ---------- rebuild ----------
+
+    /// The object's state after event `id`: its snapshot, or the nearest older snapshot of the
+    /// object with the deltas in between applied.
+    fn state_after_record(&self, id: EventId) -> Result<Option<Value>> {
+        if let Some(s) = self.snapshot(id)? {
+            return Ok(Some(s));
+        }
+        let Some(rec) = self.load_record(id)? else {
+            return Ok(None);
+        };
+        if rec.flags & F_UNKNOWN_STATE != 0 {
+            return Ok(None);
+        }
+        let mut next = rec.prev;
+        let mut chain = vec![rec.event.changes];
+        let mut base = None;
+        while let Some(prev) = next {
+            if let Some(s) = self.snapshot(prev)? {
+                base = Some(s);
+                break;
+            }
+            let Some(rec) = self.load_record(prev)? else {
+                break;
+            };
+            if rec.flags & F_UNKNOWN_STATE != 0 {
+                return Ok(None);
+            }
+            next = rec.prev;
+            chain.push(rec.event.changes);
+        }
+        let Some(mut state) = base else {
+            return Ok(None);
+        };
+        for changes in chain.iter().rev() {
+            apply_changes(&mut state, changes);
+        }
+        Ok(Some(state))
+    }
+
+    /// The newest event of an object, from its head.
+    fn object_last(&self, object: u64) -> Result<Option<EventId>> {
+        match self.heads.get(object.to_be_bytes())? {
+            Some(v) => Ok(Some(Head::decode(&v)?.last)),
+            None => Ok(None),
+        }
+    }
+
+    /// The ids of an object's events, oldest first.
+    fn object_ids(&self, object: u64) -> Result<Vec<EventId>> {
+        let mut ids: Vec<EventId> = Chain {
+            store: self,
+            next: self.object_last(object)?,
+            hi: u64::MAX,
+        }
+        .collect::<Result<_>>()?;
+        ids.reverse();
+        Ok(ids)
+    }
+
+    // ---------- query ----------
+
+    fn resolve_kind(&self, kind: &str) -> BTreeSet<String> {
+        let k = kind.to_lowercase();
+        match read_lock(&self.kinds).get(&k) {
+            Some(set) => set.clone(),
+            None => BTreeSet::from([k]),
+        }
+    }
+
+    /// Ids in `[lo, hi)`, newest first, from the most selective index the query allows.
+    fn id_stream<'a>(
+        &'a self,
+        q: &Query,
+        kinds: Option<&BTreeSet<String>>,
+        lo: EventId,
+        hi: EventId,
+    ) -> Result<Box<dyn Iterator<Item = Result<EventId>> + 'a>> {
+        let chain = |object: u64| -> Result<Box<dyn Iterator<Item = Result<EventId>> + 'a>> {
+            let next = self.object_last(object)?;
+            Ok(Box::new(
+                Chain {
+                    store: self,
+                    next,
+                    hi,
+                }
+                .take_while(move |id| id.as_ref().map_or(true, |id| *id >= lo)),
+            ))
+        };
+        if let Some(uid) = &q.uid {
+            return chain(keys::object_hash(Some(uid), "", None, ""));
+        }
+        if let (Some(kinds), Some(name)) = (kinds, &q.name) {
+            let mut streams = Vec::new();
+            for gr in kinds {
+                let t = keys::target_hash(gr, name);
+                for item in self.targets.scan_prefix(t.to_be_bytes()) {
+                    let (k, _) = item?;
+                    let object = keys::id_of_index_key(&k)
+                        .ok_or_else(|| Error::Corrupt("target key".into()))?;
+                    streams.push(chain(object)?.peekable());
+                }
+            }
+            return Ok(Box::new(Merge { streams }));
+        }
+        if let Some(user) = &q.user {
+            return Ok(self.bucket_stream(TAG_USER, keys::hash64(&[user]), lo, hi));
+        }
+        if let Some(ns) = &q.namespace {
+            return Ok(self.bucket_stream(TAG_NAMESPACE, keys::hash64(&[ns]), lo, hi));
+        }
+        let range = keys::id_key(lo)..keys::id_key(hi);
+        Ok(Box::new(self.events.range(range).keys().rev().map(|k| {
+            keys::id_from_key(&k?).ok_or_else(|| Error::Corrupt("event key".into()))
+        })))
+    }
+
+    /// Ids in `[lo, hi)` of the time slices in which `subject` had events, newest first. The ids
+    /// include other subjects' events of those slices: the caller filters.
+    fn bucket_stream<'a>(
+        &'a self,
+        tag: u8,
+        subject: u64,
+        lo: EventId,
+        hi: EventId,
+    ) -> Box<dyn Iterator<Item = Result<EventId>> + 'a> {
+        let rows = keys::index_key(tag, subject, lo >> BUCKET_SHIFT)
+            ..=keys::index_key(tag, subject, (hi - 1) >> BUCKET_SHIFT);
+        Box::new(self.ix.range(rows).rev().flat_map(move |row| {
+            let ids: Box<dyn Iterator<Item = Result<EventId>>> = match row {
+                Err(e) => Box::new(std::iter::once(Err(e.into()))),
+                Ok((k, _)) => {
+                    let bucket = keys::id_of_index_key(&k).unwrap_or(0);
+                    let start = (bucket << BUCKET_SHIFT).max(lo);
+                    let end = ((bucket + 1) << BUCKET_SHIFT).min(hi);
+                    Box::new(
+                        self.events
+                            .range(keys::id_key(start)..keys::id_key(end))
+                            .keys()
+                            .rev()
+                            .map(|k| {
+                                keys::id_from_key(&k?)
+                                    .ok_or_else(|| Error::Corrupt("event key".into()))
+                            }),
+                    )
+                }
+            };
+            ids
+        }))
+    }
+
+    // ---------- retention ----------
+
+    fn prune_object(
+        &self,
+        w: &mut Writer,
+        object: u64,
+        remove: &BTreeSet<EventId>,
+        report: &mut RetentionReport,
+    ) -> Result<()> {
+        let ids = self.object_ids(object)?;
+        // Keep the chain rebuildable: the first kept event after removed ones must carry a
+        // snapshot, written before its predecessors go.
+        let mut gap = false;
+        for &id in &ids {
+            if remove.contains(&id) {
+                gap = true;
+                continue;
+            }
+            if gap && !self.snaps.contains_key(keys::id_key(id))? {
+                match self.state_after_record(id)? {
+                    Some(state) => {
+                        self.snaps
+                            .insert(keys::id_key(id), serde_json::to_vec(&state)?)?;
+                    }
+                    None => {
+                        if let Some(rec) = self.load_record(id)? {
+                            let bytes =
+                                self.encode(rec.flags | F_UNKNOWN_STATE, id, rec.prev, &rec.event)?;
+                            self.events.insert(keys::id_key(id), bytes)?;
+                        }
+                    }
+                }
+            }
+            gap = false;
+        }
+
+        // Relink the chain around the removed events before they go.
+        let mut prev_kept = None;
+        for &id in &ids {
+            if remove.contains(&id) {
+                continue;
+            }
+            if let Some(rec) = self.load_record(id)?
+                && rec.prev != prev_kept
+            {
+                let bytes = self.encode(rec.flags, id, prev_kept, &rec.event)?;
+                self.events.insert(keys::id_key(id), bytes)?;
+            }
+            prev_kept = Some(id);
+        }
+
+        let kept: Vec<EventId> = ids
+            .iter()
+            .copied()
+            .filter(|id| !remove.contains(id))
+            .collect();
+        // The head moves off removed events before they go, so a crash in between never leaves
+        // it pointing at a missing event while older ones remain.
+        if let Some(&newest) = kept.last()
+            && let Some(mut head) = self.head(w, object)?
+        {
+            head.count = kept.len() as u64;
+            if newest != head.last {
+                // The state the head's digest describes is gone: the next full object must
+                // start a new chain.
+                head.last = newest;
+                head.broken = true;
+                w.states.remove(&object);
+            }
+            self.heads.insert(object.to_be_bytes(), head.encode())?;
+            w.heads.insert(object, head);
+        }
+
+        let mut last_removed = None;
+        for &id in remove {
+            let Some(rec) = self.load_record(id)? else {
+                continue;
+            };
+            self.snaps.remove(keys::id_key(id))?;
+            self.events.remove(keys::id_key(id))?;
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            report.removed += 1;
+            last_removed = Some(rec.event);
+        }
+
+        if kept.is_empty() {
+            self.heads.remove(object.to_be_bytes())?;
+            w.heads.remove(&object);
+            w.states.remove(&object);
+            if let Some(e) = last_removed {
+                let t = keys::target_hash(&e.resource.group_resource(), &e.name);
+                self.targets.remove(keys::target_key(t, object))?;
+                report.objects_emptied.push(EmptiedObject {
+                    resource: e.resource.group_resource(),
+                    namespace: e.namespace,
+                    name: e.name,
+                    uid: e.object_uid,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes index rows of time slices older than the oldest event. Subjects come from the
+    /// dictionary (every namespace and user ever stored), so no scan of the index is needed.
+    fn drop_stale_buckets(&self) -> Result<()> {
+        let oldest = match self.events.first()? {
+            Some((k, _)) => keys::id_from_key(&k).unwrap_or(0) >> BUCKET_SHIFT,
+            None => u64::MAX,
+        };
+        let mut subjects = HashSet::new();
+        for s in read_lock(&self.dict).strings.values() {
+            let (Some(&tag), Some(text)) = (s.first(), s.get(1..)) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(text);
+            match tag {
+                D_NAMESPACE => subjects.insert((TAG_NAMESPACE, keys::hash64(&[&text]))),
+                D_USER => match serde_json::from_str::<Actor>(&text) {
+                    Ok(actor) => subjects.insert((TAG_USER, keys::hash64(&[&actor.username]))),
+                    Err(_) => false,
+                },
+                _ => false,
+            };
+        }
+        for (tag, subject) in subjects {
+            let stale = keys::index_key(tag, subject, 0)..keys::index_key(tag, subject, oldest);
+            for row in self.ix.range(stale).keys() {
+                self.ix.remove(row?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn persist_counters(&self, w: &Writer) -> Result<()> {
+        self.meta.insert(META_LAST_ID, &w.last_id.to_be_bytes())?;
+        self.meta.insert(
+            META_COUNT,
+            &self.count.load(Ordering::Relaxed).to_be_bytes(),
+        )?;
+        Ok(())
+    }
+}
+
+impl EventStore for SledStore {
+    fn append(&self, batch: Vec<Captured>) -> Result<Vec<AppendOutcome>> {
+        let mut w = self.lock_writer();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for captured in batch {
+            outcomes.push(self.append_one(&mut w, captured)?);
+        }
+        self.persist_counters(&w)?;
+        drop(w);
+        // Group commit: one fsync makes the whole batch durable.
+        self.db.flush()?;
+        Ok(outcomes)
+    }
+
+    fn query(&self, q: &Query) -> Result<Page> {
+        let limit = match q.limit {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let lo = q.since.map_or(0, |t| t.as_microsecond().max(0) as u64);
+        let mut hi = q
+            .until
+            .map_or(u64::MAX, |t| t.as_microsecond().max(0) as u64);
+        if let Some(after) = q.after {
+            hi = hi.min(after);
+        }
+        if lo >= hi {
+            return Ok(Page::default());
+        }
+        let kinds = q.kind.as_deref().map(|k| self.resolve_kind(k));
+        // Namespace and user compare as dictionary ids on the raw record, before decoding it.
+        let want_ns = match &q.namespace {
+            Some(ns) => match read_lock(&self.dict).ids.get(&tagged(D_NAMESPACE, ns)) {
+                Some(&id) => Some(id),
+                None => return Ok(Page::default()),
+            },
+            None => None,
+        };
+        let want_actors = q.user.as_deref().map(|user| self.actors_named(user));
+        let mut events = Vec::new();
+        let mut more = false;
+        for id in self.id_stream(q, kinds.as_ref(), lo, hi)? {
+            let id = id?;
+            let Some(raw) = self.events.get(keys::id_key(id))? else {
+                continue;
+            };
+            if want_ns.is_some() || want_actors.is_some() {
+                let (actor, ns) = peek_actor_namespace(&raw)?;
+                if want_ns.is_some_and(|w| ns != Some(w))
+                    || want_actors.as_ref().is_some_and(|a| !a.contains(&actor))
+                {
+                    continue;
+                }
+            }
+            let rec = self.decode(id, &raw)?;
+            if !matches(q, kinds.as_ref(), &rec.event) {
+                continue;
+            }
+            if events.len() == limit {
+                more = true;
+                break;
+            }
+            events.push(StoredEvent {
+                id,
+                event: rec.event,
+            });
+        }
+        let next = if more {
+            events.last().map(|e| e.id)
+        } else {
+            None
+        };
+        Ok(Page { events, next })
+    }
+
+    fn get(&self, id: EventId) -> Result<Option<StoredEvent>> {
+        let Some(rec) = self.load_record(id)? else {
+            return Ok(None);
+        };
+        let mut event = rec.event;
+        event.object = self.state_after_record(id)?;
+        Ok(Some(StoredEvent { id, event }))
+    }
+
+    fn state_after(&self, id: EventId) -> Result<Option<Value>> {
+        self.state_after_record(id)
+    }
+
+    fn state_before(&self, id: EventId) -> Result<Option<Value>> {
+        let Some(rec) = self.load_record(id)? else {
+            return Ok(None);
+        };
+        if rec.flags & F_CHAIN_BREAK != 0 {
+            return Ok(None);
+        }
+        match rec.prev {
+            Some(prev) => self.state_after_record(prev),
+            None => Ok(None),
+        }
+    }
+
+    fn enforce_retention(
+        &self,
+        now: Timestamp,
+        rule: &dyn Fn(&str) -> Option<RetentionRule>,
+        default: RetentionRule,
+    ) -> Result<RetentionReport> {
+        let mut w = self.lock_writer();
+        let now_us = now.as_microsecond();
+        let mut rules: HashMap<String, RetentionRule> = HashMap::new();
+        for p in self.policies() {
+            let r = rule(&p).unwrap_or(default);
+            rules.insert(p, r);
+        }
+        let rule_of = |p: &str| rules.get(p).copied().unwrap_or(default);
+        let min_age = rules
+            .values()
+            .map(|r| r.max_age)
+            .fold(default.max_age, |a, b| a.min(b));
+        let min_count = rules
+            .values()
+            .map(|r| r.max_events_per_object)
+            .fold(default.max_events_per_object, |a, b| a.min(b));
+        let cutoff = |age: jiff::SignedDuration| -> u64 {
+            (now_us - age.as_micros().clamp(0, i128::from(i64::MAX)) as i64).max(0) as u64
+        };
+
+        let mut remove: BTreeMap<u64, BTreeSet<EventId>> = BTreeMap::new();
+        let mut budget = MAX_REMOVALS_PER_PASS;
+
+        // Age: only events older than the shortest max age can be due; each is kept while any
+        // of its policies keeps it.
+        let oldest_allowed = cutoff(min_age);
+        for item in self.events.range(..keys::id_key(oldest_allowed)) {
+            if budget == 0 {
+                break;
+            }
+            let (k, v) = item?;
+            let id = keys::id_from_key(&k).unwrap_or(0);
+            let rec = self.decode(id, &v)?;
+            let keep = if rec.event.policies.is_empty() {
+                id >= cutoff(default.max_age)
+            } else {
+                rec.event
+                    .policies
+                    .iter()
+                    .any(|p| id >= cutoff(rule_of(p).max_age))
+            };
+            if !keep {
+                remove.entry(rec.object_hash()).or_default().insert(id);
+                budget -= 1;
+            }
+        }
+
+        // Count: only objects that grew since the last pass (all of them once a minute, and after
+        // a restart, so a tightened rule takes effect) and hold more than the smallest limit.
+        let full = w
+            .last_full_retention
+            .is_none_or(|t| now_us - t >= FULL_RETENTION_SCAN_US);
+        let candidates: Vec<u64> = if full {
+            w.last_full_retention = Some(now_us);
+            let mut all = Vec::new();
+            for item in self.heads.iter() {
+                let (k, v) = item?;
+                if Head::decode(&v)?.count > u64::from(min_count) {
+                    all.push(keys::id_from_key(&k).unwrap_or(0));
+                }
+            }
+            all
+        } else {
+            let mut touched = Vec::new();
+            for object in w.touched.iter().copied().collect::<Vec<_>>() {
+                if self
+                    .head(&mut w, object)?
+                    .is_some_and(|h| h.count > u64::from(min_count))
+                {
+                    touched.push(object);
+                }
+            }
+            touched
+        };
+        w.touched.clear();
+        for object in candidates {
+            if budget == 0 {
+                // Come back to the rest on the next pass.
+                w.touched.insert(object);
+                continue;
+            }
+            // Newest first: each policy keeps its newest `max_events_per_object` events.
+            let mut seen: HashMap<String, u32> = HashMap::new();
+            for id in self.object_ids(object)?.into_iter().rev() {
+                let Some(rec) = self.load_record(id)? else {
+                    continue;
+                };
+                let mut keep = false;
+                let policies: Vec<&str> = if rec.event.policies.is_empty() {
+                    vec![""]
+                } else {
+                    rec.event.policies.iter().map(String::as_str).collect()
+                };
+                for p in policies {
+                    let max = if p.is_empty() { default } else { rule_of(p) }.max_events_per_object;
+                    let n = seen.entry(p.to_owned()).or_default();
+                    if *n < max {
+                        keep = true;
+                    }
+                    *n += 1;
+                }
+                if !keep && budget > 0 && remove.entry(object).or_default().insert(id) {
+                    budget -= 1;
+                }
+            }
+        }
+
+        let mut report = RetentionReport::default();
+        for (object, ids) in remove {
+            if !ids.is_empty() {
+                self.prune_object(&mut w, object, &ids, &mut report)?;
+            }
+        }
+        if full {
+            self.drop_stale_buckets()?;
+        }
+        if report.removed > 0 {
+            self.persist_counters(&w)?;
+            drop(w);
+            self.db.flush()?;
+        }
+        Ok(report)
+    }
+
+    fn stats(&self) -> Result<StoreStats> {
+        Ok(StoreStats {
+            events: self.count.load(Ordering::Relaxed),
+            bytes_on_disk: self.db.size_on_disk()?,
+        })
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // Mark a clean shutdown so the next open can trust the persisted count.
+        let w = self.lock_writer();
+        let saved = self.persist_counters(&w).and_then(|()| {
+            self.meta.insert(META_CLEAN, &1u64.to_be_bytes())?;
+            Ok(())
+        });
+        drop(w);
+        if let Err(error) = saved.and_then(|()| self.db.flush().map(drop).map_err(Error::from)) {
+            tracing::warn!(%error, "could not record a clean store shutdown");
+        }
+    }
+}
+
+/// An object's events below `hi`, newest first, along the records' links.
+struct Chain<'a> {
+    store: &'a SledStore,
+    next: Option<EventId>,
+    hi: EventId,
+}
+
+impl Iterator for Chain<'_> {
+    type Item = Result<EventId>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let id = self.next.take()?;
+            match self.store.load_record(id) {
+                Ok(Some(rec)) => {
+                    self.next = rec.prev;
+                    if id < self.hi {
+                        return Some(Ok(id));
+                    }
+                }
+                // A link to an event that is gone (a crash between writes): the chain ends.
+                Ok(None) => return None,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+/// Newest-first merge of several newest-first id streams.
+struct Merge<'a> {
+    streams: Vec<std::iter::Peekable<Box<dyn Iterator<Item = Result<EventId>> + 'a>>>,
+}
+
+impl Iterator for Merge<'_> {
+    type Item = Result<EventId>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut best: Option<(usize, EventId)> = None;
+        for (i, s) in self.streams.iter_mut().enumerate() {
+            match s.peek() {
+                Some(Ok(id)) if best.is_none_or(|(_, b)| *id > b) => best = Some((i, *id)),
+                Some(Err(_)) => return s.next(),
+                _ => {}
+            }
+        }
+        let (i, _) = best?;
+        self.streams[i].next()
+    }
+}
+
+fn matches(q: &Query, kinds: Option<&BTreeSet<String>>, e: &ChangeEvent) -> bool {
+    q.namespace
+        .as_ref()
+        .is_none_or(|ns| e.namespace.as_ref() == Some(ns))
+        && q.name.as_ref().is_none_or(|n| &e.name == n)
+        && q.uid
+            .as_ref()
+            .is_none_or(|u| e.object_uid.as_ref() == Some(u))
+        && q.user.as_ref().is_none_or(|u| &e.user.username == u)
+        && q.operation.is_none_or(|op| e.operation == op)
+        && kinds.is_none_or(|set| set.contains(&e.resource.group_resource()))
+}
+
+/// Applies the diff op by op; false when any op did not apply (the rest still are).
+fn apply_changes(state: &mut Value, changes: &[FieldChange]) -> bool {
+    use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
+    let mut ok = true;
+    for c in changes {
+        let Ok(path) = c.path.parse() else {
+            ok = false;
+            continue;
+        };
+        let op = match c.op {
+            ChangeOp::Add => PatchOperation::Add(AddOperation {
+                path,
+                value: c.new.clone().unwrap_or(Value::Null),
+            }),
+            ChangeOp::Remove => PatchOperation::Remove(RemoveOperation { path }),
+            ChangeOp::Replace => PatchOperation::Replace(ReplaceOperation {
+                path,
+                value: c.new.clone().unwrap_or(Value::Null),
+            }),
+        };
+        if json_patch::patch(state, &[op]).is_err() {
+            ok = false;
+        }
+    }
+    ok
+}
+
+fn tagged(tag: u8, text: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(text.len() + 1);
+    key.push(tag);
+    key.extend_from_slice(text.as_bytes());
+    key
+}
+
+/// The user (dictionary id) and namespace (dictionary id, if any) of a raw event record,
+/// without decoding the rest. Mirrors [`SledStore::encode`].
+fn peek_actor_namespace(buf: &[u8]) -> Result<(u64, Option<u64>)> {
+    let mut r = Reader::new(buf);
+    let flags = r.u8()?;
+    r.varint()?;
+    r.varint()?;
+    codec::skip_id_string(&mut r)?;
+    for _ in 0..r.varint()? {
+        r.varint()?;
+    }
+    let actor = r.varint()?;
+    r.varint()?;
+    r.varint()?;
+    let ns = if flags & F_HAS_NS != 0 {
+        Some(r.varint()?)
+    } else {
+        None
+    };
+    Ok((actor, ns))
+}
+
+/// A request uid as 128 bits: the UUID itself, or for other strings a 128-bit hash of it.
+fn request_key(uid: &str) -> u128 {
+    match codec::parse_uuid(uid) {
+        Some(raw) => u128::from_be_bytes(raw),
+        None => {
+            let d = ring::digest::digest(&ring::digest::SHA256, uid.as_bytes());
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&d.as_ref()[..16]);
+            u128::from_be_bytes(b)
+        }
+    }
+}
+
+fn cache_state(w: &mut Writer, object: u64, state: Value) {
+    if w.states.len() >= STATE_CACHE && !w.states.contains_key(&object) {
+        w.states.clear();
+    }
+    w.states.insert(object, state);
+}
+
+fn digest_bytes(b: &[u8]) -> [u8; 16] {
+    let d = ring::digest::digest(&ring::digest::SHA256, b);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d.as_ref()[..16]);
+    out
+}
+
+/// Digest of a value's canonical JSON (serde_json's map is ordered, so `to_vec` is canonical).
+fn digest_value(v: &Value) -> Result<[u8; 16]> {
+    Ok(digest_bytes(&serde_json::to_vec(v)?))
+}
+
+fn open_error(e: sled::Error, path: &Path) -> Error {
+    // sled reports a held lock as a plain io error of kind Other; recognise it by its message.
+    if let sled::Error::Io(io) = &e
+        && io.to_string().contains("could not acquire lock")
+    {
+        return Error::StoreLocked(PathBuf::from(path));
+    }
+    Error::Store(e)
+}
+
+fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}

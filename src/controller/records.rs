@@ -302,7 +302,7 @@ impl ChangeRecordWriter {
     }
 
     /// Called after a retention pass: records of emptied objects are flushed, which deletes them.
-    /// Keys are matched against each known record's object uid, `namespace/name` and name.
+    /// Objects are matched by uid when both sides know it, else by namespace and name.
     pub fn on_retention(&self, report: &RetentionReport) {
         if report.objects_emptied.is_empty() {
             return;
@@ -313,12 +313,13 @@ impl ChangeRecordWriter {
             .targets
             .iter()
             .filter(|(_, t)| {
-                report.objects_emptied.iter().any(|key| {
-                    let last = key.rsplit('/').next().unwrap_or(key);
-                    t.uid.as_deref() == Some(key.as_str())
-                        || t.uid.as_deref() == Some(last)
-                        || *key == format!("{}/{}", t.namespace.as_deref().unwrap_or(""), t.name)
-                })
+                report
+                    .objects_emptied
+                    .iter()
+                    .any(|o| match (&o.uid, &t.uid) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => o.namespace == t.namespace && o.name == t.name,
+                    })
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -667,7 +668,12 @@ mod tests {
         store.clear();
         writer.on_retention(&RetentionReport {
             removed: 1,
-            objects_emptied: vec!["prod/uid-api".into()],
+            objects_emptied: vec![crate::store::EmptiedObject {
+                resource: "deployments.apps".into(),
+                namespace: Some("prod".into()),
+                name: "api".into(),
+                uid: Some("uid-api".into()),
+            }],
         });
         // deletion waits for the window since the report, not since the last write
         assert_eq!(writer.flush_due(start + Duration::from_secs(4)).await, 0);

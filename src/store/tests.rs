@@ -217,7 +217,7 @@ fn events_round_trip_and_ids_follow_receipt_time() {
         o["metadata"]["labels"]["tier"] = json!("web")
     });
     let expected_upd = upd.event.clone();
-    let got = recorded(&store.append(vec![create, upd]).unwrap());
+    let got = recorded(&store.append(&[create, upd]).unwrap());
     assert_eq!(got, vec![T0 as u64, T0 as u64 + 1]);
 
     let stored = store.get(got[0]).unwrap().unwrap();
@@ -237,13 +237,13 @@ fn duplicate_requests_are_linked_once_per_policy() {
     let mut other = c.clone();
     other.event.policies = vec!["p2".into()];
     // The same request from two policies in one batch, and a retry of each.
-    let out = store.append(vec![c.clone(), other.clone()]).unwrap();
+    let out = store.append(&[c.clone(), other.clone()]).unwrap();
     let id = T0 as u64;
     assert_eq!(
         out,
         vec![AppendOutcome::Recorded(id), AppendOutcome::Linked(id)]
     );
-    let out = store.append(vec![c, other]).unwrap();
+    let out = store.append(&[c, other]).unwrap();
     assert_eq!(
         out,
         vec![AppendOutcome::Duplicate(id), AppendOutcome::Duplicate(id)]
@@ -260,17 +260,17 @@ fn dedupe_window_survives_a_restart() {
     let c = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
     {
         let store = SledStore::open(dir.path()).unwrap();
-        store.append(vec![c.clone()]).unwrap();
+        store.append(std::slice::from_ref(&c)).unwrap();
     }
     let store = SledStore::open(dir.path()).unwrap();
     assert_eq!(
-        store.append(vec![c]).unwrap(),
+        store.append(&[c]).unwrap(),
         vec![AppendOutcome::Duplicate(T0 as u64)]
     );
     // Ids keep increasing across restarts even when the clock does not.
     let u = a.update("bob", T0 - 50, |o| o["spec"]["replicas"] = json!(2));
     assert_eq!(
-        store.append(vec![u]).unwrap(),
+        store.append(&[u]).unwrap(),
         vec![AppendOutcome::Recorded(T0 as u64 + 1)]
     );
     assert_eq!(store.stats().unwrap().events, 2);
@@ -332,7 +332,7 @@ fn every_version_of_a_history_rebuilds_exactly() {
             batch.push(c);
         }
         if batch.len() >= 7 {
-            store.append(std::mem::take(&mut batch)).unwrap();
+            store.append(&std::mem::take(&mut batch)).unwrap();
         }
     }
     t += 1000;
@@ -340,7 +340,7 @@ fn every_version_of_a_history_rebuilds_exactly() {
     let c = a.delete("alice", t);
     expected.push((last.clone(), Some(last)));
     batch.push(c);
-    store.append(std::mem::take(&mut batch)).unwrap();
+    store.append(&std::mem::take(&mut batch)).unwrap();
 
     let page = store
         .query(&Query {
@@ -414,7 +414,7 @@ fn queries_use_each_index_and_paginate() {
         }));
     }
     batch.push(api.scale("hpa", T0 + 200, 7));
-    let all = recorded(&store.append(batch).unwrap());
+    let all = recorded(&store.append(&batch).unwrap());
 
     let count = |query: Query| store.query(&query).unwrap().events.len();
     assert_eq!(count(q()), 14);
@@ -554,7 +554,7 @@ fn recreated_objects_share_their_target_history() {
         ),
         second.update("alice", T0 + 3, |o| o["spec"]["replicas"] = json!(3)),
     ];
-    store.append(batch).unwrap();
+    store.append(&batch).unwrap();
     let page = store
         .query(&Query {
             kind: Some("deploy".into()),
@@ -601,7 +601,7 @@ fn retention_by_count_keeps_newest_and_a_rebuildable_chain() {
         states.push(a.state.clone().unwrap());
         batch.push(c);
     }
-    store.append(batch).unwrap();
+    store.append(&batch).unwrap();
     let now = ts(T0 + 1000);
     let report = store
         .enforce_retention(now, &|_| None, rule(10, 24))
@@ -632,7 +632,7 @@ fn retention_by_count_keeps_newest_and_a_rebuildable_chain() {
     let u = a.update("bob", T0 + 40, |o| {
         o["metadata"]["labels"]["v"] = json!("x")
     });
-    let id = recorded(&store.append(vec![u]).unwrap())[0];
+    let id = recorded(&store.append(&[u]).unwrap())[0];
     assert_eq!(store.state_after(id).unwrap(), a.state);
     // Index entries went with the events.
     assert_eq!(
@@ -662,7 +662,7 @@ fn retention_by_age_respects_every_policy_and_reports_emptied_objects() {
     mid.event.policies = vec!["short".into()];
     let mut fresh = a.update("bob", T0 + 10 * hour, |o| o["spec"]["replicas"] = json!(3));
     fresh.event.policies = vec!["unknown-policy".into()];
-    store.append(vec![c_long, old_b, mid, fresh]).unwrap();
+    store.append(&[c_long, old_b, mid, fresh]).unwrap();
 
     let rules = |p: &str| match p {
         "short" => Some(rule(100, 1)),
@@ -742,7 +742,7 @@ fn crash_helper() {
                 })
             });
         }
-        for id in recorded(&store.append(batch).unwrap()) {
+        for id in recorded(&store.append(&batch).unwrap()) {
             writeln!(out, "ack {id}").unwrap();
         }
         out.flush().unwrap();
@@ -797,7 +797,7 @@ fn acknowledged_events_survive_kill_9() {
         T0,
         deployment("prod", "after", &o.uid, 1, json!({})),
     );
-    let id = recorded(&store.append(vec![c]).unwrap())[0];
+    let id = recorded(&store.append(&[c]).unwrap())[0];
     assert!(id > *acked.iter().max().unwrap());
 }
 
@@ -882,7 +882,7 @@ fn measure_bytes_and_throughput() {
             }
         })
         .collect();
-    store.append(creates).unwrap();
+    store.append(&creates).unwrap();
     let base = store.stats().unwrap().bytes_on_disk;
     let label_diff = diff(&base_old, &base_new);
     println!(
@@ -916,7 +916,7 @@ fn measure_bytes_and_throughput() {
     batches.push(batch);
     let start = std::time::Instant::now();
     for b in batches {
-        store.append(b).unwrap();
+        store.append(&b).unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
     let size = store.stats().unwrap().bytes_on_disk;
@@ -954,7 +954,7 @@ fn namespace_and_user_queries_span_time_slices_and_forget_old_ones() {
             o["spec"]["replicas"] = json!(i)
         }));
     }
-    store.append(batch).unwrap();
+    store.append(&batch).unwrap();
     let alice = store
         .query(&Query {
             user: Some("alice".into()),

@@ -166,9 +166,10 @@ async fn every_recorded_review_becomes_the_expected_event() {
 async fn bad_bodies_get_clear_answers_and_nothing_breaks() {
     support::init();
     let dir = tempfile::tempdir().unwrap();
-    let running = start(args(dir.path(), write_policy(dir.path(), "all")))
-        .await
-        .unwrap();
+    let mut serve = args(dir.path(), write_policy(dir.path(), "all"));
+    // The 4 MiB review takes its time in a debug build; this test is about answers, not speed.
+    serve.deadline_ms = 30_000;
+    let running = start(serve).await.unwrap();
     let client = client(running.ca_file.as_ref().unwrap());
     let url = format!("https://localhost:{}/admit/all", running.addr.port());
     let good = fixture("admissionreview-update-configmap.json");

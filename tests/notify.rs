@@ -688,12 +688,12 @@ async fn send_mail_and_check(smtp: &Smtp, secret: &[(&str, &[u8])]) {
     let text = m["text"].as_str().unwrap();
     assert!(text.contains("spec.replicas: 1 → 3"), "{text}");
     assert!(
-        text.contains("metadata.labels.team added: <web & api>"),
+        text.contains("metadata.labels.team: + <web & api>"),
         "{text}"
     );
     let html = m["html"].as_str().unwrap();
     assert!(
-        html.contains("metadata.labels.team added: &lt;web &amp; api&gt;"),
+        html.contains("metadata.labels.team: + &lt;web &amp; api&gt;"),
         "{html}"
     );
     assert!(n.health()[0].ready);

@@ -136,10 +136,12 @@ impl Rule {
         any_or(&self.groups, &r.group)
             && (self.versions.is_empty() || any_or(&self.versions, &r.version))
             && self.resources.iter().any(|(res, sub)| {
+                // As the apiserver's rule matcher does: a `*` subresource also matches the
+                // resource itself, so `*/*` is everything and `deployments/*` includes deployments.
                 (res == "*" || *res == r.resource)
                     && match (sub.as_deref(), r.subresource.as_deref()) {
                         (None, None) => true,
-                        (Some("*"), Some(_)) => true,
+                        (Some("*"), _) => true,
                         (Some(want), Some(got)) => want == got,
                         _ => false,
                     }
@@ -821,7 +823,7 @@ mod tests {
         check(
             &["deployments/*"],
             &["apps"],
-            [false, true, false, false, false],
+            [true, true, false, false, false],
         );
         check(
             &["deployments", "deployments/*"],
@@ -831,7 +833,7 @@ mod tests {
         check(&["*/scale"], &["*"], [false, true, false, true, false]);
         check(&["*/status"], &["*"], [false, false, true, false, false]);
         check(&["*"], &["*"], [true, false, false, false, true]);
-        check(&["*/*"], &["*"], [false, true, true, true, false]);
+        check(&["*/*"], &["*"], [true, true, true, true, true]);
         check(&["configmaps"], &[""], [false, false, false, false, true]);
         check(
             &["configmaps"],

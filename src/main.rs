@@ -7,7 +7,7 @@ async fn main() -> ExitCode {
     // rustls needs one process-wide crypto provider before any TLS is set up.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = histor::cmd::Cli::parse();
-    histor::telemetry::init(cli.log_format, &cli.log_level);
+    histor::telemetry::init(cli.log_format, cli.log_level());
     match histor::cmd::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

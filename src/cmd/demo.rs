@@ -136,17 +136,17 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     println!("\nwho changed what (newest first):\n");
     print!("{}", render::events_table(&page.events));
 
-    if let Some(scale) = page
-        .events
-        .iter()
-        .find(|e| e.event.resource.subresource.as_deref() == Some("scale"))
-    {
+    let scale = page.events.iter().find(|e| {
+        e.event.resource.resource == "deployments"
+            && e.event.resource.subresource.as_deref() == Some("scale")
+    });
+    if let Some(scale) = scale {
         let before = store.state_before(scale.id)?;
         let after = store.state_after(scale.id)?;
         println!(
-            "\n`kubectl scale` by {} as a diff of the {} it changed:\n",
+            "\n`kubectl scale` by {} went to the scale subresource; as a diff of {}:\n",
             scale.event.user.username,
-            render::target(&scale.event)
+            scale.event.target()
         );
         print!(
             "{}",

@@ -21,9 +21,10 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "HISTOR_LOG_FORMAT")]
     pub log_format: LogFormat,
-    /// Log filter when RUST_LOG is unset, such as `info` or `histor=debug`.
-    #[arg(long, global = true, default_value = "info", env = "HISTOR_LOG_LEVEL")]
-    pub log_level: String,
+    /// Log filter when RUST_LOG is unset, such as `info` or `histor=debug` (default: `info`;
+    /// `warn` for the demo, whose report is its output).
+    #[arg(long, global = true, env = "HISTOR_LOG_LEVEL")]
+    pub log_level: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -40,6 +41,17 @@ pub enum Command {
     History(history::HistoryArgs),
     /// Run a self-contained demo: a real server on a temporary store, fed recorded reviews.
     Demo(demo::DemoArgs),
+}
+
+impl Cli {
+    /// The log filter to use when RUST_LOG is unset.
+    pub fn log_level(&self) -> &str {
+        match (&self.log_level, &self.command) {
+            (Some(level), _) => level,
+            (None, Command::Demo(_)) => "warn",
+            (None, _) => "info",
+        }
+    }
 }
 
 /// Runs a parsed command line.

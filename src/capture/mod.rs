@@ -45,6 +45,10 @@ pub struct Capture {
     pub registry: Arc<Registry>,
     /// Longest wait for the durable write.
     pub deadline: Duration,
+    /// Users whose requests are never recorded: the operator's own service account, whose
+    /// ChangeRecord writes must not loop back (also pushed down as matchConditions where the
+    /// apiserver supports them).
+    pub ignored_users: Vec<String>,
     /// False until the server is ready to record (and after shutdown starts).
     pub ready: AtomicBool,
 }
@@ -53,10 +57,17 @@ pub struct Capture {
 pub fn router(state: Arc<Capture>) -> Router {
     Router::new()
         .route("/admit/{policy}", post(admit))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .merge(ops_router(state.clone()))
+        .with_state(state)
+}
+
+/// Probes and metrics alone, for a plain-HTTP port that kubelet and Prometheus reach without TLS.
+pub fn ops_router(state: Arc<Capture>) -> Router<Arc<Capture>> {
+    Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -136,6 +147,9 @@ async fn review(
             return (answer, "uninterpretable");
         }
     };
+    if state.ignored_users.contains(&request.user.username) {
+        return (answer, "ignored_user");
+    }
     let Some(compiled) = state.policies.get(policy) else {
         tracing::debug!(policy = %policy, "review for an unknown policy");
         return (answer, "unknown_policy");

@@ -4,11 +4,14 @@
 mod demo;
 mod files;
 mod history;
+mod operator;
 mod replay;
 mod serve;
+mod server;
 
 pub use files::{load_or_create_key, read_policy_files};
-pub use serve::{Running, ServeArgs, start};
+pub use serve::{ServeArgs, start};
+pub use server::Running;
 
 use crate::Result;
 use crate::telemetry::LogFormat;
@@ -39,6 +42,9 @@ pub enum Command {
     Replay(replay::ReplayArgs),
     /// Read recorded changes from a store directory.
     History(history::HistoryArgs),
+    /// Run the operator in a cluster: webhook, store, notifications, TrackingPolicy controller
+    /// and ChangeRecords.
+    Operator(Box<operator::OperatorArgs>),
     /// Run a self-contained demo: a real server on a temporary store, fed recorded reviews.
     Demo(demo::DemoArgs),
 }
@@ -61,5 +67,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Replay(args) => replay::run(args).await,
         Command::History(args) => history::run(args),
         Command::Demo(args) => demo::run(args).await,
+        Command::Operator(args) => operator::run(*args).await,
     }
 }

@@ -1,21 +1,20 @@
 //! `histor serve`: capture, pipeline and store in one process, with policies from files.
 
 use super::files::{load_or_create_key, read_policy_files};
-use crate::capture::{self, Capture, RecordObserver, Writer, tls};
+use super::server::{self, Parts, Running};
+use crate::capture::tls;
 use crate::index::PolicyIndex;
 use crate::metrics::Metrics;
 use crate::notify::{
     FileSecrets, Notifier, NotifyConfig, NotifyMetrics, SecretSource, StaticSecrets,
 };
 use crate::pipeline::Redactor;
-use crate::store::{EventStore, RetentionRule, SledStore, StoredEvent};
+use crate::store::SledStore;
 use crate::{Error, Result};
-use axum_server::Handle;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Options of `histor serve`.
@@ -56,54 +55,6 @@ pub struct ServeArgs {
     pub secrets_dir: Option<PathBuf>,
 }
 
-/// A started server.
-pub struct Running {
-    /// The address it listens on (useful with port 0).
-    pub addr: SocketAddr,
-    /// The CA to trust, when histor made the certificate.
-    pub ca_file: Option<PathBuf>,
-    /// The store, shared with the writer.
-    pub store: Arc<SledStore>,
-    /// The shared state of the handlers.
-    pub capture: Arc<Capture>,
-    handle: Handle<SocketAddr>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
-    writer: std::thread::JoinHandle<()>,
-    background: Vec<tokio::task::JoinHandle<()>>,
-    notifier: (
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<()>,
-    ),
-}
-
-impl Running {
-    /// Stops accepting, lets in-flight reviews finish, drains the queue to the store.
-    pub async fn shutdown(self) -> Result<()> {
-        self.capture.ready.store(false, Ordering::Relaxed);
-        self.handle.graceful_shutdown(Some(Duration::from_secs(5)));
-        let served = self
-            .server
-            .await
-            .map_err(|e| Error::Usage(format!("server task failed: {e}")));
-        for task in self.background {
-            task.abort();
-        }
-        // Dropping the last Writer (inside Capture) closes the queue; the writer drains and exits.
-        drop(self.capture);
-        let writer = self.writer;
-        tokio::task::spawn_blocking(move || writer.join())
-            .await
-            .map_err(|e| Error::Usage(format!("writer join failed: {e}")))?
-            .map_err(|_| Error::Usage("writer thread panicked".into()))?;
-        // Deliveries still running get their timeout; unsent ones stay in the durable outbox.
-        let (stop, notifier) = self.notifier;
-        let _ = stop.send(());
-        let _ = notifier.await;
-        self.store.flush()?;
-        served?.map_err(Error::Io)
-    }
-}
-
 /// Starts serving and returns once the socket is bound.
 pub async fn start(args: ServeArgs) -> Result<Running> {
     let policies = Arc::new(PolicyIndex::new());
@@ -118,8 +69,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         .unwrap_or_else(|| args.data_dir.join("hmac.key"));
     let redactor = Arc::new(Redactor::new(&load_or_create_key(&key_path)?));
     let store = Arc::new(SledStore::open(args.data_dir.join("store"))?);
-
-    let files = match (&args.tls_cert, &args.tls_key) {
+    let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => tls::CertFiles {
             cert: cert.clone(),
             key: key.clone(),
@@ -127,115 +77,45 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         },
         _ => self_signed(&args)?,
     };
-    let rustls_config = tls::load(&files).await?;
 
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let notifier = notifier(&args, &store, &policies, &mut registry).await?;
-    let (writer, writer_thread) = Writer::spawn(
-        store.clone() as Arc<dyn EventStore>,
-        args.queue_capacity,
-        metrics.clone(),
-        vec![Arc::new(NotifyObserver(notifier.clone())) as Arc<dyn RecordObserver>],
-    )?;
-    let capture = Arc::new(Capture {
-        policies: policies.clone(),
-        redactor,
-        writer,
-        metrics: metrics.clone(),
-        registry: Arc::new(registry),
-        deadline: Duration::from_millis(args.deadline_ms),
-        ready: Default::default(),
-    });
-
-    let handle = Handle::new();
-    let app = capture::router(capture.clone());
-    let server = tokio::spawn(
-        axum_server::bind_rustls(args.listen, rustls_config.clone())
-            .handle(handle.clone())
-            .serve(app.into_make_service()),
-    );
-    let addr = handle
-        .listening()
-        .await
-        .ok_or_else(|| Error::Usage(format!("could not listen on {}", args.listen)))?;
-    let background = vec![
-        tokio::spawn(tls::watch(
-            rustls_config,
-            files.clone(),
-            Duration::from_secs(5),
-        )),
-        tokio::spawn(retention_loop(
-            store.clone(),
-            policies,
-            metrics,
-            Duration::from_secs(args.retention_interval_secs.max(1)),
-        )),
-    ];
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let delivery = tokio::spawn(async move {
-        notifier
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    capture.ready.store(true, Ordering::Relaxed);
-    Ok(Running {
-        addr,
-        ca_file: files.ca,
-        store,
-        capture,
-        handle,
-        server,
-        writer: writer_thread,
-        background,
-        notifier: (stop, delivery),
-    })
-}
-
-/// The notification hub on the store's database, with every policy's sinks, caught up with
-/// events a crash may have stored but not handed to it.
-async fn notifier(
-    args: &ServeArgs,
-    store: &Arc<SledStore>,
-    policies: &PolicyIndex,
-    registry: &mut Registry,
-) -> Result<Notifier> {
     let secrets: Arc<dyn SecretSource> = match &args.secrets_dir {
         Some(dir) => Arc::new(FileSecrets::new(dir)),
         None => Arc::new(StaticSecrets::default()),
     };
-    let metrics = NotifyMetrics::default();
-    metrics.register(registry);
+    let notify_metrics = NotifyMetrics::default();
+    notify_metrics.register(&mut registry);
     let notifier = Notifier::new(
         store.db().clone(),
         secrets,
         NotifyConfig::default(),
-        metrics,
+        notify_metrics,
     )?;
     for policy in policies.all() {
         if let Err(error) = notifier.set_policy(policy.name(), &policy.spec().notify) {
             tracing::warn!(%error, policy = %policy.name(), "some notification sinks are not usable");
         }
     }
-    let (n, s) = (notifier.clone(), store.clone());
-    tokio::task::spawn_blocking(move || n.recover_from(s.as_ref()))
-        .await
-        .map_err(|e| Error::Usage(format!("notification recovery failed: {e}")))??;
-    Ok(notifier)
-}
-
-/// Hands each durable batch to the notification outbox.
-struct NotifyObserver(Notifier);
-
-impl RecordObserver for NotifyObserver {
-    fn on_recorded(&self, events: &[StoredEvent]) {
-        if let Err(error) = self.0.on_recorded(events) {
-            tracing::error!(%error, events = events.len(), "queueing notifications failed; they are recovered at the next start");
-        }
-    }
+    server::start(Parts {
+        policies,
+        store,
+        redactor,
+        notifier,
+        metrics,
+        registry,
+        listen: args.listen,
+        tls,
+        deadline: Duration::from_millis(args.deadline_ms),
+        queue_capacity: args.queue_capacity,
+        retention_interval: Duration::from_secs(args.retention_interval_secs),
+        default_retention: crate::store::RetentionRule::default(),
+        ignored_users: Vec::new(),
+        observers: Vec::new(),
+        on_retention: None,
+    })
+    .await
 }
 
 fn self_signed(args: &ServeArgs) -> Result<tls::CertFiles> {
@@ -260,39 +140,6 @@ fn self_signed(args: &ServeArgs) -> Result<tls::CertFiles> {
     tls::write_self_signed(&dir, &names)
 }
 
-/// Enforces retention and refreshes the store gauges, off the async threads.
-async fn retention_loop(
-    store: Arc<SledStore>,
-    policies: Arc<PolicyIndex>,
-    metrics: Arc<Metrics>,
-    every: Duration,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let (store, policies, metrics) = (store.clone(), policies.clone(), metrics.clone());
-        let pass = tokio::task::spawn_blocking(move || -> Result<()> {
-            let report = store.enforce_retention(
-                jiff::Timestamp::now(),
-                &|name: &str| policies.retention(name),
-                RetentionRule::default(),
-            )?;
-            metrics.retention_removed.inc_by(report.removed);
-            let stats = store.stats()?;
-            metrics.store_events.set(stats.events);
-            metrics.store_bytes.set(stats.bytes_on_disk);
-            Ok(())
-        })
-        .await;
-        match pass {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "retention pass failed"),
-            Err(error) => tracing::warn!(%error, "retention pass panicked"),
-        }
-    }
-}
-
 /// Runs until Ctrl-C or SIGTERM.
 pub async fn run(args: ServeArgs) -> Result<()> {
     let running = start(args).await?;
@@ -302,24 +149,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
         None => tracing::info!(addr = %running.addr, "serving"),
     }
-    shutdown_signal().await;
+    server::shutdown_signal().await;
     tracing::info!("shutting down: finishing in-flight reviews and draining the queue");
     running.shutdown().await
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -1,0 +1,242 @@
+//! `histor operator`: the in-cluster operator. Serves the webhook from every replica and, on the
+//! leader, turns TrackingPolicies into webhook configurations and writes ChangeRecords.
+
+use super::files::load_or_create_key;
+use super::server::{self, Parts};
+use crate::capture::{RecordObserver, tls};
+use crate::controller::{self, Context, OperatorOptions, PolicyRegistry};
+use crate::crd::TrackingPolicySpec;
+use crate::index::PolicyIndex;
+use crate::metrics::Metrics;
+use crate::notify::{KubeSecrets, Notifier, NotifyConfig, NotifyMetrics};
+use crate::pipeline::{CompiledPolicy, Redactor};
+use crate::store::{SledStore, StoredEvent};
+use crate::{Error, Result};
+use jiff::Timestamp;
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Options of `histor operator`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OperatorArgs {
+    /// Cluster-facing options.
+    #[command(flatten)]
+    pub operator: OperatorOptions,
+    /// HTTPS address of the webhook (and probes).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Plain-HTTP address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// Directory of the store.
+    #[arg(long, default_value = "/var/lib/histor")]
+    pub data_dir: PathBuf,
+    /// Key for hashing Secret values; made once in DATA_DIR/hmac.key when not given.
+    #[arg(long)]
+    pub hmac_key_file: Option<PathBuf>,
+    /// Longest time a review waits for its durable write before it is answered anyway.
+    #[arg(long, default_value_t = 500)]
+    pub deadline_ms: u64,
+    /// Events that may wait for the writer; beyond it reviews are answered and counted as dropped.
+    #[arg(long, default_value_t = 16_384)]
+    pub queue_capacity: usize,
+    /// Seconds between retention passes.
+    #[arg(long, default_value_t = 10)]
+    pub retention_interval_secs: u64,
+    /// Retention of events whose policies are gone: oldest kept.
+    #[arg(long, default_value = "720h")]
+    pub retention_max_age: String,
+    /// Retention of events whose policies are gone: most kept per object.
+    #[arg(long, default_value_t = 100)]
+    pub retention_max_events_per_object: u32,
+}
+
+/// The live policy set: compiled for capture, sinks for the notifier. Reconcile calls it.
+struct LivePolicies {
+    index: Arc<PolicyIndex>,
+    notifier: Notifier,
+}
+
+impl PolicyRegistry for LivePolicies {
+    fn apply(&self, name: &str, spec: &TrackingPolicySpec) -> Result<(), String> {
+        let compiled = CompiledPolicy::compile(name, spec).map_err(|e| e.to_string())?;
+        self.index.apply(compiled);
+        // A broken sink does not make the policy invalid: it shows in SinksReady instead.
+        if let Err(error) = self.notifier.set_policy(name, &spec.notify) {
+            tracing::warn!(%error, policy = %name, "some notification sinks are not usable");
+        }
+        Ok(())
+    }
+
+    fn remove(&self, name: &str) {
+        self.index.remove(name);
+        if let Err(error) = self.notifier.remove_policy(name) {
+            tracing::warn!(%error, policy = %name, "dropping the policy's queued notifications failed");
+        }
+    }
+}
+
+/// Events recorded per policy by this replica since it started, for the policy status.
+#[derive(Default)]
+struct PolicyStats(Mutex<HashMap<String, (u64, Timestamp)>>);
+
+impl PolicyStats {
+    fn get(&self, policy: &str) -> (u64, Option<Timestamp>) {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(policy).map_or((0, None), |(n, t)| (*n, Some(*t)))
+    }
+}
+
+impl RecordObserver for PolicyStats {
+    fn on_recorded(&self, events: &[StoredEvent]) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for e in events {
+            for policy in &e.event.policies {
+                let entry = map
+                    .entry(policy.clone())
+                    .or_insert((0, e.event.received_at));
+                entry.0 += 1;
+                entry.1 = entry.1.max(e.event.received_at);
+            }
+        }
+    }
+}
+
+/// Forwards durable batches to the ChangeRecord writer.
+struct Records(Arc<Context>);
+
+impl RecordObserver for Records {
+    fn on_recorded(&self, events: &[StoredEvent]) {
+        self.0.records.on_recorded(events);
+    }
+}
+
+/// Runs the operator until SIGTERM.
+pub async fn run(args: OperatorArgs) -> Result<()> {
+    let settings = args.operator.settings()?;
+    let default_retention = crate::store::RetentionRule {
+        max_events_per_object: args.retention_max_events_per_object,
+        max_age: crate::pipeline::parse_duration(&args.retention_max_age)
+            .map_err(|e| Error::Usage(format!("--retention-max-age: {e}")))?,
+    };
+    let client = kube::Client::try_default().await?;
+    std::fs::create_dir_all(&args.data_dir).map_err(|e| Error::file(&args.data_dir, e))?;
+    let key_path = args
+        .hmac_key_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("hmac.key"));
+    let redactor = Arc::new(Redactor::new(&load_or_create_key(&key_path)?));
+    let store = Arc::new(SledStore::open(args.data_dir.join("store"))?);
+    let policies = Arc::new(PolicyIndex::new());
+
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let notify_metrics = NotifyMetrics::default();
+    notify_metrics.register(&mut registry);
+    let notifier = Notifier::new(
+        store.db().clone(),
+        Arc::new(KubeSecrets::new(client.clone())),
+        NotifyConfig::default(),
+        notify_metrics,
+    )?;
+
+    let stats = Arc::new(PolicyStats::default());
+    let ignored_users = vec![format!(
+        "system:serviceaccount:{}:{}",
+        settings.namespace, settings.service_account
+    )];
+    let cert_dir = settings.cert_dir.clone();
+    let live = Arc::new(LivePolicies {
+        index: policies.clone(),
+        notifier: notifier.clone(),
+    });
+    let health = notifier.clone();
+    let stats_of = stats.clone();
+    let ctx = Arc::new(
+        Context::new(client, settings, live, store.clone())
+            .with_stats(Arc::new(move |policy: &str| stats_of.get(policy)))
+            .with_sink_health(Arc::new(move |policy: &str| {
+                health
+                    .health()
+                    .into_iter()
+                    .filter(|h| h.policy == policy)
+                    .collect()
+            })),
+    );
+    let controller = tokio::spawn(controller::run(ctx.clone()));
+
+    // Self-managed certificates are written by the certificate loop; cert-manager's are mounted.
+    let tls = wait_for_certificates(&cert_dir).await?;
+    let retention_ctx = ctx.clone();
+    let running = server::start(Parts {
+        policies,
+        store,
+        redactor,
+        notifier,
+        metrics,
+        registry,
+        listen: args.listen,
+        tls,
+        deadline: Duration::from_millis(args.deadline_ms),
+        queue_capacity: args.queue_capacity,
+        retention_interval: Duration::from_secs(args.retention_interval_secs),
+        default_retention,
+        ignored_users,
+        observers: vec![stats, Arc::new(Records(ctx.clone()))],
+        on_retention: Some(Arc::new(move |report| {
+            retention_ctx.records.on_retention(report)
+        })),
+    })
+    .await?;
+    tracing::info!(addr = %running.addr, "webhook serving");
+
+    let ops =
+        crate::capture::ops_router(running.capture.clone()).with_state(running.capture.clone());
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", args.metrics_listen)))?;
+    let ops_server = tokio::spawn(async move { axum::serve(listener, ops).await });
+
+    let outcome = tokio::select! {
+        _ = server::shutdown_signal() => Ok(()),
+        result = controller => match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error),
+            Err(error) => Err(Error::Usage(format!("controller task failed: {error}"))),
+        },
+    };
+    tracing::info!("shutting down: finishing in-flight reviews and draining the queue");
+    ops_server.abort();
+    running.shutdown().await?;
+    outcome
+}
+
+/// Waits until the serving certificate and key exist (the certificate loop writes them on its
+/// first pass; cert-manager's Secret may take a moment to be issued and mounted).
+async fn wait_for_certificates(dir: &std::path::Path) -> Result<tls::CertFiles> {
+    let files = tls::CertFiles {
+        cert: dir.join(crate::certs::TLS_CRT),
+        key: dir.join(crate::certs::TLS_KEY),
+        ca: None,
+    };
+    let mut waited = Duration::ZERO;
+    while !(files.cert.exists() && files.key.exists()) {
+        if waited.as_secs().is_multiple_of(10) {
+            tracing::info!(dir = %dir.display(), "waiting for the serving certificate");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        waited += Duration::from_millis(500);
+        if waited > Duration::from_secs(600) {
+            return Err(Error::Tls(format!(
+                "no serving certificate in {} after 10 minutes",
+                dir.display()
+            )));
+        }
+    }
+    Ok(files)
+}

@@ -1,0 +1,267 @@
+//! Assembles a running capture server from its parts: the HTTPS endpoint, the group-commit writer
+//! feeding the store, the notification delivery loop and the retention loop. `histor serve` and
+//! `histor operator` differ only in where policies, certificates and secrets come from.
+
+use crate::capture::{self, Capture, RecordObserver, Writer, tls};
+use crate::index::PolicyIndex;
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::pipeline::Redactor;
+use crate::store::{EventStore, RetentionReport, RetentionRule, SledStore, StoredEvent};
+use crate::{Error, Result};
+use axum_server::Handle;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Called with every retention pass's report (ChangeRecords of emptied objects go away).
+pub type RetentionHook = Arc<dyn Fn(&RetentionReport) + Send + Sync>;
+
+/// Everything a server is made of.
+pub struct Parts {
+    /// Compiled policies, shared with whoever keeps them current.
+    pub policies: Arc<PolicyIndex>,
+    /// The store.
+    pub store: Arc<SledStore>,
+    /// Secret value hasher.
+    pub redactor: Arc<Redactor>,
+    /// Notification hub on the store's database.
+    pub notifier: Notifier,
+    /// Capture metrics, registered in `registry`.
+    pub metrics: Arc<Metrics>,
+    /// Every metric of the process.
+    pub registry: Registry,
+    /// HTTPS address.
+    pub listen: SocketAddr,
+    /// Serving certificate files (reloaded when they change).
+    pub tls: tls::CertFiles,
+    /// Longest wait for a durable write.
+    pub deadline: Duration,
+    /// Bound of the event queue.
+    pub queue_capacity: usize,
+    /// Time between retention passes.
+    pub retention_interval: Duration,
+    /// Retention of events whose policies are gone.
+    pub default_retention: RetentionRule,
+    /// Users whose requests are never recorded (the operator's own service account).
+    pub ignored_users: Vec<String>,
+    /// Told about every durable batch, besides the notifier.
+    pub observers: Vec<Arc<dyn RecordObserver>>,
+    /// Told about every retention pass.
+    pub on_retention: Option<RetentionHook>,
+}
+
+/// A started server.
+pub struct Running {
+    /// The address it listens on (useful with port 0).
+    pub addr: SocketAddr,
+    /// The CA to trust, when histor made the certificate.
+    pub ca_file: Option<PathBuf>,
+    /// The store, shared with the writer.
+    pub store: Arc<SledStore>,
+    /// The shared state of the handlers.
+    pub capture: Arc<Capture>,
+    handle: Handle<SocketAddr>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    writer: std::thread::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    delivery: (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ),
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight reviews finish, drains the queue to the store.
+    pub async fn shutdown(self) -> Result<()> {
+        self.capture.ready.store(false, Ordering::Relaxed);
+        self.handle.graceful_shutdown(Some(Duration::from_secs(5)));
+        let served = self
+            .server
+            .await
+            .map_err(|e| Error::Usage(format!("server task failed: {e}")));
+        for task in self.background {
+            task.abort();
+        }
+        // Dropping the last Writer (inside Capture) closes the queue; the writer drains and exits.
+        drop(self.capture);
+        let writer = self.writer;
+        tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .map_err(|e| Error::Usage(format!("writer join failed: {e}")))?
+            .map_err(|_| Error::Usage("writer thread panicked".into()))?;
+        // Deliveries still running get their timeout; unsent ones stay in the durable outbox.
+        let (stop, delivery) = self.delivery;
+        let _ = stop.send(());
+        let _ = delivery.await;
+        self.store.flush()?;
+        served?.map_err(Error::Io)
+    }
+}
+
+/// Starts serving and returns once the socket is bound.
+pub async fn start(parts: Parts) -> Result<Running> {
+    let Parts {
+        policies,
+        store,
+        redactor,
+        notifier,
+        metrics,
+        registry,
+        listen,
+        tls: files,
+        deadline,
+        queue_capacity,
+        retention_interval,
+        default_retention,
+        ignored_users,
+        mut observers,
+        on_retention,
+    } = parts;
+    let rustls_config = tls::load(&files).await?;
+
+    // Catch up on events a crash stored but did not hand to the notifier, before new ones flow.
+    let (n, s) = (notifier.clone(), store.clone());
+    tokio::task::spawn_blocking(move || n.recover_from(s.as_ref()))
+        .await
+        .map_err(|e| Error::Usage(format!("notification recovery failed: {e}")))??;
+    observers.insert(0, Arc::new(NotifyObserver(notifier.clone())));
+    let (writer, writer_thread) = Writer::spawn(
+        store.clone() as Arc<dyn EventStore>,
+        queue_capacity,
+        metrics.clone(),
+        observers,
+    )?;
+    let capture = Arc::new(Capture {
+        policies: policies.clone(),
+        redactor,
+        writer,
+        metrics: metrics.clone(),
+        registry: Arc::new(registry),
+        deadline,
+        ignored_users,
+        ready: Default::default(),
+    });
+
+    let handle = Handle::new();
+    let app = capture::router(capture.clone());
+    let server = tokio::spawn(
+        axum_server::bind_rustls(listen, rustls_config.clone())
+            .handle(handle.clone())
+            .serve(app.into_make_service()),
+    );
+    let addr = handle
+        .listening()
+        .await
+        .ok_or_else(|| Error::Usage(format!("could not listen on {listen}")))?;
+    let background = vec![
+        tokio::spawn(tls::watch(
+            rustls_config,
+            files.clone(),
+            Duration::from_secs(5),
+        )),
+        tokio::spawn(retention_loop(
+            store.clone(),
+            policies,
+            metrics,
+            retention_interval.max(Duration::from_secs(1)),
+            default_retention,
+            on_retention,
+        )),
+    ];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let delivery = tokio::spawn(async move {
+        notifier
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    capture.ready.store(true, Ordering::Relaxed);
+    Ok(Running {
+        addr,
+        ca_file: files.ca,
+        store,
+        capture,
+        handle,
+        server,
+        writer: writer_thread,
+        background,
+        delivery: (stop, delivery),
+    })
+}
+
+/// Hands each durable batch to the notification outbox.
+struct NotifyObserver(Notifier);
+
+impl RecordObserver for NotifyObserver {
+    fn on_recorded(&self, events: &[StoredEvent]) {
+        if let Err(error) = self.0.on_recorded(events) {
+            tracing::error!(%error, events = events.len(), "queueing notifications failed; they are recovered at the next start");
+        }
+    }
+}
+
+/// Enforces retention and refreshes the store gauges, off the async threads.
+async fn retention_loop(
+    store: Arc<SledStore>,
+    policies: Arc<PolicyIndex>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    default_retention: RetentionRule,
+    on_retention: Option<RetentionHook>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (store, policies, metrics, hook) = (
+            store.clone(),
+            policies.clone(),
+            metrics.clone(),
+            on_retention.clone(),
+        );
+        let pass = tokio::task::spawn_blocking(move || -> Result<()> {
+            let report = store.enforce_retention(
+                jiff::Timestamp::now(),
+                &|name: &str| policies.retention(name),
+                default_retention,
+            )?;
+            metrics.retention_removed.inc_by(report.removed);
+            if let Some(hook) = hook {
+                hook(&report);
+            }
+            let stats = store.stats()?;
+            metrics.store_events.set(stats.events);
+            metrics.store_bytes.set(stats.bytes_on_disk);
+            Ok(())
+        })
+        .await;
+        match pass {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "retention pass failed"),
+            Err(error) => tracing::warn!(%error, "retention pass panicked"),
+        }
+    }
+}
+
+/// Runs until Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -29,6 +29,7 @@ use crate::store::EventStore;
 use certs::CertManager;
 use jiff::Timestamp;
 use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -260,6 +261,36 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
     Ok(())
 }
 
+/// Name of the APIService of the query API, when installed (by the Helm chart).
+pub const API_SERVICE: &str = "v1alpha1.query.histor.dev";
+
+/// Puts the CA bundle into the query API's APIService, so the aggregator trusts the serving
+/// certificate. An APIService that is absent (standalone installs) is fine.
+async fn inject_api_service_ca(client: &Client, bundle: &[u8]) {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+    let api: Api<APIService> = Api::all(client.clone());
+    let current = match api.get_opt(API_SERVICE).await {
+        Ok(Some(service)) => service.spec.and_then(|s| s.ca_bundle),
+        Ok(None) => return,
+        Err(error) => {
+            warn!(%error, apiservice = API_SERVICE, "reading the APIService failed");
+            return;
+        }
+    };
+    if current.as_ref().map(|b| b.0.as_slice()) == Some(bundle) {
+        return;
+    }
+    let patch = serde_json::json!({"spec": {"caBundle": ByteString(bundle.to_vec())}});
+    match api
+        .patch(API_SERVICE, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => info!(apiservice = API_SERVICE, "CA bundle injected"),
+        Err(error) => warn!(%error, apiservice = API_SERVICE, "injecting the CA bundle failed"),
+    }
+}
+
 /// Keeps the serving files and the caBundle current. The leader also renews and rotates.
 async fn cert_loop(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) {
     let settings = &ctx.settings;
@@ -287,6 +318,9 @@ async fn cert_loop(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) {
         }) {
             Ok(Some(m)) => {
                 ctx.set_ca_bundle(Some(m.ca_bundle()));
+                if is_leader {
+                    inject_api_service_ca(&ctx.client, &m.ca_bundle()).await;
+                }
                 settings.cert_check_interval
             }
             Ok(None) => {

@@ -19,7 +19,10 @@ const SKIP: &str =
 
 async fn client() -> Option<(kube::Client, String)> {
     let Ok(path) = std::env::var("HISTOR_E2E_KUBECONFIG") else {
-        println!("{SKIP}");
+        // Straight to stderr: libtest captures println!/eprintln! of passing tests, and a skip
+        // must be seen.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "e2e: {SKIP}");
         return None;
     };
     let kubeconfig = Kubeconfig::read_from(&path).expect("readable kubeconfig");

@@ -3,11 +3,11 @@
 
 mod support;
 
-use histor::cmd::{ServeArgs, start};
+use histor::cmd::{CaptureArgs, ServeArgs, start};
 use histor::store::{EventStore, Query};
 use serde_json::Value;
 use std::path::Path;
-use support::{FIXTURE_ORDER, client, fixture, fresh_uid, write_policy};
+use support::{client, fixture, fixture_order, fresh_uid, write_policy};
 
 fn args(dir: &Path, policy: std::path::PathBuf) -> ServeArgs {
     ServeArgs {
@@ -16,10 +16,10 @@ fn args(dir: &Path, policy: std::path::PathBuf) -> ServeArgs {
         listen: "127.0.0.1:0".parse().unwrap(),
         tls_cert: None,
         tls_key: None,
-        hmac_key_file: None,
-        deadline_ms: 500,
-        queue_capacity: 1024,
-        retention_interval_secs: 3600,
+        capture: CaptureArgs {
+            retention_interval_secs: 3600,
+            ..CaptureArgs::default()
+        },
         secrets_dir: None,
     }
 }
@@ -48,7 +48,7 @@ async fn every_recorded_review_becomes_the_expected_event() {
         .unwrap();
     let client = client(running.ca_file.as_ref().unwrap());
     let url = format!("https://localhost:{}/admit/all", running.addr.port());
-    for name in FIXTURE_ORDER {
+    for name in fixture_order() {
         let body = fixture(name);
         let uid = serde_json::from_str::<Value>(&body).unwrap()["request"]["uid"]
             .as_str()
@@ -168,7 +168,7 @@ async fn bad_bodies_get_clear_answers_and_nothing_breaks() {
     let dir = tempfile::tempdir().unwrap();
     let mut serve = args(dir.path(), write_policy(dir.path(), "all"));
     // The 4 MiB review takes its time in a debug build; this test is about answers, not speed.
-    serve.deadline_ms = 30_000;
+    serve.capture.deadline_ms = 30_000;
     let running = start(serve).await.unwrap();
     let client = client(running.ca_file.as_ref().unwrap());
     let url = format!("https://localhost:{}/admit/all", running.addr.port());

@@ -3,6 +3,7 @@
 //! binary), and prints who changed what.
 
 use super::serve::{ServeArgs, start};
+use super::server::CaptureArgs;
 use crate::pipeline;
 use crate::render;
 use crate::store::{EventStore, Query};
@@ -34,8 +35,9 @@ macro_rules! fixtures {
     };
 }
 
-/// Recorded reviews, in the order the apiserver sent them.
-const REVIEWS: &[(&str, &str)] = fixtures![
+/// AdmissionReviews recorded from a real kube-apiserver (`tests/fixtures/admission/`), by file
+/// name, in the order the apiserver sent them.
+pub const REVIEWS: &[(&str, &str)] = fixtures![
     "admissionreview-create-deployment.json",
     "admissionreview-update-deployment-scale.json",
     "admissionreview-update-deployment.json",
@@ -72,10 +74,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             .map_err(|_| Error::Usage("bad listen address".into()))?,
         tls_cert: None,
         tls_key: None,
-        hmac_key_file: None,
-        deadline_ms: 500,
-        queue_capacity: 1024,
-        retention_interval_secs: 60,
+        capture: CaptureArgs::default(),
         secrets_dir: None,
     })
     .await?;

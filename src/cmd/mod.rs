@@ -9,9 +9,10 @@ mod replay;
 mod serve;
 mod server;
 
+pub use demo::REVIEWS as RECORDED_REVIEWS;
 pub use files::{load_or_create_key, read_policy_files};
 pub use serve::{ServeArgs, start};
-pub use server::Running;
+pub use server::{CaptureArgs, Running};
 
 use crate::Result;
 use crate::telemetry::LogFormat;

@@ -1,19 +1,16 @@
 //! `histor operator`: the in-cluster operator. Serves the webhook from every replica and, on the
 //! leader, turns TrackingPolicies into webhook configurations and writes ChangeRecords.
 
-use super::files::load_or_create_key;
-use super::server::{self, Parts};
+use super::server::{self, CaptureArgs, Parts};
 use crate::capture::{RecordObserver, tls};
 use crate::controller::{self, Context, OperatorOptions, PolicyRegistry};
 use crate::crd::TrackingPolicySpec;
 use crate::index::PolicyIndex;
-use crate::metrics::Metrics;
-use crate::notify::{KubeSecrets, Notifier, NotifyConfig, NotifyMetrics};
-use crate::pipeline::{CompiledPolicy, Redactor};
-use crate::store::{SledStore, StoredEvent};
+use crate::notify::{KubeSecrets, Notifier};
+use crate::pipeline::CompiledPolicy;
+use crate::store::StoredEvent;
 use crate::{Error, Result};
 use jiff::Timestamp;
-use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,18 +32,9 @@ pub struct OperatorArgs {
     /// Directory of the store.
     #[arg(long, default_value = "/var/lib/histor")]
     pub data_dir: PathBuf,
-    /// Key for hashing Secret values; made once in DATA_DIR/hmac.key when not given.
-    #[arg(long)]
-    pub hmac_key_file: Option<PathBuf>,
-    /// Longest time a review waits for its durable write before it is answered anyway.
-    #[arg(long, default_value_t = 500)]
-    pub deadline_ms: u64,
-    /// Events that may wait for the writer; beyond it reviews are answered and counted as dropped.
-    #[arg(long, default_value_t = 16_384)]
-    pub queue_capacity: usize,
-    /// Seconds between retention passes.
-    #[arg(long, default_value_t = 10)]
-    pub retention_interval_secs: u64,
+    /// Deadline, queue and retention settings.
+    #[command(flatten)]
+    pub capture: CaptureArgs,
     /// Retention of events whose policies are gone: oldest kept.
     #[arg(long, default_value = "720h")]
     pub retention_max_age: String,
@@ -124,26 +112,10 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
             .map_err(|e| Error::Usage(format!("--retention-max-age: {e}")))?,
     };
     let client = kube::Client::try_default().await?;
-    std::fs::create_dir_all(&args.data_dir).map_err(|e| Error::file(&args.data_dir, e))?;
-    let key_path = args
-        .hmac_key_file
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("hmac.key"));
-    let redactor = Arc::new(Redactor::new(&load_or_create_key(&key_path)?));
-    let store = Arc::new(SledStore::open(args.data_dir.join("store"))?);
+    let (redactor, store) = server::open_data_dir(&args.data_dir, &args.capture)?;
     let policies = Arc::new(PolicyIndex::new());
-
-    let metrics = Arc::new(Metrics::default());
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    let notify_metrics = NotifyMetrics::default();
-    notify_metrics.register(&mut registry);
-    let notifier = Notifier::new(
-        store.db().clone(),
-        Arc::new(KubeSecrets::new(client.clone())),
-        NotifyConfig::default(),
-        notify_metrics,
-    )?;
+    let (metrics, registry, notifier) =
+        server::metrics_and_notifier(&store, Arc::new(KubeSecrets::new(client.clone())))?;
 
     let stats = Arc::new(PolicyStats::default());
     let ignored_users = vec![format!(
@@ -182,9 +154,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         registry,
         listen: args.listen,
         tls,
-        deadline: Duration::from_millis(args.deadline_ms),
-        queue_capacity: args.queue_capacity,
-        retention_interval: Duration::from_secs(args.retention_interval_secs),
+        options: args.capture,
         default_retention,
         ignored_users,
         observers: vec![stats, Arc::new(Records(ctx.clone()))],

@@ -1,21 +1,14 @@
 //! `histor serve`: capture, pipeline and store in one process, with policies from files.
 
-use super::files::{load_or_create_key, read_policy_files};
-use super::server::{self, Parts, Running};
+use super::files::read_policy_files;
+use super::server::{self, CaptureArgs, Parts, Running};
+use crate::Result;
 use crate::capture::tls;
 use crate::index::PolicyIndex;
-use crate::metrics::Metrics;
-use crate::notify::{
-    FileSecrets, Notifier, NotifyConfig, NotifyMetrics, SecretSource, StaticSecrets,
-};
-use crate::pipeline::Redactor;
-use crate::store::SledStore;
-use crate::{Error, Result};
-use prometheus_client::registry::Registry;
+use crate::notify::{FileSecrets, SecretSource, StaticSecrets};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Options of `histor serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -36,18 +29,9 @@ pub struct ServeArgs {
     /// PEM private key of the serving certificate.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Key for hashing Secret values; made once in DATA_DIR/hmac.key when not given.
-    #[arg(long)]
-    pub hmac_key_file: Option<PathBuf>,
-    /// Longest time a review waits for its durable write before it is answered anyway.
-    #[arg(long, default_value_t = 500)]
-    pub deadline_ms: u64,
-    /// Events that may wait for the writer; beyond it reviews are answered and counted as dropped.
-    #[arg(long, default_value_t = 16_384)]
-    pub queue_capacity: usize,
-    /// Seconds between retention passes.
-    #[arg(long, default_value_t = 10)]
-    pub retention_interval_secs: u64,
+    /// Deadline, queue and retention settings.
+    #[command(flatten)]
+    pub capture: CaptureArgs,
     /// Directory of the Secrets that notification sinks refer to, laid out as
     /// `DIR/<namespace>/<name>/<key>` (a mounted Secret has this shape). Files are re-read on use,
     /// so a rotated webhook URL or SMTP password needs no restart.
@@ -62,13 +46,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         tracing::info!(policy = %policy.name(), "policy loaded");
         policies.apply(policy);
     }
-    std::fs::create_dir_all(&args.data_dir).map_err(|e| Error::file(&args.data_dir, e))?;
-    let key_path = args
-        .hmac_key_file
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("hmac.key"));
-    let redactor = Arc::new(Redactor::new(&load_or_create_key(&key_path)?));
-    let store = Arc::new(SledStore::open(args.data_dir.join("store"))?);
+    let (redactor, store) = server::open_data_dir(&args.data_dir, &args.capture)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => tls::CertFiles {
             cert: cert.clone(),
@@ -77,22 +55,11 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         },
         _ => self_signed(&args)?,
     };
-
-    let metrics = Arc::new(Metrics::default());
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
     let secrets: Arc<dyn SecretSource> = match &args.secrets_dir {
         Some(dir) => Arc::new(FileSecrets::new(dir)),
         None => Arc::new(StaticSecrets::default()),
     };
-    let notify_metrics = NotifyMetrics::default();
-    notify_metrics.register(&mut registry);
-    let notifier = Notifier::new(
-        store.db().clone(),
-        secrets,
-        NotifyConfig::default(),
-        notify_metrics,
-    )?;
+    let (metrics, registry, notifier) = server::metrics_and_notifier(&store, secrets)?;
     for policy in policies.all() {
         if let Err(error) = notifier.set_policy(policy.name(), &policy.spec().notify) {
             tracing::warn!(%error, policy = %policy.name(), "some notification sinks are not usable");
@@ -107,9 +74,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         registry,
         listen: args.listen,
         tls,
-        deadline: Duration::from_millis(args.deadline_ms),
-        queue_capacity: args.queue_capacity,
-        retention_interval: Duration::from_secs(args.retention_interval_secs),
+        options: args.capture,
         default_retention: crate::store::RetentionRule::default(),
         ignored_users: Vec::new(),
         observers: Vec::new(),

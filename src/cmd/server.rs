@@ -2,20 +2,84 @@
 //! feeding the store, the notification delivery loop and the retention loop. `histor serve` and
 //! `histor operator` differ only in where policies, certificates and secrets come from.
 
+use super::files::load_or_create_key;
 use crate::capture::{self, Capture, RecordObserver, Writer, tls};
 use crate::index::PolicyIndex;
 use crate::metrics::Metrics;
-use crate::notify::Notifier;
+use crate::notify::{Notifier, NotifyConfig, NotifyMetrics, SecretSource};
 use crate::pipeline::Redactor;
 use crate::store::{EventStore, RetentionReport, RetentionRule, SledStore, StoredEvent};
 use crate::{Error, Result};
 use axum_server::Handle;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// Options every capture server takes, `histor serve` and `histor operator` alike.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CaptureArgs {
+    /// Key for hashing Secret values; made once in DATA_DIR/hmac.key when not given.
+    #[arg(long)]
+    pub hmac_key_file: Option<PathBuf>,
+    /// Longest time a review waits for its durable write before it is answered anyway.
+    #[arg(long, default_value_t = 500)]
+    pub deadline_ms: u64,
+    /// Events that may wait for the writer; beyond it reviews are answered and counted as dropped.
+    #[arg(long, default_value_t = 16_384)]
+    pub queue_capacity: usize,
+    /// Seconds between retention passes.
+    #[arg(long, default_value_t = 10)]
+    pub retention_interval_secs: u64,
+}
+
+impl Default for CaptureArgs {
+    fn default() -> Self {
+        CaptureArgs {
+            hmac_key_file: None,
+            deadline_ms: 500,
+            queue_capacity: 16_384,
+            retention_interval_secs: 10,
+        }
+    }
+}
+
+/// Opens the store in `data_dir` and the Secret hasher with its key (made once when missing).
+pub fn open_data_dir(
+    data_dir: &Path,
+    options: &CaptureArgs,
+) -> Result<(Arc<Redactor>, Arc<SledStore>)> {
+    std::fs::create_dir_all(data_dir).map_err(|e| Error::file(data_dir, e))?;
+    let key_path = options
+        .hmac_key_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("hmac.key"));
+    let redactor = Arc::new(Redactor::new(&load_or_create_key(&key_path)?));
+    let store = Arc::new(SledStore::open(data_dir.join("store"))?);
+    Ok((redactor, store))
+}
+
+/// The metrics registry (capture and notification metrics) and the notification hub on the
+/// store's database, reading sink credentials from `secrets`.
+pub fn metrics_and_notifier(
+    store: &SledStore,
+    secrets: Arc<dyn SecretSource>,
+) -> Result<(Arc<Metrics>, Registry, Notifier)> {
+    let metrics = Arc::new(Metrics::default());
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let notify_metrics = NotifyMetrics::default();
+    notify_metrics.register(&mut registry);
+    let notifier = Notifier::new(
+        store.db().clone(),
+        secrets,
+        NotifyConfig::default(),
+        notify_metrics,
+    )?;
+    Ok((metrics, registry, notifier))
+}
 
 /// Called with every retention pass's report (ChangeRecords of emptied objects go away).
 pub type RetentionHook = Arc<dyn Fn(&RetentionReport) + Send + Sync>;
@@ -38,12 +102,8 @@ pub struct Parts {
     pub listen: SocketAddr,
     /// Serving certificate files (reloaded when they change).
     pub tls: tls::CertFiles,
-    /// Longest wait for a durable write.
-    pub deadline: Duration,
-    /// Bound of the event queue.
-    pub queue_capacity: usize,
-    /// Time between retention passes.
-    pub retention_interval: Duration,
+    /// Deadline, queue and retention settings.
+    pub options: CaptureArgs,
     /// Retention of events whose policies are gone.
     pub default_retention: RetentionRule,
     /// Users whose requests are never recorded (the operator's own service account).
@@ -113,9 +173,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
         registry,
         listen,
         tls: files,
-        deadline,
-        queue_capacity,
-        retention_interval,
+        options,
         default_retention,
         ignored_users,
         mut observers,
@@ -131,7 +189,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
     observers.insert(0, Arc::new(NotifyObserver(notifier.clone())));
     let (writer, writer_thread) = Writer::spawn(
         store.clone() as Arc<dyn EventStore>,
-        queue_capacity,
+        options.queue_capacity,
         metrics.clone(),
         observers,
     )?;
@@ -141,7 +199,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
         writer,
         metrics: metrics.clone(),
         registry: Arc::new(registry),
-        deadline,
+        deadline: Duration::from_millis(options.deadline_ms),
         ignored_users,
         ready: Default::default(),
     });
@@ -167,7 +225,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
             store.clone(),
             policies,
             metrics,
-            retention_interval.max(Duration::from_secs(1)),
+            Duration::from_secs(options.retention_interval_secs.max(1)),
             default_retention,
             on_retention,
         )),

@@ -379,21 +379,10 @@ pub fn condition(
         reason: reason.into(),
         // The apiserver caps condition messages at 32 KiB; CEL errors stay far below, but a
         // pathological message must not make the status write fail.
-        message: truncate(message, 4096),
+        message: crate::render::shorten(message, 4096),
         observed_generation: generation,
         last_transition_time,
     }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// Publishes an Event about `policy`; failures are logged, never fatal (Events are advisory).
@@ -407,7 +396,7 @@ async fn publish(
     let event = KubeEvent {
         type_,
         reason: reason.into(),
-        note: Some(truncate(note, 1000)),
+        note: Some(crate::render::shorten(note, 1000)),
         action: "Reconcile".into(),
         secondary: None,
     };

@@ -139,17 +139,6 @@ fn dns_subdomain(s: &str) -> String {
         .join(".")
 }
 
-fn cut(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
 /// Summarises an object's retained events, newest first, into the record's status.
 pub fn summarise(events: &[StoredEvent]) -> ChangeRecordStatus {
     let Some(newest) = events.first() else {
@@ -175,7 +164,7 @@ pub fn summarise(events: &[StoredEvent]) -> ChangeRecordStatus {
         .map(|e| {
             let mut paths: Vec<String> = Vec::new();
             for change in &e.event.changes {
-                let p = cut(&display_path(&change.path), MAX_TEXT);
+                let p = crate::render::shorten(&display_path(&change.path), MAX_TEXT);
                 if !paths.contains(&p) {
                     paths.push(p);
                 }
@@ -199,7 +188,7 @@ pub fn summarise(events: &[StoredEvent]) -> ChangeRecordStatus {
             time: Time(newest.event.received_at),
             user: newest.event.user.username.clone(),
             operation: newest.event.operation,
-            summary: cut(&summarize(&newest.event), MAX_TEXT),
+            summary: crate::render::shorten(&summarize(&newest.event), MAX_TEXT),
         }),
         recent,
         contributors,

@@ -129,6 +129,26 @@ pub struct FieldChange {
     pub new: Option<Value>,
 }
 
+impl FieldChange {
+    /// This change as an RFC 6902 operation; `None` when the path is not a JSON pointer.
+    pub fn patch_operation(&self) -> Option<json_patch::PatchOperation> {
+        use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
+        let path = self.path.parse().ok()?;
+        let value = || self.new.clone().unwrap_or(Value::Null);
+        Some(match self.op {
+            ChangeOp::Add => PatchOperation::Add(AddOperation {
+                path,
+                value: value(),
+            }),
+            ChangeOp::Remove => PatchOperation::Remove(RemoveOperation { path }),
+            ChangeOp::Replace => PatchOperation::Replace(ReplaceOperation {
+                path,
+                value: value(),
+            }),
+        })
+    }
+}
+
 /// The kind of a field change.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -144,26 +164,12 @@ pub enum ChangeOp {
 impl ChangeEvent {
     /// The diff as an RFC 6902 JSON Patch that turns the old object into the new one.
     pub fn json_patch(&self) -> json_patch::Patch {
-        use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
-        let ops = self
-            .changes
-            .iter()
-            .filter_map(|c| {
-                let path = c.path.parse().ok()?;
-                Some(match c.op {
-                    ChangeOp::Add => PatchOperation::Add(AddOperation {
-                        path,
-                        value: c.new.clone().unwrap_or(Value::Null),
-                    }),
-                    ChangeOp::Remove => PatchOperation::Remove(RemoveOperation { path }),
-                    ChangeOp::Replace => PatchOperation::Replace(ReplaceOperation {
-                        path,
-                        value: c.new.clone().unwrap_or(Value::Null),
-                    }),
-                })
-            })
-            .collect();
-        json_patch::Patch(ops)
+        json_patch::Patch(
+            self.changes
+                .iter()
+                .filter_map(FieldChange::patch_operation)
+                .collect(),
+        )
     }
 
     /// `deployments.apps/nginx`: the target as kubectl would name it.

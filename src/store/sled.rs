@@ -33,7 +33,7 @@ use super::{
     AppendOutcome, EmptiedObject, EventId, EventStore, Page, Query, RetentionReport, RetentionRule,
     StoreStats, StoredEvent,
 };
-use crate::pipeline::{Actor, Captured, ChangeEvent, ChangeOp, FieldChange, KindId, ResourceId};
+use crate::pipeline::{Actor, Captured, ChangeEvent, FieldChange, KindId, ResourceId};
 use crate::{Error, Result};
 use jiff::Timestamp;
 use serde_json::Value;
@@ -1260,27 +1260,12 @@ fn matches(q: &Query, kinds: Option<&BTreeSet<String>>, e: &ChangeEvent) -> bool
 
 /// Applies the diff op by op; false when any op did not apply (the rest still are).
 fn apply_changes(state: &mut Value, changes: &[FieldChange]) -> bool {
-    use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
     let mut ok = true;
     for c in changes {
-        let Ok(path) = c.path.parse() else {
-            ok = false;
-            continue;
-        };
-        let op = match c.op {
-            ChangeOp::Add => PatchOperation::Add(AddOperation {
-                path,
-                value: c.new.clone().unwrap_or(Value::Null),
-            }),
-            ChangeOp::Remove => PatchOperation::Remove(RemoveOperation { path }),
-            ChangeOp::Replace => PatchOperation::Replace(ReplaceOperation {
-                path,
-                value: c.new.clone().unwrap_or(Value::Null),
-            }),
-        };
-        if json_patch::patch(state, &[op]).is_err() {
-            ok = false;
-        }
+        let applied = c
+            .patch_operation()
+            .is_some_and(|op| json_patch::patch(state, &[op]).is_ok());
+        ok &= applied;
     }
     ok
 }

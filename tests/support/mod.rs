@@ -3,29 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-/// The fixtures in the order the apiserver sent them (tests/fixtures/index.json).
-pub const FIXTURE_ORDER: [&str; 20] = [
-    "admissionreview-create-deployment.json",
-    "admissionreview-update-deployment-scale.json",
-    "admissionreview-update-deployment.json",
-    "admissionreview-update-deployment-dryrun.json",
-    "admissionreview-delete-deployment.json",
-    "admissionreview-create-configmap.json",
-    "admissionreview-update-configmap.json",
-    "admissionreview-create-configmap-dryrun.json",
-    "admissionreview-delete-configmap.json",
-    "admissionreview-create-configmap-denied.json",
-    "admissionreview-create-secret.json",
-    "admissionreview-update-secret.json",
-    "admissionreview-delete-secret.json",
-    "admissionreview-create-widget.json",
-    "admissionreview-update-widget.json",
-    "admissionreview-update-widget-status.json",
-    "admissionreview-update-widget-scale.json",
-    "admissionreview-delete-widget.json",
-    "admissionreview-create-configmap-alice.json",
-    "admissionreview-delete-configmap-alice.json",
-];
+/// The recorded reviews' file names, in the order the apiserver sent them.
+pub fn fixture_order() -> impl Iterator<Item = &'static str> {
+    histor::cmd::RECORDED_REVIEWS.iter().map(|(name, _)| *name)
+}
 
 /// Installs the TLS crypto provider once.
 pub fn init() {

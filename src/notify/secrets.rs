@@ -232,6 +232,85 @@ mod tests {
         }
     }
 
+    /// A mocked apiserver answering Secret reads from a script of (path, body or 404).
+    fn mock_api(
+        script: Vec<(&'static str, Option<serde_json::Value>)>,
+    ) -> (kube::Client, tokio::task::JoinHandle<()>) {
+        use http::{Request, Response};
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(async move {
+            for (path, body) in script {
+                let (request, send) = handle.next_request().await.expect("a request");
+                assert_eq!(request.method(), http::Method::GET);
+                assert_eq!(request.uri().path(), path);
+                let response = match body {
+                    Some(b) => Response::new(Body::from(serde_json::to_vec(&b).unwrap())),
+                    None => Response::builder()
+                        .status(404)
+                        .body(Body::from(
+                            serde_json::to_vec(&serde_json::json!({
+                                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                "reason": "NotFound", "code": 404, "message": "secrets \"x\" not found"
+                            }))
+                            .unwrap(),
+                        ))
+                        .unwrap(),
+                };
+                send.send_response(response);
+            }
+        });
+        (kube::Client::new(service, "default"), server)
+    }
+
+    fn secret(url: &str) -> serde_json::Value {
+        use base64::Engine;
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "slack", "namespace": "histor-system"},
+            "data": {"url": base64::engine::general_purpose::STANDARD.encode(url)}
+        })
+    }
+
+    #[tokio::test]
+    async fn kube_secrets_are_read_through_the_api_and_reread_after_their_ttl() {
+        const PATH: &str = "/api/v1/namespaces/histor-system/secrets/slack";
+        let (client, server) = mock_api(vec![
+            (PATH, Some(secret("https://hooks.example/one"))),
+            (PATH, Some(secret("https://hooks.example/two"))),
+            ("/api/v1/namespaces/histor-system/secrets/missing", None),
+        ]);
+        let source = KubeSecrets::with_ttl(client, Duration::from_millis(50));
+        let slack = r("histor-system", "slack");
+        let first = source.get(&slack).await.unwrap();
+        assert_eq!(
+            first.text("url").as_deref(),
+            Some("https://hooks.example/one")
+        );
+        // Within the TTL the cached value serves: no second request yet.
+        let cached = source.get(&slack).await.unwrap();
+        assert_eq!(
+            cached.text("url").as_deref(),
+            Some("https://hooks.example/one")
+        );
+        // After it, a rotated Secret is picked up without a restart.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let rotated = source.get(&slack).await.unwrap();
+        assert_eq!(
+            rotated.text("url").as_deref(),
+            Some("https://hooks.example/two")
+        );
+        let missing = source
+            .get(&r("histor-system", "missing"))
+            .await
+            .unwrap_err();
+        assert!(missing.to_string().contains("not found"), "{missing}");
+        // Debug output never shows values.
+        assert!(!format!("{rotated:?}").contains("hooks.example"));
+        drop(source);
+        server.await.unwrap();
+    }
+
     #[tokio::test]
     async fn file_secrets_are_reread_after_rotation() {
         let dir = tempfile::tempdir().unwrap();

@@ -113,10 +113,7 @@ impl Change {
                 name: stored.id.to_string(),
                 namespace: event.namespace.clone(),
                 creation_timestamp: Some(
-                    event
-                        .received_at
-                        .strftime("%Y-%m-%dT%H:%M:%SZ")
-                        .to_string(),
+                    event.received_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
                 ),
             },
             summary: pipeline::summarize(&event),

@@ -61,7 +61,13 @@ pub struct BlameArgs {
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
     /// Bearer token for --server.
-    #[arg(long, requires = "server", conflicts_with = "token_file", env = "HISTOR_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        requires = "server",
+        conflicts_with = "token_file",
+        env = "HISTOR_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// File holding the bearer token for --server.
     #[arg(long, requires = "server")]
@@ -91,7 +97,9 @@ impl BlameArgs {
             None => (target.as_str(), None),
         };
         if kind.is_empty() || slash_name.is_some_and(str::is_empty) {
-            return Err(format!("invalid resource \"{target}\": expected TYPE or TYPE/NAME"));
+            return Err(format!(
+                "invalid resource \"{target}\": expected TYPE or TYPE/NAME"
+            ));
         }
         let name = match (slash_name, &self.name) {
             (Some(_), Some(extra)) => {

@@ -2,9 +2,9 @@
 //! with the change that last touched it, like `git blame`.
 //!
 //! Attribution, over the object's history oldest → newest:
-//! - the baseline (the CREATE's `after`; without a recorded CREATE, the oldest change's `before`,
-//!   or its `after` when even that is unknown) attributes every line to its change, or to
-//!   `(before history)` when the baseline is a `before`;
+//! - a recorded CREATE attributes every line to itself; without one, every line starts as
+//!   `(before history)` — the oldest change's diff says which fields it set, so the rest of its
+//!   state (its `before`, or its `after` when that is all the server knows) predates the record;
 //! - each later change claims every path it touched and everything under it, and for a removal
 //!   the parent line too (the line where the field used to be);
 //! - a line that heads a block (a key with children) shows the newest attribution in its block,
@@ -45,19 +45,21 @@ pub enum BlameError {
     NoState(String),
 }
 
-/// The annotated lines of the object whose `history` (oldest → newest, one object; the first and
-/// last changes fetched with `include=objects`) is given.
+/// The annotated lines of the object whose `history` (oldest → newest, one object; the last
+/// change fetched with `include=objects`) is given.
 pub fn blame(history: &[Change]) -> Result<Vec<BlameLine>, BlameError> {
     let (first, last) = match (history.first(), history.last()) {
         (Some(f), Some(l)) => (f, l),
         _ => return Err(BlameError::Empty),
     };
     let state = final_state(last).ok_or_else(|| BlameError::NoState(last.id().to_owned()))?;
-    // Which changes claim lines after the baseline, and whom the baseline names.
-    let (baseline, claims_from) = if first.event.operation != Operation::Create && first.before.is_some() {
-        (None, 0)
-    } else {
+    // A recorded CREATE is the baseline and owns every line nobody changed since. Without it,
+    // the oldest change's own diff says exactly which fields it set, so everything else
+    // predates the history (rather than being pinned on whoever happened to be recorded first).
+    let (baseline, claims_from) = if first.event.operation == Operation::Create {
         (Some(0), 1)
+    } else {
+        (None, 0)
     };
     let lines = yaml::lines(state);
     let own: Vec<Attribution> = lines
@@ -104,7 +106,9 @@ fn touches(change: &FieldChange, pointer: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
     under
         || (change.op == ChangeOp::Remove
-            && path.rsplit_once('/').is_some_and(|(parent, _)| parent == pointer))
+            && path
+                .rsplit_once('/')
+                .is_some_and(|(parent, _)| parent == pointer))
 }
 
 /// Longest user name shown in the gutter before it is cut.
@@ -121,8 +125,15 @@ pub fn render(history: &[Change], lines: &[BlameLine], earlier: usize, view: &Vi
     };
     let mut out = String::new();
     let target = match &last.event.namespace {
-        Some(ns) => format!("{} in namespace {ns}", last.event.resource.group_resource() + "/" + &last.event.name),
-        None => format!("{}/{}", last.event.resource.group_resource(), last.event.name),
+        Some(ns) => format!(
+            "{} in namespace {ns}",
+            last.event.resource.group_resource() + "/" + &last.event.name
+        ),
+        None => format!(
+            "{}/{}",
+            last.event.resource.group_resource(),
+            last.event.name
+        ),
     };
     let mut users: Vec<&str> = Vec::new();
     for c in history {
@@ -130,7 +141,13 @@ pub fn render(history: &[Change], lines: &[BlameLine], earlier: usize, view: &Vi
             users.push(&c.event.user.username);
         }
     }
-    let plural = |n: usize, word: &str| if n == 1 { format!("{n} {word}") } else { format!("{n} {word}s") };
+    let plural = |n: usize, word: &str| {
+        if n == 1 {
+            format!("{n} {word}")
+        } else {
+            format!("{n} {word}s")
+        }
+    };
     out.push_str(&bold(
         &format!(
             "# {target}: {} by {} from {} to {}",
@@ -160,10 +177,17 @@ pub fn render(history: &[Change], lines: &[BlameLine], earlier: usize, view: &Vi
     };
     let skipped = history.len().saturating_sub(MAX_LISTED);
     if skipped > 0 {
-        out.push_str(&format!("#   … {} not listed\n", plural(skipped, "older change")));
+        out.push_str(&format!(
+            "#   … {} not listed\n",
+            plural(skipped, "older change")
+        ));
     }
     for c in &history[skipped..] {
-        out.push_str(&format!("#   {}  {}\n", gutter(c), crate::render::shorten(&crate::pipeline::summarize(&c.event), 72)));
+        out.push_str(&format!(
+            "#   {}  {}\n",
+            gutter(c),
+            crate::render::shorten(&crate::pipeline::summarize(&c.event), 72)
+        ));
     }
     let before_history = lines.iter().any(|l| l.attribution.is_none());
     if before_history {
@@ -198,7 +222,11 @@ pub fn render(history: &[Change], lines: &[BlameLine], earlier: usize, view: &Vi
         };
         // On a terminal, repeated gutters fade so the eye sees where attribution changes; piped
         // output keeps every gutter so that grep works line by line.
-        let text = if previous == Some(line.attribution) { dim(&text, view.color) } else { text };
+        let text = if previous == Some(line.attribution) {
+            dim(&text, view.color)
+        } else {
+            text
+        };
         previous = Some(line.attribution);
         out.push_str(&text);
         out.push_str(" │ ");

@@ -141,7 +141,11 @@ pub async fn get_change(
     objects: bool,
 ) -> Result<Change, FetchError> {
     let mut path = match namespace {
-        Some(ns) => format!("{BASE_PATH}/namespaces/{}/changes/{}", encode(ns), encode(id)),
+        Some(ns) => format!(
+            "{BASE_PATH}/namespaces/{}/changes/{}",
+            encode(ns),
+            encode(id)
+        ),
         None => format!("{BASE_PATH}/changes/{}", encode(id)),
     };
     if objects {
@@ -248,7 +252,11 @@ pub struct DirectApi {
 impl DirectApi {
     /// A client of the server at `base` (`https://localhost:8443`), trusting only the PEM CA at
     /// `ca` when given (a self-signed `histor serve`), else the platform's roots.
-    pub fn new(base: &str, token: Option<String>, ca: Option<&Path>) -> Result<DirectApi, FetchError> {
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        ca: Option<&Path>,
+    ) -> Result<DirectApi, FetchError> {
         let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
         if let Some(ca) = ca {
             let pem = std::fs::read(ca)

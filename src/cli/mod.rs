@@ -97,7 +97,12 @@ impl CliError {
     /// Explains a failed fetch; `server` is the `--server` URL when there is one, `what` names the
     /// object for a 404 on a single change.
     fn from_fetch(e: FetchError, server: Option<&str>) -> CliError {
-        let FetchError::Status { code, reason, message } = &e else {
+        let FetchError::Status {
+            code,
+            reason,
+            message,
+        } = &e
+        else {
             return CliError::Fetch(e);
         };
         match code {
@@ -108,7 +113,11 @@ impl CliError {
                 None => CliError::NotInstalled,
                 Some(url) => CliError::NotAQueryServer(url.to_owned()),
             },
-            503 => CliError::Unavailable(if message.is_empty() { reason.clone() } else { message.clone() }),
+            503 => CliError::Unavailable(if message.is_empty() {
+                reason.clone()
+            } else {
+                message.clone()
+            }),
             _ => CliError::Fetch(e),
         }
     }
@@ -117,11 +126,7 @@ impl CliError {
 /// Runs `kubectl blame` and returns what to print.
 pub async fn run(args: BlameArgs) -> Result<String, CliError> {
     let target = args.target().map_err(CliError::Usage)?;
-    if args.output == Format::Blame && target.as_ref().is_none_or(|t| t.name.is_none()) {
-        return Err(CliError::Usage(
-            "-o blame shows one object: kubectl blame TYPE/NAME -o blame".into(),
-        ));
-    }
+    check(&args)?;
     let view = View {
         now: jiff::Timestamp::now(),
         tz: jiff::tz::TimeZone::system(),
@@ -148,12 +153,16 @@ pub async fn run(args: BlameArgs) -> Result<String, CliError> {
             execute(&api, &args, kind, namespace, Some(url), &view).await
         }
         None => {
-            let (api, namespace) = KubeApi::connect(args.kubeconfig.as_deref(), args.context.clone())
-                .await
-                .map_err(|e| CliError::from_fetch(e, None))?;
+            let (api, namespace) =
+                KubeApi::connect(args.kubeconfig.as_deref(), args.context.clone())
+                    .await
+                    .map_err(|e| CliError::from_fetch(e, None))?;
             let kind = match &target {
                 Some(t) => {
-                    let lists = api.discovery().await.map_err(|e| CliError::from_fetch(e, None))?;
+                    let lists = api
+                        .discovery()
+                        .await
+                        .map_err(|e| CliError::from_fetch(e, None))?;
                     Some(resolve::resolve(&t.kind, &lists)?)
                 }
                 None => None,
@@ -162,6 +171,17 @@ pub async fn run(args: BlameArgs) -> Result<String, CliError> {
             execute(&api, &args, kind, namespace, None, &view).await
         }
     }
+}
+
+/// Rejects argument combinations that cannot work, before any request.
+fn check(args: &BlameArgs) -> Result<(), CliError> {
+    let target = args.target().map_err(CliError::Usage)?;
+    if args.output == Format::Blame && target.is_none_or(|t| t.name.is_none()) {
+        return Err(CliError::Usage(
+            "-o blame shows one object: kubectl blame TYPE/NAME -o blame".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Fetches and renders; shared by both transports (and the tests, through a fake [`QueryApi`]).
@@ -174,10 +194,12 @@ pub async fn execute(
     view: &View,
 ) -> Result<String, CliError> {
     let fetch = |e| CliError::from_fetch(e, server);
+    check(args)?;
     let name = args.target().map_err(CliError::Usage)?.and_then(|t| t.name);
     // Cluster-scoped types have no namespace; -A asks for all.
-    let namespace = (!args.all_namespaces && kind.as_ref().and_then(|k| k.namespaced) != Some(false))
-        .then_some(namespace);
+    let namespace = (!args.all_namespaces
+        && kind.as_ref().and_then(|k| k.namespaced) != Some(false))
+    .then_some(namespace);
     let params = ListParams {
         namespace: namespace.clone(),
         kind: kind.as_ref().map(ResourceType::query_kind),
@@ -189,7 +211,9 @@ pub async fn execute(
         ..ListParams::default()
     };
     let what = || {
-        let ty = kind.as_ref().map_or_else(String::new, ResourceType::display);
+        let ty = kind
+            .as_ref()
+            .map_or_else(String::new, ResourceType::display);
         let obj = match &name {
             Some(n) => format!("{ty}/{n}"),
             None => ty,
@@ -199,13 +223,22 @@ pub async fn execute(
             None => obj,
         }
     };
-    let limit = if args.output == Format::Blame { 0 } else { args.limit };
-    let changes = client::list_changes(api, &params, limit).await.map_err(fetch)?;
+    let limit = if args.output == Format::Blame {
+        0
+    } else {
+        args.limit
+    };
+    let changes = client::list_changes(api, &params, limit)
+        .await
+        .map_err(fetch)?;
     if changes.is_empty() {
         if name.is_some() {
             return Err(CliError::NotFound { what: what() });
         }
-        if matches!(args.output, Format::Table | Format::Wide | Format::Patch | Format::Diff) {
+        if matches!(
+            args.output,
+            Format::Table | Format::Wide | Format::Patch | Format::Diff
+        ) {
             let scope = match (&namespace, kind.is_some()) {
                 (Some(ns), _) => format!(" in namespace {ns}"),
                 (None, true) => String::new(),
@@ -242,11 +275,9 @@ pub async fn execute(
         }
         Format::Blame => {
             let (mut history, earlier) = one_object(changes);
-            // Only the ends carry objects: the baseline's kind and the final state.
-            let last = history.len() - 1;
-            for i in if last == 0 { vec![0] } else { vec![0, last] } {
-                let c = history[i].clone();
-                history[i] = detailed(true)(c).await.map_err(fetch)?;
+            // Attribution needs only each change's paths (in the list) and the final state.
+            if let Some(last) = history.last_mut() {
+                *last = detailed(true)(last.clone()).await.map_err(fetch)?;
             }
             let lines = blame::blame(&history)?;
             blame::render(&history, &lines, earlier, view)

@@ -180,11 +180,19 @@ pub fn changes_table(changes: &[Change], wide: bool, view: &View) -> String {
             });
             if wide {
                 let groups = e.user.groups.join(",");
-                row.push(if groups.is_empty() { "-".into() } else { groups });
+                row.push(if groups.is_empty() {
+                    "-".into()
+                } else {
+                    groups
+                });
             }
             row.push(e.operation.to_string());
             row.push(render::target(e));
-            let width = if wide { WIDE_CHANGES_WIDTH } else { CHANGES_WIDTH };
+            let width = if wide {
+                WIDE_CHANGES_WIDTH
+            } else {
+                CHANGES_WIDTH
+            };
             row.push(shorten(&pipeline::summarize(e), width));
             if wide {
                 row.push(e.request_uid.clone());
@@ -202,7 +210,9 @@ pub fn json(changes: &[Change]) -> Result<String, serde_json::Error> {
 
 /// The changes as a `ChangeList`, YAML (kubectl style, through the same writer as blame).
 pub fn yaml(changes: &[Change]) -> Result<String, serde_json::Error> {
-    Ok(yaml::to_string(&serde_json::to_value(ChangeList::new(changes.to_vec()))?))
+    Ok(yaml::to_string(&serde_json::to_value(ChangeList::new(
+        changes.to_vec(),
+    ))?))
 }
 
 /// `# change 1763777269000000  2026-11-22 02:07:49 (5m ago)  admin  UPDATE  deployments.apps/nginx`

@@ -79,21 +79,24 @@ pub fn resolve(input: &str, lists: &[APIResourceList]) -> Result<ResourceType, R
     };
     // `name.group` and `name.version.group`: the split is ambiguous (groups contain dots), so try
     // every split point, longest name first.
-    let qualified = lower.char_indices().filter(|(_, c)| *c == '.').find_map(|(i, _)| {
-        let (name, rest) = (&lower[..i], &lower[i + 1..]);
-        candidates.iter().find(|c| {
-            let matches_name = c.plural == name
-                || c.singular.eq_ignore_ascii_case(name)
-                || c.kind.eq_ignore_ascii_case(name)
-                || c.short_names.iter().any(|s| s.eq_ignore_ascii_case(name));
-            let in_group = rest == c.group
-                || rest
-                    .split_once('.')
-                    .is_some_and(|(v, g)| v == c.version && g == c.group)
-                || (c.group.is_empty() && rest == c.version);
-            matches_name && in_group
-        })
-    });
+    let qualified = lower
+        .char_indices()
+        .filter(|(_, c)| *c == '.')
+        .find_map(|(i, _)| {
+            let (name, rest) = (&lower[..i], &lower[i + 1..]);
+            candidates.iter().find(|c| {
+                let matches_name = c.plural == name
+                    || c.singular.eq_ignore_ascii_case(name)
+                    || c.kind.eq_ignore_ascii_case(name)
+                    || c.short_names.iter().any(|s| s.eq_ignore_ascii_case(name));
+                let in_group = rest == c.group
+                    || rest
+                        .split_once('.')
+                        .is_some_and(|(v, g)| v == c.version && g == c.group)
+                    || (c.group.is_empty() && rest == c.version);
+                matches_name && in_group
+            })
+        });
     // Exact plural matches beat everything else, as in kubectl's RESTMapper.
     let found = qualified
         .or_else(|| candidates.iter().find(|c| c.plural == lower))
@@ -130,6 +133,7 @@ fn candidates(list: &APIResourceList) -> impl Iterator<Item = Candidate<'_>> {
 
 /// Built-in resources for `--server` mode, where there is no discovery: `(short names, singular,
 /// plural, group, kind, namespaced)`.
+#[rustfmt::skip]
 const BUILTIN: &[(&[&str], &str, &str, &str, &str, bool)] = &[
     (&["cm"], "configmap", "configmaps", "", "ConfigMap", true),
     (&["cj"], "cronjob", "cronjobs", "batch", "CronJob", true),
@@ -163,13 +167,15 @@ const BUILTIN: &[(&[&str], &str, &str, &str, &str, bool)] = &[
 /// through unchanged (the query server accepts kinds, plurals and `plural.group` itself).
 pub fn resolve_offline(input: &str) -> ResourceType {
     let lower = input.to_lowercase();
-    let builtin = BUILTIN.iter().find(|(short, singular, plural, group, kind, _)| {
-        short.contains(&lower.as_str())
-            || *singular == lower
-            || *plural == lower
-            || kind.eq_ignore_ascii_case(&lower)
-            || (!group.is_empty() && lower == format!("{plural}.{group}"))
-    });
+    let builtin = BUILTIN
+        .iter()
+        .find(|(short, singular, plural, group, kind, _)| {
+            short.contains(&lower.as_str())
+                || *singular == lower
+                || *plural == lower
+                || kind.eq_ignore_ascii_case(&lower)
+                || (!group.is_empty() && lower == format!("{plural}.{group}"))
+        });
     match builtin {
         Some((_, _, plural, group, kind, namespaced)) => ResourceType {
             group: (*group).to_owned(),

@@ -225,7 +225,10 @@ fn decode(s: &str) -> String {
 
 impl QueryApi for FakeApi {
     async fn get(&self, path_and_query: &str) -> Result<String, FetchError> {
-        self.requests.lock().unwrap().push(path_and_query.to_owned());
+        self.requests
+            .lock()
+            .unwrap()
+            .push(path_and_query.to_owned());
         match &self.error {
             Some(e) => Err(e.clone()),
             None => self.answer(path_and_query),

@@ -28,6 +28,7 @@ pub fn lines(value: &Value) -> Vec<Line> {
     let mut w = Writer { out: Vec::new() };
     match value {
         Value::Object(map) if !map.is_empty() => w.map(map, "", 0),
+        Value::Array(items) if !items.is_empty() => w.seq(items, "", 0),
         other => w.scalar_entry(String::new(), other, "", 0),
     }
     w.out
@@ -114,7 +115,10 @@ impl Writer {
                 self.out[at].end = self.out.len();
             }
             None => {
-                self.push(format!("{prefix}{sep}{}", inline(value)), vec![ptr.to_owned()]);
+                self.push(
+                    format!("{prefix}{sep}{}", inline(value)),
+                    vec![ptr.to_owned()],
+                );
             }
         }
     }
@@ -191,18 +195,51 @@ fn needs_quotes(s: &str) -> bool {
     // YAML 1.1 (what Go's yaml reads) and 1.2 booleans and nulls.
     if matches!(
         lower.as_str(),
-        "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n" | "null" | "~" | ".nan" | ".inf"
-            | "-.inf" | "+.inf"
+        "true"
+            | "false"
+            | "yes"
+            | "no"
+            | "on"
+            | "off"
+            | "y"
+            | "n"
+            | "null"
+            | "~"
+            | ".nan"
+            | ".inf"
+            | "-.inf"
+            | "+.inf"
     ) {
         return true;
     }
-    // Numbers, in any notation a YAML reader might take (ints, floats, 0x, 0o, 1_000, 1e3),
-    // and anything timestamp-like: quote whatever starts like a number and has only number-ish
-    // characters.
-    let numberish = |c: char| c.is_ascii_hexdigit() || "+-._:xXoOeE".contains(c);
-    (first.is_ascii_digit() || ((first == '-' || first == '+' || first == '.') && s.len() > 1))
-        && s.chars().all(numberish)
-        || s.parse::<f64>().is_ok()
+    // What a YAML 1.1 or 1.2 reader would take for a number or a timestamp: decimal, float,
+    // `1_000`, `0x1F`, `0o17`, `0b101`, sexagesimal `12:30`, dates `2026-11-22…`. Anything else
+    // that merely starts with a digit (a UUID, `25%`, `1.2.3`) stays plain.
+    let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let radix = |prefix: &str, ok: fn(&char) -> bool| {
+        unsigned
+            .strip_prefix(prefix)
+            .is_some_and(|d| !d.is_empty() && d.chars().all(|c| ok(&c) || c == '_'))
+    };
+    let bytes = s.as_bytes();
+    s.parse::<f64>().is_ok()
+        || (unsigned.chars().any(|c| c.is_ascii_digit())
+            && unsigned
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '_' || c == '.')
+            && unsigned.matches('.').count() <= 1)
+        || radix("0x", char::is_ascii_hexdigit)
+        || radix("0o", |c| ('0'..='7').contains(c))
+        || radix("0b", |c| *c == '0' || *c == '1')
+        || (unsigned.contains(':')
+            && unsigned
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == ':' || c == '.'))
+        || (bytes.len() >= 10
+            && bytes[..4].iter().all(u8::is_ascii_digit)
+            && bytes[4] == b'-'
+            && bytes[5..7].iter().all(u8::is_ascii_digit)
+            && bytes[7] == b'-')
 }
 
 /// The whole of `value` as YAML text.
@@ -225,18 +262,18 @@ mod tests {
         let v = json!({
             "b": {"z": 1, "a": [1, "x"]},
             "a": "plain",
-            "c": [{"name": "n", "image": "nginx", "ports": [{"p": 80}]}, []],
+            "c": [{"name": "web", "image": "nginx", "ports": [{"p": 80}]}, []],
             "d": {}, "e": [], "f": "two\nlines\n", "g": null,
         });
         assert_eq!(
             to_string(&v),
-            "a: plain\nb:\n  a:\n  - 1\n  - x\n  z: 1\nc:\n- image: nginx\n  name: n\n  ports:\n  - p: 80\n- []\nd: {}\ne: []\nf: |\n  two\n  lines\ng: null\n"
+            "a: plain\nb:\n  a:\n  - 1\n  - x\n  z: 1\nc:\n- image: nginx\n  name: web\n  ports:\n  - p: 80\n- []\nd: {}\ne: []\nf: |\n  two\n  lines\ng: null\n"
         );
     }
 
     #[test]
     fn pointers_and_subtrees() {
-        let v = json!({"spec": {"containers": [{"name": "n", "image": "i"}], "r": 1}});
+        let v = json!({"spec": {"containers": [{"name": "web", "image": "i"}], "r": 1}});
         let ls = lines(&v);
         let show: Vec<(String, Vec<String>, usize)> = ls
             .iter()
@@ -253,7 +290,7 @@ mod tests {
                     vec![p("/spec/containers/0"), p("/spec/containers/0/image")],
                     3
                 ),
-                (p("    name: n"), vec![p("/spec/containers/0/name")], 4),
+                (p("    name: web"), vec![p("/spec/containers/0/name")], 4),
                 (p("  r: 1"), vec![p("/spec/r")], 5),
             ]
         );
@@ -261,10 +298,44 @@ mod tests {
 
     #[test]
     fn quotes_only_when_needed() {
-        for plain in ["nginx", "25%", "app.kubernetes.io/name", "a b", "/dev/termination-log", "v1.2"] {
+        for plain in [
+            "nginx",
+            "25%",
+            "app.kubernetes.io/name",
+            "a b",
+            "/dev/termination-log",
+            "v1.2",
+            "0586b4f3-e1f7-4e9e-b154-4db6d9bb92af",
+            "1.2.3",
+            "12abc",
+        ] {
             assert_eq!(scalar_text(plain), plain);
         }
-        for quoted in ["", "true", "No", "null", "1", "1.5", "0x1F", "1e3", "2026-11-22", "12:30", "-", "a: b", " x", "x ", "#c", "*a", "{}"] {
+        for quoted in [
+            "",
+            "true",
+            "No",
+            "null",
+            "1",
+            "1.5",
+            "0x1F",
+            "1e3",
+            "2026-11-22",
+            "2026-11-22T02:07:49Z",
+            "12:30",
+            "1_000",
+            "0o17",
+            "-5",
+            "y",
+            "n",
+            "-",
+            "a: b",
+            " x",
+            "x ",
+            "#c",
+            "*a",
+            "{}",
+        ] {
             assert!(scalar_text(quoted).starts_with('"'), "{quoted}");
         }
         let redacted = json!({"data": {"k": format!("hmac-sha256:{}", "a".repeat(64))}});
@@ -274,7 +345,10 @@ mod tests {
     #[test]
     fn block_scalars_keep_their_ends() {
         assert_eq!(to_string(&json!({"k": "a\nb"})), "k: |-\n  a\n  b\n");
-        assert_eq!(to_string(&json!({"k": "a\n\nb\n\n"})), "k: |+\n  a\n\n  b\n\n");
+        assert_eq!(
+            to_string(&json!({"k": "a\n\nb\n\n"})),
+            "k: |+\n  a\n\n  b\n\n"
+        );
         assert_eq!(to_string(&json!({"k": " a\nb"})), "k: \" a\\nb\"\n");
         assert_eq!(to_string(&json!(["a\nb\n"])), "- |\n  a\n  b\n");
     }

@@ -133,8 +133,18 @@ fn candidates(list: &APIResourceList) -> impl Iterator<Item = Candidate<'_>> {
 
 /// Built-in resources for `--server` mode, where there is no discovery: `(short names, singular,
 /// plural, group, kind, namespaced)`.
+/// One built-in type: `(short names, singular, plural, group, kind, namespaced)`.
+type Builtin = (
+    &'static [&'static str],
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    bool,
+);
+
 #[rustfmt::skip]
-const BUILTIN: &[(&[&str], &str, &str, &str, &str, bool)] = &[
+const BUILTIN: &[Builtin] = &[
     (&["cm"], "configmap", "configmaps", "", "ConfigMap", true),
     (&["cj"], "cronjob", "cronjobs", "batch", "CronJob", true),
     (&["crd", "crds"], "customresourcedefinition", "customresourcedefinitions", "apiextensions.k8s.io", "CustomResourceDefinition", false),

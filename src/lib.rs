@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod certs;
+pub mod cli;
 pub mod cmd;
 pub mod controller;
 pub mod crd;

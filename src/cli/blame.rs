@@ -1,0 +1,237 @@
+//! The blame view: an object's current (or last known) cleaned YAML with every line annotated
+//! with the change that last touched it, like `git blame`.
+//!
+//! Attribution, over the object's history oldest → newest:
+//! - a recorded CREATE attributes every line to itself; without one, every line starts as
+//!   `(before history)` — the oldest change's diff says which fields it set, so the rest of its
+//!   state (its `before`, or its `after` when that is all the server knows) predates the record;
+//! - each later change claims every path it touched and everything under it, and for a removal
+//!   the parent line too (the line where the field used to be);
+//! - a line that heads a block (a key with children) shows the newest attribution in its block,
+//!   so `spec:` tells when anything under `spec` last changed.
+//!
+//! The state shown is the newest change's `after`, or for a deleted object the DELETE's `before`.
+//! Pure: changes in, lines out; [`super::output`] owns time and colour.
+
+use super::api::Change;
+use super::output::{View, bold, dim, short_uid};
+use super::yaml;
+use crate::crd::Operation;
+use crate::pipeline::{ChangeOp, FieldChange};
+use serde_json::Value;
+
+/// Who a line is attributed to: an index into the history, or `None` for the state before the
+/// first recorded change.
+pub type Attribution = Option<usize>;
+
+/// One annotated line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlameLine {
+    /// The change that last touched the line.
+    pub attribution: Attribution,
+    /// The YAML text of the line.
+    pub text: String,
+}
+
+/// Why there is nothing to blame.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BlameError {
+    /// No changes at all.
+    #[error("no changes recorded")]
+    Empty,
+    /// The newest change does not carry the object (fetched without `include=objects`, or the
+    /// store could not rebuild it).
+    #[error("the state of the object after change {0} is unknown")]
+    NoState(String),
+}
+
+/// The annotated lines of the object whose `history` (oldest → newest, one object; the last
+/// change fetched with `include=objects`) is given.
+pub fn blame(history: &[Change]) -> Result<Vec<BlameLine>, BlameError> {
+    let (first, last) = match (history.first(), history.last()) {
+        (Some(f), Some(l)) => (f, l),
+        _ => return Err(BlameError::Empty),
+    };
+    let state = final_state(last).ok_or_else(|| BlameError::NoState(last.id().to_owned()))?;
+    // A recorded CREATE is the baseline and owns every line nobody changed since. Without it,
+    // the oldest change's own diff says exactly which fields it set, so everything else
+    // predates the history (rather than being pinned on whoever happened to be recorded first).
+    let (baseline, claims_from) = if first.event.operation == Operation::Create {
+        (Some(0), 1)
+    } else {
+        (None, 0)
+    };
+    let lines = yaml::lines(state);
+    let own: Vec<Attribution> = lines
+        .iter()
+        .map(|line| {
+            history
+                .iter()
+                .enumerate()
+                .skip(claims_from)
+                .rev()
+                .find(|(_, c)| {
+                    c.event
+                        .changes
+                        .iter()
+                        .any(|fc| line.pointers.iter().any(|p| touches(fc, p)))
+                })
+                .map_or(baseline, |(i, _)| Some(i))
+        })
+        .collect();
+    Ok(lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| BlameLine {
+            attribution: own[i..line.end].iter().copied().max().unwrap_or(baseline),
+            text: line.text.clone(),
+        })
+        .collect())
+}
+
+/// The object as last known: after the newest change, or before it when it was a DELETE.
+pub fn final_state(last: &Change) -> Option<&Value> {
+    match last.event.operation {
+        Operation::Delete => last.before.as_ref().or(last.after.as_ref()),
+        _ => last.after.as_ref(),
+    }
+}
+
+/// Whether `change` claims the line showing `pointer`: the path itself, anything under it, and
+/// for a removal the parent of the removed field.
+fn touches(change: &FieldChange, pointer: &str) -> bool {
+    let path = change.path.as_str();
+    let under = pointer
+        .strip_prefix(path)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+    under
+        || (change.op == ChangeOp::Remove
+            && path
+                .rsplit_once('/')
+                .is_some_and(|(parent, _)| parent == pointer))
+}
+
+/// Longest user name shown in the gutter before it is cut.
+const MAX_USER: usize = 16;
+/// Changes listed in the header before older ones are only counted.
+const MAX_LISTED: usize = 10;
+
+/// The blame view as text: a header (the object, how many changes by whom over what span, the
+/// newest changes, whether it was deleted) and the annotated lines. `history` is the one given
+/// to [`blame`]; `earlier` counts changes to earlier objects of the same name left out.
+pub fn render(history: &[Change], lines: &[BlameLine], earlier: usize, view: &View) -> String {
+    let (Some(first), Some(last)) = (history.first(), history.last()) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let target = match &last.event.namespace {
+        Some(ns) => format!(
+            "{} in namespace {ns}",
+            last.event.resource.group_resource() + "/" + &last.event.name
+        ),
+        None => format!(
+            "{}/{}",
+            last.event.resource.group_resource(),
+            last.event.name
+        ),
+    };
+    let mut users: Vec<&str> = Vec::new();
+    for c in history {
+        if !users.contains(&c.event.user.username.as_str()) {
+            users.push(&c.event.user.username);
+        }
+    }
+    let plural = |n: usize, word: &str| {
+        if n == 1 {
+            format!("{n} {word}")
+        } else {
+            format!("{n} {word}s")
+        }
+    };
+    out.push_str(&bold(
+        &format!(
+            "# {target}: {} by {} from {} to {}",
+            plural(history.len(), "change"),
+            users.join(", "),
+            view.minute(first.event.received_at),
+            view.minute(last.event.received_at),
+        ),
+        view.color,
+    ));
+    out.push('\n');
+
+    let user_width = history
+        .iter()
+        .map(|c| c.event.user.username.chars().count().min(MAX_USER))
+        .max()
+        .unwrap_or(0);
+    let gutter = |c: &Change| {
+        format!(
+            "{} {:<w$}  {}  {:<6}",
+            short_uid(&c.event.request_uid),
+            crate::render::shorten(&c.event.user.username, MAX_USER),
+            view.minute(c.event.received_at),
+            c.event.operation.as_str(),
+            w = user_width
+        )
+    };
+    let skipped = history.len().saturating_sub(MAX_LISTED);
+    if skipped > 0 {
+        out.push_str(&format!(
+            "#   … {} not listed\n",
+            plural(skipped, "older change")
+        ));
+    }
+    for c in &history[skipped..] {
+        out.push_str(&format!(
+            "#   {}  {}\n",
+            gutter(c),
+            crate::render::shorten(&crate::pipeline::summarize(&c.event), 72)
+        ));
+    }
+    let before_history = lines.iter().any(|l| l.attribution.is_none());
+    if before_history {
+        out.push_str("#   (before history): not changed since before the oldest recorded change\n");
+    }
+    if earlier > 0 {
+        out.push_str(&format!(
+            "#   {} to an earlier object of the same name not shown (see -o table)\n",
+            plural(earlier, "change")
+        ));
+    }
+    if last.event.operation == Operation::Delete {
+        out.push_str(&bold(
+            &format!(
+                "# deleted by {} at {} ({} ago): showing its last state",
+                last.event.user.username,
+                view.minute(last.event.received_at),
+                view.age(last.event.received_at),
+            ),
+            view.color,
+        ));
+        out.push('\n');
+    }
+    out.push('\n');
+
+    let width = gutter(first).chars().count();
+    let mut previous: Option<Attribution> = None;
+    for line in lines {
+        let text = match line.attribution {
+            Some(i) => history.get(i).map(gutter).unwrap_or_default(),
+            None => format!("{:<width$}", "(before history)"),
+        };
+        // On a terminal, repeated gutters fade so the eye sees where attribution changes; piped
+        // output keeps every gutter so that grep works line by line.
+        let text = if previous == Some(line.attribution) {
+            dim(&text, view.color)
+        } else {
+            text
+        };
+        previous = Some(line.attribution);
+        out.push_str(&text);
+        out.push_str(" │ ");
+        out.push_str(&line.text);
+        out.push('\n');
+    }
+    out
+}

@@ -9,11 +9,13 @@ local first, last = string.find(body, uid, 1, true)
 assert(first, "fixture does not contain the expected uid")
 local head, tail = string.sub(body, 1, first - 1), string.sub(body, last + 1)
 local counter = 0
-local thread_id = 0
+-- setup() runs in the main Lua state; each thread has its own state, so the id is handed over as
+-- a global of the thread's state.
+local next_thread = 0
 
 function setup(thread)
-  thread:set("thread_id", thread_id)
-  thread_id = thread_id + 1
+  thread:set("thread_id", next_thread)
+  next_thread = next_thread + 1
 end
 
 wrk.method = "POST"
@@ -21,6 +23,6 @@ wrk.headers["Content-Type"] = "application/json"
 
 function request()
   counter = counter + 1
-  local id = string.format("%08x-0000-4000-8000-%012x", thread_id, counter)
+  local id = string.format("%08x-0000-4000-8000-%012x", thread_id or 0, counter)
   return wrk.format(nil, nil, nil, head .. id .. tail)
 end

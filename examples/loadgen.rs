@@ -5,6 +5,9 @@
 //! cargo run --release --example loadgen -- URL CA_FILE RATE SECONDS [FIXTURE]
 use std::time::{Duration, Instant};
 
+/// Keep-alive connections, as in the wrk setup.
+const CONNECTIONS: usize = 16;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -25,56 +28,64 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("fixture lacks the expected uid")?;
     let (head, tail) = (head.to_string(), tail.to_string());
     let cert = reqwest::Certificate::from_pem(&std::fs::read(ca)?)?;
-    let client = reqwest::Client::builder()
-        .tls_certs_only([cert])
-        .pool_max_idle_per_host(64)
-        .build()?;
-
     let total = rate * seconds;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Duration, String>>();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let start = Instant::now();
-    for i in 0..total {
-        // Sleep until this request's slot; tokio timers have 1 ms granularity, so requests go
-        // out in small bursts that average to the rate.
-        let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
-        tokio::time::sleep_until(due.into()).await;
-        let body = format!(
-            "{head}{:08x}-0000-4000-8000-{i:012x}{tail}",
-            std::process::id()
-        );
-        let (client, url, tx) = (client.clone(), url.clone(), tx.clone());
-        tokio::spawn(async move {
-            let sent = Instant::now();
-            let result = client
-                .post(&url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await;
-            let outcome = match result {
-                Ok(r) if r.status().is_success() => match r.bytes().await {
-                    Ok(_) => Ok(sent.elapsed()),
-                    Err(e) => Err(e.to_string()),
-                },
-                Ok(r) => Err(format!("status {}", r.status())),
-                Err(e) => Err(e.to_string()),
-            };
-            let _ = tx.send(outcome);
-        });
+    // Like wrk2: 16 keep-alive connections, each request due at its slot in a fixed schedule, and
+    // latency counted from that slot, so a server that falls behind is charged for the queueing
+    // it causes (no coordinated omission).
+    let mut workers = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let client = reqwest::Client::builder()
+            .tls_certs_only([cert.clone()])
+            .http1_only()
+            .pool_max_idle_per_host(1)
+            .build()?;
+        let (next, url, head, tail) = (next.clone(), url.clone(), head.clone(), tail.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    break;
+                }
+                let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+                tokio::time::sleep_until(due.into()).await;
+                let body = format!("{head}{:08x}-0000-4000-8000-{i:012x}{tail}", std::process::id());
+                let sent = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status().is_success() => match r.bytes().await {
+                        Ok(_) => latencies.push(due.elapsed()),
+                        Err(e) => {
+                            errors += 1;
+                            eprintln!("error: {e}");
+                        }
+                    },
+                    Ok(r) => {
+                        errors += 1;
+                        eprintln!("status {}", r.status());
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        eprintln!("error: {e}");
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
     }
-    drop(tx);
     let mut latencies = Vec::with_capacity(total as usize);
     let mut errors = 0u64;
-    while let Some(outcome) = rx.recv().await {
-        match outcome {
-            Ok(d) => latencies.push(d),
-            Err(e) => {
-                if errors < 3 {
-                    eprintln!("error: {e}");
-                }
-                errors += 1;
-            }
-        }
+    for worker in workers {
+        let (l, e) = worker.await?;
+        latencies.extend(l);
+        errors += e;
     }
     let elapsed = start.elapsed();
     latencies.sort();

@@ -163,6 +163,9 @@ fn object_hash_of(e: &ChangeEvent) -> u64 {
     )
 }
 
+/// Bytes of sled's page cache.
+const CACHE_BYTES: u64 = 64 << 20;
+
 impl SledStore {
     /// Opens (creating if needed) the store in directory `path`. A store held by another process
     /// gives [`Error::StoreLocked`].
@@ -170,6 +173,9 @@ impl SledStore {
         let path = path.as_ref();
         let db = sled::Config::new()
             .path(path)
+            // sled's default page cache is 1 GiB, far beyond an operator pod's memory limit;
+            // reads are rare (queries), writes are sequential.
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|e| open_error(e, path))?;
         let store = SledStore {

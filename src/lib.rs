@@ -14,6 +14,7 @@ pub mod index;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;
+pub mod query;
 pub mod render;
 pub mod store;
 pub mod telemetry;

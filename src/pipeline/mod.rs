@@ -18,7 +18,7 @@ pub mod redact;
 pub mod review;
 pub mod summary;
 #[cfg(test)]
-mod testdata;
+pub(crate) mod testdata;
 
 pub use diff::{diff, unified_yaml_diff};
 pub use event::*;

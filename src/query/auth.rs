@@ -198,7 +198,7 @@ pub fn authenticate_front_proxy(
     }
     if !config.allowed_names.is_empty() {
         let cn = common_name(leaf)?;
-        if !config.allowed_names.iter().any(|n| *n == cn) {
+        if !config.allowed_names.contains(&cn) {
             tracing::debug!(cn = %cn, "client certificate CN is not an allowed requestheader name");
             return None;
         }

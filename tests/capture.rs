@@ -21,6 +21,7 @@ fn args(dir: &Path, policy: std::path::PathBuf) -> ServeArgs {
         queue_capacity: 1024,
         retention_interval_secs: 3600,
         secrets_dir: None,
+        token_file: None,
     }
 }
 

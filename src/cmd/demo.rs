@@ -77,6 +77,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         queue_capacity: 1024,
         retention_interval_secs: 60,
         secrets_dir: None,
+        token_file: None,
     })
     .await?;
     let ca = running

@@ -8,6 +8,7 @@ use crate::notify::{
     FileSecrets, Notifier, NotifyConfig, NotifyMetrics, SecretSource, StaticSecrets,
 };
 use crate::pipeline::Redactor;
+use crate::query::{self, QueryState, auth::StaticTokens};
 use crate::store::{EventStore, RetentionRule, SledStore, StoredEvent};
 use crate::{Error, Result};
 use axum_server::Handle;
@@ -54,6 +55,11 @@ pub struct ServeArgs {
     /// so a rotated webhook URL or SMTP password needs no restart.
     #[arg(long)]
     pub secrets_dir: Option<PathBuf>,
+    /// Bearer tokens (one a line, `TOKEN` or `TOKEN,USER`) that may read the query API under
+    /// `/apis/query.histor.dev/v1alpha1/`; every listed token sees everything. Without it the
+    /// query API is not served.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// A started server.
@@ -106,6 +112,12 @@ impl Running {
 
 /// Starts serving and returns once the socket is bound.
 pub async fn start(args: ServeArgs) -> Result<Running> {
+    // Read first: a bad token file should stop the start before anything is bound or opened.
+    let tokens = args
+        .token_file
+        .as_deref()
+        .map(StaticTokens::read)
+        .transpose()?;
     let policies = Arc::new(PolicyIndex::new());
     for policy in read_policy_files(&args.policy_files)? {
         tracing::info!(policy = %policy.name(), "policy loaded");
@@ -150,7 +162,11 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
     });
 
     let handle = Handle::new();
-    let app = capture::router(capture.clone());
+    let mut app = capture::router(capture.clone());
+    if let Some(tokens) = tokens {
+        let state = QueryState::standalone(store.clone() as Arc<dyn EventStore>, tokens);
+        app = app.merge(query::router(Arc::new(state)));
+    }
     let server = tokio::spawn(
         axum_server::bind_rustls(args.listen, rustls_config.clone())
             .handle(handle.clone())

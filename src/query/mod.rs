@@ -37,6 +37,10 @@ use std::sync::Arc;
 /// page cut short by it still carries a continue token.
 pub const SCAN_BUDGET: usize = 10_000;
 
+/// Smallest store page read while filling a list page: small client pages (`limit=5`) over
+/// mostly-hidden events should not cost one store round trip per few events.
+const MIN_STORE_PAGE: usize = 250;
+
 /// Everything the handlers share.
 pub struct QueryState {
     /// The events.
@@ -178,6 +182,8 @@ fn respond(result: Result<Response>) -> Response {
         let (code, doc) = api::status(&error);
         if code >= 500 {
             tracing::warn!(%error, error_kind = error.metric_label(), "query request failed");
+        } else {
+            tracing::debug!(%error, code, "query request refused");
         }
         let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (code, Json(doc)).into_response()
@@ -236,6 +242,8 @@ async fn visible_page(
     mut query: Query,
 ) -> Result<(Vec<StoredEvent>, Option<EventId>)> {
     let limit = query.limit;
+    // The continue token is the last event returned, so reading ahead loses nothing.
+    query.limit = limit.max(MIN_STORE_PAGE);
     let namespaced = query.namespace.is_some();
     let mut visible = Vec::new();
     let mut denied: Option<Target> = None;

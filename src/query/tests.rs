@@ -715,18 +715,9 @@ async fn front_proxy_certificate_over_real_tls() {
     let files =
         crate::capture::tls::write_self_signed(&dir.path().join("tls"), &["localhost".to_string()])
             .unwrap();
-    let config = tls::server_config(
-        &std::fs::read(&files.cert).unwrap(),
-        &std::fs::read(&files.key).unwrap(),
-        Some(front_proxy),
-    )
-    .unwrap();
+    let config = tls::load(&files, Some(front_proxy)).unwrap();
     let handle = axum_server::Handle::new();
-    let server = tls::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config)),
-    )
-    .handle(handle.clone());
+    let server = tls::bind("127.0.0.1:0".parse().unwrap(), config).handle(handle.clone());
     let app = router(state);
     tokio::spawn(server.serve(app.into_make_service()));
     let addr = handle.listening().await.unwrap();

@@ -7,6 +7,7 @@
 //! refreshed from the ConfigMap takes effect without rebuilding the server configuration.
 
 use super::auth::FrontProxy;
+use crate::capture::tls::CertFiles;
 use crate::{Error, Result};
 use axum::middleware::AddExtension;
 use axum_server::accept::Accept;
@@ -19,6 +20,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tower_layer::Layer;
@@ -169,6 +171,52 @@ where
             Ok((stream, service))
         })
     }
+}
+
+/// The serving configuration from `files` with client certificates checked against
+/// `front_proxy`, ready for [`bind`].
+pub fn load(files: &CertFiles, front_proxy: Option<FrontProxy>) -> Result<RustlsConfig> {
+    let (cert, key) = read_pair(files)?;
+    let config = server_config(&cert, &key, front_proxy)?;
+    Ok(RustlsConfig::from_config(Arc::new(config)))
+}
+
+/// Like [`crate::capture::tls::watch`], but keeps client-certificate verification: polls the
+/// files every `every` and swaps in a configuration built by [`server_config`] when they change.
+/// (`RustlsConfig::reload_from_pem` would silently drop client authentication, and with it every
+/// front-proxy request.) A broken pair is logged and the current certificate kept.
+pub async fn watch(
+    config: RustlsConfig,
+    files: CertFiles,
+    front_proxy: Option<FrontProxy>,
+    every: Duration,
+) {
+    let mut last = read_pair(&files).ok();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Ok(now) = read_pair(&files) else { continue };
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        match server_config(&now.0, &now.1, front_proxy.clone()) {
+            Ok(new) => {
+                config.reload_from_config(Arc::new(new));
+                tracing::info!(cert = %files.cert.display(), "serving certificate reloaded");
+                last = Some(now);
+            }
+            Err(error) => {
+                tracing::warn!(%error, cert = %files.cert.display(), "new certificate files do not load; keeping the current ones")
+            }
+        }
+    }
+}
+
+fn read_pair(files: &CertFiles) -> Result<(Vec<u8>, Vec<u8>)> {
+    let cert = std::fs::read(&files.cert).map_err(|e| Error::file(&files.cert, e))?;
+    let key = std::fs::read(&files.key).map_err(|e| Error::file(&files.key, e))?;
+    Ok((cert, key))
 }
 
 /// An HTTPS server on `addr` whose handlers see [`PeerCertificates`]: the drop-in replacement

@@ -244,7 +244,8 @@ async fn visible_page(
     let limit = query.limit;
     // The continue token is the last event returned, so reading ahead loses nothing.
     query.limit = limit.max(MIN_STORE_PAGE);
-    let namespaced = query.namespace.is_some();
+    // Only a first page can be refused: a later one that happens to show nothing is just empty.
+    let refusable = query.namespace.is_some() && query.after.is_none();
     let mut visible = Vec::new();
     let mut denied: Option<Target> = None;
     let mut scanned = 0;
@@ -276,7 +277,7 @@ async fn visible_page(
             other => break other,
         }
     };
-    if namespaced
+    if refusable
         && visible.is_empty()
         && let Some(target) = denied
     {

@@ -52,7 +52,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
                 tokio::time::sleep_until(due.into()).await;
-                let body = format!("{head}{:08x}-0000-4000-8000-{i:012x}{tail}", std::process::id());
+                let body = format!(
+                    "{head}{:08x}-0000-4000-8000-{i:012x}{tail}",
+                    std::process::id()
+                );
                 let sent = client
                     .post(&url)
                     .header("content-type", "application/json")

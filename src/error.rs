@@ -87,6 +87,22 @@ pub enum Error {
     /// An HTTP request to a sink failed.
     #[error("http: {0}")]
     Http(String),
+
+    /// A query API request without valid credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+
+    /// A query API request by a user not allowed to see what it asks for.
+    #[error("{0}")]
+    Forbidden(String),
+
+    /// A query API request for something that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+
+    /// A query API request with parameters that do not make sense.
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 impl Error {
@@ -109,6 +125,10 @@ impl Error {
             Error::Notify { .. } => "notify",
             Error::Smtp(_) => "smtp",
             Error::Http(_) => "http",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::NotFound(_) => "not_found",
+            Error::BadRequest(_) => "bad_request",
         }
     }
 

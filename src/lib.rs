@@ -1,8 +1,9 @@
 //! histor: who changed what in a Kubernetes cluster, when, and exactly how.
 //!
 //! Data flows one way: [`capture`] receives AdmissionReviews, [`pipeline`] turns them into clean
-//! [`pipeline::ChangeEvent`]s, [`store`] keeps them; [`cmd`] wires the parts into the binary's
-//! subcommands. [`crd`] holds the custom resource types.
+//! [`pipeline::ChangeEvent`]s, [`store`] keeps them, [`query`] serves them to whoever cluster
+//! RBAC lets see them; [`cmd`] wires the parts into the binary's subcommands. [`crd`] holds the
+//! custom resource types.
 #![forbid(unsafe_code)]
 
 pub mod capture;
@@ -15,6 +16,7 @@ pub mod index;
 pub mod metrics;
 pub mod notify;
 pub mod pipeline;
+pub mod query;
 pub mod render;
 pub mod store;
 pub mod telemetry;

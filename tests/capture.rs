@@ -21,6 +21,7 @@ fn args(dir: &Path, policy: std::path::PathBuf) -> ServeArgs {
             ..CaptureArgs::default()
         },
         secrets_dir: None,
+        token_file: None,
     }
 }
 

@@ -1,11 +1,8 @@
-//! Serving certificates for the capture endpoint: loaded from PEM files, reloaded when the files
-//! change (a rotated Secret, cert-manager renewal) without a restart, or generated self-signed for
-//! standalone use.
+//! Where the serving certificate lives, and a self-signed one for standalone use. Loading and
+//! hot-reloading them (with the query API's optional client certificates) is `query::tls`.
 
 use crate::{Error, Result, certs};
-use axum_server::tls_rustls::RustlsConfig;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// Where the serving certificate and key live.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,47 +30,4 @@ pub fn write_self_signed(dir: &Path, names: &[String]) -> Result<CertFiles> {
         key: dir.join(certs::TLS_KEY),
         ca: Some(ca),
     })
-}
-
-/// Loads the serving configuration from the files.
-pub async fn load(files: &CertFiles) -> Result<RustlsConfig> {
-    let (cert, key) = read_pair(files)?;
-    RustlsConfig::from_pem(cert, key).await.map_err(|e| {
-        Error::Tls(format!(
-            "loading {} and {}: {e}",
-            files.cert.display(),
-            files.key.display()
-        ))
-    })
-}
-
-/// Polls the files every `every` and reloads `config` when their content changes. A half-written
-/// or broken pair is logged and the current certificate kept, so a bad rotation never takes the
-/// webhook down. Polling (rather than inotify) also sees Kubernetes' symlink swaps of mounted Secrets.
-pub async fn watch(config: RustlsConfig, files: CertFiles, every: Duration) {
-    let mut last = read_pair(&files).ok();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Ok(now) = read_pair(&files) else { continue };
-        if last.as_ref() == Some(&now) {
-            continue;
-        }
-        match config.reload_from_pem(now.0.clone(), now.1.clone()).await {
-            Ok(()) => {
-                tracing::info!(cert = %files.cert.display(), "serving certificate reloaded");
-                last = Some(now);
-            }
-            Err(error) => {
-                tracing::warn!(%error, cert = %files.cert.display(), "new certificate files do not load; keeping the current ones")
-            }
-        }
-    }
-}
-
-fn read_pair(files: &CertFiles) -> Result<(Vec<u8>, Vec<u8>)> {
-    let cert = std::fs::read(&files.cert).map_err(|e| Error::file(&files.cert, e))?;
-    let key = std::fs::read(&files.key).map_err(|e| Error::file(&files.key, e))?;
-    Ok((cert, key))
 }

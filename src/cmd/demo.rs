@@ -76,6 +76,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         tls_key: None,
         capture: CaptureArgs::default(),
         secrets_dir: None,
+        token_file: None,
     })
     .await?;
     let ca = running

@@ -8,7 +8,8 @@ use crate::crd::TrackingPolicySpec;
 use crate::index::PolicyIndex;
 use crate::notify::{KubeSecrets, Notifier};
 use crate::pipeline::CompiledPolicy;
-use crate::store::StoredEvent;
+use crate::query::{QueryState, auth::refresh_request_header};
+use crate::store::{EventStore, StoredEvent};
 use crate::{Error, Result};
 use jiff::Timestamp;
 use std::collections::HashMap;
@@ -117,6 +118,19 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     let (metrics, registry, notifier) =
         server::metrics_and_notifier(&store, Arc::new(KubeSecrets::new(client.clone())))?;
 
+    // The query API authenticates users like the apiserver does (front-proxy certificates,
+    // TokenReview) and shows each only what SubjectAccessReview allows.
+    let query = Arc::new(QueryState::in_cluster(
+        store.clone() as Arc<dyn EventStore>,
+        client.clone(),
+    ));
+    if let Some(front_proxy) = query.front_proxy() {
+        tokio::spawn(refresh_request_header(
+            client.clone(),
+            front_proxy,
+            Duration::from_secs(60),
+        ));
+    }
     let stats = Arc::new(PolicyStats::default());
     let ignored_users = vec![format!(
         "system:serviceaccount:{}:{}",
@@ -147,6 +161,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     let retention_ctx = ctx.clone();
     let running = server::start(Parts {
         policies,
+        query: Some(query),
         store,
         redactor,
         notifier,

@@ -6,6 +6,8 @@ use crate::Result;
 use crate::capture::tls;
 use crate::index::PolicyIndex;
 use crate::notify::{FileSecrets, SecretSource, StaticSecrets};
+use crate::query::{QueryState, auth::StaticTokens};
+use crate::store::EventStore;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,10 +39,21 @@ pub struct ServeArgs {
     /// so a rotated webhook URL or SMTP password needs no restart.
     #[arg(long)]
     pub secrets_dir: Option<PathBuf>,
+    /// Bearer tokens (one a line, `TOKEN` or `TOKEN,USER`) that may read the query API under
+    /// `/apis/query.histor.dev/v1alpha1/`; every listed token sees everything. Without it the
+    /// query API is not served.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Starts serving and returns once the socket is bound.
 pub async fn start(args: ServeArgs) -> Result<Running> {
+    // Read first: a bad token file should stop the start before anything is bound or opened.
+    let tokens = args
+        .token_file
+        .as_deref()
+        .map(StaticTokens::read)
+        .transpose()?;
     let policies = Arc::new(PolicyIndex::new());
     for policy in read_policy_files(&args.policy_files)? {
         tracing::info!(policy = %policy.name(), "policy loaded");
@@ -65,8 +78,15 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             tracing::warn!(%error, policy = %policy.name(), "some notification sinks are not usable");
         }
     }
+    let query = tokens.map(|tokens| {
+        Arc::new(QueryState::standalone(
+            store.clone() as Arc<dyn EventStore>,
+            tokens,
+        ))
+    });
     server::start(Parts {
         policies,
+        query,
         store,
         redactor,
         notifier,

@@ -8,6 +8,7 @@ use crate::index::PolicyIndex;
 use crate::metrics::Metrics;
 use crate::notify::{Notifier, NotifyConfig, NotifyMetrics, SecretSource};
 use crate::pipeline::Redactor;
+use crate::query::{self, QueryState};
 use crate::store::{EventStore, RetentionReport, RetentionRule, SledStore, StoredEvent};
 use crate::{Error, Result};
 use axum_server::Handle;
@@ -88,6 +89,8 @@ pub type RetentionHook = Arc<dyn Fn(&RetentionReport) + Send + Sync>;
 pub struct Parts {
     /// Compiled policies, shared with whoever keeps them current.
     pub policies: Arc<PolicyIndex>,
+    /// The query API, served on the same port when present.
+    pub query: Option<Arc<QueryState>>,
     /// The store.
     pub store: Arc<SledStore>,
     /// Secret value hasher.
@@ -166,6 +169,7 @@ impl Running {
 pub async fn start(parts: Parts) -> Result<Running> {
     let Parts {
         policies,
+        query,
         store,
         redactor,
         notifier,
@@ -179,7 +183,10 @@ pub async fn start(parts: Parts) -> Result<Running> {
         mut observers,
         on_retention,
     } = parts;
-    let rustls_config = tls::load(&files).await?;
+    // Client certificates are requested (never required) only to authenticate the apiserver's
+    // front proxy in front of the query API.
+    let front_proxy = query.as_ref().and_then(|q| q.front_proxy());
+    let rustls_config = query::tls::load(&files, front_proxy.clone())?;
 
     // Catch up on events a crash stored but did not hand to the notifier, before new ones flow.
     let (n, s) = (notifier.clone(), store.clone());
@@ -205,9 +212,12 @@ pub async fn start(parts: Parts) -> Result<Running> {
     });
 
     let handle = Handle::new();
-    let app = capture::router(capture.clone());
+    let mut app = capture::router(capture.clone());
+    if let Some(query) = query {
+        app = app.merge(query::router(query));
+    }
     let server = tokio::spawn(
-        axum_server::bind_rustls(listen, rustls_config.clone())
+        query::tls::bind(listen, rustls_config.clone())
             .handle(handle.clone())
             .serve(app.into_make_service()),
     );
@@ -216,9 +226,10 @@ pub async fn start(parts: Parts) -> Result<Running> {
         .await
         .ok_or_else(|| Error::Usage(format!("could not listen on {listen}")))?;
     let background = vec![
-        tokio::spawn(tls::watch(
+        tokio::spawn(query::tls::watch(
             rustls_config,
             files.clone(),
+            front_proxy,
             Duration::from_secs(5),
         )),
         tokio::spawn(retention_loop(

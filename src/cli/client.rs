@@ -59,7 +59,7 @@ pub struct ListParams {
 
 impl ListParams {
     /// The path and query string of one page of at most `limit` changes.
-    pub fn path(&self, limit: usize, continue_token: Option<&str>) -> String {
+    pub fn path(&self, limit: usize, continue_: Option<&str>) -> String {
         let mut path = match &self.namespace {
             Some(ns) => format!("{BASE_PATH}/namespaces/{}/changes", encode(ns)),
             None => format!("{BASE_PATH}/changes"),
@@ -74,7 +74,7 @@ impl ListParams {
             ("since", self.since.as_deref()),
             ("until", self.until.as_deref()),
             ("limit", Some(limit.as_str())),
-            ("continue", continue_token),
+            ("continue", continue_),
         ];
         let mut sep = '?';
         for (key, value) in pairs {
@@ -122,7 +122,7 @@ pub async fn list_changes(
         let body = api.get(&params.path(want, token.as_deref())).await?;
         let page: ChangeList = parse(&body)?;
         items.extend(page.items);
-        token = page.metadata.continue_token.filter(|t| !t.is_empty());
+        token = page.metadata.continue_.filter(|t| !t.is_empty());
         if token.is_none() || (limit != 0 && items.len() >= limit) {
             break;
         }

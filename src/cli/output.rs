@@ -205,13 +205,14 @@ pub fn changes_table(changes: &[Change], wide: bool, view: &View) -> String {
 
 /// The changes as a `ChangeList`, pretty JSON.
 pub fn json(changes: &[Change]) -> Result<String, serde_json::Error> {
-    Ok(serde_json::to_string_pretty(&ChangeList::new(changes.to_vec()))? + "\n")
+    Ok(serde_json::to_string_pretty(&ChangeList::new(changes.to_vec(), None))? + "\n")
 }
 
 /// The changes as a `ChangeList`, YAML (kubectl style, through the same writer as blame).
 pub fn yaml(changes: &[Change]) -> Result<String, serde_json::Error> {
     Ok(yaml::to_string(&serde_json::to_value(ChangeList::new(
         changes.to_vec(),
+        None,
     ))?))
 }
 

@@ -107,7 +107,7 @@ pub fn list(store: &SledStore) -> Vec<Change> {
         .unwrap()
         .events
         .iter()
-        .map(Change::from_stored)
+        .map(Change::summary_of)
         .collect()
 }
 
@@ -121,7 +121,7 @@ pub fn detailed(store: &SledStore, id: u64) -> Change {
         Operation::Delete => (store.state_before(id).unwrap().or(object), None),
         _ => (store.state_before(id).unwrap(), object),
     };
-    Change::detailed(&stored, before.as_ref(), after.as_ref(), true)
+    Change::detailed(&stored, before, after, true)
 }
 
 /// A fake query server over a store, answering the contract's paths (filters `kind`, `name`,
@@ -191,9 +191,9 @@ impl FakeApi {
         let start: usize = param("continue").map_or(0, |c| c.parse().unwrap());
         let limit: usize = param("limit").map_or(100, |l| l.parse().unwrap());
         let end = (start + limit).min(all.len());
-        let mut page = super::api::ChangeList::new(all[start..end].to_vec());
+        let mut page = super::api::ChangeList::new(all[start..end].to_vec(), None);
         if end < all.len() {
-            page.metadata.continue_token = Some(end.to_string());
+            page.metadata.continue_ = Some(end.to_string());
         }
         Ok(serde_json::to_string(&page).unwrap())
     }

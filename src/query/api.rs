@@ -39,6 +39,7 @@ pub struct Change {
     /// The event, without its `object`.
     pub event: ChangeEvent,
     /// One line saying what changed ([`pipeline::summarize`]).
+    #[serde(default)]
     pub summary: String,
     /// RFC 6902 operations with values (GET one only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,8 +77,10 @@ pub struct ChangeList {
     /// `ChangeList`.
     pub kind: String,
     /// The continue token, when more pages follow.
+    #[serde(default)]
     pub metadata: ListMeta,
     /// The changes.
+    #[serde(default)]
     pub items: Vec<Change>,
 }
 
@@ -90,6 +93,11 @@ pub struct ListMeta {
 }
 
 impl Change {
+    /// The event id (`metadata.name`).
+    pub fn id(&self) -> &str {
+        &self.metadata.name
+    }
+
     /// The list form of a stored event: no patch, diff or objects.
     pub fn summary_of(stored: &StoredEvent) -> Change {
         let mut event = stored.event.clone();
@@ -123,11 +131,16 @@ impl Change {
         let patch = stored.event.json_patch();
         change.patch = Some(serde_json::to_value(&patch).unwrap_or(Value::Array(vec![])));
         let target = stored.event.target();
+        // As git does: a side that does not exist (before a CREATE, after a DELETE) is /dev/null.
+        let label = |side: &str, v: &Option<Value>| match v {
+            Some(_) => format!("{side}/{target}"),
+            None => "/dev/null".to_owned(),
+        };
         change.diff = Some(pipeline::unified_yaml_diff(
             before.as_ref(),
             after.as_ref(),
-            &format!("a/{target}"),
-            &format!("b/{target}"),
+            &label("a", &before),
+            &label("b", &after),
         ));
         if objects {
             change.before = before;

@@ -10,7 +10,7 @@ pub use writer::{Ack, RecordObserver, Writer};
 
 use crate::index::PolicyIndex;
 use crate::metrics::Metrics;
-use crate::pipeline::{self, Outcome, Redactor};
+use crate::pipeline::{self, Outcome, Redactor, SkipReason};
 use crate::store::AppendOutcome;
 use axum::Router;
 use axum::body::Bytes;
@@ -157,8 +157,11 @@ async fn review(
     let captured = match pipeline::process(request, &compiled, &state.redactor, received_at) {
         Outcome::Record(captured) => captured,
         Outcome::Skip(reason) => {
-            if reason.metric_label() == "empty_diff" {
+            if matches!(reason, SkipReason::EmptyDiff) {
                 state.metrics.empty_diffs.inc();
+            } else if matches!(reason, SkipReason::ConditionError { .. }) {
+                // The policy's author needs to know: the condition is broken for this input.
+                tracing::warn!(policy = %policy, %reason, "policy condition could not be evaluated; not recorded");
             }
             return (answer, reason.metric_label());
         }

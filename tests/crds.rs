@@ -91,3 +91,27 @@ fn duplicate_sink_names_are_rejected() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn every_sample_policy_follows_the_crd_and_compiles() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        // Unknown fields fail to parse (deny_unknown_fields), the CRD's CEL rules run as the
+        // apiserver would run them, and the policy compiles as histor would compile it.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let policy: TrackingPolicy =
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        policy
+            .validate_cel()
+            .unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+        histor::cmd::read_policy_files(std::slice::from_ref(&path))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} sample policies found");
+}

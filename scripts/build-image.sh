@@ -20,7 +20,10 @@ VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 IMAGE=${IMAGE:-localhost/histor:$VERSION}
 CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 PODMAN=(podman --storage-driver=vfs)
-PODMAN_RUN=(podman --storage-driver=vfs --runtime=runc --cgroup-manager=cgroupfs run --rm --network=none)
+# Sandboxed machines may forbid raising resource limits; podman's defaults raise them, and the
+# container fails to start ("error setting rlimit"). Lowered limits are always allowed.
+PODMAN_RUN=(podman --storage-driver=vfs --runtime=runc --cgroup-manager=cgroupfs run --rm --network=none
+  --ulimit nofile=1024:1024 --ulimit nproc=1024:1024)
 
 skip() {
   echo "SKIP image build: $*"

@@ -103,6 +103,8 @@ pub struct Settings {
     pub lease_name: String,
     /// This replica's identity in the Lease (the pod name when known).
     pub identity: String,
+    /// Names the serving certificate carries besides the webhook's own.
+    pub extra_sans: Vec<String>,
 }
 
 impl Settings {
@@ -121,6 +123,7 @@ impl Settings {
             leader_election: true,
             lease_name: "histor-leader".into(),
             identity: leader::default_identity(),
+            extra_sans: Vec::new(),
         }
     }
 }
@@ -301,7 +304,12 @@ async fn cert_loop(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) {
     let manager = CertManager::new(
         ctx.client.clone(),
         settings.namespace.clone(),
-        settings.webhook.subject_alt_names(),
+        settings
+            .webhook
+            .subject_alt_names()
+            .into_iter()
+            .chain(settings.extra_sans.iter().cloned())
+            .collect(),
         settings.cert_dir.clone(),
         settings.cert_timings,
     );

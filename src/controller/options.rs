@@ -63,6 +63,11 @@ pub struct OperatorOptions {
     /// Name of the Lease used for leader election.
     #[arg(long, default_value = "histor-leader")]
     pub lease_name: String,
+
+    /// More names for the self-managed serving certificate (repeatable), such as the
+    /// `NAME.NAMESPACE.svc` an aggregated APIService reaches an operator outside the cluster by.
+    #[arg(long = "tls-san", value_name = "NAME")]
+    pub tls_sans: Vec<String>,
 }
 
 fn split_ref(value: &str, flag: &str) -> Result<(String, String)> {
@@ -137,6 +142,7 @@ impl OperatorOptions {
         settings.record_interval = Duration::from_secs(self.record_interval_secs);
         settings.leader_election = self.leader_election;
         settings.lease_name = self.lease_name.clone();
+        settings.extra_sans = self.tls_sans.clone();
         Ok(settings)
     }
 }

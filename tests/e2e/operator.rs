@@ -5,79 +5,12 @@
 //! also passes against a bare kube-apiserver (no nodes, no controller-manager): it creates its own
 //! namespaces and never waits for pods.
 
+use crate::{Operator, apply_crds, client, create_namespaces, eventually, kubectl, start_operator};
 use histor::crd::{ChangeRecord, TrackingPolicy};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const SKIP: &str =
-    "skipping: set HISTOR_E2E_KUBECONFIG to a cluster-admin kubeconfig to run the e2e suite";
-
-async fn client() -> Option<(kube::Client, String)> {
-    let Ok(path) = std::env::var("HISTOR_E2E_KUBECONFIG") else {
-        // Straight to stderr: libtest captures println!/eprintln! of passing tests, and a skip
-        // must be seen.
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "e2e: {SKIP}");
-        return None;
-    };
-    let kubeconfig = Kubeconfig::read_from(&path).expect("readable kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("usable kubeconfig");
-    Some((kube::Client::try_from(config).expect("client"), path))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Runs kubectl as the test's admin, or impersonating `as_user`.
-fn kubectl(kubeconfig: &str, args: &[&str]) {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-struct Operator(Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use kube::api::{Api, DeleteParams, PostParams};
+use std::time::Duration;
 
 #[tokio::test]
 async fn policy_to_webhook_to_records_and_back() {
@@ -96,24 +29,9 @@ async fn policy_to_webhook_to_records_and_back() {
     let operator_ns = format!("histor-e2e-system-{suffix}");
     let policy_name = format!("e2e-{suffix}");
 
-    // CRDs, exactly as generated.
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, crd) in histor::crd::crds() {
-        let name = crd.metadata.name.clone().unwrap();
-        crds.patch(
-            &name,
-            &PatchParams::apply("histor-e2e").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("CRD applied");
-    }
+    apply_crds(&client).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    for name in [&ns, &operator_ns] {
-        let namespace: Namespace =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
-        let _ = namespaces.create(&PostParams::default(), &namespace).await;
-    }
+    create_namespaces(&client, &[&ns, &operator_ns]).await;
     // alice may edit in the test namespace (the built-in `edit` role exists on any apiserver).
     kubectl(
         &kubeconfig,
@@ -130,30 +48,8 @@ async fn policy_to_webhook_to_records_and_back() {
 
     // The operator, outside the cluster, in url mode.
     let dir = tempfile::tempdir().unwrap();
-    let (port, metrics_port) = (free_port(), free_port());
-    let operator = Operator(
-        Command::new(env!("CARGO_BIN_EXE_histor"))
-            .env("KUBECONFIG", &kubeconfig)
-            .args([
-                "operator",
-                "--namespace",
-                &operator_ns,
-                "--leader-election=false",
-            ])
-            .args(["--webhook-url", &format!("https://127.0.0.1:{port}")])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .args(["--record-interval-secs", "1"])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--cert-dir")
-            .arg(dir.path().join("tls"))
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("operator starts"),
-    );
-
+    let (operator, port): (Operator, u16) =
+        start_operator(&kubeconfig, &operator_ns, dir.path(), &[]);
     let policy: TrackingPolicy = serde_json::from_value(serde_json::json!({
         "apiVersion": "histor.dev/v1alpha1",
         "kind": "TrackingPolicy",
@@ -203,7 +99,7 @@ async fn policy_to_webhook_to_records_and_back() {
     assert_eq!(vwc.side_effects, "NoneOnDryRun");
     assert_eq!(
         vwc.client_config.url.as_deref(),
-        Some(format!("https://127.0.0.1:{port}/admit/{policy_name}").as_str())
+        Some(format!("https://{}:{port}/admit/{policy_name}", crate::e2e_host()).as_str())
     );
     eventually("the policy to be Ready", Duration::from_secs(60), || {
         let policies = policies.clone();

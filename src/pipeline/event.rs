@@ -46,7 +46,7 @@ pub struct ChangeEvent {
 }
 
 /// The authenticated user behind a request.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
 pub struct Actor {
     /// User name, such as `alice` or `system:serviceaccount:ns:name`.

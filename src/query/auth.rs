@@ -19,7 +19,6 @@ use kube::api::{Api, PostParams};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -34,22 +33,9 @@ pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(10);
 /// Most TokenReview answers kept.
 const TOKEN_CACHE_CAPACITY: usize = 4096;
 
-/// An authenticated user, as the apiserver describes one.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash)]
-#[serde(rename_all = "camelCase")]
-pub struct UserInfo {
-    /// User name.
-    pub username: String,
-    /// The authenticator's uid of the user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    /// Groups.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub groups: Vec<String>,
-    /// Extra attributes (scopes, credential ids), keys lower-case.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub extra: BTreeMap<String, Vec<String>>,
-}
+/// An authenticated user, as the apiserver describes one: the same shape as the user behind a
+/// recorded change.
+pub type UserInfo = crate::pipeline::Actor;
 
 /// The requestheader settings: which client certificates may assert identities, and in which
 /// headers.

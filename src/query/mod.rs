@@ -117,62 +117,51 @@ struct Request {
     params: Params,
 }
 
-async fn list_cluster(
-    State(state): State<Arc<QueryState>>,
-    peer: Peer,
-    headers: HeaderMap,
-    params: Params,
-) -> Response {
-    let req = Request {
-        peer,
-        headers,
-        params,
-    };
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Request {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        Ok(Request {
+            peer: parts
+                .extensions
+                .get::<PeerCertificates>()
+                .cloned()
+                .map(Extension),
+            headers: parts.headers.clone(),
+            // A malformed query string is answered as a 400 Status by the handler.
+            params: UrlQuery::<Vec<(String, String)>>::from_request_parts(parts, state).await,
+        })
+    }
+}
+
+async fn list_cluster(State(state): State<Arc<QueryState>>, req: Request) -> Response {
     respond(serve_list(&state, req, None).await)
 }
 
 async fn list_namespaced(
     State(state): State<Arc<QueryState>>,
     Path(namespace): Path<String>,
-    peer: Peer,
-    headers: HeaderMap,
-    params: Params,
+    req: Request,
 ) -> Response {
-    let req = Request {
-        peer,
-        headers,
-        params,
-    };
     respond(serve_list(&state, req, Some(namespace)).await)
 }
 
 async fn get_cluster(
     State(state): State<Arc<QueryState>>,
     Path(id): Path<String>,
-    peer: Peer,
-    headers: HeaderMap,
-    params: Params,
+    req: Request,
 ) -> Response {
-    let req = Request {
-        peer,
-        headers,
-        params,
-    };
     respond(serve_one(&state, req, None, &id).await)
 }
 
 async fn get_namespaced(
     State(state): State<Arc<QueryState>>,
     Path((namespace, id)): Path<(String, String)>,
-    peer: Peer,
-    headers: HeaderMap,
-    params: Params,
+    req: Request,
 ) -> Response {
-    let req = Request {
-        peer,
-        headers,
-        params,
-    };
     respond(serve_one(&state, req, Some(namespace), &id).await)
 }
 

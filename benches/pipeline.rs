@@ -6,6 +6,10 @@ use histor::crd::TrackingPolicySpec;
 use histor::pipeline::{self, CompiledPolicy, Outcome, Redactor};
 use histor::store::{EventStore, SledStore};
 
+// The allocator the `histor` binary runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const UPDATE: &str =
     include_str!("../tests/fixtures/admission/admissionreview-update-deployment.json");
 const SECRET: &str = include_str!("../tests/fixtures/admission/admissionreview-update-secret.json");

@@ -230,18 +230,15 @@ pub struct Head {
     pub since_snapshot: u64,
     /// The state after `last` is not known (a break the writer could not repair yet).
     pub broken: bool,
-    /// Truncated SHA-256 of the canonical JSON of the state after `last`.
-    pub digest: [u8; 16],
 }
 
 impl Head {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(40);
+        let mut out = Vec::with_capacity(24);
         out.push(u8::from(self.broken));
         put_varint(&mut out, self.last);
         put_varint(&mut out, self.count);
         put_varint(&mut out, self.since_snapshot);
-        out.extend_from_slice(&self.digest);
         out
     }
 
@@ -250,15 +247,13 @@ impl Head {
         let broken = r.u8()? != 0;
         let last = r.varint()?;
         let count = r.varint()?;
+        // Older heads end with a 16-byte state digest, which nothing reads any more.
         let since_snapshot = r.varint()?;
-        let mut digest = [0u8; 16];
-        digest.copy_from_slice(r.take(16)?);
         Ok(Head {
             last,
             count,
             since_snapshot,
             broken,
-            digest,
         })
     }
 }

@@ -33,7 +33,7 @@ use super::{
     AppendOutcome, EmptiedObject, EventId, EventStore, Page, Query, RetentionReport, RetentionRule,
     StoreStats, StoredEvent,
 };
-use crate::pipeline::{Actor, Captured, ChangeEvent, FieldChange, KindId, ResourceId};
+use crate::pipeline::{Actor, Captured, ChangeEvent, FieldChange, KindId, ResourceId, diff};
 use crate::{Error, Result};
 use jiff::Timestamp;
 use serde_json::Value;
@@ -84,6 +84,9 @@ const F_UNKNOWN_STATE: u8 = 1 << 3;
 const F_CHAIN_BREAK: u8 = 1 << 4;
 const F_HAS_NS: u8 = 1 << 5;
 const F_HAS_UID: u8 = 1 << 6;
+/// The record carries the unseen change of a chain break as a delta of its own (the `gap`), so
+/// the state before the event is known without a snapshot.
+const F_GAP: u8 = 1 << 7;
 
 // Dictionary tags.
 const D_USER: u8 = b'u';
@@ -95,6 +98,9 @@ const D_NAMESPACE: u8 = b'n';
 const META_LAST_ID: &[u8] = b"last_id";
 const META_COUNT: &[u8] = b"count";
 const META_CLEAN: &[u8] = b"clean";
+/// Newest event whose object head is persisted: heads are written once per batch, so after a
+/// crash the events past this one may need their heads repaired.
+const META_HEADS_THROUGH: &[u8] = b"heads_through";
 
 /// The sled-backed event store. Cheap to share behind an `Arc`; appends and retention serialise on
 /// an internal lock, queries run concurrently with them.
@@ -127,6 +133,10 @@ struct Dict {
 struct Writer {
     last_id: EventId,
     heads: HashMap<u64, Head>,
+    /// Heads changed since they were last written; written once per batch.
+    dirty_heads: HashSet<u64>,
+    /// The state after each cached object's newest event, to check and extend its chain without
+    /// reading the store.
     states: HashMap<u64, Value>,
     /// Request uid (as [`request_key`]) → event, for the dedupe window.
     recent: HashMap<u128, EventId>,
@@ -145,6 +155,8 @@ struct Record {
     flags: u8,
     /// The object's previous event.
     prev: Option<EventId>,
+    /// With [`F_GAP`]: the change between the state after `prev` and the state before this event.
+    gap: Vec<FieldChange>,
     event: ChangeEvent,
 }
 
@@ -251,6 +263,17 @@ impl SledStore {
         self.count.store(count, Ordering::Relaxed);
         self.meta.insert(META_CLEAN, &0u64.to_be_bytes())?;
 
+        if !clean {
+            let through = match self.meta_u64(META_HEADS_THROUGH)? {
+                Some(t) => t,
+                // A new store that crashed in its first batch, or one whose heads were all
+                // written with their events (before heads were batched).
+                None if meta_last == 0 => 0,
+                None => w.last_id,
+            };
+            self.repair_heads(&mut w, through)?;
+        }
+
         // Rebuild the dedupe window from the newest events.
         let floor = w.last_id.saturating_sub(DEDUPE_WINDOW);
         let mut recent = Vec::new();
@@ -266,6 +289,42 @@ impl SledStore {
         for (id, uid) in recent.into_iter().rev() {
             w.recent.insert(uid, id);
             w.recent_order.push_back((id, uid));
+        }
+        Ok(())
+    }
+
+    /// Points object heads at events written after `through` that they do not know of: a crash
+    /// can persist part of a batch (sled writes its log as it fills) without the heads that are
+    /// written at its end.
+    fn repair_heads(&self, w: &mut Writer, through: EventId) -> Result<()> {
+        let mut repaired = 0u64;
+        for item in self.events.range(keys::id_key(through.saturating_add(1))..) {
+            let (k, v) = item?;
+            let id = keys::id_from_key(&k).ok_or_else(|| Error::Corrupt("event key".into()))?;
+            let rec = self.decode(id, &v)?;
+            let object = rec.object_hash();
+            let mut head = self.head(w, object)?.unwrap_or_default();
+            if head.count > 0 && head.last >= id {
+                continue;
+            }
+            head.last = id;
+            head.count += 1;
+            head.since_snapshot = if self.snaps.contains_key(&k)? {
+                0
+            } else {
+                head.since_snapshot + 1
+            };
+            head.broken = rec.flags & F_UNKNOWN_STATE != 0;
+            w.heads.insert(object, head);
+            w.dirty_heads.insert(object);
+            repaired += 1;
+        }
+        if repaired > 0 {
+            tracing::warn!(
+                events = repaired,
+                "store was not closed cleanly: linked events of an interrupted batch to their objects"
+            );
+            self.persist_heads(w)?;
         }
         Ok(())
     }
@@ -345,9 +404,13 @@ impl SledStore {
         id: EventId,
         prev: Option<EventId>,
         e: &ChangeEvent,
+        gap: &[FieldChange],
     ) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(96);
-        let mut flags = (flags & !3) | codec::op_code(e.operation);
+        let mut flags = (flags & !(3 | F_GAP)) | codec::op_code(e.operation);
+        if !gap.is_empty() {
+            flags |= F_GAP;
+        }
         if e.redacted {
             flags |= F_REDACTED;
         }
@@ -383,6 +446,9 @@ impl SledStore {
             codec::put_id_string(&mut out, uid);
         }
         codec::put_changes(&mut out, &e.changes)?;
+        if !gap.is_empty() {
+            codec::put_changes(&mut out, gap)?;
+        }
         Ok(out)
     }
 
@@ -418,9 +484,15 @@ impl SledStore {
             None
         };
         let changes = codec::get_changes(&mut r)?;
+        let gap = if flags & F_GAP != 0 {
+            codec::get_changes(&mut r)?
+        } else {
+            Vec::new()
+        };
         Ok(Record {
             flags,
             prev,
+            gap,
             event: ChangeEvent {
                 request_uid,
                 received_at,
@@ -469,8 +541,8 @@ impl SledStore {
 
     // ---------- append ----------
 
-    fn append_one(&self, w: &mut Writer, captured: Captured) -> Result<AppendOutcome> {
-        let Captured { mut event, before } = captured;
+    fn append_one(&self, w: &mut Writer, captured: &Captured) -> Result<AppendOutcome> {
+        let event = &captured.event;
         let request = request_key(&event.request_uid);
         if let Some(&id) = w.recent.get(&request) {
             return self.link(id, &event.policies);
@@ -481,84 +553,72 @@ impl SledStore {
         w.last_id = id;
 
         let gr = event.resource.group_resource();
-        let object = object_hash_of(&event);
+        let object = object_hash_of(event);
         let prior = self.head(w, object)?;
         if event.resource.subresource.is_none() {
             self.learn_kind(w, &gr, &event.resource, &event.kind)?;
         }
 
         let mut head = prior.unwrap_or_default();
+        // The state after the object's previous event, when the store knows it.
+        let previous = match prior {
+            Some(h) if !h.broken => match w.states.remove(&object) {
+                Some(s) => Some(s),
+                None => self.state_after_record(h.last)?,
+            },
+            _ => None,
+        };
         let mut flags = 0u8;
+        let mut gap = Vec::new();
         let mut snapshot: Option<Vec<u8>> = None;
-        let derived = event.resource.subresource.is_some() || event.object.is_none();
-        if !derived {
-            let state = event.object.take().unwrap_or(Value::Null);
-            let state_bytes = serde_json::to_vec(&state)?;
-            let digest = digest_bytes(&state_bytes);
-            let mut full = prior.is_none()
-                || head.broken
-                || event.operation == crate::crd::Operation::Create
-                || head.since_snapshot + 1 >= SNAPSHOT_EVERY;
-            if !full {
-                match before {
-                    Some(mut before) => {
-                        if digest_value(&before)? != head.digest {
-                            flags |= F_CHAIN_BREAK;
-                            full = true;
-                        } else if !(apply_changes(&mut before, &event.changes) && before == state) {
-                            // The diff would not rebuild the object exactly: keep it whole.
-                            full = true;
-                        }
-                    }
-                    None => full = true,
+        match (&event.resource.subresource, &event.object) {
+            (None, Some(state)) => {
+                let (chained, unseen) = chain(previous, captured.before.as_ref(), event, state);
+                if let Some(unseen) = unseen {
+                    flags |= F_CHAIN_BREAK;
+                    gap = unseen;
                 }
+                let full = chained.is_none()
+                    || event.operation == crate::crd::Operation::Create
+                    || head.since_snapshot + 1 >= SNAPSHOT_EVERY;
+                if full {
+                    snapshot = Some(serde_json::to_vec(state)?);
+                    head.since_snapshot = 0;
+                } else {
+                    head.since_snapshot += 1;
+                }
+                head.broken = false;
+                // The rebuilt state equals the event's object; caching it spares a copy.
+                let cached = chained.unwrap_or_else(|| state.clone());
+                cache_state(w, object, cached);
             }
-            if full {
-                snapshot = Some(state_bytes);
-                head.since_snapshot = 0;
-            } else {
-                head.since_snapshot += 1;
-            }
-            head.digest = digest;
-            head.broken = false;
-            cache_state(w, object, state);
-        } else {
-            // A subresource change (or an event without object): apply it to the parent's state.
-            let state = match prior {
-                Some(h) if !h.broken => match w.states.remove(&object) {
-                    Some(s) => Some(s),
-                    None => self.state_after_record(h.last)?,
-                },
-                _ => None,
-            };
-            match state {
+            _ => match previous {
+                // A subresource change (or an event without object): apply it to the parent's
+                // state. Its own object (a Scale, say) is not kept.
                 Some(mut state) => {
                     if !apply_changes(&mut state, &event.changes) {
                         // Best effort for this event; the next full object re-anchors.
                         head.broken = true;
                     }
-                    let state_bytes = serde_json::to_vec(&state)?;
-                    head.digest = digest_bytes(&state_bytes);
                     if head.since_snapshot + 1 >= SNAPSHOT_EVERY && !head.broken {
-                        snapshot = Some(state_bytes);
+                        snapshot = Some(serde_json::to_vec(&state)?);
                         head.since_snapshot = 0;
                     } else {
                         head.since_snapshot += 1;
                     }
-                    cache_state(w, object, state);
+                    if !head.broken {
+                        cache_state(w, object, state);
+                    }
                 }
                 None => {
                     flags |= F_UNKNOWN_STATE;
                     head.broken = true;
                     head.since_snapshot += 1;
-                    w.states.remove(&object);
                 }
-            }
-            // Subresource events never carry the parent; their own object is not kept.
-            event.object = None;
+            },
         }
 
-        let record = self.encode(flags, id, prior.map(|h| h.last), &event)?;
+        let record = self.encode(flags, id, prior.map(|h| h.last), event, &gap)?;
         self.events.insert(keys::id_key(id), record)?;
         if let Some(s) = snapshot {
             self.snaps.insert(keys::id_key(id), s)?;
@@ -586,8 +646,8 @@ impl SledStore {
         }
         head.last = id;
         head.count += 1;
-        self.heads.insert(object.to_be_bytes(), head.encode())?;
         w.heads.insert(object, head);
+        w.dirty_heads.insert(object);
         w.touched.insert(object);
 
         w.recent.insert(request, id);
@@ -623,7 +683,7 @@ impl SledStore {
         if !added {
             return Ok(AppendOutcome::Duplicate(id));
         }
-        let bytes = self.encode(rec.flags, id, rec.prev, &rec.event)?;
+        let bytes = self.encode(rec.flags, id, rec.prev, &rec.event, &rec.gap)?;
         self.events.insert(keys::id_key(id), bytes)?;
         Ok(AppendOutcome::Linked(id))
     }
@@ -665,7 +725,7 @@ impl SledStore {
             return Ok(None);
         }
         let mut next = rec.prev;
-        let mut chain = vec![rec.event.changes];
+        let mut chain = vec![(rec.gap, rec.event.changes)];
         let mut base = None;
         while let Some(prev) = next {
             if let Some(s) = self.snapshot(prev)? {
@@ -679,12 +739,13 @@ impl SledStore {
                 return Ok(None);
             }
             next = rec.prev;
-            chain.push(rec.event.changes);
+            chain.push((rec.gap, rec.event.changes));
         }
         let Some(mut state) = base else {
             return Ok(None);
         };
-        for changes in chain.iter().rev() {
+        for (gap, changes) in chain.iter().rev() {
+            apply_changes(&mut state, gap);
             apply_changes(&mut state, changes);
         }
         Ok(Some(state))
@@ -827,8 +888,13 @@ impl SledStore {
                     }
                     None => {
                         if let Some(rec) = self.load_record(id)? {
-                            let bytes =
-                                self.encode(rec.flags | F_UNKNOWN_STATE, id, rec.prev, &rec.event)?;
+                            let bytes = self.encode(
+                                rec.flags | F_UNKNOWN_STATE,
+                                id,
+                                rec.prev,
+                                &rec.event,
+                                &rec.gap,
+                            )?;
                             self.events.insert(keys::id_key(id), bytes)?;
                         }
                     }
@@ -846,7 +912,13 @@ impl SledStore {
             if let Some(rec) = self.load_record(id)?
                 && rec.prev != prev_kept
             {
-                let bytes = self.encode(rec.flags, id, prev_kept, &rec.event)?;
+                // Relinked past removed events: what came just before it is gone, and so is
+                // what a gap was relative to.
+                let flags = match prev_kept {
+                    Some(_) => rec.flags | F_CHAIN_BREAK,
+                    None => rec.flags,
+                };
+                let bytes = self.encode(flags, id, prev_kept, &rec.event, &[])?;
                 self.events.insert(keys::id_key(id), bytes)?;
             }
             prev_kept = Some(id);
@@ -935,6 +1007,19 @@ impl SledStore {
         Ok(())
     }
 
+    /// Writes the heads this batch changed: once per object per batch rather than per event, so
+    /// a busy object does not rewrite its head row on every change.
+    fn persist_heads(&self, w: &mut Writer) -> Result<()> {
+        for object in std::mem::take(&mut w.dirty_heads) {
+            if let Some(head) = w.heads.get(&object) {
+                self.heads.insert(object.to_be_bytes(), head.encode())?;
+            }
+        }
+        self.meta
+            .insert(META_HEADS_THROUGH, &w.last_id.to_be_bytes())?;
+        Ok(())
+    }
+
     fn persist_counters(&self, w: &Writer) -> Result<()> {
         self.meta.insert(META_LAST_ID, &w.last_id.to_be_bytes())?;
         self.meta.insert(
@@ -950,10 +1035,9 @@ impl EventStore for SledStore {
         let mut w = self.lock_writer();
         let mut outcomes = Vec::with_capacity(batch.len());
         for captured in batch {
-            // The writer keeps the batch to retry it after a failed append, so work on a copy
-            // (an object of a few KiB clones in microseconds).
-            outcomes.push(self.append_one(&mut w, captured.clone())?);
+            outcomes.push(self.append_one(&mut w, captured)?);
         }
+        self.persist_heads(&mut w)?;
         self.persist_counters(&w)?;
         drop(w);
         // Group commit: one fsync makes the whole batch durable.
@@ -1039,13 +1123,17 @@ impl EventStore for SledStore {
         let Some(rec) = self.load_record(id)? else {
             return Ok(None);
         };
-        if rec.flags & F_CHAIN_BREAK != 0 {
+        if rec.flags & F_CHAIN_BREAK != 0 && rec.flags & F_GAP == 0 {
             return Ok(None);
         }
-        match rec.prev {
-            Some(prev) => self.state_after_record(prev),
-            None => Ok(None),
+        let Some(prev) = rec.prev else {
+            return Ok(None);
+        };
+        let mut state = self.state_after_record(prev)?;
+        if let Some(s) = &mut state {
+            apply_changes(s, &rec.gap);
         }
+        Ok(state)
     }
 
     fn enforce_retention(
@@ -1319,22 +1407,43 @@ fn request_key(uid: &str) -> u128 {
 }
 
 fn cache_state(w: &mut Writer, object: u64, state: Value) {
-    if w.states.len() >= STATE_CACHE && !w.states.contains_key(&object) {
-        w.states.clear();
+    if w.states.len() >= STATE_CACHE
+        && !w.states.contains_key(&object)
+        && let Some(&evict) = w.states.keys().next()
+    {
+        // Any one will do: a miss costs one rebuild from the store.
+        w.states.remove(&evict);
     }
     w.states.insert(object, state);
 }
 
-fn digest_bytes(b: &[u8]) -> [u8; 16] {
-    let d = ring::digest::digest(&ring::digest::SHA256, b);
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&d.as_ref()[..16]);
-    out
-}
-
-/// Digest of a value's canonical JSON (serde_json's map is ordered, so `to_vec` is canonical).
-fn digest_value(v: &Value) -> Result<[u8; 16]> {
-    Ok(digest_bytes(&serde_json::to_vec(v)?))
+/// Continues an object's chain of deltas to `state`, its object after `event`: from `previous`
+/// (the state after the object's previous stored event) through `before` (the state the
+/// apiserver saw before this change) and the event's changes.
+///
+/// Returns the rebuilt state when the deltas reproduce `state` exactly (`None`: a snapshot is
+/// needed), and, when `before` is not `previous`, the unseen change between them: somebody
+/// changed the object while this store was not looking (downtime, a dropped event, another
+/// replica). The gap is empty when no delta reproduces it.
+fn chain(
+    previous: Option<Value>,
+    before: Option<&Value>,
+    event: &ChangeEvent,
+    state: &Value,
+) -> (Option<Value>, Option<Vec<FieldChange>>) {
+    let (Some(mut current), Some(before)) = (previous, before) else {
+        return (None, None);
+    };
+    let mut unseen = None;
+    if current != *before {
+        let gap = diff(&current, before);
+        if !(apply_changes(&mut current, &gap) && current == *before) {
+            return (None, Some(Vec::new()));
+        }
+        unseen = Some(gap);
+    }
+    let rebuilt = apply_changes(&mut current, &event.changes) && current == *state;
+    (rebuilt.then_some(current), unseen)
 }
 
 fn open_error(e: sled::Error, path: &Path) -> Error {

@@ -295,13 +295,15 @@ fn every_version_of_a_history_rebuilds_exactly() {
     batch.push(c);
     for i in 1..39u64 {
         t += 1000;
-        let before = a.state.clone();
+        let mut before = a.state.clone();
         let c = match i {
             _ if i % 5 == 0 => a.scale("hpa", t, i),
             22 => {
-                // Someone changed the object while histor was not looking.
+                // Someone changed the object while histor was not looking: the state before
+                // is the one the apiserver saw, kept as a delta from the stored chain.
                 let mut seen = a.state.clone().unwrap();
                 seen["metadata"]["annotations"] = json!({"missed": "yes"});
+                before = Some(seen.clone());
                 let mut after = seen.clone();
                 after["metadata"]["labels"]["v"] = json!("22");
                 a.update_from("carol", t, seen, after)
@@ -315,7 +317,6 @@ fn every_version_of_a_history_rebuilds_exactly() {
                 o["metadata"]["labels"]["v"] = json!(i.to_string())
             }),
         };
-        let before = if i == 22 { None } else { before };
         expected.push((a.state.clone().unwrap(), before));
         batch.push(c);
         // Another object's events interleave in the same batches.
@@ -1025,4 +1026,55 @@ fn namespace_and_user_queries_span_time_slices_and_forget_old_ones() {
     );
     let rows = store.ix.len();
     assert!(rows <= 11 + 4 + 11 + 4, "{rows} index rows left");
+}
+
+/// Heads are written at the end of a batch; a crash can persist a batch's events without them.
+/// Reopening links those events to their objects, and the chain goes on from them.
+#[test]
+fn heads_of_an_interrupted_batch_are_repaired_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Obj::new("prod", "api", 1);
+    let create = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
+    let saved: Vec<(::sled::IVec, ::sled::IVec)>;
+    let through;
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        store.append(&[create]).unwrap();
+        saved = store.db().open_tree("heads").unwrap().iter().map(Result::unwrap).collect();
+        through = store.db().open_tree("meta").unwrap().get(b"heads_through").unwrap().unwrap();
+        let batch: Vec<_> = (2..4)
+            .map(|r| a.update("bob", T0 + r * 10, |o| o["spec"]["replicas"] = json!(r)))
+            .collect();
+        store.append(&batch).unwrap();
+    }
+    {
+        // What the disk holds when the crash came after the events, before the heads.
+        let db = ::sled::open(dir.path()).unwrap();
+        let heads = db.open_tree("heads").unwrap();
+        heads.clear().unwrap();
+        for (k, v) in saved {
+            heads.insert(k, v).unwrap();
+        }
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert(b"heads_through", through).unwrap();
+        meta.insert(b"clean", &0u64.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    let uid = a.uid.clone();
+    let history = |store: &SledStore| {
+        let page = store
+            .query(&Query {
+                uid: Some(uid.clone()),
+                ..Query::default()
+            })
+            .unwrap();
+        ids(&page)
+    };
+    assert_eq!(history(&store).len(), 3);
+    let more = a.update("bob", T0 + 100, |o| o["spec"]["replicas"] = json!(9));
+    let id = recorded(&store.append(&[more]).unwrap())[0];
+    assert_eq!(history(&store).len(), 4);
+    assert_eq!(store.state_after(id).unwrap(), a.state);
+    assert_eq!(store.state_before(id).unwrap().unwrap()["spec"]["replicas"], 3);
 }

@@ -42,6 +42,10 @@ pub struct Metrics {
     pub retention_removed: Counter,
     /// Size of the group-commit batches, in events.
     pub batch_size: Histogram,
+    /// Time one group commit (append and flush) takes.
+    pub commit_latency: Histogram,
+    /// Time one retention pass holds the writer.
+    pub retention_latency: Histogram,
 }
 
 impl Default for Metrics {
@@ -63,6 +67,13 @@ impl Default for Metrics {
             batch_size: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
                 1.0, 2.0, 12,
             )),
+            // 50 µs .. ~3 s.
+            commit_latency: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 17),
+            ),
+            retention_latency: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 17),
+            ),
         }
     }
 }
@@ -125,6 +136,16 @@ impl Metrics {
             "write_batch_events",
             "Events per group commit",
             self.batch_size.clone(),
+        );
+        r.register(
+            "write_commit_duration_seconds",
+            "Time one group commit takes: appending the batch and flushing it to disk",
+            self.commit_latency.clone(),
+        );
+        r.register(
+            "retention_pass_duration_seconds",
+            "Time one retention pass takes",
+            self.retention_latency.clone(),
         );
     }
 

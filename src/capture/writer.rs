@@ -13,6 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 /// Most events in one batch; bounds the time one flush keeps later events waiting.
 const MAX_BATCH: usize = 1024;
 
+/// A commit slower than this is logged: reviews wait on it, up to the capture deadline.
+const SLOW_COMMIT: Duration = Duration::from_millis(100);
+
 /// Told about every batch after it is durable (the notification outbox, ChangeRecord summaries).
 pub trait RecordObserver: Send + Sync {
     /// Called on the writer thread with the events just made durable; keep it quick.
@@ -114,6 +117,7 @@ fn commit(
     let (batch, acks): (Vec<Captured>, Vec<_>) =
         jobs.into_iter().map(|j| (j.captured, j.ack)).unzip();
     let mut backoff = Duration::from_millis(50);
+    let started = std::time::Instant::now();
     let outcomes = loop {
         match store.append(&batch) {
             Ok(outcomes) => break outcomes,
@@ -125,6 +129,15 @@ fn commit(
             }
         }
     };
+    let took = started.elapsed();
+    metrics.commit_latency.observe(took.as_secs_f64());
+    if took > SLOW_COMMIT {
+        tracing::warn!(
+            events = batch.len(),
+            took_ms = took.as_millis() as u64,
+            "slow group commit: reviews waited on the store"
+        );
+    }
     let mut recorded = Vec::new();
     for ((captured, ack), outcome) in batch.into_iter().zip(acks).zip(outcomes) {
         // A linked event is news to the policy it was just linked to (and only to it: the

@@ -294,11 +294,15 @@ async fn retention_loop(
             on_retention.clone(),
         );
         let pass = tokio::task::spawn_blocking(move || -> Result<()> {
+            let started = std::time::Instant::now();
             let report = store.enforce_retention(
                 jiff::Timestamp::now(),
                 &|name: &str| policies.retention(name),
                 default_retention,
             )?;
+            metrics
+                .retention_latency
+                .observe(started.elapsed().as_secs_f64());
             metrics.retention_removed.inc_by(report.removed);
             if let Some(hook) = hook {
                 hook(&report);

@@ -293,7 +293,7 @@ async fn retention_loop(
             metrics.clone(),
             on_retention.clone(),
         );
-        let pass = tokio::task::spawn_blocking(move || -> Result<()> {
+        let pass = tokio::task::spawn_blocking(move || -> Result<bool> {
             let started = std::time::Instant::now();
             let report = store.enforce_retention(
                 jiff::Timestamp::now(),
@@ -310,11 +310,14 @@ async fn retention_loop(
             let stats = store.stats()?;
             metrics.store_events.set(stats.events);
             metrics.store_bytes.set(stats.bytes_on_disk);
-            Ok(())
+            Ok(report.incomplete)
         })
         .await;
         match pass {
-            Ok(Ok(())) => {}
+            // More is due than one pass removes (a burst of changes): keep going, with a pause
+            // that leaves the writer and the CPU to capture.
+            Ok(Ok(true)) => tick.reset_after(Duration::from_millis(200)),
+            Ok(Ok(false)) => {}
             Ok(Err(error)) => tracing::warn!(%error, "retention pass failed"),
             Err(error) => tracing::warn!(%error, "retention pass panicked"),
         }

@@ -663,6 +663,7 @@ mod tests {
                 name: "api".into(),
                 uid: Some("uid-api".into()),
             }],
+            incomplete: false,
         });
         // deletion waits for the window since the report, not since the last write
         assert_eq!(writer.flush_due(start + Duration::from_secs(4)).await, 0);

@@ -95,6 +95,8 @@ pub struct RetentionReport {
     pub removed: u64,
     /// Objects whose last event was removed (their ChangeRecords can go).
     pub objects_emptied: Vec<EmptiedObject>,
+    /// The pass stopped at its bound with more due: run the next one soon.
+    pub incomplete: bool,
 }
 
 /// An object that no longer has any stored event.
@@ -138,7 +140,7 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The state before event `id` (the state after the object's previous event), if known:
     /// `None` for an object's first event, and when the pipeline's `before` showed the object had
-    /// changed in a way the store never saw.
+    /// changed in a way the store never saw and could not keep as a delta.
     fn state_before(&self, id: EventId) -> Result<Option<Value>>;
 
     /// Removes events past their policies' retention. `rule` gives the rule of a policy by name;

@@ -67,6 +67,10 @@ const DEFAULT_PAGE: usize = 100;
 /// writer for long; the next pass continues.
 pub const MAX_REMOVALS_PER_PASS: usize = 20_000;
 
+/// Most removals per hold of the writer lock: a few milliseconds of work, so reviews waiting on
+/// a group commit do not wait on retention.
+const PRUNE_CHUNK: usize = 512;
+
 /// Current states kept in memory for the writer (used when a subresource event must be applied
 /// to its parent). Past this the cache is dropped and states are rebuilt from disk on demand.
 const STATE_CACHE: usize = 4096;
@@ -118,6 +122,8 @@ pub struct SledStore {
     kinds: RwLock<HashMap<String, BTreeSet<String>>>,
     count: AtomicU64,
     writer: Mutex<Writer>,
+    /// One retention pass at a time: a pass walks chains before it takes the writer lock.
+    retention: Mutex<()>,
 }
 
 /// Interned strings: tag ‖ text ↔ small integer.
@@ -204,6 +210,7 @@ impl SledStore {
             kinds: RwLock::default(),
             count: AtomicU64::new(0),
             writer: Mutex::default(),
+            retention: Mutex::default(),
         };
         store.load()?;
         Ok(store)
@@ -864,105 +871,101 @@ impl SledStore {
 
     // ---------- retention ----------
 
+    /// Removes `remove` (events of `object`) under the writer lock. `ids` is the object's chain,
+    /// oldest first, as walked before the lock was taken; events appended since are newer and
+    /// linked onto it, and are picked up here.
     fn prune_object(
         &self,
         w: &mut Writer,
         object: u64,
+        ids: &[EventId],
         remove: &BTreeSet<EventId>,
         report: &mut RetentionReport,
     ) -> Result<()> {
-        let ids = self.object_ids(object)?;
-        // Keep the chain rebuildable: the first kept event after removed ones must carry a
-        // snapshot, written before its predecessors go.
-        let mut gap = false;
+        let Some(mut head) = self.head(w, object)? else {
+            return Ok(());
+        };
+        let mut ids = ids.to_vec();
+        let walked = ids.last().copied().unwrap_or(0);
+        let mut newer = Vec::new();
+        let mut next = Some(head.last);
+        while let Some(id) = next.filter(|&id| id > walked) {
+            newer.push(id);
+            next = match self.events.get(keys::id_key(id))? {
+                Some(buf) => peek_prev_policies(id, &buf)?.0,
+                None => None,
+            };
+        }
+        ids.extend(newer.into_iter().rev());
+
+        // Keep the chain rebuildable and linked: the first kept event after removed ones gets a
+        // snapshot (written before its predecessors go) and a link past them.
+        let mut prev_kept = None;
+        let mut after_removed = false;
         for &id in &ids {
             if remove.contains(&id) {
-                gap = true;
+                after_removed = true;
                 continue;
             }
-            if gap && !self.snaps.contains_key(keys::id_key(id))? {
-                match self.state_after_record(id)? {
-                    Some(state) => {
-                        self.snaps
-                            .insert(keys::id_key(id), serde_json::to_vec(&state)?)?;
-                    }
-                    None => {
-                        if let Some(rec) = self.load_record(id)? {
-                            let bytes = self.encode(
-                                rec.flags | F_UNKNOWN_STATE,
-                                id,
-                                rec.prev,
-                                &rec.event,
-                                &rec.gap,
-                            )?;
-                            self.events.insert(keys::id_key(id), bytes)?;
+            if after_removed {
+                let mut unknown = false;
+                if !self.snaps.contains_key(keys::id_key(id))? {
+                    match self.state_after_record(id)? {
+                        Some(state) => {
+                            self.snaps
+                                .insert(keys::id_key(id), serde_json::to_vec(&state)?)?;
                         }
+                        None => unknown = true,
                     }
                 }
+                if let Some(rec) = self.load_record(id)? {
+                    let mut flags = rec.flags;
+                    if unknown {
+                        flags |= F_UNKNOWN_STATE;
+                    }
+                    // What came just before it is gone, and so is what a gap was relative to.
+                    if prev_kept.is_some() {
+                        flags |= F_CHAIN_BREAK;
+                    }
+                    let bytes = self.encode(flags, id, prev_kept, &rec.event, &[])?;
+                    self.events.insert(keys::id_key(id), bytes)?;
+                }
             }
-            gap = false;
-        }
-
-        // Relink the chain around the removed events before they go.
-        let mut prev_kept = None;
-        for &id in &ids {
-            if remove.contains(&id) {
-                continue;
-            }
-            if let Some(rec) = self.load_record(id)?
-                && rec.prev != prev_kept
-            {
-                // Relinked past removed events: what came just before it is gone, and so is
-                // what a gap was relative to.
-                let flags = match prev_kept {
-                    Some(_) => rec.flags | F_CHAIN_BREAK,
-                    None => rec.flags,
-                };
-                let bytes = self.encode(flags, id, prev_kept, &rec.event, &[])?;
-                self.events.insert(keys::id_key(id), bytes)?;
-            }
+            after_removed = false;
             prev_kept = Some(id);
         }
 
-        let kept: Vec<EventId> = ids
-            .iter()
-            .copied()
-            .filter(|id| !remove.contains(id))
-            .collect();
         // The head moves off removed events before they go, so a crash in between never leaves
         // it pointing at a missing event while older ones remain.
-        if let Some(&newest) = kept.last()
-            && let Some(mut head) = self.head(w, object)?
+        let emptied = remove.contains(&head.last) && prev_kept.is_none();
+        if remove.contains(&head.last)
+            && let Some(newest) = prev_kept
         {
-            head.count = kept.len() as u64;
-            if newest != head.last {
-                // The state the head's digest describes is gone: the next full object must
-                // start a new chain.
-                head.last = newest;
-                head.broken = true;
-                w.states.remove(&object);
-            }
-            self.heads.insert(object.to_be_bytes(), head.encode())?;
-            w.heads.insert(object, head);
+            // The state the cache holds is gone: the next full object starts a new chain.
+            head.last = newest;
+            head.broken = true;
+            w.states.remove(&object);
         }
 
+        let mut removed = 0u64;
         let mut last_removed = None;
         for &id in remove {
-            let Some(rec) = self.load_record(id)? else {
-                continue;
-            };
             self.snaps.remove(keys::id_key(id))?;
-            self.events.remove(keys::id_key(id))?;
-            self.count.fetch_sub(1, Ordering::Relaxed);
-            report.removed += 1;
-            last_removed = Some(rec.event);
+            if let Some(bytes) = self.events.remove(keys::id_key(id))? {
+                removed += 1;
+                last_removed = Some((id, bytes));
+            }
         }
+        self.count.fetch_sub(removed, Ordering::Relaxed);
+        report.removed += removed;
 
-        if kept.is_empty() {
+        if emptied {
             self.heads.remove(object.to_be_bytes())?;
             w.heads.remove(&object);
+            w.dirty_heads.remove(&object);
             w.states.remove(&object);
-            if let Some(e) = last_removed {
+            if let Some((id, bytes)) = last_removed {
+                let e = self.decode(id, &bytes)?.event;
                 let t = keys::target_hash(&e.resource.group_resource(), &e.name);
                 self.targets.remove(keys::target_key(t, object))?;
                 report.objects_emptied.push(EmptiedObject {
@@ -972,6 +975,10 @@ impl SledStore {
                     uid: e.object_uid,
                 });
             }
+        } else {
+            head.count = head.count.saturating_sub(removed);
+            self.heads.insert(object.to_be_bytes(), head.encode())?;
+            w.heads.insert(object, head);
         }
         Ok(())
     }
@@ -1142,7 +1149,12 @@ impl EventStore for SledStore {
         rule: &dyn Fn(&str) -> Option<RetentionRule>,
         default: RetentionRule,
     ) -> Result<RetentionReport> {
-        let mut w = self.lock_writer();
+        // Finding what is due only reads, concurrently with appends; the writer lock is taken
+        // per object and per chunk of removals, so capture never waits long on retention.
+        let _pass = self
+            .retention
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now_us = now.as_microsecond();
         let mut rules: HashMap<String, RetentionRule> = HashMap::new();
         for p in self.policies() {
@@ -1154,10 +1166,12 @@ impl EventStore for SledStore {
             .values()
             .map(|r| r.max_age)
             .fold(default.max_age, |a, b| a.min(b));
+        // The default only applies to events without a known policy.
         let min_count = rules
             .values()
             .map(|r| r.max_events_per_object)
-            .fold(default.max_events_per_object, |a, b| a.min(b));
+            .min()
+            .unwrap_or(default.max_events_per_object);
         let cutoff = |age: jiff::SignedDuration| -> u64 {
             (now_us - age.as_micros().clamp(0, i128::from(i64::MAX)) as i64).max(0) as u64
         };
@@ -1191,76 +1205,110 @@ impl EventStore for SledStore {
 
         // Count: only objects that grew since the last pass (all of them once a minute, and after
         // a restart, so a tightened rule takes effect) and hold more than the smallest limit.
-        let full = w
-            .last_full_retention
-            .is_none_or(|t| now_us - t >= FULL_RETENTION_SCAN_US);
-        let candidates: Vec<u64> = if full {
-            w.last_full_retention = Some(now_us);
-            let mut all = Vec::new();
+        let (full, touched) = {
+            let mut w = self.lock_writer();
+            let full = w
+                .last_full_retention
+                .is_none_or(|t| now_us - t >= FULL_RETENTION_SCAN_US);
+            if full {
+                w.last_full_retention = Some(now_us);
+            }
+            (full, std::mem::take(&mut w.touched))
+        };
+        let over = |v: &[u8]| -> Result<bool> { Ok(Head::decode(v)?.count > u64::from(min_count)) };
+        let mut candidates = Vec::new();
+        if full {
             for item in self.heads.iter() {
                 let (k, v) = item?;
-                if Head::decode(&v)?.count > u64::from(min_count) {
-                    all.push(keys::id_from_key(&k).unwrap_or(0));
+                if over(&v)? {
+                    candidates.push(keys::id_from_key(&k).unwrap_or(0));
                 }
             }
-            all
         } else {
-            let mut touched = Vec::new();
-            for object in w.touched.iter().copied().collect::<Vec<_>>() {
-                if self
-                    .head(&mut w, object)?
-                    .is_some_and(|h| h.count > u64::from(min_count))
+            for object in touched {
+                if let Some(v) = self.heads.get(object.to_be_bytes())?
+                    && over(&v)?
                 {
-                    touched.push(object);
+                    candidates.push(object);
                 }
             }
-            touched
-        };
-        w.touched.clear();
+        }
+        let mut chains: HashMap<u64, Vec<EventId>> = HashMap::new();
+        let mut limits: HashMap<u64, u32> = HashMap::new();
+        let mut postponed = Vec::new();
         for object in candidates {
             if budget == 0 {
-                // Come back to the rest on the next pass.
-                w.touched.insert(object);
+                postponed.push(object);
                 continue;
             }
-            // Newest first: each policy keeps its newest `max_events_per_object` events.
-            let mut seen: HashMap<String, u32> = HashMap::new();
-            for id in self.object_ids(object)?.into_iter().rev() {
-                let Some(rec) = self.load_record(id)? else {
-                    continue;
+            // Newest first: each policy keeps its newest `max_events_per_object` events. Policies
+            // are dictionary ids here; `u64::MAX` stands for "no policy".
+            let mut seen: HashMap<u64, u32> = HashMap::new();
+            let mut ids = Vec::new();
+            let mut next = self.object_last(object)?;
+            while let Some(id) = next {
+                let Some(buf) = self.events.get(keys::id_key(id))? else {
+                    break;
                 };
+                let (prev, policies) = peek_prev_policies(id, &buf)?;
+                next = prev;
+                ids.push(id);
                 let mut keep = false;
-                let policies: Vec<&str> = if rec.event.policies.is_empty() {
-                    vec![""]
+                let policies = if policies.is_empty() {
+                    vec![u64::MAX]
                 } else {
-                    rec.event.policies.iter().map(String::as_str).collect()
+                    policies
                 };
                 for p in policies {
-                    let max = if p.is_empty() { default } else { rule_of(p) }.max_events_per_object;
-                    let n = seen.entry(p.to_owned()).or_default();
-                    if *n < max {
-                        keep = true;
-                    }
+                    let max = match limits.get(&p) {
+                        Some(&max) => max,
+                        None => {
+                            let max = match p {
+                                u64::MAX => default.max_events_per_object,
+                                p => rule_of(&self.lookup(D_POLICY, p)?).max_events_per_object,
+                            };
+                            *limits.entry(p).or_insert(max)
+                        }
+                    };
+                    let n = seen.entry(p).or_default();
+                    keep |= *n < max;
                     *n += 1;
                 }
                 if !keep && budget > 0 && remove.entry(object).or_default().insert(id) {
                     budget -= 1;
                 }
             }
+            ids.reverse();
+            chains.insert(object, ids);
+        }
+        if !postponed.is_empty() {
+            // Come back to the rest on the next pass.
+            self.lock_writer().touched.extend(postponed);
         }
 
-        let mut report = RetentionReport::default();
-        for (object, ids) in remove {
-            if !ids.is_empty() {
-                self.prune_object(&mut w, object, &ids, &mut report)?;
+        let mut report = RetentionReport {
+            incomplete: budget == 0,
+            ..RetentionReport::default()
+        };
+        for (object, due) in remove {
+            let mut ids = match chains.remove(&object) {
+                Some(ids) => ids,
+                None => self.object_ids(object)?,
+            };
+            let due: Vec<EventId> = due.into_iter().collect();
+            for chunk in due.chunks(PRUNE_CHUNK) {
+                let chunk: BTreeSet<EventId> = chunk.iter().copied().collect();
+                let mut w = self.lock_writer();
+                self.prune_object(&mut w, object, &ids, &chunk, &mut report)?;
+                drop(w);
+                ids.retain(|id| !chunk.contains(id));
             }
         }
         if full {
             self.drop_stale_buckets()?;
         }
         if report.removed > 0 {
-            self.persist_counters(&w)?;
-            drop(w);
+            self.persist_counters(&self.lock_writer())?;
             self.db.flush()?;
         }
         Ok(report)
@@ -1302,15 +1350,19 @@ impl Iterator for Chain<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let id = self.next.take()?;
-            match self.store.load_record(id) {
-                Ok(Some(rec)) => {
-                    self.next = rec.prev;
+            let prev = match self.store.events.get(keys::id_key(id)) {
+                Ok(Some(buf)) => peek_prev_policies(id, &buf).map(|(prev, _)| prev),
+                // A link to an event that is gone (a crash between writes): the chain ends.
+                Ok(None) => return None,
+                Err(e) => Err(e.into()),
+            };
+            match prev {
+                Ok(prev) => {
+                    self.next = prev;
                     if id < self.hi {
                         return Some(Ok(id));
                     }
                 }
-                // A link to an event that is gone (a crash between writes): the chain ends.
-                Ok(None) => return None,
                 Err(e) => return Some(Err(e)),
             }
         }
@@ -1369,6 +1421,25 @@ fn tagged(tag: u8, text: &str) -> Vec<u8> {
     key.push(tag);
     key.extend_from_slice(text.as_bytes());
     key
+}
+
+/// The previous event of a raw event record (id `id`) and its policies (dictionary ids), without
+/// decoding the rest. Mirrors [`SledStore::encode`].
+fn peek_prev_policies(id: EventId, buf: &[u8]) -> Result<(Option<EventId>, Vec<u64>)> {
+    let mut r = Reader::new(buf);
+    r.u8()?;
+    r.varint()?;
+    let prev = match r.varint()? {
+        0 => None,
+        back => Some(id.saturating_sub(back)),
+    };
+    codec::skip_id_string(&mut r)?;
+    let n = r.varint()?;
+    let mut policies = Vec::with_capacity(n.min(64) as usize);
+    for _ in 0..n {
+        policies.push(r.varint()?);
+    }
+    Ok((prev, policies))
 }
 
 /// The user (dictionary id) and namespace (dictionary id, if any) of a raw event record,

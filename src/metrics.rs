@@ -42,7 +42,7 @@ pub struct Metrics {
     pub retention_removed: Counter,
     /// Size of the group-commit batches, in events.
     pub batch_size: Histogram,
-    /// Time one group commit (append and flush) takes.
+    /// Time one group-commit flush takes.
     pub commit_latency: Histogram,
     /// Time one retention pass holds the writer.
     pub retention_latency: Histogram,
@@ -138,8 +138,8 @@ impl Metrics {
             self.batch_size.clone(),
         );
         r.register(
-            "write_commit_duration_seconds",
-            "Time one group commit takes: appending the batch and flushing it to disk",
+            "write_flush_duration_seconds",
+            "Time one group-commit flush to disk takes",
             self.commit_latency.clone(),
         );
         r.register(

@@ -1,6 +1,7 @@
-//! The group-commit writer: one thread drains the bounded event queue in batches and hands each
-//! batch to the store, which makes it durable with a single flush. Reviews wait on their batch's
-//! acknowledgement (up to the capture deadline), so "allowed" normally means "on disk".
+//! The group-commit writer: one thread drains the bounded event queue in batches and appends each
+//! to the store; a second flushes what has been appended, one flush for every batch appended
+//! since the last, and only then acknowledges. Reviews wait on that acknowledgement (up to the
+//! capture deadline), so "allowed" normally means "on disk".
 
 use crate::metrics::Metrics;
 use crate::pipeline::Captured;
@@ -13,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 /// Most events in one batch; bounds the time one flush keeps later events waiting.
 const MAX_BATCH: usize = 1024;
 
-/// A commit slower than this is logged: reviews wait on it, up to the capture deadline.
+/// A flush slower than this is logged: reviews wait on it, up to the capture deadline.
 const SLOW_COMMIT: Duration = Duration::from_millis(100);
 
 /// Told about every batch after it is durable (the notification outbox, ChangeRecord summaries).
@@ -89,10 +90,26 @@ fn run(
     metrics: Arc<Metrics>,
     observers: Vec<Arc<dyn RecordObserver>>,
 ) {
+    // Appending and flushing overlap: while one flush runs, the next batch is appended, and the
+    // flush after it covers every batch appended meanwhile.
+    let (appended, to_flush) = std::sync::mpsc::channel::<Appended>();
+    let flusher = {
+        let (store, metrics) = (store.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("histor-flusher".into())
+            .spawn(move || flush_loop(to_flush, store.as_ref(), &metrics, &observers))
+    };
+    let flusher = match flusher {
+        Ok(handle) => handle,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the flusher thread; events are not recorded");
+            return;
+        }
+    };
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = Vec::with_capacity(64);
         jobs.push(first);
-        // Everything that arrived while the previous flush ran goes into this batch.
+        // Everything that arrived while the previous batch was appended goes into this one.
         while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => jobs.push(job),
@@ -101,43 +118,84 @@ fn run(
         }
         metrics.queue_depth.dec_by(jobs.len() as i64);
         metrics.batch_size.observe(jobs.len() as f64);
-        commit(jobs, store.as_ref(), &metrics, &observers);
+        let batch = append(jobs, store.as_ref(), &metrics);
+        if appended.send(batch).is_err() {
+            break;
+        }
     }
+    drop(appended);
+    let _ = flusher.join();
     tracing::debug!("event writer stopped: queue closed and drained");
+}
+
+/// A batch in the store, waiting for the flush that makes it durable.
+struct Appended {
+    batch: Vec<Captured>,
+    acks: Vec<Option<oneshot::Sender<AppendOutcome>>>,
+    outcomes: Vec<AppendOutcome>,
 }
 
 /// Appends one batch, retrying until the store takes it: a full disk or a transient store error
 /// must not lose events that are already queued. Reviews stop waiting at their deadline anyway.
-fn commit(
-    jobs: Vec<Job>,
-    store: &dyn EventStore,
-    metrics: &Metrics,
-    observers: &[Arc<dyn RecordObserver>],
-) {
+fn append(jobs: Vec<Job>, store: &dyn EventStore, metrics: &Metrics) -> Appended {
     let (batch, acks): (Vec<Captured>, Vec<_>) =
         jobs.into_iter().map(|j| (j.captured, j.ack)).unzip();
+    let outcomes = retry("append", metrics, || store.append_buffered(&batch));
+    Appended {
+        batch,
+        acks,
+        outcomes,
+    }
+}
+
+fn retry<T>(what: &str, metrics: &Metrics, mut op: impl FnMut() -> Result<T>) -> T {
     let mut backoff = Duration::from_millis(50);
-    let started = std::time::Instant::now();
-    let outcomes = loop {
-        match store.append(&batch) {
-            Ok(outcomes) => break outcomes,
+    loop {
+        match op() {
+            Ok(v) => return v,
             Err(error) => {
-                tracing::error!(%error, events = batch.len(), retry_in_ms = backoff.as_millis() as u64, "store append failed; retrying");
+                tracing::error!(%error, retry_in_ms = backoff.as_millis() as u64, "store {what} failed; retrying");
                 metrics.review("store_error");
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-    };
-    let took = started.elapsed();
-    metrics.commit_latency.observe(took.as_secs_f64());
-    if took > SLOW_COMMIT {
-        tracing::warn!(
-            events = batch.len(),
-            took_ms = took.as_millis() as u64,
-            "slow group commit: reviews waited on the store"
-        );
     }
+}
+
+/// Flushes whatever has been appended, then answers the reviews and tells the observers.
+fn flush_loop(
+    rx: std::sync::mpsc::Receiver<Appended>,
+    store: &dyn EventStore,
+    metrics: &Metrics,
+    observers: &[Arc<dyn RecordObserver>],
+) {
+    while let Ok(first) = rx.recv() {
+        let mut ready = vec![first];
+        ready.extend(rx.try_iter());
+        let started = std::time::Instant::now();
+        retry("flush", metrics, || store.sync());
+        let took = started.elapsed();
+        metrics.commit_latency.observe(took.as_secs_f64());
+        if took > SLOW_COMMIT {
+            tracing::warn!(
+                events = ready.iter().map(|a| a.batch.len()).sum::<usize>(),
+                took_ms = took.as_millis() as u64,
+                "slow flush: reviews waited on the disk"
+            );
+        }
+        for appended in ready {
+            acknowledge(appended, metrics, observers);
+        }
+    }
+}
+
+fn acknowledge(appended: Appended, metrics: &Metrics, observers: &[Arc<dyn RecordObserver>]) {
+    let Appended {
+        batch,
+        acks,
+        outcomes,
+    } = appended;
     let mut recorded = Vec::new();
     for ((captured, ack), outcome) in batch.into_iter().zip(acks).zip(outcomes) {
         // A linked event is news to the policy it was just linked to (and only to it: the

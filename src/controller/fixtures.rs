@@ -184,7 +184,7 @@ impl MemStore {
 }
 
 impl EventStore for MemStore {
-    fn append(&self, _batch: &[Captured]) -> CrateResult<Vec<AppendOutcome>> {
+    fn append_buffered(&self, _batch: &[Captured]) -> CrateResult<Vec<AppendOutcome>> {
         Ok(Vec::new())
     }
     fn query(&self, q: &Query) -> CrateResult<Page> {

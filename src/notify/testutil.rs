@@ -51,7 +51,7 @@ pub(crate) fn stored(id: EventId, event: ChangeEvent) -> StoredEvent {
 pub(crate) struct MemStore(pub std::sync::Mutex<Vec<StoredEvent>>);
 
 impl EventStore for MemStore {
-    fn append(
+    fn append_buffered(
         &self,
         _: &[crate::pipeline::Captured],
     ) -> crate::Result<Vec<crate::store::AppendOutcome>> {

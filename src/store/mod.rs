@@ -125,7 +125,21 @@ pub struct StoreStats {
 pub trait EventStore: Send + Sync + 'static {
     /// Stores a batch atomically enough that a crash after return loses none of it: when this
     /// returns `Ok`, every `Recorded`/`Linked` outcome is on disk (group commit: one flush a batch).
-    fn append(&self, batch: &[Captured]) -> Result<Vec<AppendOutcome>>;
+    fn append(&self, batch: &[Captured]) -> Result<Vec<AppendOutcome>> {
+        let outcomes = self.append_buffered(batch)?;
+        self.sync()?;
+        Ok(outcomes)
+    }
+
+    /// [`append`](EventStore::append) without the flush: the batch is durable once a later
+    /// [`sync`](EventStore::sync) returns. Lets a writer append the next batch while the previous
+    /// one is being flushed.
+    fn append_buffered(&self, batch: &[Captured]) -> Result<Vec<AppendOutcome>>;
+
+    /// Makes everything appended so far durable.
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Events matching `query`, newest first.
     fn query(&self, query: &Query) -> Result<Page>;

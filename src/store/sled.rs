@@ -1038,7 +1038,7 @@ impl SledStore {
 }
 
 impl EventStore for SledStore {
-    fn append(&self, batch: &[Captured]) -> Result<Vec<AppendOutcome>> {
+    fn append_buffered(&self, batch: &[Captured]) -> Result<Vec<AppendOutcome>> {
         let mut w = self.lock_writer();
         let mut outcomes = Vec::with_capacity(batch.len());
         for captured in batch {
@@ -1046,10 +1046,13 @@ impl EventStore for SledStore {
         }
         self.persist_heads(&mut w)?;
         self.persist_counters(&w)?;
-        drop(w);
-        // Group commit: one fsync makes the whole batch durable.
-        self.db.flush()?;
         Ok(outcomes)
+    }
+
+    fn sync(&self) -> Result<()> {
+        // Group commit: one flush makes every batch appended since the last one durable.
+        self.db.flush()?;
+        Ok(())
     }
 
     fn query(&self, q: &Query) -> Result<Page> {

@@ -1040,8 +1040,20 @@ fn heads_of_an_interrupted_batch_are_repaired_on_open() {
     {
         let store = SledStore::open(dir.path()).unwrap();
         store.append(&[create]).unwrap();
-        saved = store.db().open_tree("heads").unwrap().iter().map(Result::unwrap).collect();
-        through = store.db().open_tree("meta").unwrap().get(b"heads_through").unwrap().unwrap();
+        saved = store
+            .db()
+            .open_tree("heads")
+            .unwrap()
+            .iter()
+            .map(Result::unwrap)
+            .collect();
+        through = store
+            .db()
+            .open_tree("meta")
+            .unwrap()
+            .get(b"heads_through")
+            .unwrap()
+            .unwrap();
         let batch: Vec<_> = (2..4)
             .map(|r| a.update("bob", T0 + r * 10, |o| o["spec"]["replicas"] = json!(r)))
             .collect();
@@ -1076,5 +1088,8 @@ fn heads_of_an_interrupted_batch_are_repaired_on_open() {
     let id = recorded(&store.append(&[more]).unwrap())[0];
     assert_eq!(history(&store).len(), 4);
     assert_eq!(store.state_after(id).unwrap(), a.state);
-    assert_eq!(store.state_before(id).unwrap().unwrap()["spec"]["replicas"], 3);
+    assert_eq!(
+        store.state_before(id).unwrap().unwrap()["spec"]["replicas"],
+        3
+    );
 }

@@ -9,14 +9,18 @@
 //!   empty, one row per subject per [`BUCKET_SHIFT`]-sized slice of time in which it had events;
 //!   a query scans the events of those slices only.
 //! - `targets`: `hash(group/resource, name) ‖ hash(object)` → empty: kind+name → objects.
-//! - `heads`: hash(object) → [`Head`]: last event, state digest, event count.
+//! - `heads`: hash(object) → [`Head`]: last event, event count, events since a snapshot; written
+//!   once per batch (a crash in between is repaired on open from `meta`'s `heads_through`).
 //! - `dict`: id → tagged string, for the strings events repeat (users, resources, policies...).
 //! - `kinds`: alias ‖ 0 ‖ group/resource → empty, so queries accept `Deployment` or `deploy...`.
 //! - `meta`: last id, event count, clean-shutdown flag.
 //!
 //! Objects are stored as deltas (the event's `changes`) with a full snapshot on an object's first
-//! event, when the pipeline's `before` shows the chain is broken, when the delta would not
-//! reproduce the object exactly, and every [`SNAPSHOT_EVERY`] events.
+//! event, when the delta would not reproduce the object exactly, and every [`SNAPSHOT_EVERY`]
+//! events. When the pipeline's `before` is not the state the store last saw (the object changed
+//! unseen: downtime, a dropped event, another replica), the record also carries that unseen change
+//! as a delta (its gap, `F_GAP`) rather than starting over with a snapshot. The writer keeps
+//! recent states in memory, so checking and extending a chain costs no reads.
 //!
 //! Why so few rows: sled costs 100–150 bytes on disk per row written, whatever its size (log
 //! records, page rewrites, segment slack). A row per index per event would triple disk use, so

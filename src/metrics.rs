@@ -43,7 +43,7 @@ pub struct Metrics {
     /// Size of the group-commit batches, in events.
     pub batch_size: Histogram,
     /// Time one group-commit flush takes.
-    pub commit_latency: Histogram,
+    pub flush_latency: Histogram,
     /// Time one retention pass holds the writer.
     pub retention_latency: Histogram,
 }
@@ -68,7 +68,7 @@ impl Default for Metrics {
                 1.0, 2.0, 12,
             )),
             // 50 µs .. ~3 s.
-            commit_latency: Histogram::new(
+            flush_latency: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 17),
             ),
             retention_latency: Histogram::new(
@@ -140,7 +140,7 @@ impl Metrics {
         r.register(
             "write_flush_duration_seconds",
             "Time one group-commit flush to disk takes",
-            self.commit_latency.clone(),
+            self.flush_latency.clone(),
         );
         r.register(
             "retention_pass_duration_seconds",

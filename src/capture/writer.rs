@@ -15,11 +15,11 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH: usize = 1024;
 
 /// A flush slower than this is logged: reviews wait on it, up to the capture deadline.
-const SLOW_COMMIT: Duration = Duration::from_millis(100);
+const SLOW_FLUSH: Duration = Duration::from_millis(100);
 
 /// Told about every batch after it is durable (the notification outbox, ChangeRecord summaries).
 pub trait RecordObserver: Send + Sync {
-    /// Called on the writer thread with the events just made durable; keep it quick.
+    /// Called on the writer's flusher thread with the events just made durable; keep it quick.
     fn on_recorded(&self, events: &[StoredEvent]);
 }
 
@@ -48,10 +48,19 @@ impl Writer {
         observers: Vec<Arc<dyn RecordObserver>>,
     ) -> Result<(Writer, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
+        // Appending and flushing overlap: while one flush runs, the next batch is appended, and
+        // the flush after it covers every batch appended meanwhile.
+        let (appended, to_flush) = std::sync::mpsc::channel::<Appended>();
+        let flusher = {
+            let (store, metrics) = (store.clone(), metrics.clone());
+            std::thread::Builder::new()
+                .name("histor-flusher".into())
+                .spawn(move || flush_loop(to_flush, store.as_ref(), &metrics, &observers))?
+        };
         let m = metrics.clone();
         let handle = std::thread::Builder::new()
             .name("histor-writer".into())
-            .spawn(move || run(rx, store, m, observers))?;
+            .spawn(move || run(rx, store, m, appended, flusher))?;
         Ok((Writer { tx, metrics }, handle))
     }
 
@@ -88,24 +97,9 @@ fn run(
     mut rx: mpsc::Receiver<Job>,
     store: Arc<dyn EventStore>,
     metrics: Arc<Metrics>,
-    observers: Vec<Arc<dyn RecordObserver>>,
+    appended: std::sync::mpsc::Sender<Appended>,
+    flusher: std::thread::JoinHandle<()>,
 ) {
-    // Appending and flushing overlap: while one flush runs, the next batch is appended, and the
-    // flush after it covers every batch appended meanwhile.
-    let (appended, to_flush) = std::sync::mpsc::channel::<Appended>();
-    let flusher = {
-        let (store, metrics) = (store.clone(), metrics.clone());
-        std::thread::Builder::new()
-            .name("histor-flusher".into())
-            .spawn(move || flush_loop(to_flush, store.as_ref(), &metrics, &observers))
-    };
-    let flusher = match flusher {
-        Ok(handle) => handle,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the flusher thread; events are not recorded");
-            return;
-        }
-    };
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = Vec::with_capacity(64);
         jobs.push(first);
@@ -176,8 +170,8 @@ fn flush_loop(
         let started = std::time::Instant::now();
         retry("flush", metrics, || store.sync());
         let took = started.elapsed();
-        metrics.commit_latency.observe(took.as_secs_f64());
-        if took > SLOW_COMMIT {
+        metrics.flush_latency.observe(took.as_secs_f64());
+        if took > SLOW_FLUSH {
             tracing::warn!(
                 events = ready.iter().map(|a| a.batch.len()).sum::<usize>(),
                 took_ms = took.as_millis() as u64,

@@ -262,7 +262,7 @@ fn dedupe_window_survives_a_restart() {
         let store = SledStore::open(dir.path()).unwrap();
         store.append(std::slice::from_ref(&c)).unwrap();
     }
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = reopen(|| SledStore::open(dir.path()));
     assert_eq!(
         store.append(&[c]).unwrap(),
         vec![AppendOutcome::Duplicate(T0 as u64)]
@@ -702,6 +702,20 @@ fn retention_by_age_respects_every_policy_and_reports_emptied_objects() {
     );
 }
 
+/// Opens a database this test process had open a moment ago: sled releases its file lock when
+/// its background flusher lets go of the database, shortly after the last handle is dropped.
+fn reopen<T, E: std::fmt::Debug>(open: impl Fn() -> std::result::Result<T, E>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match open() {
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
 #[test]
 fn a_held_store_is_reported_as_locked() {
     let (dir, _store) = open();
@@ -1061,7 +1075,7 @@ fn heads_of_an_interrupted_batch_are_repaired_on_open() {
     }
     {
         // What the disk holds when the crash came after the events, before the heads.
-        let db = ::sled::open(dir.path()).unwrap();
+        let db = reopen(|| ::sled::open(dir.path()));
         let heads = db.open_tree("heads").unwrap();
         heads.clear().unwrap();
         for (k, v) in saved {
@@ -1072,7 +1086,7 @@ fn heads_of_an_interrupted_batch_are_repaired_on_open() {
         meta.insert(b"clean", &0u64.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = reopen(|| SledStore::open(dir.path()));
     let uid = a.uid.clone();
     let history = |store: &SledStore| {
         let page = store

@@ -1,7 +1,13 @@
-//! The group-commit writer: one thread drains the bounded event queue in batches and appends each
-//! to the store; a second flushes what has been appended, one flush for every batch appended
-//! since the last, and only then acknowledges. Reviews wait on that acknowledgement (up to the
-//! capture deadline), so "allowed" normally means "on disk".
+//! The group-commit writer: one thread drains the bounded event queue in batches, appends each
+//! batch to the store, flushes it, and only then acknowledges. Reviews wait on that
+//! acknowledgement (up to the capture deadline), so "allowed" normally means "on disk".
+//!
+//! Append and flush run on this one thread, one after the other (and the store flushes with its
+//! writer lock held, so retention's writes never overlap a flush either). Each sled flush hands
+//! its log write to sled's I/O threads, waking all of the idle ones, and sleeps until one reports
+//! back. Overlapped with appending (a flush on a second thread while the next batch is appended),
+//! flushes ran for a few events each and raced the appends: 2–3x slower. Serial, one flush covers
+//! everything that arrived during the one before (README, Performance).
 
 use crate::metrics::Metrics;
 use crate::pipeline::Captured;
@@ -19,7 +25,7 @@ const SLOW_FLUSH: Duration = Duration::from_millis(100);
 
 /// Told about every batch after it is durable (the notification outbox, ChangeRecord summaries).
 pub trait RecordObserver: Send + Sync {
-    /// Called on the writer's flusher thread with the events just made durable; keep it quick.
+    /// Called on the writer thread with the events just made durable; keep it quick.
     fn on_recorded(&self, events: &[StoredEvent]);
 }
 
@@ -48,19 +54,10 @@ impl Writer {
         observers: Vec<Arc<dyn RecordObserver>>,
     ) -> Result<(Writer, std::thread::JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        // Appending and flushing overlap: while one flush runs, the next batch is appended, and
-        // the flush after it covers every batch appended meanwhile.
-        let (appended, to_flush) = std::sync::mpsc::channel::<Appended>();
-        let flusher = {
-            let (store, metrics) = (store.clone(), metrics.clone());
-            std::thread::Builder::new()
-                .name("histor-flusher".into())
-                .spawn(move || flush_loop(to_flush, store.as_ref(), &metrics, &observers))?
-        };
         let m = metrics.clone();
         let handle = std::thread::Builder::new()
             .name("histor-writer".into())
-            .spawn(move || run(rx, store, m, appended, flusher))?;
+            .spawn(move || run(rx, store.as_ref(), &m, &observers))?;
         Ok((Writer { tx, metrics }, handle))
     }
 
@@ -95,15 +92,14 @@ impl Writer {
 
 fn run(
     mut rx: mpsc::Receiver<Job>,
-    store: Arc<dyn EventStore>,
-    metrics: Arc<Metrics>,
-    appended: std::sync::mpsc::Sender<Appended>,
-    flusher: std::thread::JoinHandle<()>,
+    store: &dyn EventStore,
+    metrics: &Metrics,
+    observers: &[Arc<dyn RecordObserver>],
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = Vec::with_capacity(64);
         jobs.push(first);
-        // Everything that arrived while the previous batch was appended goes into this one.
+        // Everything that arrived while the previous batch was written goes into this one.
         while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(job) => jobs.push(job),
@@ -112,34 +108,16 @@ fn run(
         }
         metrics.queue_depth.dec_by(jobs.len() as i64);
         metrics.batch_size.observe(jobs.len() as f64);
-        let batch = append(jobs, store.as_ref(), &metrics);
-        if appended.send(batch).is_err() {
-            break;
-        }
+        let (batch, acks): (Vec<Captured>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.captured, j.ack)).unzip();
+        // Retried until the store takes it: a full disk or a transient store error must not lose
+        // events that are already queued. Reviews stop waiting at their deadline anyway. The
+        // flush is retried on its own, so a batch is never appended twice.
+        let outcomes = retry("append", metrics, || store.append_buffered(&batch));
+        flush(store, metrics, batch.len());
+        acknowledge(batch, acks, outcomes, metrics, observers);
     }
-    drop(appended);
-    let _ = flusher.join();
     tracing::debug!("event writer stopped: queue closed and drained");
-}
-
-/// A batch in the store, waiting for the flush that makes it durable.
-struct Appended {
-    batch: Vec<Captured>,
-    acks: Vec<Option<oneshot::Sender<AppendOutcome>>>,
-    outcomes: Vec<AppendOutcome>,
-}
-
-/// Appends one batch, retrying until the store takes it: a full disk or a transient store error
-/// must not lose events that are already queued. Reviews stop waiting at their deadline anyway.
-fn append(jobs: Vec<Job>, store: &dyn EventStore, metrics: &Metrics) -> Appended {
-    let (batch, acks): (Vec<Captured>, Vec<_>) =
-        jobs.into_iter().map(|j| (j.captured, j.ack)).unzip();
-    let outcomes = retry("append", metrics, || store.append_buffered(&batch));
-    Appended {
-        batch,
-        acks,
-        outcomes,
-    }
 }
 
 fn retry<T>(what: &str, metrics: &Metrics, mut op: impl FnMut() -> Result<T>) -> T {
@@ -157,39 +135,29 @@ fn retry<T>(what: &str, metrics: &Metrics, mut op: impl FnMut() -> Result<T>) ->
     }
 }
 
-/// Flushes whatever has been appended, then answers the reviews and tells the observers.
-fn flush_loop(
-    rx: std::sync::mpsc::Receiver<Appended>,
-    store: &dyn EventStore,
-    metrics: &Metrics,
-    observers: &[Arc<dyn RecordObserver>],
-) {
-    while let Ok(first) = rx.recv() {
-        let mut ready = vec![first];
-        ready.extend(rx.try_iter());
-        let started = std::time::Instant::now();
-        retry("flush", metrics, || store.sync());
-        let took = started.elapsed();
-        metrics.flush_latency.observe(took.as_secs_f64());
-        if took > SLOW_FLUSH {
-            tracing::warn!(
-                events = ready.iter().map(|a| a.batch.len()).sum::<usize>(),
-                took_ms = took.as_millis() as u64,
-                "slow flush: reviews waited on the disk"
-            );
-        }
-        for appended in ready {
-            acknowledge(appended, metrics, observers);
-        }
+/// Makes the appended batch durable, retrying until it is.
+fn flush(store: &dyn EventStore, metrics: &Metrics, events: usize) {
+    let started = std::time::Instant::now();
+    retry("flush", metrics, || store.sync());
+    let took = started.elapsed();
+    metrics.flush_latency.observe(took.as_secs_f64());
+    if took > SLOW_FLUSH {
+        tracing::warn!(
+            events,
+            took_ms = took.as_millis() as u64,
+            "slow flush: reviews waited on the disk"
+        );
     }
 }
 
-fn acknowledge(appended: Appended, metrics: &Metrics, observers: &[Arc<dyn RecordObserver>]) {
-    let Appended {
-        batch,
-        acks,
-        outcomes,
-    } = appended;
+/// Answers the waiting reviews and tells the observers.
+fn acknowledge(
+    batch: Vec<Captured>,
+    acks: Vec<Option<oneshot::Sender<AppendOutcome>>>,
+    outcomes: Vec<AppendOutcome>,
+    metrics: &Metrics,
+    observers: &[Arc<dyn RecordObserver>],
+) {
     let mut recorded = Vec::new();
     for ((captured, ack), outcome) in batch.into_iter().zip(acks).zip(outcomes) {
         // A linked event is news to the policy it was just linked to (and only to it: the

@@ -40,12 +40,13 @@ use super::{
 use crate::pipeline::{Actor, Captured, ChangeEvent, FieldChange, KindId, ResourceId, diff};
 use crate::{Error, Result};
 use jiff::Timestamp;
+use parking_lot::{Mutex, MutexGuard};
 use serde_json::Value;
 use sled::Tree;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock};
 
 /// A full snapshot at least every this many events of an object, so rebuilding any version
 /// applies at most this many deltas.
@@ -71,13 +72,17 @@ const DEFAULT_PAGE: usize = 100;
 /// writer for long; the next pass continues.
 pub const MAX_REMOVALS_PER_PASS: usize = 20_000;
 
-/// Most removals per hold of the writer lock: a few milliseconds of work, so reviews waiting on
-/// a group commit do not wait on retention.
-const PRUNE_CHUNK: usize = 512;
+/// Most removals per hold of the writer lock: well under a millisecond of work, so reviews
+/// waiting on a group commit barely wait on retention.
+const PRUNE_CHUNK: usize = 64;
 
 /// Current states kept in memory for the writer (used when a subresource event must be applied
 /// to its parent). Past this the cache is dropped and states are rebuilt from disk on demand.
 const STATE_CACHE: usize = 4096;
+
+/// Retention pauses for [`PACE`] every this many chain steps and after every chunk it prunes.
+const PACE_EVERY: usize = 256;
+const PACE: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// How often retention re-examines every object and every old event, not only what changed.
 const FULL_RETENTION_SCAN_US: i64 = 60 * 1_000_000;
@@ -198,6 +203,10 @@ impl SledStore {
             // sled's default page cache is 1 GiB, far beyond an operator pod's memory limit;
             // reads are rare (queries), writes are sequential.
             .cache_capacity(CACHE_BYTES)
+            // The writer flushes after every batch and the outbox after its own writes; sled's
+            // timer flush would only run beside them and push their log writes onto its I/O
+            // threads (see capture::writer).
+            .flush_every_ms(None)
             .open()
             .map_err(|e| open_error(e, path))?;
         let store = SledStore {
@@ -345,9 +354,8 @@ impl SledStore {
     }
 
     fn lock_writer(&self) -> MutexGuard<'_, Writer> {
-        // A panic while holding the lock leaves in-memory caches possibly ahead of disk; they are
-        // only caches of what was written, so carrying on is safe.
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+        // Not poisoned by a panic: the in-memory state is only a cache of what was written.
+        self.writer.lock()
     }
 
     // ---------- dictionary ----------
@@ -882,14 +890,15 @@ impl SledStore {
         &self,
         w: &mut Writer,
         object: u64,
-        ids: &[EventId],
+        ids: &mut Vec<EventId>,
         remove: &BTreeSet<EventId>,
         report: &mut RetentionReport,
     ) -> Result<()> {
         let Some(mut head) = self.head(w, object)? else {
             return Ok(());
         };
-        let mut ids = ids.to_vec();
+        // Events appended since the chain was walked: `ids` keeps them, so the next chunk of
+        // this object walks only what arrived after this one.
         let walked = ids.last().copied().unwrap_or(0);
         let mut newer = Vec::new();
         let mut next = Some(head.last);
@@ -906,7 +915,7 @@ impl SledStore {
         // snapshot (written before its predecessors go) and a link past them.
         let mut prev_kept = None;
         let mut after_removed = false;
-        for &id in &ids {
+        for &id in ids.iter() {
             if remove.contains(&id) {
                 after_removed = true;
                 continue;
@@ -962,6 +971,7 @@ impl SledStore {
         }
         self.count.fetch_sub(removed, Ordering::Relaxed);
         report.removed += removed;
+        ids.retain(|id| !remove.contains(id));
 
         if emptied {
             self.heads.remove(object.to_be_bytes())?;
@@ -1054,7 +1064,9 @@ impl EventStore for SledStore {
     }
 
     fn sync(&self) -> Result<()> {
-        // Group commit: one flush makes every batch appended since the last one durable.
+        // Group commit: one flush makes every batch appended since the last one durable. The
+        // writer lock keeps retention's writes out of the flush (see `enforce_retention`).
+        let _w = self.lock_writer();
         self.db.flush()?;
         Ok(())
     }
@@ -1158,10 +1170,7 @@ impl EventStore for SledStore {
     ) -> Result<RetentionReport> {
         // Finding what is due only reads, concurrently with appends; the writer lock is taken
         // per object and per chunk of removals, so capture never waits long on retention.
-        let _pass = self
-            .retention
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _pass = self.retention.lock();
         let now_us = now.as_microsecond();
         let mut rules: HashMap<String, RetentionRule> = HashMap::new();
         for p in self.policies() {
@@ -1257,6 +1266,7 @@ impl EventStore for SledStore {
                 let Some(buf) = self.events.get(keys::id_key(id))? else {
                     break;
                 };
+                pace(ids.len());
                 let (prev, policies) = peek_prev_policies(id, &buf)?;
                 next = prev;
                 ids.push(id);
@@ -1306,16 +1316,22 @@ impl EventStore for SledStore {
             for chunk in due.chunks(PRUNE_CHUNK) {
                 let chunk: BTreeSet<EventId> = chunk.iter().copied().collect();
                 let mut w = self.lock_writer();
-                self.prune_object(&mut w, object, &ids, &chunk, &mut report)?;
-                drop(w);
-                ids.retain(|id| !chunk.contains(id));
+                self.prune_object(&mut w, object, &mut ids, &chunk, &mut report)?;
+                // Hand the lock straight to a waiting group commit: a plain unlock lets this
+                // loop take it again before the writer thread wakes.
+                MutexGuard::unlock_fair(w);
+                pace(0);
             }
         }
         if full {
             self.drop_stale_buckets()?;
         }
         if report.removed > 0 {
-            self.persist_counters(&self.lock_writer())?;
+            // Flushed with the writer lock held, like every group commit: a sled flush that
+            // finds a write in progress hands its log write to sled's I/O threads and waits
+            // for them, and the capture writer would wait behind it.
+            let w = self.lock_writer();
+            self.persist_counters(&w)?;
             self.db.flush()?;
         }
         Ok(report)
@@ -1421,6 +1437,14 @@ fn apply_changes(state: &mut Value, changes: &[FieldChange]) -> bool {
         ok &= applied;
     }
     ok
+}
+
+/// Retention is background work: it pauses briefly every so often so that a pass over a long
+/// backlog spreads its CPU use instead of taking a core from capture for tens of milliseconds.
+fn pace(step: usize) {
+    if step.is_multiple_of(PACE_EVERY) {
+        std::thread::sleep(PACE);
+    }
 }
 
 fn tagged(tag: u8, text: &str) -> Vec<u8> {

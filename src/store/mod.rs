@@ -9,6 +9,7 @@ use serde_json::Value;
 
 mod codec;
 mod keys;
+mod recent;
 mod sled;
 #[cfg(test)]
 mod tests;

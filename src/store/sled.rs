@@ -33,6 +33,7 @@
 
 use super::codec::{self, Head, Reader};
 use super::keys::{self, TAG_NAMESPACE, TAG_USER};
+use super::recent::Recent;
 use super::{
     AppendOutcome, EmptiedObject, EventId, EventStore, Page, Query, RetentionReport, RetentionRule,
     StoreStats, StoredEvent,
@@ -43,7 +44,7 @@ use jiff::Timestamp;
 use parking_lot::{Mutex, MutexGuard};
 use serde_json::Value;
 use sled::Tree;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -154,8 +155,7 @@ struct Writer {
     /// reading the store.
     states: HashMap<u64, Value>,
     /// Request uid (as [`request_key`]) → event, for the dedupe window.
-    recent: HashMap<u128, EventId>,
-    recent_order: VecDeque<(EventId, u128)>,
+    recent: Recent,
     /// Objects with new events since the last retention pass.
     touched: HashSet<u64>,
     /// Learnt (group/resource, kind) pairs, to skip alias writes on the hot path.
@@ -308,7 +308,6 @@ impl SledStore {
         }
         for (id, uid) in recent.into_iter().rev() {
             w.recent.insert(uid, id);
-            w.recent_order.push_back((id, uid));
         }
         Ok(())
     }
@@ -563,7 +562,7 @@ impl SledStore {
     fn append_one(&self, w: &mut Writer, captured: &Captured) -> Result<AppendOutcome> {
         let event = &captured.event;
         let request = request_key(&event.request_uid);
-        if let Some(&id) = w.recent.get(&request) {
+        if let Some(id) = w.recent.get(request) {
             return self.link(id, &event.policies);
         }
 
@@ -670,18 +669,7 @@ impl SledStore {
         w.touched.insert(object);
 
         w.recent.insert(request, id);
-        w.recent_order.push_back((id, request));
-        let floor = id.saturating_sub(DEDUPE_WINDOW);
-        while let Some((old, _)) = w.recent_order.front() {
-            if *old >= floor {
-                break;
-            }
-            if let Some((old, uid)) = w.recent_order.pop_front()
-                && w.recent.get(&uid) == Some(&old)
-            {
-                w.recent.remove(&uid);
-            }
-        }
+        w.recent.expire(id.saturating_sub(DEDUPE_WINDOW));
         self.count.fetch_add(1, Ordering::Relaxed);
         Ok(AppendOutcome::Recorded(id))
     }

@@ -254,6 +254,37 @@ fn duplicate_requests_are_linked_once_per_policy() {
 }
 
 #[test]
+fn a_request_uid_is_remembered_for_the_dedupe_window_and_no_longer() {
+    let (_d, store) = open();
+    let mut a = Obj::new("prod", "api", 1);
+    let c = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
+    store.append(std::slice::from_ref(&c)).unwrap();
+    let window = DEDUPE_WINDOW as i64;
+    let retry_at = |at: i64| {
+        let mut r = c.clone();
+        r.event.received_at = ts(at);
+        r
+    };
+    // Later traffic moves the window on; a retry just inside it is still the same request.
+    let u = a.update("bob", T0 + window - 1_000, |o| {
+        o["spec"]["replicas"] = json!(2)
+    });
+    store.append(&[u]).unwrap();
+    assert_eq!(
+        store.append(&[retry_at(T0 + window - 500)]).unwrap(),
+        vec![AppendOutcome::Duplicate(T0 as u64)]
+    );
+    // Well past it (a slice of ~8 s may linger), the uid is forgotten: a new event.
+    let far = T0 + 2 * window;
+    let u = a.update("bob", far, |o| o["spec"]["replicas"] = json!(3));
+    store.append(&[u]).unwrap();
+    assert_eq!(
+        store.append(&[retry_at(far + 10)]).unwrap(),
+        vec![AppendOutcome::Recorded(far as u64 + 10)]
+    );
+}
+
+#[test]
 fn dedupe_window_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Obj::new("prod", "api", 1);

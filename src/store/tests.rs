@@ -733,8 +733,9 @@ fn retention_by_age_respects_every_policy_and_reports_emptied_objects() {
     );
 }
 
-/// Opens a database this test process had open a moment ago: sled releases its file lock when
-/// its background flusher lets go of the database, shortly after the last handle is dropped.
+/// Opens a database this test process had open a moment ago: sled releases its file lock with
+/// the last reference to the database, which its I/O threads may hold a moment after the last
+/// handle is dropped.
 fn reopen<T, E: std::fmt::Debug>(open: impl Fn() -> std::result::Result<T, E>) -> T {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {

@@ -204,8 +204,8 @@ impl SledStore {
             // reads are rare (queries), writes are sequential.
             .cache_capacity(CACHE_BYTES)
             // The writer flushes after every batch and the outbox after its own writes; sled's
-            // timer flush would only run beside them and push their log writes onto its I/O
-            // threads (see capture::writer).
+            // timer flush would only run beside them, and every sled flush waits on sled's I/O
+            // threads, so flushes at once wait on each other (see capture::writer).
             .flush_every_ms(None)
             .open()
             .map_err(|e| open_error(e, path))?;
@@ -1315,9 +1315,8 @@ impl EventStore for SledStore {
             self.drop_stale_buckets()?;
         }
         if report.removed > 0 {
-            // Flushed with the writer lock held, like every group commit: a sled flush that
-            // finds a write in progress hands its log write to sled's I/O threads and waits
-            // for them, and the capture writer would wait behind it.
+            // Flushed with the writer lock held, like every group commit, so this flush never
+            // runs beside the capture writer's and neither waits on the other's log write.
             let w = self.lock_writer();
             self.persist_counters(&w)?;
             self.db.flush()?;

@@ -31,3 +31,115 @@ pub fn write_self_signed(dir: &Path, names: &[String]) -> Result<CertFiles> {
         ca: Some(ca),
     })
 }
+
+/// Connects to the capture server at `addr` as the apiserver would: a TLS handshake that names
+/// `server_name` and trusts only `ca_bundle` (PEM). Succeeds only when the certificate served
+/// right now is one that a client holding that bundle accepts, which is what a published
+/// caBundle has to promise before a policy may say Ready.
+pub async fn probe(
+    addr: std::net::SocketAddr,
+    server_name: &str,
+    ca_bundle: &[u8],
+    timeout: std::time::Duration,
+) -> Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_bundle) {
+        let cert = cert.map_err(|e| Error::Tls(format!("caBundle: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| Error::Tls(format!("caBundle: {e}")))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(server_name.to_string())
+        .map_err(|e| Error::Tls(format!("server name {server_name:?}: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect(local_address(addr)).await?;
+        connector.connect(name, tcp).await.map(drop)
+    };
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(Error::Tls(format!("handshake with {addr}: {error}"))),
+        Err(_) => Err(Error::Tls(format!("handshake with {addr} timed out"))),
+    }
+}
+
+/// Where to reach a server listening on `addr` from this host: the loopback address when it
+/// listens on every address.
+pub fn local_address(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, addr.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serves `files` on a loopback port until the test ends.
+    async fn serve(files: &CertFiles) -> std::net::SocketAddr {
+        let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+            .await
+            .expect("certificate loads");
+        let handle = axum_server::Handle::new();
+        let server = axum_server::bind_rustls("127.0.0.1:0".parse().unwrap(), config)
+            .handle(handle.clone())
+            .serve(axum::Router::new().into_make_service());
+        tokio::spawn(server);
+        handle.listening().await.expect("listening")
+    }
+
+    #[tokio::test]
+    async fn probe_accepts_only_the_ca_that_signed_the_served_certificate() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let names = vec!["127.0.0.1".to_string(), "histor.ns.svc".to_string()];
+        let served = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let files = write_self_signed(served.path(), &names).unwrap();
+        let stale = write_self_signed(other.path(), &names).unwrap();
+        let addr = serve(&files).await;
+        let ca = std::fs::read(files.ca.as_ref().unwrap()).unwrap();
+        let other_ca = std::fs::read(stale.ca.as_ref().unwrap()).unwrap();
+        let wait = std::time::Duration::from_secs(5);
+
+        probe(addr, "127.0.0.1", &ca, wait).await.expect("same CA");
+        probe(addr, "histor.ns.svc", &ca, wait)
+            .await
+            .expect("any name the certificate carries");
+        // A bundle that does not verify what is served (a certificate left from an earlier
+        // run, or a rotation not yet loaded) is what the apiserver would refuse.
+        let refused = probe(addr, "127.0.0.1", &other_ca, wait).await.unwrap_err();
+        assert!(refused.to_string().contains("handshake"), "{refused}");
+        // A bundle with both CAs (a rotation in progress) verifies it.
+        let both = [other_ca.as_slice(), ca.as_slice()].concat();
+        probe(addr, "127.0.0.1", &both, wait).await.expect("bundle");
+        assert!(probe(addr, "elsewhere.example", &ca, wait).await.is_err());
+    }
+
+    #[test]
+    fn unspecified_listen_addresses_are_reached_on_loopback() {
+        assert_eq!(
+            local_address("0.0.0.0:8443".parse().unwrap()),
+            "127.0.0.1:8443".parse().unwrap()
+        );
+        assert_eq!(
+            local_address("[::]:8443".parse().unwrap()),
+            "[::1]:8443".parse().unwrap()
+        );
+        assert_eq!(
+            local_address("10.1.2.3:8443".parse().unwrap()),
+            "10.1.2.3:8443".parse().unwrap()
+        );
+    }
+}

@@ -57,6 +57,12 @@ pub struct BlameArgs {
     /// Path to the kubeconfig file.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// User to impersonate, as kubectl's `--as` (the history shown is what that user may read).
+    #[arg(long = "as", value_name = "USER")]
+    pub impersonate: Option<String>,
+    /// Group to impersonate, as kubectl's `--as-group` (repeatable).
+    #[arg(long = "as-group", value_name = "GROUP", requires = "impersonate")]
+    pub impersonate_groups: Vec<String>,
     /// Talk to a standalone `histor serve` at this URL instead of going through the apiserver.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,

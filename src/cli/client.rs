@@ -171,6 +171,7 @@ impl KubeApi {
     pub async fn connect(
         path: Option<&Path>,
         context: Option<String>,
+        impersonate: Option<(String, Vec<String>)>,
     ) -> Result<(KubeApi, String), FetchError> {
         let options = kube::config::KubeConfigOptions {
             context,
@@ -185,6 +186,13 @@ impl KubeApi {
             None => kube::Config::from_kubeconfig(&options).await,
         }
         .map_err(|e| transport(&e))?;
+        let mut config = config;
+        if let Some((user, groups)) = impersonate {
+            config.auth_info.impersonate = Some(user);
+            if !groups.is_empty() {
+                config.auth_info.impersonate_groups = Some(groups);
+            }
+        }
         let namespace = config.default_namespace.clone();
         let client = kube::Client::try_from(config).map_err(|e| transport(&e))?;
         Ok((KubeApi { client }, namespace))

@@ -153,10 +153,15 @@ pub async fn run(args: BlameArgs) -> Result<String, CliError> {
             execute(&api, &args, kind, namespace, Some(url), &view).await
         }
         None => {
-            let (api, namespace) =
-                KubeApi::connect(args.kubeconfig.as_deref(), args.context.clone())
-                    .await
-                    .map_err(|e| CliError::from_fetch(e, None))?;
+            let (api, namespace) = KubeApi::connect(
+                args.kubeconfig.as_deref(),
+                args.context.clone(),
+                args.impersonate
+                    .clone()
+                    .map(|user| (user, args.impersonate_groups.clone())),
+            )
+            .await
+            .map_err(|e| CliError::from_fetch(e, None))?;
             let kind = match &target {
                 Some(t) => {
                     let lists = api

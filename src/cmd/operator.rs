@@ -106,7 +106,7 @@ impl RecordObserver for Records {
 
 /// Runs the operator until SIGTERM.
 pub async fn run(args: OperatorArgs) -> Result<()> {
-    let settings = args.operator.settings()?;
+    let settings = args.operator.settings(&args.data_dir)?;
     let default_retention = crate::store::RetentionRule {
         max_events_per_object: args.retention_max_events_per_object,
         max_age: crate::pipeline::parse_duration(&args.retention_max_age)
@@ -179,6 +179,9 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     })
     .await?;
     tracing::info!(addr = %running.addr, "webhook serving");
+    // From here the certificate loop can check what the server serves before it publishes a
+    // caBundle, and with it Ready.
+    ctx.set_serving(running.addr);
 
     let ops =
         crate::capture::ops_router(running.capture.clone()).with_state(running.capture.clone());

@@ -230,7 +230,9 @@ pub async fn start(parts: Parts) -> Result<Running> {
             rustls_config,
             files.clone(),
             front_proxy,
-            Duration::from_secs(5),
+            // Often enough that a certificate the operator just wrote is served within a
+            // second; policies wait for it before they say Ready.
+            Duration::from_secs(1),
         )),
         tokio::spawn(retention_loop(
             store.clone(),

@@ -32,6 +32,7 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Recorder, Reporter};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -105,6 +106,8 @@ pub struct Settings {
     pub identity: String,
     /// Names the serving certificate carries besides the webhook's own.
     pub extra_sans: Vec<String>,
+    /// Label selector of the TrackingPolicies this operator reconciles (all when `None`).
+    pub policy_selector: Option<String>,
 }
 
 impl Settings {
@@ -124,6 +127,7 @@ impl Settings {
             lease_name: "histor-leader".into(),
             identity: leader::default_identity(),
             extra_sans: Vec::new(),
+            policy_selector: None,
         }
     }
 }
@@ -144,6 +148,7 @@ pub struct Context {
     sink_health: Option<SinkHealthProvider>,
     match_conditions: OnceLock<bool>,
     ca_bundle: watch::Sender<Option<Vec<u8>>>,
+    serving: watch::Sender<Option<SocketAddr>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -175,6 +180,7 @@ impl Context {
             sink_health: None,
             match_conditions: OnceLock::new(),
             ca_bundle: watch::channel(None).0,
+            serving: watch::channel(None).0,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -210,6 +216,13 @@ impl Context {
                 true
             }
         });
+    }
+
+    /// Tells the certificate loop where the capture server listens, once it does. Until then
+    /// (and until a handshake there verifies against it) no caBundle is published, so no policy
+    /// says Ready while the apiserver would refuse the certificate histor serves.
+    pub fn set_serving(&self, addr: SocketAddr) {
+        self.serving.send_replace(Some(addr));
     }
 
     fn ca_bundle(&self) -> Option<Vec<u8>> {
@@ -313,6 +326,8 @@ async fn cert_loop(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) {
         settings.cert_dir.clone(),
         settings.cert_timings,
     );
+    let server_name = settings.webhook.server_name();
+    let mut serving = ctx.serving.subscribe();
     loop {
         let is_leader = *leading.borrow_and_update();
         let material = if is_leader {
@@ -325,11 +340,20 @@ async fn cert_loop(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) {
             None => Ok(None),
         }) {
             Ok(Some(m)) => {
-                ctx.set_ca_bundle(Some(m.ca_bundle()));
-                if is_leader {
-                    inject_api_service_ca(&ctx.client, &m.ca_bundle()).await;
+                let bundle = m.ca_bundle();
+                match served_verifies(&mut serving, &server_name, &bundle).await {
+                    Ok(()) => {
+                        ctx.set_ca_bundle(Some(bundle.clone()));
+                        if is_leader {
+                            inject_api_service_ca(&ctx.client, &bundle).await;
+                        }
+                        settings.cert_check_interval
+                    }
+                    Err(error) => {
+                        warn!(%error, "the capture server does not serve a certificate the CA bundle verifies yet; policies stay not Ready");
+                        Duration::from_secs(2)
+                    }
                 }
-                settings.cert_check_interval
             }
             Ok(None) => {
                 info!(
@@ -346,6 +370,38 @@ async fn cert_loop(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             changed = leading.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// How long the certificate loop waits for the capture server to load newly written files.
+const SERVE_WAIT: Duration = Duration::from_secs(15);
+
+/// Waits until the capture server listens, then until a handshake with it verifies against
+/// `bundle` (the server reloads written files within a second or two), at most [`SERVE_WAIT`].
+async fn served_verifies(
+    serving: &mut watch::Receiver<Option<SocketAddr>>,
+    server_name: &str,
+    bundle: &[u8],
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + SERVE_WAIT;
+    let addr = loop {
+        if let Some(addr) = *serving.borrow_and_update() {
+            break addr;
+        }
+        // The capture server starts once the first certificate files exist.
+        match tokio::time::timeout_at(deadline, serving.changed()).await {
+            Ok(Ok(())) => continue,
+            _ => return Err(Error::Tls("the capture server is not listening yet".into())),
+        }
+    };
+    loop {
+        let attempt =
+            crate::capture::tls::probe(addr, server_name, bundle, Duration::from_secs(2)).await;
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
 }

@@ -44,9 +44,10 @@ pub struct OperatorOptions {
     pub cert_mode: CertModeArg,
 
     /// Directory holding tls.crt and tls.key: written by histor (self-managed) or mounted from
-    /// cert-manager's Secret.
-    #[arg(long, default_value = "/var/run/histor/tls")]
-    pub cert_dir: PathBuf,
+    /// cert-manager's Secret. Default: `tls` under the data directory, so that two operators on
+    /// one host never serve each other's certificates.
+    #[arg(long)]
+    pub cert_dir: Option<PathBuf>,
 
     /// cert-manager Certificate whose CA is injected, as NAMESPACE/NAME (cert-manager mode).
     #[arg(long, value_name = "NAMESPACE/NAME")]
@@ -63,6 +64,12 @@ pub struct OperatorOptions {
     /// Name of the Lease used for leader election.
     #[arg(long, default_value = "histor-leader")]
     pub lease_name: String,
+
+    /// Reconcile only the TrackingPolicies whose labels match this selector (`team=payments`,
+    /// `histor.dev/instance in (a,b)`), so that several histor installations can share a
+    /// cluster, each with its own policies. Default: every policy.
+    #[arg(long, value_name = "SELECTOR")]
+    pub policy_selector: Option<String>,
 
     /// More names for the self-managed serving certificate (repeatable), such as the
     /// `NAME.NAMESPACE.svc` an aggregated APIService reaches an operator outside the cluster by.
@@ -82,8 +89,9 @@ fn split_ref(value: &str, flag: &str) -> Result<(String, String)> {
 }
 
 impl OperatorOptions {
-    /// Checks the options and turns them into settings.
-    pub fn settings(&self) -> Result<Settings> {
+    /// Checks the options and turns them into settings; `data_dir` holds the certificate
+    /// directory unless `--cert-dir` names another.
+    pub fn settings(&self, data_dir: &std::path::Path) -> Result<Settings> {
         let webhook = match (&self.webhook_service, &self.webhook_url) {
             (Some(service), None) => {
                 let (namespace, name) = split_ref(service, "--webhook-service")?;
@@ -138,7 +146,17 @@ impl OperatorOptions {
         let mut settings = Settings::new(self.namespace.clone(), webhook);
         settings.service_account = self.service_account.clone();
         settings.cert_mode = cert_mode;
-        settings.cert_dir = self.cert_dir.clone();
+        settings.cert_dir = self
+            .cert_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("tls"));
+        if let Some(selector) = &self.policy_selector {
+            let selector = selector.trim();
+            if selector.is_empty() {
+                return Err(Error::Usage("--policy-selector is empty".into()));
+            }
+            settings.policy_selector = Some(selector.to_string());
+        }
         settings.record_interval = Duration::from_secs(self.record_interval_secs);
         settings.leader_election = self.leader_election;
         settings.lease_name = self.lease_name.clone();
@@ -171,9 +189,22 @@ mod tests {
         assert_eq!(o.webhook_port, 443);
         assert!(o.leader_election);
         assert_eq!(o.lease_name, "histor-leader");
-        let s = o.settings().expect("settings");
+        let s = o.settings(std::path::Path::new("/data")).expect("settings");
         assert_eq!(s.cert_mode, CertMode::SelfManaged);
         assert_eq!(s.record_interval, Duration::from_secs(5));
+        // Certificates live under the data directory, not in a path every operator shares.
+        assert_eq!(s.cert_dir, PathBuf::from("/data/tls"));
+        assert_eq!(s.policy_selector, None);
+        let s = parse(&["--cert-dir", "/mounted", "--policy-selector", "team=a"])
+            .settings(std::path::Path::new("/data"))
+            .expect("settings");
+        assert_eq!(s.cert_dir, PathBuf::from("/mounted"));
+        assert_eq!(s.policy_selector.as_deref(), Some("team=a"));
+        assert!(
+            parse(&["--policy-selector", " "])
+                .settings(std::path::Path::new("/data"))
+                .is_err()
+        );
     }
 
     #[test]
@@ -186,7 +217,7 @@ mod tests {
             "--webhook-port",
             "8443",
         ])
-        .settings()
+        .settings(std::path::Path::new("/data"))
         .expect("settings");
         assert_eq!(
             s.webhook,
@@ -202,27 +233,39 @@ mod tests {
             "--leader-election",
             "false",
         ])
-        .settings()
+        .settings(std::path::Path::new("/data"))
         .expect("settings");
         assert_eq!(
             s.webhook,
             WebhookClient::Url("https://127.0.0.1:9443".into())
         );
         assert!(!s.leader_election);
-        assert!(parse(&["--webhook-url", "http://x:1"]).settings().is_err());
-        assert!(parse(&["--webhook-service", "nope"]).settings().is_err());
+        assert!(
+            parse(&["--webhook-url", "http://x:1"])
+                .settings(std::path::Path::new("/data"))
+                .is_err()
+        );
+        assert!(
+            parse(&["--webhook-service", "nope"])
+                .settings(std::path::Path::new("/data"))
+                .is_err()
+        );
     }
 
     #[test]
     fn cert_manager_needs_a_certificate() {
-        assert!(parse(&["--cert-mode", "cert-manager"]).settings().is_err());
+        assert!(
+            parse(&["--cert-mode", "cert-manager"])
+                .settings(std::path::Path::new("/data"))
+                .is_err()
+        );
         let s = parse(&[
             "--cert-mode",
             "cert-manager",
             "--cert-manager-certificate",
             "histor-system/histor",
         ])
-        .settings()
+        .settings(std::path::Path::new("/data"))
         .expect("settings");
         assert_eq!(
             s.cert_mode,

@@ -74,8 +74,15 @@ pub async fn run_controller(ctx: Arc<Context>) {
         rx.changed().await.ok()?;
         Some(((), rx))
     });
-    info!("starting the TrackingPolicy controller");
-    Controller::new(policies, watcher::Config::default())
+    let selected = match &ctx.settings.policy_selector {
+        Some(selector) => watcher::Config::default().labels(selector),
+        None => watcher::Config::default(),
+    };
+    info!(
+        selector = ctx.settings.policy_selector.as_deref().unwrap_or("(all)"),
+        "starting the TrackingPolicy controller"
+    );
+    Controller::new(policies, selected)
         .owns(
             configs,
             watcher::Config::default().labels(&format!(
@@ -130,7 +137,7 @@ async fn apply(policy: &TrackingPolicy, ctx: &Context) -> Result<Action> {
                     webhook: (
                         false,
                         "CertificatePending",
-                        "waiting for the webhook certificate".into(),
+                        "waiting until histor serves a webhook certificate the apiserver will trust".into(),
                     ),
                     sinks,
                 };

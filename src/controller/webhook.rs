@@ -51,6 +51,16 @@ pub enum WebhookClient {
 }
 
 impl WebhookClient {
+    /// The name the apiserver verifies the serving certificate against when it calls.
+    pub fn server_name(&self) -> String {
+        match self {
+            WebhookClient::Service {
+                namespace, name, ..
+            } => format!("{name}.{namespace}.svc"),
+            WebhookClient::Url(_) => self.subject_alt_names().swap_remove(0),
+        }
+    }
+
     /// Host names the serving certificate must hold for the apiserver to accept it.
     pub fn subject_alt_names(&self) -> Vec<String> {
         match self {

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs a command against a real, throw-away kube-apiserver (kube-apiserver + etcd from
+# ../shared/kapi, or $KAPI_DIR): its own run directory and free ports, the aggregation layer's
+# front-proxy flags, stopped again however the command ends. The command sees the e2e
+# environment: HISTOR_E2E_KUBECONFIG (cluster-admin), HISTOR_E2E_ALICE_KUBECONFIG (a second,
+# unprivileged user) and KAPI_RUN_DIR.
+#
+#   scripts/with-kapi.sh cargo test --test e2e -- --nocapture
+#
+# Set HISTOR_E2E_REQUIRED=1 (CI does) to turn a skipped e2e test into a failure.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+KAPI_DIR=${KAPI_DIR:-$here/../../shared/kapi}
+[[ -x $KAPI_DIR/start.sh ]] || { echo "with-kapi: no kube-apiserver kit at $KAPI_DIR (set KAPI_DIR)" >&2; exit 2; }
+(($#)) || { echo "usage: with-kapi.sh COMMAND [ARG...]" >&2; exit 2; }
+
+# The kit is read-only where CI copies it; it unpacks its binaries into KAPI_HOME.
+export KAPI_HOME=${KAPI_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/kapi}
+"$KAPI_DIR/install.sh" >/dev/null
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+run=$(mktemp -d "${TMPDIR:-/tmp}/histor-kapi.XXXXXX")
+export KAPI_RUN_DIR=$run
+KAPI_ETCD_PORT=$(free_port)
+KAPI_ETCD_PEER_PORT=$(free_port)
+export KAPI_ETCD_PORT KAPI_ETCD_PEER_PORT
+api_port=$(free_port)
+
+stop() {
+  local rc=$?
+  KAPI_RUN_DIR=$run "$KAPI_DIR/stop.sh" >/dev/null 2>&1 || echo "with-kapi: stop.sh failed; see $run" >&2
+  if ((rc == 0)); then rm -rf "$run"; else echo "with-kapi: apiserver logs kept in $run" >&2; fi
+  exit "$rc"
+}
+trap stop EXIT
+trap 'exit 130' INT TERM
+
+# The aggregation layer (the query API behind `kubectl blame`) needs the front-proxy flags.
+KAPI_EXTRA_ARGS="$("$KAPI_DIR/front-proxy.sh" "$run/front-proxy") ${KAPI_EXTRA_ARGS:-}"
+export KAPI_EXTRA_ARGS
+"$KAPI_DIR/start.sh" "$api_port" >"$run/start.out" 2>&1 || {
+  cat "$run/start.out" >&2
+  exit 1
+}
+grep -E 'ready at|version:' "$run/start.out" >&2
+
+export HISTOR_E2E_KUBECONFIG=$run/admin.kubeconfig
+export HISTOR_E2E_ALICE_KUBECONFIG=$run/alice.kubeconfig
+# Not `exec`: the trap has to stop the apiserver once the command is done.
+"$@"

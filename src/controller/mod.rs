@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use webhook::WebhookClient;
 
 /// Field manager of every server-side apply histor makes.
@@ -281,13 +281,22 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
 pub const API_SERVICE: &str = "v1alpha1.query.histor.dev";
 
 /// Puts the CA bundle into the query API's APIService, so the aggregator trusts the serving
-/// certificate. An APIService that is absent (standalone installs) is fine.
-async fn inject_api_service_ca(client: &Client, bundle: &[u8]) {
+/// certificate. An APIService that is absent (standalone installs) is fine, and one whose Service
+/// lives in another namespace belongs to another installation of histor: it is left alone.
+async fn inject_api_service_ca(client: &Client, namespace: &str, bundle: &[u8]) {
     use k8s_openapi::ByteString;
     use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
     let api: Api<APIService> = Api::all(client.clone());
     let current = match api.get_opt(API_SERVICE).await {
-        Ok(Some(service)) => service.spec.and_then(|s| s.ca_bundle),
+        Ok(Some(service)) => {
+            let spec = service.spec.unwrap_or_default();
+            let theirs = spec.service.as_ref().and_then(|s| s.namespace.as_deref());
+            if theirs != Some(namespace) {
+                debug!(apiservice = API_SERVICE, service_namespace = ?theirs, "the APIService points at another installation; not injecting");
+                return;
+            }
+            spec.ca_bundle
+        }
         Ok(None) => return,
         Err(error) => {
             warn!(%error, apiservice = API_SERVICE, "reading the APIService failed");
@@ -345,7 +354,7 @@ async fn cert_loop(ctx: Arc<Context>, mut leading: watch::Receiver<bool>) {
                     Ok(()) => {
                         ctx.set_ca_bundle(Some(bundle.clone()));
                         if is_leader {
-                            inject_api_service_ca(&ctx.client, &bundle).await;
+                            inject_api_service_ca(&ctx.client, &settings.namespace, &bundle).await;
                         }
                         settings.cert_check_interval
                     }

@@ -172,9 +172,12 @@ pub fn encode_continue(id: u64) -> String {
 
 /// The event id in a continue token.
 pub fn decode_continue(token: &str) -> Result<u64, Error> {
-    token
-        .parse()
-        .map_err(|_| Error::BadRequest(format!("invalid continue token {token:?}")))
+    token.parse().map_err(|_| {
+        Error::BadRequest(format!(
+            "invalid continue token {}",
+            super::params::quoted(token)
+        ))
+    })
 }
 
 fn rfc3339(e: &ChangeEvent) -> String {

@@ -16,7 +16,11 @@ async fn main() -> ExitCode {
     match histor::cmd::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("histor: {error}");
+            // Errors can name objects and users from the store.
+            eprintln!(
+                "histor: {}",
+                histor::render::escape_controls(&error.to_string())
+            );
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,11 @@
-//! Text output for people: tables of events and diffs. Pure: events in, strings out.
+//! Text output for people: tables of events and diffs, and [`escape_controls`], the one escape
+//! every user-controlled string goes through before a terminal sees it. Pure: events in, strings
+//! out.
 
 use crate::pipeline::{self, ChangeEvent};
 use crate::store::StoredEvent;
+use std::borrow::Cow;
+use std::fmt::Write as _;
 
 /// Widest CHANGES cell before it is shortened.
 const MAX_CHANGES_WIDTH: usize = 72;
@@ -34,16 +38,24 @@ pub fn target(e: &ChangeEvent) -> String {
     }
 }
 
-/// Left-aligned columns separated by three spaces, as kubectl prints them.
+/// Left-aligned columns separated by three spaces, as kubectl prints them. Every cell is passed
+/// through [`escape_controls`]: cells hold user names, object names and values.
 pub fn table(header: &[String], rows: &[Vec<String>]) -> String {
+    let escape = |row: &[String]| -> Vec<String> {
+        row.iter()
+            .map(|cell| escape_controls(cell).into_owned())
+            .collect()
+    };
+    let header = escape(header);
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| escape(r)).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in std::iter::once(header).chain(rows.iter().map(Vec::as_slice)) {
+    for row in std::iter::once(header.as_slice()).chain(rows.iter().map(Vec::as_slice)) {
         let last = row.len().saturating_sub(1);
         for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
             out.push_str(cell);
@@ -66,6 +78,48 @@ pub fn shorten(s: &str, max: usize) -> String {
     cut
 }
 
+/// `s` as it may reach a terminal: every control character (C0 such as ESC, CR, LF, NUL and
+/// TAB; DEL; C1 such as CSI U+009B) and every character that reorders or breaks lines on screen
+/// (bidirectional overrides and isolates, U+2028/U+2029) written as the escape a JSON string
+/// uses (`\n`, `\r`, `\t`, `\u001b`). A user named `mallory\x1b[8m` or an object named
+/// `evil\r\nFAKE LINE` then cannot hide text or forge lines on a reader's screen. Borrowed when
+/// there is nothing to escape, which is nearly always.
+pub fn escape_controls(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(is_unprintable) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            // Writing to a String cannot fail.
+            c if is_unprintable(c) => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// What [`escape_controls`] escapes. All of it lies in the Basic Multilingual Plane, so a
+/// four-digit `\uXXXX` names each one.
+pub fn is_unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +129,38 @@ mod tests {
         let header = vec!["A".to_string(), "BB".to_string()];
         let rows = vec![vec!["long".to_string(), "x".to_string()]];
         assert_eq!(table(&header, &rows), "A      BB\nlong   x\n");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(
+            escape_controls("mallory\x1b[8m\r\nFAKE\0\t\u{7f}\u{9b}2J"),
+            "mallory\\u001b[8m\\r\\nFAKE\\u0000\\t\\u007f\\u009b2J"
+        );
+        assert_eq!(escape_controls("a\u{202e}b\u{2066}"), "a\\u202eb\\u2066");
+        assert!(matches!(
+            escape_controls("système:admin → ☃ DOMAIN\\user"),
+            Cow::Borrowed("système:admin → ☃ DOMAIN\\user")
+        ));
+    }
+
+    #[test]
+    fn table_cells_are_escaped_and_aligned_by_what_is_shown() {
+        let header = vec!["USER".to_string(), "NAME".to_string()];
+        let rows = vec![
+            vec![
+                "mallory\x1b[8m".to_string(),
+                "evil\r\nFAKE LINE\0".to_string(),
+            ],
+            vec!["bob".to_string(), "ok".to_string()],
+        ];
+        let out = table(&header, &rows);
+        assert_eq!(
+            out,
+            "USER               NAME\n\
+             mallory\\u001b[8m   evil\\r\\nFAKE LINE\\u0000\n\
+             bob                ok\n"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use histor::cli::{BlameArgs, run};
+use histor::cli::{BlameArgs, report, run};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -29,10 +29,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
-            if let Some(hint) = e.hint() {
-                eprintln!("hint: {hint}");
-            }
+            eprint!("{}", report(&e));
             ExitCode::FAILURE
         }
     }

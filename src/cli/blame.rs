@@ -18,6 +18,7 @@ use super::output::{View, bold, dim, short_uid};
 use super::yaml;
 use crate::crd::Operation;
 use crate::pipeline::{ChangeOp, FieldChange};
+use crate::render::{escape_controls, shorten};
 use serde_json::Value;
 
 /// Who a line is attributed to: an index into the history, or `None` for the state before the
@@ -117,7 +118,9 @@ const MAX_USER: usize = 16;
 const MAX_LISTED: usize = 10;
 
 /// The blame view as text: a header (the object, how many changes by whom over what span, the
-/// newest changes, whether it was deleted) and the annotated lines. `history` is the one given
+/// newest changes, whether it was deleted) and the annotated lines. Every user-controlled string
+/// (names, users, uids, summaries) goes through [`escape_controls`]; the YAML lines are escaped
+/// by their writer. `history` is the one given
 /// to [`blame`]; `earlier` counts changes to earlier objects of the same name left out.
 pub fn render(history: &[Change], lines: &[BlameLine], earlier: usize, view: &View) -> String {
     let (Some(first), Some(last)) = (history.first(), history.last()) else {
@@ -125,22 +128,17 @@ pub fn render(history: &[Change], lines: &[BlameLine], earlier: usize, view: &Vi
     };
     let mut out = String::new();
     let target = match &last.event.namespace {
-        Some(ns) => format!(
-            "{} in namespace {ns}",
-            last.event.resource.group_resource() + "/" + &last.event.name
-        ),
-        None => format!(
-            "{}/{}",
-            last.event.resource.group_resource(),
-            last.event.name
-        ),
+        Some(ns) => format!("{} in namespace {ns}", last.event.target()),
+        None => last.event.target(),
     };
+    let target = escape_controls(&target);
     let mut users: Vec<&str> = Vec::new();
     for c in history {
         if !users.contains(&c.event.user.username.as_str()) {
             users.push(&c.event.user.username);
         }
     }
+    let users = escape_controls(&users.join(", ")).into_owned();
     let plural = |n: usize, word: &str| {
         if n == 1 {
             format!("{n} {word}")
@@ -152,7 +150,7 @@ pub fn render(history: &[Change], lines: &[BlameLine], earlier: usize, view: &Vi
         &format!(
             "# {target}: {} by {} from {} to {}",
             plural(history.len(), "change"),
-            users.join(", "),
+            users,
             view.minute(first.event.received_at),
             view.minute(last.event.received_at),
         ),
@@ -160,16 +158,18 @@ pub fn render(history: &[Change], lines: &[BlameLine], earlier: usize, view: &Vi
     ));
     out.push('\n');
 
+    // Escaped before it is cut and measured, so the gutter stays aligned.
+    let user = |c: &Change| shorten(&escape_controls(&c.event.user.username), MAX_USER);
     let user_width = history
         .iter()
-        .map(|c| c.event.user.username.chars().count().min(MAX_USER))
+        .map(|c| user(c).chars().count())
         .max()
         .unwrap_or(0);
     let gutter = |c: &Change| {
         format!(
             "{} {:<w$}  {}  {:<6}",
-            short_uid(&c.event.request_uid),
-            crate::render::shorten(&c.event.user.username, MAX_USER),
+            short_uid(&escape_controls(&c.event.request_uid)),
+            user(c),
             view.minute(c.event.received_at),
             c.event.operation.as_str(),
             w = user_width
@@ -186,7 +186,7 @@ pub fn render(history: &[Change], lines: &[BlameLine], earlier: usize, view: &Vi
         out.push_str(&format!(
             "#   {}  {}\n",
             gutter(c),
-            crate::render::shorten(&crate::pipeline::summarize(&c.event), 72)
+            shorten(&escape_controls(&crate::pipeline::summarize(&c.event)), 72)
         ));
     }
     let before_history = lines.iter().any(|l| l.attribution.is_none());
@@ -203,7 +203,7 @@ pub fn render(history: &[Change], lines: &[BlameLine], earlier: usize, view: &Vi
         out.push_str(&bold(
             &format!(
                 "# deleted by {} at {} ({} ago): showing its last state",
-                last.event.user.username,
+                escape_controls(&last.event.user.username),
                 view.minute(last.event.received_at),
                 view.age(last.event.received_at),
             ),
@@ -230,6 +230,8 @@ pub fn render(history: &[Change], lines: &[BlameLine], earlier: usize, view: &Vi
         previous = Some(line.attribution);
         out.push_str(&text);
         out.push_str(" │ ");
+        // Already safe: the YAML writer quotes and escapes any string with a control in it
+        // (tabs inside literal blocks excepted; they move no cursor anywhere but right).
         out.push_str(&line.text);
         out.push('\n');
     }

@@ -123,6 +123,23 @@ impl CliError {
     }
 }
 
+/// What `kubectl blame` prints on standard error for `error`: `error: …` and, when there is one,
+/// `hint: …`, each one line. The message can carry names from the command line, from discovery
+/// and from the server's Status, so it is escaped like every other text output.
+pub fn report(error: &CliError) -> String {
+    let mut out = format!(
+        "error: {}\n",
+        crate::render::escape_controls(&error.to_string())
+    );
+    if let Some(hint) = error.hint() {
+        out.push_str(&format!(
+            "hint: {}\n",
+            crate::render::escape_controls(&hint)
+        ));
+    }
+    out
+}
+
 /// Runs `kubectl blame` and returns what to print.
 pub async fn run(args: BlameArgs) -> Result<String, CliError> {
     let target = args.target().map_err(CliError::Usage)?;
@@ -249,7 +266,10 @@ pub async fn execute(
                 (None, true) => String::new(),
                 (None, false) => " in any namespace".into(),
             };
-            eprintln!("No changes recorded{scope} that match.");
+            eprintln!(
+                "No changes recorded{} that match.",
+                crate::render::escape_controls(&scope)
+            );
             return Ok(String::new());
         }
     }

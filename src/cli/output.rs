@@ -1,11 +1,15 @@
 //! Rendering changes for people and for programs: table, wide, json, yaml, patch, diff (the
 //! blame view lives in [`super::blame`]). Pure: changes and a [`View`] (the clock, time zone and
 //! whether to colour) in, text out, so every format is snapshot-tested with a fixed `now`.
+//!
+//! Everything in a change may come from a hostile review (a user name, an object name, a value),
+//! so text formats pass it through [`escape_controls`] before it meets a terminal; JSON and YAML
+//! are left to their own (serde's) escaping, so they stay exact.
 
 use super::api::{Change, ChangeList};
 use super::yaml;
 use crate::pipeline;
-use crate::render::{self, shorten, table};
+use crate::render::{self, escape_controls, shorten, table};
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, Zoned};
 use serde_json::Value;
@@ -222,12 +226,12 @@ fn heading(c: &Change, view: &View) -> String {
     bold(
         &format!(
             "# change {}  {} ({} ago)  {}  {}  {}",
-            c.id(),
+            escape_controls(c.id()),
             view.second(e.received_at),
             view.age(e.received_at),
-            e.user.username,
+            escape_controls(&e.user.username),
             e.operation,
-            render::target(e),
+            escape_controls(&render::target(e)),
         ),
         view.color,
     )
@@ -262,7 +266,9 @@ pub fn patches(changes: &[Change], view: &View) -> String {
         out.push_str("[\n");
         for (j, op) in ops.iter().enumerate() {
             let comma = if j + 1 < ops.len() { "," } else { "" };
-            out.push_str(&format!("  {}{comma}\n", hide_hashes(&op.to_string())));
+            // serde_json escapes C0 controls; DEL, C1 and bidi overrides it leaves raw.
+            let op = escape_controls(&hide_hashes(&op.to_string())).into_owned();
+            out.push_str(&format!("  {op}{comma}\n"));
         }
         out.push_str("]\n");
     }
@@ -280,7 +286,11 @@ pub fn diffs(changes: &[Change], view: &View) -> String {
         out.push('\n');
         match c.diff.as_deref() {
             Some(d) if !d.is_empty() => {
-                for line in hide_hashes(d).lines() {
+                // The diff comes from the server: a raw CR or ESC in it is shown, not obeyed.
+                // Split on LF only, so a CR before it stays visible.
+                for line in hide_hashes(d).split_terminator('\n') {
+                    let line = escape_controls(line);
+                    let line = line.as_ref();
                     let painted = if line.starts_with("+++") || line.starts_with("---") {
                         bold(line, view.color)
                     } else if line.starts_with("@@") {

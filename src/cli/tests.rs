@@ -639,3 +639,143 @@ fn change_json_matches_the_contract() {
     assert_eq!(full["after"]["metadata"]["labels"]["tier"], "web");
     assert_eq!(full["before"]["spec"]["replicas"], 3);
 }
+
+/// The raw characters a text format must never print: anything [`crate::render::is_unprintable`]
+/// names except the renderer's own line breaks, after removing the renderer's own colours.
+fn raw_controls(text: &str) -> Vec<char> {
+    let mut own = text.to_owned();
+    for code in ["0", "1", "2", "31", "32", "36"] {
+        own = own.replace(&format!("\x1b[{code}m"), "");
+    }
+    own.chars()
+        .filter(|&c| c != '\n' && crate::render::is_unprintable(c))
+        .collect()
+}
+
+fn assert_safe(what: &str, text: &str) {
+    assert!(
+        raw_controls(text).is_empty(),
+        "{what}: raw {:?} in\n{text}",
+        raw_controls(text)
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("FAKE LINE")),
+        "{what}: a forged line in\n{text}"
+    );
+}
+
+const EVIL_NAMESPACE_ARG: &str = super::testsupport::EVIL_NAMESPACE;
+
+/// Hostile user names, groups, object names, namespaces, API groups, subresources, request uids,
+/// keys and values: every text format prints them escaped.
+#[tokio::test]
+async fn text_formats_escape_control_characters() {
+    use super::testsupport::{EVIL_NAME, MALLORY, hostile};
+    let (_dir, store) = store_with(&hostile());
+    let api = FakeApi::new(store);
+    let ns = EVIL_NAMESPACE_ARG;
+    let one = |format: &'static str| vec!["-n", ns, "cm", EVIL_NAME, "-o", format];
+    let cmds: Vec<Vec<&str>> = vec![
+        vec!["-A"],
+        vec!["-A", "-o", "wide"],
+        vec!["-A", "-o", "patch"],
+        vec!["-A", "-o", "diff"],
+        one("table"),
+        one("patch"),
+        one("diff"),
+        one("blame"),
+    ];
+    for cmd in cmds {
+        let text = run_fake(&api, &cmd).await.unwrap();
+        assert_safe(&format!("{cmd:?}"), &text);
+        assert!(text.contains("mallory\\u001b[8m"), "{cmd:?}: {text}");
+    }
+    let wide = run_fake(&api, &["-A", "-o", "wide"]).await.unwrap();
+    for shown in [
+        "evil\\r\\nFAKE LINE\\u0000",
+        "demo\\u009b2J",
+        "dev\\u001b]0;owned\\u0007,ops\\u202enimda",
+        "\\u001b[1A\\u001b[2K\\u202e",
+        "widgets.example.com\\u001b[1A/w1 (scale\\u001b[2K)",
+        "bob\\u001b]8;;https://evil\\u0007",
+    ] {
+        assert!(wide.contains(shown), "{shown} not in\n{wide}");
+    }
+    // Values and keys in the blame view, in YAML that reads back as the same strings.
+    let blame = run_fake(&api, &one("blame")).await.unwrap();
+    assert!(
+        blame.contains(r#""evil\u001b[8mkey": "x\ry\n\u001b[0m""#),
+        "{blame}"
+    );
+    assert!(blame.contains(r#"\u009b1m\u202e\u007f""#), "{blame}");
+
+    // On a terminal, only the renderer's own colours are raw.
+    let changes: Vec<Change> = list(&api.store)
+        .iter()
+        .map(|c| detailed(&api.store, c.id().parse().unwrap()))
+        .collect();
+    let mut v = view(true);
+    v.color = true;
+    let diffs = output::diffs(&changes, &v);
+    assert!(diffs.contains("\x1b[1m"), "colour is on: {diffs}");
+    assert_safe("coloured diff", &diffs);
+    assert_safe("coloured patch", &output::patches(&changes, &v));
+    let mut history: Vec<Change> = changes
+        .iter()
+        .filter(|c| c.event.name == EVIL_NAME)
+        .cloned()
+        .collect();
+    history.reverse();
+    let lines = blame::blame(&history).unwrap();
+    assert_safe("coloured blame", &blame::render(&history, &lines, 0, &v));
+
+    // JSON and YAML stay exact.
+    let json: ChangeList =
+        serde_json::from_str(&run_fake(&api, &["-A", "-o", "json"]).await.unwrap()).unwrap();
+    assert!(json.items.iter().any(|c| c.event.user.username == MALLORY));
+    assert!(json.items.iter().any(|c| c.event.name == EVIL_NAME));
+    let yaml: serde_json::Value =
+        serde_saphyr::from_str(&run_fake(&api, &["-A", "-o", "yaml"]).await.unwrap()).unwrap();
+    assert_eq!(yaml, serde_json::to_value(&json).unwrap());
+}
+
+/// Error lines name what the user typed and what the server said: escaped too.
+#[tokio::test]
+async fn error_reports_escape_control_characters() {
+    let (_dir, store) = store_with(&fixture_requests());
+    let mut api = FakeApi::new(store);
+    let err = run_fake(&api, &["cm/nope\r\nFAKE LINE\x1b[8m"])
+        .await
+        .unwrap_err();
+    let text = report(&err);
+    assert_safe("not found", &text);
+    assert_eq!(
+        text.lines().next().unwrap(),
+        "error: no changes recorded for configmap/nope\\r\\nFAKE LINE\\u001b[8m in namespace demo"
+    );
+    api.error = Some(FetchError::Status {
+        code: 403,
+        reason: "Forbidden".into(),
+        message: "user \"mallory\x1b[8m\" cannot get configmaps\r\nFAKE LINE".into(),
+    });
+    let text = report(&run_fake(&api, &["cm/x"]).await.unwrap_err());
+    assert_safe("forbidden", &text);
+    assert_eq!(text.lines().count(), 2, "error and hint: {text}");
+}
+
+/// `histor history` prints the store's events through the same table.
+#[test]
+fn history_table_escapes_control_characters() {
+    let (_dir, store) = store_with(&super::testsupport::hostile());
+    let events = store
+        .query(&crate::store::Query {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap()
+        .events;
+    let text = crate::render::events_table(&events);
+    assert_safe("histor history", &text);
+    assert_eq!(text.lines().count(), events.len() + 1, "{text}");
+    assert!(text.contains("mallory\\u001b[8m"), "{text}");
+}

@@ -97,6 +97,54 @@ pub fn three_users() -> Vec<(Request, Timestamp)> {
     vec![(create, at(0)), (scale, at(95)), (edit, at(3 * 3600))]
 }
 
+/// A user name that hides what follows it on a terminal (SGR 8, concealed).
+pub const MALLORY: &str = "mallory\x1b[8m";
+/// An object name that would forge a line and end in NUL.
+pub const EVIL_NAME: &str = "evil\r\nFAKE LINE\0";
+/// A namespace carrying a C1 CSI (U+009B) that clears the screen on terminals that obey C1.
+pub const EVIL_NAMESPACE: &str = "demo\u{9b}2J";
+
+/// A hostile history: the recorded ConfigMap's create, update and delete by [`MALLORY`] (groups,
+/// request uids, name, namespace, keys and values full of control characters), and a widget
+/// whose API group and subresource carry escapes.
+pub fn hostile() -> Vec<(Request, Timestamp)> {
+    let evil = |name: &str, uid: &str| {
+        let mut r = testdata::request(name);
+        r.user.username = MALLORY.into();
+        r.user.groups = vec!["dev\x1b]0;owned\x07".into(), "ops\u{202e}nimda".into()];
+        r.uid = format!("{uid}\x1b[2K\u{202e}");
+        r.name = EVIL_NAME.into();
+        r.namespace = Some(EVIL_NAMESPACE.into());
+        for obj in [r.object.as_mut(), r.old_object.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            obj["metadata"]["name"] = EVIL_NAME.into();
+            obj["metadata"]["namespace"] = EVIL_NAMESPACE.into();
+        }
+        r
+    };
+    let create = evil("create-configmap", "\x1b[1A");
+    let mut update = evil("update-configmap", "\r");
+    if let Some(obj) = update.object.as_mut() {
+        obj["data"]["greeting"] = "bonjour\x1b[31m\u{9b}1m\u{202e}\x7f".into();
+        obj["data"]["evil\x1b[8mkey"] = "x\ry\n\x1b[0m".into();
+        obj["data"]["script"] = "line one\nline\ttwo\x1b[2K\n".into();
+    }
+    let mut delete = evil("delete-configmap", "\0");
+    delete.old_object = update.object.clone();
+    let mut widget = testdata::request("update-widget-scale");
+    widget.user.username = "bob\x1b]8;;https://evil\x07".into();
+    widget.resource.group = "example.com\x1b[1A".into();
+    widget.resource.subresource = Some("scale\x1b[2K".into());
+    vec![
+        (create, at(0)),
+        (update, at(60)),
+        (delete, at(120)),
+        (widget, at(180)),
+    ]
+}
+
 /// Every change in `store`, newest first, in list form.
 pub fn list(store: &SledStore) -> Vec<Change> {
     store
@@ -159,7 +207,7 @@ impl FakeApi {
         let (namespace, rest) = match rest.strip_prefix("/namespaces/") {
             Some(r) => {
                 let (ns, r) = r.split_once('/').unwrap();
-                (Some(ns.to_owned()), format!("/{r}"))
+                (Some(decode(ns)), format!("/{r}"))
             }
             None => (None, rest.to_owned()),
         };

@@ -7,9 +7,11 @@
 //! reads back identically), multi-line strings as literal blocks. Redacted Secret values
 //! (`hmac-sha256:…`) print as `<redacted>`: the hash means nothing to people.
 //!
-//! Pure: depends only on serde_json and the pipeline's redaction marker.
+//! Pure: depends only on serde_json, the pipeline's redaction marker and
+//! [`crate::render::escape_controls`].
 
 use crate::pipeline::is_redacted_value;
+use crate::render::{escape_controls, is_unprintable};
 use serde_json::Value;
 
 /// One written line.
@@ -149,7 +151,8 @@ fn block(value: &Value) -> Option<(&'static str, Vec<&str>)> {
     let Value::String(s) = value else { return None };
     if !s.contains('\n')
         || s.starts_with([' ', '\n'])
-        || s.chars().any(|c| c.is_control() && c != '\n' && c != '\t')
+        || s.chars()
+            .any(|c| is_unprintable(c) && c != '\n' && c != '\t')
         || is_redacted_value(value)
     {
         return None;
@@ -168,10 +171,14 @@ fn block(value: &Value) -> Option<(&'static str, Vec<&str>)> {
 }
 
 /// A string as a plain scalar when YAML reads it back as the same string, else JSON-quoted.
+/// Quoted strings also escape what serde_json leaves raw (DEL, C1 controls, bidirectional
+/// overrides) with [`escape_controls`]: `\u009b` reads back the same in JSON and YAML, and a
+/// terminal never sees the character itself.
 pub fn scalar_text(s: &str) -> String {
     if needs_quotes(s) {
         // Quoting a string cannot fail.
-        serde_json::to_string(s).unwrap_or_default()
+        let quoted = serde_json::to_string(s).unwrap_or_default();
+        escape_controls(&quoted).into_owned()
     } else {
         s.to_owned()
     }
@@ -186,7 +193,7 @@ fn needs_quotes(s: &str) -> bool {
         || s.ends_with(':')
         || s.contains(": ")
         || s.contains(" #")
-        || s.chars().any(char::is_control)
+        || s.chars().any(is_unprintable)
     {
         // `-`, `?` and `:` are only indicators before a space, but quoting them is clearer.
         return true;

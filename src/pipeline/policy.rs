@@ -1128,4 +1128,50 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn huge_durations_are_errors_not_panics() {
+        for huge in [
+            "9999999999999999d",
+            "9999999999999999h",
+            "2562047788015216h",
+            "9223372036854775808s",
+            "-9999999999999999999999999999ns",
+            "2562047788015215h2562047788015215h",
+            "1.999999999999999999999999999999h",
+        ] {
+            let _ = parse_duration(huge);
+        }
+        assert!(parse_duration("9999999999999999h").is_err());
+        // The longest Go-style duration jiff holds still parses.
+        assert_eq!(
+            parse_duration("9223372036854775807s"),
+            Ok(SignedDuration::from_secs(i64::MAX))
+        );
+        let mut s = everything();
+        s.retention.max_age = "9999999999999999d".into();
+        assert!(policy_error(&s).starts_with("retention.maxAge"));
+        s.retention.max_age = "9999999999999999h".into();
+        assert!(
+            policy_error(&s).contains("too long"),
+            "{}",
+            policy_error(&s)
+        );
+    }
+
+    proptest::proptest! {
+        /// Arbitrary text, and numbers of every size with every unit, parse or are refused.
+        #[test]
+        fn parse_duration_never_panics(
+            s in proptest::prop_oneof![
+                proptest::prelude::any::<String>(),
+                "[-+]?[0-9]{0,40}(\\.[0-9]{0,40})?(d|h|m|s|ms|us|ns|µs)?([0-9]{1,25}(h|m|s))*",
+            ]
+        ) {
+            if let Ok(d) = parse_duration(&s) {
+                // Whatever parses is usable in checked time arithmetic.
+                let _ = jiff::Timestamp::now().checked_sub(d);
+            }
+        }
+    }
 }

@@ -130,7 +130,8 @@ impl Change {
         let mut change = Change::summary_of(stored);
         let patch = stored.event.json_patch();
         change.patch = Some(serde_json::to_value(&patch).unwrap_or(Value::Array(vec![])));
-        let target = stored.event.target();
+        // The diff is text for people: a name with a line break must not add a line to it.
+        let target = render::escape_controls(&stored.event.target()).into_owned();
         // As git does: a side that does not exist (before a CREATE, after a DELETE) is /dev/null.
         let label = |side: &str, v: &Option<Value>| match v {
             Some(_) => format!("{side}/{target}"),
@@ -172,9 +173,12 @@ pub fn encode_continue(id: u64) -> String {
 
 /// The event id in a continue token.
 pub fn decode_continue(token: &str) -> Result<u64, Error> {
-    token
-        .parse()
-        .map_err(|_| Error::BadRequest(format!("invalid continue token {token:?}")))
+    token.parse().map_err(|_| {
+        Error::BadRequest(format!(
+            "invalid continue token {}",
+            super::params::quoted(token)
+        ))
+    })
 }
 
 fn rfc3339(e: &ChangeEvent) -> String {
@@ -265,12 +269,14 @@ pub fn table(changes: &[Change], next: Option<u64>, include: IncludeObject) -> V
     let rows: Vec<Value> = changes
         .iter()
         .map(|c| {
+            // kubectl prints cells as they come: the user-controlled ones are escaped here (the
+            // row's `object` stays exact).
             let cells = json!([
                 c.metadata.creation_timestamp,
-                c.event.user.username,
+                render::escape_controls(&c.event.user.username),
                 c.event.operation.to_string(),
-                render::target(&c.event),
-                render::shorten(&c.summary, MAX_CHANGES_WIDTH),
+                render::escape_controls(&render::target(&c.event)),
+                render::escape_controls(&render::shorten(&c.summary, MAX_CHANGES_WIDTH)),
                 c.metadata.name,
             ]);
             let object = match include {
@@ -375,6 +381,47 @@ mod tests {
         assert!(!doc["message"].as_str().unwrap().contains("/var/lib"));
         let (code, doc) = status(&Error::Forbidden("no".into()));
         assert_eq!((code, &doc["reason"]), (403, &json!("Forbidden")));
+    }
+
+    /// kubectl prints Table cells raw: user-controlled ones are escaped, the row objects and
+    /// the diff's content stay exact.
+    #[test]
+    fn table_cells_and_diff_headers_escape_control_characters() {
+        use crate::cli::testsupport::{EVIL_NAME, MALLORY, hostile, store_with};
+        use crate::store::EventStore;
+        let (_dir, store) = store_with(&hostile());
+        let stored = store.query(&crate::store::Query::default()).unwrap().events;
+        let changes: Vec<Change> = stored.iter().map(Change::summary_of).collect();
+        let doc = table(&changes, None, IncludeObject::Object);
+        for row in doc["rows"].as_array().unwrap() {
+            for cell in row["cells"].as_array().unwrap() {
+                let cell = cell.as_str().unwrap();
+                assert!(!cell.chars().any(render::is_unprintable), "{cell:?}");
+            }
+        }
+        let mallory = doc["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["object"]["event"]["user"]["username"] == MALLORY)
+            .expect("the row object keeps the exact user name");
+        assert_eq!(mallory["cells"][1], "mallory\\u001b[8m");
+        assert_eq!(mallory["object"]["event"]["name"], EVIL_NAME);
+
+        let update = stored
+            .iter()
+            .find(|s| {
+                s.event.operation == crate::crd::Operation::Update && s.event.name == EVIL_NAME
+            })
+            .unwrap();
+        let before = store.state_before(update.id).unwrap();
+        let after = store.state_after(update.id).unwrap();
+        let diff = Change::detailed(update, before, after, false).diff.unwrap();
+        assert!(
+            diff.starts_with("--- a/configmaps/evil\\r\\nFAKE LINE\\u0000\n"),
+            "{diff}"
+        );
+        assert!(!diff.lines().any(|l| l.starts_with("FAKE LINE")), "{diff}");
     }
 
     #[test]

@@ -510,6 +510,45 @@ async fn unauthenticated_and_bad_requests_get_status_documents() {
     assert_eq!(doc["code"], 400);
 }
 
+/// Hostile parameters with a valid token: every one a 400 Status naming the parameter, none a
+/// dropped connection (`since=9999999999999999d` panicked in `SignedDuration::from_hours`).
+#[tokio::test]
+async fn hostile_parameters_get_400_not_a_panic() {
+    let c = cluster();
+    // Near the longest URI the http crate accepts.
+    let huge_token = "9".repeat(60_000);
+    for (query, names) in [
+        ("since=9999999999999999d", "since"),
+        ("until=-9999999999999999d", "until"),
+        ("since=2562047788015215h", "since"),
+        ("since=99999-01-01T00:00:00Z", "since"),
+        ("until=2024-02-30T00:00:00Z", "until"),
+        ("limit=-5", "limit"),
+        (&format!("continue={huge_token}"), "continue"),
+        ("operation=%1b%5b8m", "operation"),
+    ] {
+        let (status, doc) =
+            call(&c.app, &changes_url(&format!("/changes?{query}")), &[ADMIN]).await;
+        let message = doc["message"].as_str().unwrap_or_default();
+        assert_eq!(
+            (status, doc["reason"].as_str()),
+            (400, Some("BadRequest")),
+            "{query}: {doc}"
+        );
+        assert!(
+            message.contains(names) && message.len() < 300,
+            "{query}: {message}"
+        );
+    }
+    let (status, doc) = call(
+        &c.app,
+        &changes_url("/changes?limit=99999999999999999999999"),
+        &[ADMIN],
+    )
+    .await;
+    assert_eq!(status, 200, "a huge limit is capped: {doc}");
+}
+
 #[tokio::test]
 async fn one_change_has_patch_diff_and_on_request_objects() {
     let c = cluster();

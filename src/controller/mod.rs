@@ -414,3 +414,41 @@ async fn served_verifies(
         }
     }
 }
+
+#[cfg(test)]
+mod api_service_tests {
+    use super::*;
+    use http::{Request, Response};
+    use kube::client::Body;
+
+    const PATH: &str = "/apis/apiregistration.k8s.io/v1/apiservices/v1alpha1.query.histor.dev";
+
+    fn api_service(namespace: &str) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": API_SERVICE},
+            "spec": {"group": "query.histor.dev", "version": "v1alpha1",
+                     "service": {"namespace": namespace, "name": "histor", "port": 443},
+                     "groupPriorityMinimum": 1000, "versionPriority": 15}
+        })
+    }
+
+    async fn inject_into(owner: &str) -> Vec<String> {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let server = fixtures::serve(handle, vec![(PATH.into(), api_service(owner))]);
+        inject_api_service_ca(&client, "histor-system", b"CA").await;
+        drop(client);
+        fixtures::summary(&server.await.expect("server"))
+    }
+
+    #[tokio::test]
+    async fn the_ca_goes_only_into_this_installations_api_service() {
+        assert_eq!(
+            inject_into("histor-system").await,
+            vec![format!("GET {PATH}"), format!("PATCH {PATH}")]
+        );
+        // Another installation's operator (another namespace) keeps its own caBundle.
+        assert_eq!(inject_into("team-b").await, vec![format!("GET {PATH}")]);
+    }
+}

@@ -23,7 +23,7 @@ pub(crate) mod testdata;
 pub use diff::{diff, unified_yaml_diff};
 pub use event::*;
 pub use noise::{IgnorePattern, clean, cleaned};
-pub use policy::{CompiledPolicy, NotMatched, parse_duration};
+pub use policy::{CompiledPolicy, ConditionErrorKind, NotMatched, parse_duration};
 pub use process::{Outcome, SkipReason, process};
 pub use redact::{Redactor, is_redacted_value};
 pub use review::{Parsed, Request, ReviewError, allowed_response, parse};

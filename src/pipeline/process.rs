@@ -15,7 +15,7 @@
 use super::diff::diff;
 use super::event::{Captured, ChangeEvent};
 use super::noise::cleaned;
-use super::policy::{CompiledPolicy, NotMatched};
+use super::policy::{CompiledPolicy, ConditionErrorKind, NotMatched};
 use super::redact::Redactor;
 use super::review::Request;
 use crate::crd::Operation;
@@ -46,8 +46,8 @@ pub enum SkipReason {
     ConditionError {
         /// Name of the condition.
         name: String,
-        /// What went wrong.
-        message: String,
+        /// What went wrong, as a fixed category (never a message: those quote values).
+        kind: ConditionErrorKind,
     },
 }
 
@@ -69,8 +69,8 @@ impl std::fmt::Display for SkipReason {
             SkipReason::DryRun => f.write_str("dry run"),
             SkipReason::NotMatched(n) => write!(f, "not matched: {n}"),
             SkipReason::EmptyDiff => f.write_str("empty diff"),
-            SkipReason::ConditionError { name, message } => {
-                write!(f, "condition {name} failed: {message}")
+            SkipReason::ConditionError { name, kind } => {
+                write!(f, "condition {name} failed: {kind}")
             }
         }
     }
@@ -86,10 +86,10 @@ pub fn process(
     if req.dry_run {
         return Outcome::Skip(SkipReason::DryRun);
     }
-    match policy.matches(req) {
+    match policy.matches(req, redactor) {
         Ok(()) => {}
-        Err(NotMatched::ConditionError { name, message }) => {
-            return Outcome::Skip(SkipReason::ConditionError { name, message });
+        Err(NotMatched::ConditionError { name, kind }) => {
+            return Outcome::Skip(SkipReason::ConditionError { name, kind });
         }
         Err(other) => return Outcome::Skip(SkipReason::NotMatched(other)),
     }

@@ -309,3 +309,49 @@ async fn certificate_files_are_reloaded_without_a_restart() {
     );
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn numbers_beyond_f64_are_allowed_and_recorded_digit_for_digit() {
+    support::init();
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(args(dir.path(), write_policy(dir.path(), "all")))
+        .await
+        .unwrap();
+    let client = client(running.ca_file.as_ref().unwrap());
+    let url = format!("https://localhost:{}/admit/all", running.addr.port());
+    // The recorded Widget update, with a 5,000-digit integer and 1e999 written into its text.
+    let mut review: Value =
+        serde_json::from_str(&fixture("admissionreview-update-widget.json")).unwrap();
+    review["request"]["object"]["spec"]["huge"] = "HUGE".into();
+    review["request"]["object"]["spec"]["big"] = "BIG".into();
+    let huge = "9".repeat(5000);
+    let body = review
+        .to_string()
+        .replace("\"HUGE\"", &huge)
+        .replace("\"BIG\"", "1e999");
+    let (status, answer) = post(&client, &url, body).await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["response"]["allowed"], true);
+    assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
+    let events = running
+        .store
+        .query(&Query {
+            limit: 10,
+            ..Query::default()
+        })
+        .unwrap()
+        .events;
+    assert_eq!(events.len(), 1);
+    let changes = &events[0].event.changes;
+    let new = |path: &str| {
+        changes
+            .iter()
+            .find(|c| c.path == path)
+            .and_then(|c| c.new.clone())
+            .unwrap_or_else(|| panic!("no {path} in {changes:?}"))
+    };
+    assert_eq!(new("/spec/huge"), Value::String(huge));
+    assert_eq!(new("/spec/big"), "1e999");
+    running.shutdown().await.unwrap();
+}

@@ -383,6 +383,43 @@ mod tests {
     }
 
     #[test]
+    fn numbers_beyond_f64_are_recorded_digit_for_digit() {
+        let (body, huge) = testdata::wide_numbers_review();
+        let req = crate::pipeline::review::parse(body.as_bytes())
+            .unwrap()
+            .request
+            .unwrap();
+        let Outcome::Record(c) = process(&req, &policy(&spec()), &redactor(), now()) else {
+            panic!("skipped");
+        };
+        let change = |path: &str| {
+            c.event
+                .changes
+                .iter()
+                .find(|c| c.path == path)
+                .unwrap_or_else(|| panic!("no {path} in {:#?}", c.event.changes))
+                .new
+                .clone()
+        };
+        assert_eq!(change("/spec/huge"), Some(Value::String(huge.clone())));
+        assert_eq!(change("/spec/big"), Some(json!("1e999")));
+        let yaml = crate::pipeline::unified_yaml_diff(
+            c.before.as_ref(),
+            c.event.object.as_ref(),
+            "before",
+            "after",
+        );
+        assert!(yaml.contains(&huge), "{yaml}");
+        assert!(yaml.contains("1e999"), "{yaml}");
+        // And through the JSON the store keeps.
+        let text = serde_json::to_string(&c.event).unwrap();
+        assert_eq!(
+            &serde_json::from_str::<ChangeEvent>(&text).unwrap(),
+            &c.event
+        );
+    }
+
+    #[test]
     fn status_only_with_and_without_track_status() {
         assert_eq!(skip("update-widget-status", &spec()), SkipReason::EmptyDiff);
         let mut s = spec();

@@ -355,3 +355,68 @@ async fn numbers_beyond_f64_are_allowed_and_recorded_digit_for_digit() {
     assert_eq!(new("/spec/big"), "1e999");
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn oversized_uids_and_names_are_allowed_not_stored_not_echoed_and_counted() {
+    support::init();
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(args(dir.path(), write_policy(dir.path(), "all")))
+        .await
+        .unwrap();
+    let client = client(running.ca_file.as_ref().unwrap());
+    let port = running.addr.port();
+    let url = format!("https://localhost:{port}/admit/all");
+    let good: Value =
+        serde_json::from_str(&fixture("admissionreview-create-configmap.json")).unwrap();
+    let megabyte = "x".repeat(1 << 20);
+
+    let mut big_uid = good.clone();
+    big_uid["request"]["uid"] = megabyte.clone().into();
+    let mut big_name = good.clone();
+    big_name["request"]["uid"] = "00000000-0000-4000-8000-000000000001".into();
+    big_name["request"]["name"] = megabyte.clone().into();
+    big_name["request"]["object"]["metadata"]["name"] = megabyte.clone().into();
+    for (what, review, uid) in [
+        ("1 MB uid", &big_uid, ""),
+        (
+            "1 MB name",
+            &big_name,
+            "00000000-0000-4000-8000-000000000001",
+        ),
+    ] {
+        let (status, text) = post(&client, &url, review.to_string()).await;
+        assert_eq!(status, 200, "{what}");
+        assert!(text.len() < 200, "{what}: a {} byte answer", text.len());
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(answer["response"]["allowed"], true, "{what}");
+        assert_eq!(answer["response"]["uid"], uid, "{what}");
+    }
+    let metrics = client
+        .get(format!("https://localhost:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"histor_admission_reviews_total{outcome="oversized"} 2"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("xxxxxxxx"));
+    let stored = running
+        .store
+        .query(&Query {
+            limit: 10,
+            ..Query::default()
+        })
+        .unwrap()
+        .events;
+    assert!(stored.is_empty(), "{stored:?}");
+    // A review within bounds still goes through.
+    let (status, _) = post(&client, &url, good.to_string()).await;
+    assert_eq!(status, 200);
+    let stored = running.store.query(&Query::default()).unwrap().events;
+    assert_eq!(stored.len(), 1);
+    running.shutdown().await.unwrap();
+}

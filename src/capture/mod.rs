@@ -139,15 +139,12 @@ async fn review(
             );
         }
     };
-    let answer = allowed(
-        &parsed.api_version,
-        parsed.uid.as_deref().unwrap_or_default(),
-    );
+    let answer = allowed(parsed.response_api_version(), parsed.response_uid());
     let request = match &parsed.request {
         Ok(request) => request,
         Err(why) => {
             // Allowed all the same: histor must never be the reason a change fails.
-            tracing::warn!(policy = %policy, uid = parsed.uid.as_deref().unwrap_or("-"), reason = %why, "cannot interpret admission review; allowed without recording");
+            tracing::warn!(policy = %policy, uid = parsed.response_uid(), reason = %why, "cannot interpret admission review; allowed without recording");
             return (answer, "uninterpretable");
         }
     };
@@ -168,6 +165,7 @@ async fn review(
                 SkipReason::ConditionError { name, kind } => {
                     condition_error(state, policy, name, *kind);
                 }
+                SkipReason::Oversized(o) => oversized(state, o),
                 _ => {}
             }
             return (answer, reason.metric_label());
@@ -214,6 +212,21 @@ fn condition_error(state: &Capture, policy: &str, condition: &str, kind: Conditi
             kind = kind.as_str(),
             suppressed,
             "policy condition could not be evaluated; not recorded"
+        );
+    }
+}
+
+/// Warns about a review over Kubernetes' size bounds, which no apiserver sends: which field, how
+/// long, never its value; at most once a minute per field, with the number held back since.
+fn oversized(state: &Capture, o: &pipeline::limits::Oversized) {
+    let key = format!("oversized\0{}", o.field);
+    if let Some(suppressed) = state.warnings.check(&key, Instant::now()) {
+        tracing::warn!(
+            field = o.field,
+            bytes = o.len,
+            limit = o.limit,
+            suppressed,
+            "review beyond Kubernetes' size limits (no apiserver sends one); allowed without recording"
         );
     }
 }

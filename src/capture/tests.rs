@@ -163,3 +163,30 @@ async fn condition_errors_on_a_secret_log_name_and_kind_only_once_a_minute() {
         assert!(metrics.contains(&line), "{line} in {metrics}");
     }
 }
+
+#[tokio::test]
+async fn oversized_reviews_log_the_field_not_the_value_once_a_minute() {
+    let h = Harness::new(&[(
+        "all",
+        json!({"resources": [{"apiGroups": ["*"], "resources": ["*", "*/*"]}]}),
+    )]);
+    let logs = Logs::default();
+    let _guard = logs.install();
+    let mut review: Value = serde_json::from_str(testdata::fixture("create-configmap")).unwrap();
+    review["request"]["object"]["metadata"]["labels"] = json!({"app": "v".repeat(100_000)});
+    for _ in 0..3 {
+        let (answer, outcome) = h.review("all", &serde_json::to_vec(&review).unwrap()).await;
+        assert_eq!(outcome, "oversized");
+        let answer: Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
+        assert_eq!(
+            answer["response"]["uid"],
+            testdata::index_uid("create-configmap")
+        );
+    }
+    let text = logs.text();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("field=\"label_value\""), "{text}");
+    assert!(text.contains("bytes=100000"), "{text}");
+    assert!(!text.contains("vvvv"), "{text}");
+}

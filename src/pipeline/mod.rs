@@ -2,6 +2,7 @@
 //! no I/O, no clock, no async. One module per stage:
 //!
 //! - [`review`]: bytes → [`Parsed`] review (or [`ReviewError::NotAReview`]), and the `allowed` answer;
+//! - [`limits`]: Kubernetes' size bounds on the names, uids and labels histor stores or echoes;
 //! - [`policy`]: a TrackingPolicy compiled once ([`CompiledPolicy`]) and matched per request;
 //! - [`noise`]: strip what changes on every write (managedFields, resourceVersion, …);
 //! - [`redact`]: replace Secret values by keyed hashes ([`Redactor`]);
@@ -11,6 +12,7 @@
 
 pub mod diff;
 mod event;
+pub mod limits;
 pub mod noise;
 pub mod policy;
 pub mod process;

@@ -9,11 +9,14 @@
 //!   the change is `/spec/replicas`.
 //! - DELETE: no field changes; `object` and `before` are the cleaned last state.
 //!
+//! A review whose names, uids or labels exceed Kubernetes' bounds ([`limits`]) is not recorded.
+//!
 //! Deduplication of retried request uids is not done here (it needs memory of past requests): the
 //! caller or the store does it. Pure: no I/O, no clock (the receipt time comes in).
 
 use super::diff::diff;
 use super::event::{Captured, ChangeEvent};
+use super::limits::{self, Oversized};
 use super::noise::cleaned;
 use super::policy::{CompiledPolicy, ConditionErrorKind, NotMatched};
 use super::redact::Redactor;
@@ -36,6 +39,8 @@ pub enum Outcome {
 /// Why a request is not recorded under a policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SkipReason {
+    /// A name, uid or label beyond Kubernetes' bounds ([`limits`]): no apiserver sent this.
+    Oversized(Oversized),
     /// A dry-run request changes nothing.
     DryRun,
     /// The policy does not cover the request.
@@ -55,6 +60,7 @@ impl SkipReason {
     /// A short, fixed label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
+            SkipReason::Oversized(_) => "oversized",
             SkipReason::DryRun => "dry_run",
             SkipReason::NotMatched(_) => "not_matched",
             SkipReason::EmptyDiff => "empty_diff",
@@ -66,6 +72,7 @@ impl SkipReason {
 impl std::fmt::Display for SkipReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            SkipReason::Oversized(o) => write!(f, "oversized: {o}"),
             SkipReason::DryRun => f.write_str("dry run"),
             SkipReason::NotMatched(n) => write!(f, "not matched: {n}"),
             SkipReason::EmptyDiff => f.write_str("empty diff"),
@@ -83,6 +90,9 @@ pub fn process(
     redactor: &Redactor,
     received_at: Timestamp,
 ) -> Outcome {
+    if let Err(o) = limits::check(req) {
+        return Outcome::Skip(SkipReason::Oversized(o));
+    }
     if req.dry_run {
         return Outcome::Skip(SkipReason::DryRun);
     }
@@ -417,6 +427,26 @@ mod tests {
             &serde_json::from_str::<ChangeEvent>(&text).unwrap(),
             &c.event
         );
+    }
+
+    #[test]
+    fn oversized_reviews_are_not_recorded() {
+        let mut req = testdata::request("update-deployment");
+        req.name = "n".repeat(1 << 20);
+        let why = process(&req, &policy(&spec()), &redactor(), now());
+        let Outcome::Skip(why) = why else {
+            panic!("recorded: {why:?}")
+        };
+        assert_eq!(
+            why,
+            SkipReason::Oversized(Oversized {
+                field: "name",
+                len: 1 << 20,
+                limit: limits::MAX_NAME
+            })
+        );
+        assert_eq!(why.metric_label(), "oversized");
+        assert!(why.to_string().len() < 100, "{why}");
     }
 
     #[test]

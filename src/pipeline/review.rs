@@ -63,10 +63,36 @@ pub struct Parsed {
 }
 
 impl Parsed {
-    /// The response body for this review: always allowed, echoing uid and apiVersion (an empty uid
-    /// when the review had none).
+    /// The response body for this review: always allowed, echoing uid and apiVersion (see
+    /// [`response_uid`](Self::response_uid) and [`response_api_version`](Self::response_api_version)).
     pub fn allowed_response(&self) -> Vec<u8> {
-        allowed_response(&self.api_version, self.uid.as_deref().unwrap_or(""))
+        allowed_response(self.response_api_version(), self.response_uid())
+    }
+
+    /// The uid to answer with: the request's, or empty when it had none or one longer than
+    /// [`MAX_REQUEST_UID`](super::limits::MAX_REQUEST_UID).
+    ///
+    /// The apiserver requires the answer's uid to equal the request's, so echoing is right for
+    /// every uid it sends: UUIDs of 36 characters. A longer uid never comes from an apiserver, and
+    /// echoing it would hand whoever sent it a response as large as their request (a megabyte uid
+    /// makes a megabyte answer). Truncating would match nothing either, so the answer is a plain
+    /// well-formed `allowed: true` with an empty uid: still allowed, as every review is.
+    pub fn response_uid(&self) -> &str {
+        match self.uid.as_deref() {
+            Some(uid) if uid.len() <= super::limits::MAX_REQUEST_UID => uid,
+            _ => "",
+        }
+    }
+
+    /// The `apiVersion` to answer with: the review's own, or [`ADMISSION_V1`] when it is longer
+    /// than any real one could be ([`MAX_API_VERSION`](super::limits::MAX_API_VERSION)); for the
+    /// same reason as [`response_uid`](Self::response_uid).
+    pub fn response_api_version(&self) -> &str {
+        if self.api_version.len() <= super::limits::MAX_API_VERSION {
+            &self.api_version
+        } else {
+            ADMISSION_V1
+        }
     }
 }
 
@@ -750,6 +776,35 @@ mod tests {
         let (p, why) = uninterpretable(body.as_bytes());
         assert_eq!(p.uid.as_deref(), Some("deep-2"));
         assert!(why.contains("128"), "{why}");
+    }
+
+    #[test]
+    fn only_uids_an_apiserver_could_send_are_echoed() {
+        let mut v: Value = serde_json::from_str(testdata::fixture("create-configmap")).unwrap();
+        let answer = |v: &Value| {
+            let p = parse(&serde_json::to_vec(v).unwrap()).unwrap();
+            let body = p.allowed_response();
+            (serde_json::from_slice::<Value>(&body).unwrap(), body.len())
+        };
+        let (a, _) = answer(&v);
+        assert_eq!(
+            a["response"]["uid"],
+            testdata::index_uid("create-configmap")
+        );
+        v["request"]["uid"] = "u".repeat(128).into();
+        assert_eq!(answer(&v).0["response"]["uid"], "u".repeat(128));
+        v["request"]["uid"] = "u".repeat(1 << 20).into();
+        let (a, len) = answer(&v);
+        assert_eq!(a["response"]["uid"], "");
+        assert_eq!(a["response"]["allowed"], true);
+        assert!(len < 200, "{len} bytes");
+        // Uninterpretable as well (no kind), and a huge apiVersion is not echoed either.
+        v["request"]["kind"] = Value::Null;
+        v["apiVersion"] = "a".repeat(1 << 20).into();
+        let (a, len) = answer(&v);
+        assert_eq!(a["response"]["uid"], "");
+        assert_eq!(a["apiVersion"], ADMISSION_V1);
+        assert!(len < 200, "{len} bytes");
     }
 
     #[test]

@@ -17,6 +17,13 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Label of the condition error counter: the fixed error category.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConditionErrorLabels {
+    /// `no_such_key`, `type_mismatch`, `overflow`, ... ([`crate::pipeline::ConditionErrorKind`]).
+    pub kind: &'static str,
+}
+
 /// Every metric histor exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -30,6 +37,8 @@ pub struct Metrics {
     pub empty_diffs: Counter,
     /// Reviews answered without recording because the queue was full.
     pub dropped: Counter,
+    /// Policy conditions that could not be evaluated, by error kind.
+    pub condition_errors: Family<ConditionErrorLabels, Counter>,
     /// Reviews answered before their durable write finished (the event stays queued).
     pub deadline_exceeded: Counter,
     /// Events waiting for the writer.
@@ -59,6 +68,7 @@ impl Default for Metrics {
             events_recorded: Counter::default(),
             empty_diffs: Counter::default(),
             dropped: Counter::default(),
+            condition_errors: Family::default(),
             deadline_exceeded: Counter::default(),
             queue_depth: Gauge::default(),
             store_events: Gauge::default(),
@@ -106,6 +116,11 @@ impl Metrics {
             "events_dropped",
             "Reviews not recorded because the queue was full",
             self.dropped.clone(),
+        );
+        r.register(
+            "condition_errors",
+            "Policy conditions that could not be evaluated, by error kind",
+            self.condition_errors.clone(),
         );
         r.register(
             "deadline_exceeded",

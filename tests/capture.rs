@@ -309,3 +309,114 @@ async fn certificate_files_are_reloaded_without_a_restart() {
     );
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn numbers_beyond_f64_are_allowed_and_recorded_digit_for_digit() {
+    support::init();
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(args(dir.path(), write_policy(dir.path(), "all")))
+        .await
+        .unwrap();
+    let client = client(running.ca_file.as_ref().unwrap());
+    let url = format!("https://localhost:{}/admit/all", running.addr.port());
+    // The recorded Widget update, with a 5,000-digit integer and 1e999 written into its text.
+    let mut review: Value =
+        serde_json::from_str(&fixture("admissionreview-update-widget.json")).unwrap();
+    review["request"]["object"]["spec"]["huge"] = "HUGE".into();
+    review["request"]["object"]["spec"]["big"] = "BIG".into();
+    let huge = "9".repeat(5000);
+    let body = review
+        .to_string()
+        .replace("\"HUGE\"", &huge)
+        .replace("\"BIG\"", "1e999");
+    let (status, answer) = post(&client, &url, body).await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["response"]["allowed"], true);
+    assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
+    let events = running
+        .store
+        .query(&Query {
+            limit: 10,
+            ..Query::default()
+        })
+        .unwrap()
+        .events;
+    assert_eq!(events.len(), 1);
+    let changes = &events[0].event.changes;
+    let new = |path: &str| {
+        changes
+            .iter()
+            .find(|c| c.path == path)
+            .and_then(|c| c.new.clone())
+            .unwrap_or_else(|| panic!("no {path} in {changes:?}"))
+    };
+    assert_eq!(new("/spec/huge"), Value::String(huge));
+    assert_eq!(new("/spec/big"), "1e999");
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_uids_and_names_are_allowed_not_stored_not_echoed_and_counted() {
+    support::init();
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(args(dir.path(), write_policy(dir.path(), "all")))
+        .await
+        .unwrap();
+    let client = client(running.ca_file.as_ref().unwrap());
+    let port = running.addr.port();
+    let url = format!("https://localhost:{port}/admit/all");
+    let good: Value =
+        serde_json::from_str(&fixture("admissionreview-create-configmap.json")).unwrap();
+    let megabyte = "x".repeat(1 << 20);
+
+    let mut big_uid = good.clone();
+    big_uid["request"]["uid"] = megabyte.clone().into();
+    let mut big_name = good.clone();
+    big_name["request"]["uid"] = "00000000-0000-4000-8000-000000000001".into();
+    big_name["request"]["name"] = megabyte.clone().into();
+    big_name["request"]["object"]["metadata"]["name"] = megabyte.clone().into();
+    for (what, review, uid) in [
+        ("1 MB uid", &big_uid, ""),
+        (
+            "1 MB name",
+            &big_name,
+            "00000000-0000-4000-8000-000000000001",
+        ),
+    ] {
+        let (status, text) = post(&client, &url, review.to_string()).await;
+        assert_eq!(status, 200, "{what}");
+        assert!(text.len() < 200, "{what}: a {} byte answer", text.len());
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(answer["response"]["allowed"], true, "{what}");
+        assert_eq!(answer["response"]["uid"], uid, "{what}");
+    }
+    let metrics = client
+        .get(format!("https://localhost:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"histor_admission_reviews_total{outcome="oversized"} 2"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("xxxxxxxx"));
+    let stored = running
+        .store
+        .query(&Query {
+            limit: 10,
+            ..Query::default()
+        })
+        .unwrap()
+        .events;
+    assert!(stored.is_empty(), "{stored:?}");
+    // A review within bounds still goes through.
+    let (status, _) = post(&client, &url, good.to_string()).await;
+    assert_eq!(status, 200);
+    let stored = running.store.query(&Query::default()).unwrap().events;
+    assert_eq!(stored.len(), 1);
+    running.shutdown().await.unwrap();
+}

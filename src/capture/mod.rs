@@ -3,14 +3,16 @@
 //! durable write no longer than the deadline. Also serves `/healthz`, `/readyz` and `/metrics`.
 //! Knows nothing of Kubernetes clients; policies come from the shared [`PolicyIndex`].
 
+mod ratelog;
 pub mod tls;
 mod writer;
 
+pub use ratelog::LogLimiter;
 pub use writer::{Ack, RecordObserver, Writer};
 
 use crate::index::PolicyIndex;
-use crate::metrics::Metrics;
-use crate::pipeline::{self, Outcome, Redactor, SkipReason};
+use crate::metrics::{ConditionErrorLabels, Metrics};
+use crate::pipeline::{self, ConditionErrorKind, Outcome, Redactor, SkipReason};
 use crate::store::AppendOutcome;
 use axum::Router;
 use axum::body::Bytes;
@@ -51,6 +53,8 @@ pub struct Capture {
     pub ignored_users: Vec<String>,
     /// False until the server is ready to record (and after shutdown starts).
     pub ready: AtomicBool,
+    /// Keeps warnings that every review can trigger to one line per minute and cause.
+    pub warnings: LogLimiter,
 }
 
 /// The capture endpoint's routes.
@@ -135,15 +139,12 @@ async fn review(
             );
         }
     };
-    let answer = allowed(
-        &parsed.api_version,
-        parsed.uid.as_deref().unwrap_or_default(),
-    );
+    let answer = allowed(parsed.response_api_version(), parsed.response_uid());
     let request = match &parsed.request {
         Ok(request) => request,
         Err(why) => {
             // Allowed all the same: histor must never be the reason a change fails.
-            tracing::warn!(policy = %policy, uid = parsed.uid.as_deref().unwrap_or("-"), reason = %why, "cannot interpret admission review; allowed without recording");
+            tracing::warn!(policy = %policy, uid = parsed.response_uid(), reason = %why, "cannot interpret admission review; allowed without recording");
             return (answer, "uninterpretable");
         }
     };
@@ -157,11 +158,15 @@ async fn review(
     let captured = match pipeline::process(request, &compiled, &state.redactor, received_at) {
         Outcome::Record(captured) => captured,
         Outcome::Skip(reason) => {
-            if matches!(reason, SkipReason::EmptyDiff) {
-                state.metrics.empty_diffs.inc();
-            } else if matches!(reason, SkipReason::ConditionError { .. }) {
-                // The policy's author needs to know: the condition is broken for this input.
-                tracing::warn!(policy = %policy, %reason, "policy condition could not be evaluated; not recorded");
+            match &reason {
+                SkipReason::EmptyDiff => {
+                    state.metrics.empty_diffs.inc();
+                }
+                SkipReason::ConditionError { name, kind } => {
+                    condition_error(state, policy, name, *kind);
+                }
+                SkipReason::Oversized(o) => oversized(state, o),
+                _ => {}
             }
             return (answer, reason.metric_label());
         }
@@ -187,6 +192,45 @@ async fn review(
     (answer, outcome)
 }
 
+/// Counts a condition that could not be evaluated and warns about it: the policy's author needs to
+/// know that the condition is broken for some input. The line names the policy, the condition and
+/// the error kind only (CEL's message quotes the values it failed on, which may be anyone's data),
+/// at most once a minute per condition, with the number of failures held back since the last one.
+fn condition_error(state: &Capture, policy: &str, condition: &str, kind: ConditionErrorKind) {
+    state
+        .metrics
+        .condition_errors
+        .get_or_create(&ConditionErrorLabels {
+            kind: kind.as_str(),
+        })
+        .inc();
+    let key = format!("condition\0{policy}\0{condition}");
+    if let Some(suppressed) = state.warnings.check(&key, Instant::now()) {
+        tracing::warn!(
+            policy = %policy,
+            condition = %condition,
+            kind = kind.as_str(),
+            suppressed,
+            "policy condition could not be evaluated; not recorded"
+        );
+    }
+}
+
+/// Warns about a review over Kubernetes' size bounds, which no apiserver sends: which field, how
+/// long, never its value; at most once a minute per field, with the number held back since.
+fn oversized(state: &Capture, o: &pipeline::limits::Oversized) {
+    let key = format!("oversized\0{}", o.field);
+    if let Some(suppressed) = state.warnings.check(&key, Instant::now()) {
+        tracing::warn!(
+            field = o.field,
+            bytes = o.len,
+            limit = o.limit,
+            suppressed,
+            "review beyond Kubernetes' size limits (no apiserver sends one); allowed without recording"
+        );
+    }
+}
+
 fn allowed(api_version: &str, uid: &str) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -194,3 +238,6 @@ fn allowed(api_version: &str, uid: &str) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests;

@@ -209,6 +209,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
         deadline: Duration::from_millis(options.deadline_ms),
         ignored_users,
         ready: Default::default(),
+        warnings: Default::default(),
     });
 
     let handle = Handle::new();

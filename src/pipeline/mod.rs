@@ -2,6 +2,7 @@
 //! no I/O, no clock, no async. One module per stage:
 //!
 //! - [`review`]: bytes → [`Parsed`] review (or [`ReviewError::NotAReview`]), and the `allowed` answer;
+//! - [`limits`]: Kubernetes' size bounds on the names, uids and labels histor stores or echoes;
 //! - [`policy`]: a TrackingPolicy compiled once ([`CompiledPolicy`]) and matched per request;
 //! - [`noise`]: strip what changes on every write (managedFields, resourceVersion, …);
 //! - [`redact`]: replace Secret values by keyed hashes ([`Redactor`]);
@@ -11,6 +12,7 @@
 
 pub mod diff;
 mod event;
+pub mod limits;
 pub mod noise;
 pub mod policy;
 pub mod process;
@@ -23,7 +25,7 @@ pub(crate) mod testdata;
 pub use diff::{diff, unified_yaml_diff};
 pub use event::*;
 pub use noise::{IgnorePattern, clean, cleaned};
-pub use policy::{CompiledPolicy, NotMatched, parse_duration};
+pub use policy::{CompiledPolicy, ConditionErrorKind, NotMatched, parse_duration};
 pub use process::{Outcome, SkipReason, process};
 pub use redact::{Redactor, is_redacted_value};
 pub use review::{Parsed, Request, ReviewError, allowed_response, parse};

@@ -15,7 +15,11 @@
 //! 4. CEL conditions, all of which must return `true`, over `request` (the AdmissionRequest as the
 //!    apiserver sends it, camelCase, without `object`/`oldObject`), `object` and `oldObject` (`null`
 //!    when absent; their `metadata.managedFields` is never parsed). Only the variables a policy's
-//!    conditions mention are built, and nothing at all when it has none. A runtime error or a non-bool result is [`NotMatched::ConditionError`].
+//!    conditions mention are built, and nothing at all when it has none. A Secret's `object` and
+//!    `oldObject` are redacted first, exactly as the store keeps them ([`Redactor::redact`]): a
+//!    condition sees `hmac-sha256:…` where the values were, never the values. A runtime error or a
+//!    non-bool result is [`NotMatched::ConditionError`], carrying only a fixed
+//!    [`ConditionErrorKind`]: CEL's messages quote the values they failed on.
 //!
 //! `namespaces.selector` and `objectSelector` are left to the apiserver (it has the labels of
 //! namespaces). Globs use `globset` syntax; `*` also matches `:` and `/`.
@@ -23,6 +27,7 @@
 //! Depends on the CRD types and the event types only.
 
 use super::noise::IgnorePattern;
+use super::redact::Redactor;
 use super::review::Request;
 use crate::crd::{Operation, TrackingPolicySpec};
 use crate::store::RetentionRule;
@@ -59,9 +64,89 @@ pub enum NotMatched {
     ConditionError {
         /// Name of the condition.
         name: String,
-        /// What went wrong.
-        message: String,
+        /// What went wrong, as a fixed category: never CEL's message, which quotes values.
+        kind: ConditionErrorKind,
     },
+}
+
+/// Why a CEL condition could not be evaluated, as a short fixed category that is safe to log and
+/// to use as a metric label. CEL's own error messages quote the values involved (`Unsupported
+/// binary operator '+': String("czNjcjN0"), Int(1)`), and those values may be a Secret's or any
+/// other user data, so they are never kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConditionErrorKind {
+    /// A map key or field that is not there.
+    NoSuchKey,
+    /// An operator, function or index applied to values of the wrong type.
+    TypeMismatch,
+    /// Integer overflow.
+    Overflow,
+    /// Division or remainder by zero.
+    DivisionByZero,
+    /// A list index out of range.
+    OutOfBounds,
+    /// A function failed on its argument (say `int('x')`).
+    Function,
+    /// A call with the wrong arguments, or to something undeclared.
+    BadCall,
+    /// The condition returned something other than a bool.
+    NotBool,
+    /// The interpreter panicked.
+    Panic,
+    /// Anything else.
+    Other,
+}
+
+impl ConditionErrorKind {
+    /// The category as a short fixed label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionErrorKind::NoSuchKey => "no_such_key",
+            ConditionErrorKind::TypeMismatch => "type_mismatch",
+            ConditionErrorKind::Overflow => "overflow",
+            ConditionErrorKind::DivisionByZero => "division_by_zero",
+            ConditionErrorKind::OutOfBounds => "out_of_bounds",
+            ConditionErrorKind::Function => "function_error",
+            ConditionErrorKind::BadCall => "bad_call",
+            ConditionErrorKind::NotBool => "not_bool",
+            ConditionErrorKind::Panic => "panic",
+            ConditionErrorKind::Other => "other",
+        }
+    }
+
+    fn of(e: &cel::ExecutionError) -> Self {
+        use cel::ExecutionError as E;
+        match e {
+            E::NoSuchKey(_) => ConditionErrorKind::NoSuchKey,
+            E::UnsupportedTargetType { .. }
+            | E::NotSupportedAsMethod { .. }
+            | E::UnsupportedKeyType(_)
+            | E::UnexpectedType { .. }
+            | E::NoSuchOverload
+            | E::ValuesNotComparable(..)
+            | E::UnsupportedUnaryOperator(..)
+            | E::UnsupportedBinaryOperator(..)
+            | E::UnsupportedMapIndex(_)
+            | E::UnsupportedListIndex(_)
+            | E::UnsupportedIndex(..) => ConditionErrorKind::TypeMismatch,
+            E::Overflow(..) => ConditionErrorKind::Overflow,
+            E::DivisionByZero(_) | E::RemainderByZero(_) => ConditionErrorKind::DivisionByZero,
+            E::IndexOutOfBounds(_) => ConditionErrorKind::OutOfBounds,
+            E::FunctionError { .. } => ConditionErrorKind::Function,
+            E::InvalidArgumentCount { .. }
+            | E::MissingArgumentOrTarget
+            | E::UndeclaredReference(_)
+            | E::UnsupportedFunctionCallIdentifierType(_)
+            | E::UnsupportedFieldsConstruction(_) => ConditionErrorKind::BadCall,
+            _ => ConditionErrorKind::Other,
+        }
+    }
+}
+
+impl std::fmt::Display for ConditionErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl NotMatched {
@@ -88,8 +173,8 @@ impl std::fmt::Display for NotMatched {
             NotMatched::User => f.write_str("user not tracked"),
             NotMatched::Group => f.write_str("user in an excluded group"),
             NotMatched::Condition { name } => write!(f, "condition {name} is false"),
-            NotMatched::ConditionError { name, message } => {
-                write!(f, "condition {name} failed: {message}")
+            NotMatched::ConditionError { name, kind } => {
+                write!(f, "condition {name} failed: {kind}")
             }
         }
     }
@@ -295,7 +380,8 @@ impl CompiledPolicy {
     }
 
     /// Whether the request is one this policy records (see the module docs for the order).
-    pub fn matches(&self, req: &Request) -> Result<(), NotMatched> {
+    /// `redactor` hides a Secret's values from the CEL conditions.
+    pub fn matches(&self, req: &Request, redactor: &Redactor) -> Result<(), NotMatched> {
         if !self.rules.iter().any(|r| r.covers_resource(req)) {
             return Err(NotMatched::Resource);
         }
@@ -339,7 +425,7 @@ impl CompiledPolicy {
         }
         match &self.cel {
             None => Ok(()),
-            Some(cel) => cel.evaluate(req),
+            Some(cel) => cel.evaluate(req, redactor),
         }
     }
 }
@@ -527,38 +613,37 @@ fn one_line(s: &str) -> String {
 }
 
 impl Cel {
-    fn evaluate(&self, req: &Request) -> Result<(), NotMatched> {
+    fn evaluate(&self, req: &Request, redactor: &Redactor) -> Result<(), NotMatched> {
         let mut ctx = self.root.new_inner_scope();
         if self.uses_request {
             ctx.add_variable_from_value("request", request_value(req));
         }
+        // Built from the redacted object, so no Secret value reaches the interpreter: none can turn
+        // up in a result or an error.
+        let object = |v: &Option<Value>| {
+            v.as_ref().map_or(cel::Value::Null, |v| {
+                to_cel(&redactor.redacted(v, &req.kind))
+            })
+        };
         if self.uses_object {
-            ctx.add_variable_from_value(
-                "object",
-                req.object.as_ref().map_or(cel::Value::Null, to_cel),
-            );
+            ctx.add_variable_from_value("object", object(&req.object));
         }
         if self.uses_old_object {
-            ctx.add_variable_from_value(
-                "oldObject",
-                req.old_object.as_ref().map_or(cel::Value::Null, to_cel),
-            );
+            ctx.add_variable_from_value("oldObject", object(&req.old_object));
         }
         for (name, program) in &self.conditions {
-            let error = |message: String| NotMatched::ConditionError {
+            let error = |kind| NotMatched::ConditionError {
                 name: name.clone(),
-                message,
+                kind,
             };
             match catch_unwind(AssertUnwindSafe(|| program.execute(&ctx))) {
                 Ok(Ok(cel::Value::Bool(true))) => {}
                 Ok(Ok(cel::Value::Bool(false))) => {
                     return Err(NotMatched::Condition { name: name.clone() });
                 }
-                Ok(Ok(other)) => {
-                    return Err(error(format!("returned {:?}, not a bool", other.type_of())));
-                }
-                Ok(Err(e)) => return Err(error(e.to_string())),
-                Err(_) => return Err(error("evaluation panicked".into())),
+                Ok(Ok(_)) => return Err(error(ConditionErrorKind::NotBool)),
+                Ok(Err(e)) => return Err(error(ConditionErrorKind::of(&e))),
+                Err(_) => return Err(error(ConditionErrorKind::Panic)),
             }
         }
         Ok(())
@@ -776,6 +861,10 @@ mod tests {
         spec(vec![rule(&["*"], &["*", "*/*"])])
     }
 
+    fn redactor() -> Redactor {
+        Redactor::new(b"0123456789abcdef0123456789abcdef")
+    }
+
     fn compile(spec: &TrackingPolicySpec) -> CompiledPolicy {
         CompiledPolicy::compile("p", spec).unwrap()
     }
@@ -794,7 +883,11 @@ mod tests {
     fn everything_matches_every_fixture() {
         let p = compile(&everything());
         for (name, _) in testdata::FIXTURES {
-            assert_eq!(p.matches(&testdata::request(name)), Ok(()), "{name}");
+            assert_eq!(
+                p.matches(&testdata::request(name), &redactor()),
+                Ok(()),
+                "{name}"
+            );
         }
     }
 
@@ -807,7 +900,8 @@ mod tests {
         let cm = testdata::request("create-configmap");
         let check = |resources: &[&str], groups: &[&str], expect: [bool; 5]| {
             let p = compile(&spec(vec![rule(groups, resources)]));
-            let got = [&main, &scale, &status, &wscale, &cm].map(|r| p.matches(r).is_ok());
+            let got =
+                [&main, &scale, &status, &wscale, &cm].map(|r| p.matches(r, &redactor()).is_ok());
             assert_eq!(got, expect, "{resources:?} {groups:?}");
         };
         check(
@@ -853,17 +947,20 @@ mod tests {
         r.api_versions = vec!["v1beta1".into()];
         let p = compile(&spec(vec![r.clone()]));
         assert_eq!(
-            p.matches(&testdata::request("update-deployment")),
+            p.matches(&testdata::request("update-deployment"), &redactor()),
             Err(NotMatched::Resource)
         );
         r.api_versions = vec!["v1".into()];
         r.operations = vec![Operation::Delete];
         let p = compile(&spec(vec![r]));
         assert_eq!(
-            p.matches(&testdata::request("update-deployment")),
+            p.matches(&testdata::request("update-deployment"), &redactor()),
             Err(NotMatched::Operation)
         );
-        assert_eq!(p.matches(&testdata::request("delete-deployment")), Ok(()));
+        assert_eq!(
+            p.matches(&testdata::request("delete-deployment"), &redactor()),
+            Ok(())
+        );
     }
 
     #[test]
@@ -878,18 +975,24 @@ mod tests {
             selector: None,
         };
         s.namespaces = Some(ns(&["de*"], &[]));
-        assert_eq!(compile(&s).matches(&req), Ok(()));
+        assert_eq!(compile(&s).matches(&req, &redactor()), Ok(()));
         assert_eq!(
-            compile(&s).matches(&cluster_scoped),
+            compile(&s).matches(&cluster_scoped, &redactor()),
             Err(NotMatched::Namespace)
         );
         s.namespaces = Some(ns(&["prod-*"], &[]));
-        assert_eq!(compile(&s).matches(&req), Err(NotMatched::Namespace));
+        assert_eq!(
+            compile(&s).matches(&req, &redactor()),
+            Err(NotMatched::Namespace)
+        );
         s.namespaces = Some(ns(&["*"], &["demo"]));
-        assert_eq!(compile(&s).matches(&req), Err(NotMatched::Namespace));
+        assert_eq!(
+            compile(&s).matches(&req, &redactor()),
+            Err(NotMatched::Namespace)
+        );
         s.namespaces = Some(ns(&[], &["kube-*"]));
-        assert_eq!(compile(&s).matches(&req), Ok(()));
-        assert_eq!(compile(&s).matches(&cluster_scoped), Ok(()));
+        assert_eq!(compile(&s).matches(&req, &redactor()), Ok(()));
+        assert_eq!(compile(&s).matches(&cluster_scoped, &redactor()), Ok(()));
     }
 
     #[test]
@@ -904,21 +1007,21 @@ mod tests {
         };
         s.users = Some(users(&["ali*"], &[], &[]));
         let p = compile(&s);
-        assert_eq!(p.matches(&alice), Ok(()));
-        assert_eq!(p.matches(&admin), Err(NotMatched::User));
+        assert_eq!(p.matches(&alice, &redactor()), Ok(()));
+        assert_eq!(p.matches(&admin, &redactor()), Err(NotMatched::User));
         s.users = Some(users(&[], &["alice"], &[]));
         let p = compile(&s);
-        assert_eq!(p.matches(&alice), Err(NotMatched::User));
-        assert_eq!(p.matches(&admin), Ok(()));
+        assert_eq!(p.matches(&alice, &redactor()), Err(NotMatched::User));
+        assert_eq!(p.matches(&admin, &redactor()), Ok(()));
         s.users = Some(users(&[], &[], &["system:masters"]));
         let p = compile(&s);
-        assert_eq!(p.matches(&alice), Ok(()));
-        assert_eq!(p.matches(&admin), Err(NotMatched::Group));
+        assert_eq!(p.matches(&alice, &redactor()), Ok(()));
+        assert_eq!(p.matches(&admin, &redactor()), Err(NotMatched::Group));
         s.users = Some(users(&[], &["system:serviceaccount:kube-system:*"], &[]));
         let mut sa = admin.clone();
         sa.user.username = "system:serviceaccount:kube-system:replicaset-controller".into();
-        assert_eq!(compile(&s).matches(&sa), Err(NotMatched::User));
-        assert_eq!(compile(&s).matches(&admin), Ok(()));
+        assert_eq!(compile(&s).matches(&sa, &redactor()), Err(NotMatched::User));
+        assert_eq!(compile(&s).matches(&admin, &redactor()), Ok(()));
     }
 
     fn with_conditions(exprs: &[&str]) -> TrackingPolicySpec {
@@ -942,9 +1045,9 @@ mod tests {
         let p = compile(&with_conditions(&[
             "!request.userInfo.username.startsWith('system:')",
         ]));
-        assert_eq!(p.matches(&alice), Ok(()));
+        assert_eq!(p.matches(&alice, &redactor()), Ok(()));
         assert_eq!(
-            p.matches(&sa),
+            p.matches(&sa, &redactor()),
             Err(NotMatched::Condition { name: "c0".into() })
         );
 
@@ -956,39 +1059,155 @@ mod tests {
             "request.userInfo.groups.all(g, g != 'system:masters')",
             "request.userInfo.groups.exists(x, x.lowerAscii() == 'dev')",
         ]));
-        assert_eq!(p.matches(&alice), Ok(()));
+        assert_eq!(p.matches(&alice, &redactor()), Ok(()));
 
         let scale = testdata::request("update-deployment-scale");
         let p = compile(&with_conditions(&[
             "object.spec.replicas > oldObject.spec.replicas",
         ]));
-        assert_eq!(p.matches(&scale), Ok(()));
+        assert_eq!(p.matches(&scale, &redactor()), Ok(()));
         let p = compile(&with_conditions(&[
             "object.spec.replicas > 2 && request.subResource == 'scale'",
         ]));
-        assert_eq!(p.matches(&scale), Ok(()));
+        assert_eq!(p.matches(&scale, &redactor()), Ok(()));
     }
 
     #[test]
     fn cel_runtime_errors_are_reported_not_matched() {
         let alice = testdata::request("create-configmap-alice");
         let p = compile(&with_conditions(&["object.spec.replicas > 1"]));
-        let e = p.matches(&alice).unwrap_err();
+        let e = p.matches(&alice, &redactor()).unwrap_err();
         assert_eq!(e.metric_label(), "condition_error");
         let p = compile(&with_conditions(&["request.name"]));
-        match p.matches(&alice) {
-            Err(NotMatched::ConditionError { name, message }) => {
-                assert_eq!(name, "c0");
-                assert!(message.contains("not a bool"), "{message}");
-            }
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            p.matches(&alice, &redactor()),
+            Err(NotMatched::ConditionError {
+                name: "c0".into(),
+                kind: ConditionErrorKind::NotBool
+            })
+        );
         // cel-rust reads a field of null as null: false rather than an error, but never a match.
         let p = compile(&with_conditions(&["oldObject.metadata.name == 'x'"]));
-        assert!(p.matches(&alice).is_err());
-        let p = compile(&with_conditions(&["1 / 0 == 1"]));
-        let r = p.matches(&alice);
-        assert!(matches!(r, Err(NotMatched::ConditionError { .. })), "{r:?}");
+        assert!(p.matches(&alice, &redactor()).is_err());
+        for (expr, kind) in [
+            ("1 / 0 == 1", ConditionErrorKind::DivisionByZero),
+            ("9223372036854775807 + 1 == 0", ConditionErrorKind::Overflow),
+            ("object.data.nope == 'x'", ConditionErrorKind::NoSuchKey),
+            (
+                "object.data.owner + 1 == 2",
+                ConditionErrorKind::TypeMismatch,
+            ),
+            ("[1][5] == 1", ConditionErrorKind::OutOfBounds),
+            ("int('x') == 1", ConditionErrorKind::Function),
+        ] {
+            let p = compile(&with_conditions(&[expr]));
+            assert_eq!(
+                p.matches(&alice, &redactor()),
+                Err(NotMatched::ConditionError {
+                    name: "c0".into(),
+                    kind
+                }),
+                "{expr}"
+            );
+        }
+    }
+
+    /// The Secret of a real review, with `stringData` and a last-applied annotation added as a
+    /// hostile client may send them (the apiserver folds `stringData` into `data` first).
+    fn hostile_secret() -> Request {
+        let mut req = testdata::request("update-secret");
+        for obj in [req.object.as_mut(), req.old_object.as_mut()] {
+            let obj = obj.unwrap();
+            obj["stringData"] = serde_json::json!({"password": "s3cr3t"});
+            obj["metadata"]["annotations"] = serde_json::json!({
+                crate::pipeline::noise::LAST_APPLIED:
+                    r#"{"apiVersion":"v1","kind":"Secret","stringData":{"password":"s3cr3t"}}"#
+            });
+        }
+        req
+    }
+
+    /// Neither the plain nor the base64 form of the fixtures' Secret value appears in `text`.
+    fn assert_no_secret(text: &str) {
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(!text.contains("czNjcjN0"), "{text}");
+    }
+
+    #[test]
+    fn conditions_failing_on_a_secret_say_nothing_of_its_values() {
+        let req = hostile_secret();
+        assert!(
+            req.object
+                .as_ref()
+                .unwrap()
+                .to_string()
+                .contains("czNjcjN0")
+        );
+        for (expr, kind) in [
+            (
+                "object.data.password + 1 == 2",
+                Some(ConditionErrorKind::TypeMismatch),
+            ),
+            (
+                "object.stringData[object.stringData.password]",
+                Some(ConditionErrorKind::NoSuchKey),
+            ),
+            ("int(object.data)", Some(ConditionErrorKind::Function)),
+            (
+                "oldObject.stringData.password + 1 == 2",
+                Some(ConditionErrorKind::TypeMismatch),
+            ),
+            // The annotation is gone (and with it the map): some error, whichever cel-rust picks.
+            (
+                "int(object.metadata.annotations['kubectl.kubernetes.io/last-applied-configuration']) == 1",
+                None,
+            ),
+        ] {
+            let p = compile(&with_conditions(&[expr]));
+            let err = p.matches(&req, &redactor()).unwrap_err();
+            match (&err, kind) {
+                (NotMatched::ConditionError { name, kind: got }, want) => {
+                    assert_eq!(name, "c0");
+                    if let Some(want) = want {
+                        assert_eq!(*got, want, "{expr}");
+                    }
+                }
+                (other, _) => panic!("{expr}: {other:?}"),
+            }
+            assert_no_secret(&format!("{err:?} {err}"));
+        }
+    }
+
+    #[test]
+    fn conditions_see_a_secret_as_the_store_keeps_it() {
+        let req = hostile_secret();
+        let r = redactor();
+        let stored = r.redacted(req.object.as_ref().unwrap(), &req.kind);
+        let hash = stored["data"]["password"].as_str().unwrap();
+        let p = compile(&with_conditions(&[
+            &format!("object.data.password == '{hash}'"),
+            "object.stringData.password == object.data.password",
+            "oldObject.data.password == object.data.password",
+            "!has(object.metadata.annotations)",
+            "object.metadata.name == 'db-pass'",
+        ]));
+        assert_eq!(p.matches(&req, &r), Ok(()));
+        for guess in [
+            "object.data.password == 'czNjcjN0'",
+            "object.stringData.password == 's3cr3t'",
+            "oldObject.data.password == 'czNjcjN0'",
+        ] {
+            let p = compile(&with_conditions(&[guess]));
+            assert_eq!(
+                p.matches(&req, &r),
+                Err(NotMatched::Condition { name: "c0".into() }),
+                "{guess}"
+            );
+        }
+        // Other kinds are seen as they are.
+        let cm = testdata::request("create-configmap-alice");
+        let p = compile(&with_conditions(&["object.data.owner == 'alice'"]));
+        assert_eq!(p.matches(&cm, &r), Ok(()));
     }
 
     #[test]
@@ -1024,14 +1243,20 @@ mod tests {
             "true{}",
             " && true".repeat(1000)
         )]));
-        assert_eq!(p.matches(&testdata::request("create-configmap")), Ok(()));
+        assert_eq!(
+            p.matches(&testdata::request("create-configmap"), &redactor()),
+            Ok(())
+        );
         // Parentheses alone do not nest the tree: accepted.
         let p = compile(&with_conditions(&[&format!(
             "{}true{}",
             "(".repeat(60),
             ")".repeat(60)
         )]));
-        assert_eq!(p.matches(&testdata::request("create-configmap")), Ok(()));
+        assert_eq!(
+            p.matches(&testdata::request("create-configmap"), &redactor()),
+            Ok(())
+        );
     }
 
     #[test]

@@ -9,13 +9,16 @@
 //!   the change is `/spec/replicas`.
 //! - DELETE: no field changes; `object` and `before` are the cleaned last state.
 //!
+//! A review whose names, uids or labels exceed Kubernetes' bounds ([`limits`]) is not recorded.
+//!
 //! Deduplication of retried request uids is not done here (it needs memory of past requests): the
 //! caller or the store does it. Pure: no I/O, no clock (the receipt time comes in).
 
 use super::diff::diff;
 use super::event::{Captured, ChangeEvent};
+use super::limits::{self, Oversized};
 use super::noise::cleaned;
-use super::policy::{CompiledPolicy, NotMatched};
+use super::policy::{CompiledPolicy, ConditionErrorKind, NotMatched};
 use super::redact::Redactor;
 use super::review::Request;
 use crate::crd::Operation;
@@ -36,6 +39,8 @@ pub enum Outcome {
 /// Why a request is not recorded under a policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SkipReason {
+    /// A name, uid or label beyond Kubernetes' bounds ([`limits`]): no apiserver sent this.
+    Oversized(Oversized),
     /// A dry-run request changes nothing.
     DryRun,
     /// The policy does not cover the request.
@@ -46,8 +51,8 @@ pub enum SkipReason {
     ConditionError {
         /// Name of the condition.
         name: String,
-        /// What went wrong.
-        message: String,
+        /// What went wrong, as a fixed category (never a message: those quote values).
+        kind: ConditionErrorKind,
     },
 }
 
@@ -55,6 +60,7 @@ impl SkipReason {
     /// A short, fixed label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
+            SkipReason::Oversized(_) => "oversized",
             SkipReason::DryRun => "dry_run",
             SkipReason::NotMatched(_) => "not_matched",
             SkipReason::EmptyDiff => "empty_diff",
@@ -66,11 +72,12 @@ impl SkipReason {
 impl std::fmt::Display for SkipReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            SkipReason::Oversized(o) => write!(f, "oversized: {o}"),
             SkipReason::DryRun => f.write_str("dry run"),
             SkipReason::NotMatched(n) => write!(f, "not matched: {n}"),
             SkipReason::EmptyDiff => f.write_str("empty diff"),
-            SkipReason::ConditionError { name, message } => {
-                write!(f, "condition {name} failed: {message}")
+            SkipReason::ConditionError { name, kind } => {
+                write!(f, "condition {name} failed: {kind}")
             }
         }
     }
@@ -83,13 +90,16 @@ pub fn process(
     redactor: &Redactor,
     received_at: Timestamp,
 ) -> Outcome {
+    if let Err(o) = limits::check(req) {
+        return Outcome::Skip(SkipReason::Oversized(o));
+    }
     if req.dry_run {
         return Outcome::Skip(SkipReason::DryRun);
     }
-    match policy.matches(req) {
+    match policy.matches(req, redactor) {
         Ok(()) => {}
-        Err(NotMatched::ConditionError { name, message }) => {
-            return Outcome::Skip(SkipReason::ConditionError { name, message });
+        Err(NotMatched::ConditionError { name, kind }) => {
+            return Outcome::Skip(SkipReason::ConditionError { name, kind });
         }
         Err(other) => return Outcome::Skip(SkipReason::NotMatched(other)),
     }
@@ -380,6 +390,63 @@ mod tests {
         assert!(!s.contains("hmac"), "{s}");
         let text = serde_json::to_string(&c.event).unwrap();
         assert!(!text.contains("bmV3LXBhc3M=") && !text.contains("new-pass"));
+    }
+
+    #[test]
+    fn numbers_beyond_f64_are_recorded_digit_for_digit() {
+        let (body, huge) = testdata::wide_numbers_review();
+        let req = crate::pipeline::review::parse(body.as_bytes())
+            .unwrap()
+            .request
+            .unwrap();
+        let Outcome::Record(c) = process(&req, &policy(&spec()), &redactor(), now()) else {
+            panic!("skipped");
+        };
+        let change = |path: &str| {
+            c.event
+                .changes
+                .iter()
+                .find(|c| c.path == path)
+                .unwrap_or_else(|| panic!("no {path} in {:#?}", c.event.changes))
+                .new
+                .clone()
+        };
+        assert_eq!(change("/spec/huge"), Some(Value::String(huge.clone())));
+        assert_eq!(change("/spec/big"), Some(json!("1e999")));
+        let yaml = crate::pipeline::unified_yaml_diff(
+            c.before.as_ref(),
+            c.event.object.as_ref(),
+            "before",
+            "after",
+        );
+        assert!(yaml.contains(&huge), "{yaml}");
+        assert!(yaml.contains("1e999"), "{yaml}");
+        // And through the JSON the store keeps.
+        let text = serde_json::to_string(&c.event).unwrap();
+        assert_eq!(
+            &serde_json::from_str::<ChangeEvent>(&text).unwrap(),
+            &c.event
+        );
+    }
+
+    #[test]
+    fn oversized_reviews_are_not_recorded() {
+        let mut req = testdata::request("update-deployment");
+        req.name = "n".repeat(1 << 20);
+        let why = process(&req, &policy(&spec()), &redactor(), now());
+        let Outcome::Skip(why) = why else {
+            panic!("recorded: {why:?}")
+        };
+        assert_eq!(
+            why,
+            SkipReason::Oversized(Oversized {
+                field: "name",
+                len: 1 << 20,
+                limit: limits::MAX_NAME
+            })
+        );
+        assert_eq!(why.metric_label(), "oversized");
+        assert!(why.to_string().len() < 100, "{why}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use super::noise::remove_last_applied;
 use base64::Engine as _;
 use ring::hmac;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// Prefix of every redacted value.
 pub const REDACTED_PREFIX: &str = "hmac-sha256:";
@@ -43,7 +44,7 @@ impl Redactor {
     /// `apiVersion`/`kind`): every `data` and `stringData` value becomes a hash and the last-applied
     /// annotation goes. Returns true when `obj` is a Secret (and so was redacted).
     pub fn redact(&self, obj: &mut Value, kind: &KindId) -> bool {
-        if !(is_secret_kind(kind) || is_secret_object(obj)) {
+        if !is_secret(obj, kind) {
             return false;
         }
         let Value::Object(top) = obj else {
@@ -59,6 +60,18 @@ impl Redactor {
             remove_last_applied(meta);
         }
         true
+    }
+
+    /// `obj` as [`redact`](Self::redact) leaves it: borrowed untouched when it is not a Secret,
+    /// else a redacted copy. For readers that must not see values but must not change the
+    /// request either (CEL conditions).
+    pub fn redacted<'a>(&self, obj: &'a Value, kind: &KindId) -> Cow<'a, Value> {
+        if !is_secret(obj, kind) {
+            return Cow::Borrowed(obj);
+        }
+        let mut copy = obj.clone();
+        self.redact(&mut copy, kind);
+        Cow::Owned(copy)
     }
 
     fn redact_values(&self, data: &mut Value, base64: bool) {
@@ -97,6 +110,12 @@ impl Redactor {
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Whether `obj` is a core/v1 Secret, by the request's `kind` or the object's own
+/// `apiVersion`/`kind` (either is enough: a hostile review may set only one of them).
+fn is_secret(obj: &Value, kind: &KindId) -> bool {
+    is_secret_kind(kind) || is_secret_object(obj)
+}
 
 fn is_secret_kind(kind: &KindId) -> bool {
     kind.group.is_empty() && kind.kind == "Secret"

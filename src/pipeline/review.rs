@@ -11,6 +11,12 @@
 //!   `metadata.managedFields` is skipped while parsing (never built): it is about half of a
 //!   typical object and noise the pipeline drops anyway, so CEL conditions do not see it either.
 //!
+//! Numbers: valid JSON has no range limit, serde_json does (`f64`). A number beyond it (`1e999`, an
+//! integer of hundreds of digits) would make the body unparsable, so such a body is parsed again
+//! with those numbers as strings of their exact text (see `quote_wide_numbers` for why strings).
+//! Numbers within range are read as serde_json reads them: integers within 64 bits exactly, the rest
+//! as the nearest `f64`.
+//!
 //! Depth: serde_json stops at 128 levels of nesting, so no body can overflow the stack here. A
 //! review nested deeper than that is re-read leniently (serde_json skips ignored values iteratively,
 //! without recursion) to recover its `uid`, so even it gets a proper `allowed` answer.
@@ -57,10 +63,36 @@ pub struct Parsed {
 }
 
 impl Parsed {
-    /// The response body for this review: always allowed, echoing uid and apiVersion (an empty uid
-    /// when the review had none).
+    /// The response body for this review: always allowed, echoing uid and apiVersion (see
+    /// [`response_uid`](Self::response_uid) and [`response_api_version`](Self::response_api_version)).
     pub fn allowed_response(&self) -> Vec<u8> {
-        allowed_response(&self.api_version, self.uid.as_deref().unwrap_or(""))
+        allowed_response(self.response_api_version(), self.response_uid())
+    }
+
+    /// The uid to answer with: the request's, or empty when it had none or one longer than
+    /// [`MAX_REQUEST_UID`](super::limits::MAX_REQUEST_UID).
+    ///
+    /// The apiserver requires the answer's uid to equal the request's, so echoing is right for
+    /// every uid it sends: UUIDs of 36 characters. A longer uid never comes from an apiserver, and
+    /// echoing it would hand whoever sent it a response as large as their request (a megabyte uid
+    /// makes a megabyte answer). Truncating would match nothing either, so the answer is a plain
+    /// well-formed `allowed: true` with an empty uid: still allowed, as every review is.
+    pub fn response_uid(&self) -> &str {
+        match self.uid.as_deref() {
+            Some(uid) if uid.len() <= super::limits::MAX_REQUEST_UID => uid,
+            _ => "",
+        }
+    }
+
+    /// The `apiVersion` to answer with: the review's own, or [`ADMISSION_V1`] when it is longer
+    /// than any real one could be ([`MAX_API_VERSION`](super::limits::MAX_API_VERSION)); for the
+    /// same reason as [`response_uid`](Self::response_uid).
+    pub fn response_api_version(&self) -> &str {
+        if self.api_version.len() <= super::limits::MAX_API_VERSION {
+            &self.api_version
+        } else {
+            ADMISSION_V1
+        }
     }
 }
 
@@ -93,15 +125,28 @@ pub struct Request {
 
 /// Parses an AdmissionReview body. Never panics, whatever the bytes.
 pub fn parse(body: &[u8]) -> Result<Parsed, ReviewError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let value = Lean(Level::Top)
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|()| v));
-    match value {
+    match parse_json(body) {
         Ok(value) => classify(value),
         Err(e) if is_recursion_limit(&e) => parse_too_deep(body, &e),
+        Err(e) if is_out_of_range(&e) => {
+            let invalid = || ReviewError::NotAReview(format!("invalid JSON: {e}"));
+            // Rare (no apiserver sends such numbers), so the copy is only made here.
+            let quoted = quote_wide_numbers(body).ok_or_else(invalid)?;
+            match parse_json(&quoted) {
+                Ok(value) => classify(value),
+                Err(e) if is_recursion_limit(&e) => parse_too_deep(&quoted, &e),
+                Err(_) => Err(invalid()),
+            }
+        }
         Err(e) => Err(ReviewError::NotAReview(format!("invalid JSON: {e}"))),
     }
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    Lean(Level::Top)
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
 }
 
 /// The response body for a review: `allowed: true` with its uid, in its apiVersion.
@@ -211,6 +256,93 @@ impl<'de> Visitor<'de> for Lean {
 
 fn is_recursion_limit(e: &serde_json::Error) -> bool {
     e.is_syntax() && e.to_string().starts_with("recursion limit exceeded")
+}
+
+fn is_out_of_range(e: &serde_json::Error) -> bool {
+    e.is_syntax() && e.to_string().starts_with("number out of range")
+}
+
+/// `body` with every number serde_json cannot hold (beyond `f64`'s range: `1e999`, an integer of
+/// hundreds of digits) turned into a JSON string of its exact text; `None` when there is none, or
+/// when a number token is malformed (then the body is not JSON, and the first error stands).
+///
+/// Why strings: valid JSON has no limit on numbers, the promise is `allowed` for every well-formed
+/// review, and the number is user data that history should show digit for digit. serde_json
+/// holds such numbers only with its `arbitrary_precision` feature, which changes every `Value` in
+/// the program (kube's included) and makes any JSON object whose first key is
+/// `$serde_json::private::Number` parse as a number, or fail to parse at all: a hostile review
+/// could then earn a 400, or make stored history unreadable. A string keeps every digit and is
+/// harmless everywhere. Only strings and numbers are lexed; everything else is left for serde_json
+/// to judge on the second parse, so invalid JSON stays invalid.
+fn quote_wide_numbers(body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut i, mut copied) = (0, 0);
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                // Skip the string, escapes included; an unterminated one ends the scan.
+                i += 1;
+                while i < body.len() && body[i] != b'"' {
+                    i += if body[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let end = number_end(body, i)?;
+                let text = &body[i..end];
+                let fits = std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .is_some_and(f64::is_finite);
+                if !fits {
+                    out.extend_from_slice(&body[copied..i]);
+                    out.push(b'"');
+                    out.extend_from_slice(text);
+                    out.push(b'"');
+                    copied = end;
+                }
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.extend_from_slice(&body[copied..]);
+    Some(out)
+}
+
+/// End of the JSON number starting at `start` (`-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`),
+/// or `None` when what starts there is not one.
+fn number_end(b: &[u8], start: usize) -> Option<usize> {
+    let digits = |mut i: usize| {
+        let from = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        (i > from).then_some(i)
+    };
+    let mut i = start;
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    i = match b.get(i) {
+        Some(b'0') => i + 1,
+        Some(b'1'..=b'9') => digits(i)?,
+        _ => return None,
+    };
+    if b.get(i) == Some(&b'.') {
+        i = digits(i + 1)?;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        i = digits(i)?;
+    }
+    Some(i)
 }
 
 fn classify(value: Value) -> Result<Parsed, ReviewError> {
@@ -591,6 +723,88 @@ mod tests {
             "[".repeat(100_000)
         );
         not_a_review(body.as_bytes());
+    }
+
+    #[test]
+    fn numbers_beyond_f64_are_kept_digit_for_digit() {
+        let (body, huge) = testdata::wide_numbers_review();
+        assert!(
+            serde_json::from_str::<Value>(&body).is_err(),
+            "serde_json alone refuses it"
+        );
+        let p = parse(body.as_bytes()).unwrap();
+        let req = p.request.unwrap();
+        let spec = &req.object.as_ref().unwrap()["spec"];
+        assert_eq!(spec["huge"], Value::String(huge));
+        assert_eq!(spec["big"], "1e999");
+        // Strings that look like numbers stay as they were; numbers in range stay numbers.
+        assert_eq!(spec["note"], "1e999 \" -1e999");
+        assert_eq!(spec["replicas"], 1);
+        assert_eq!(req.uid, testdata::index_uid("update-widget"));
+        assert_eq!(p.uid.as_deref(), Some(req.uid.as_str()));
+    }
+
+    #[test]
+    fn wide_numbers_do_not_make_invalid_json_valid() {
+        for bad in [
+            "1e999 x",
+            "-1e999e5",
+            "1e999.5",
+            "--1e999",
+            "1e999, 01",
+            "1e",
+            "[1e999",
+            "\"1e999",
+        ] {
+            let body = format!(
+                r#"{{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{{"uid":"u","x":{bad}}}}}"#
+            );
+            let m = not_a_review(body.as_bytes());
+            assert!(m.starts_with("invalid JSON"), "{bad}: {m}");
+        }
+        assert_eq!(quote_wide_numbers(b"[1, 2.5, -3e5]"), None);
+        assert_eq!(
+            quote_wide_numbers(br#"[1e999,"a\"1e999",-0.5E+999]"#).as_deref(),
+            Some(&br#"["1e999","a\"1e999","-0.5E+999"]"#[..])
+        );
+        // Deep as well as wide: still answered with its uid.
+        let body = format!(
+            r#"{{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":{{"uid":"deep-2","object":{}1e999{}}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let (p, why) = uninterpretable(body.as_bytes());
+        assert_eq!(p.uid.as_deref(), Some("deep-2"));
+        assert!(why.contains("128"), "{why}");
+    }
+
+    #[test]
+    fn only_uids_an_apiserver_could_send_are_echoed() {
+        let mut v: Value = serde_json::from_str(testdata::fixture("create-configmap")).unwrap();
+        let answer = |v: &Value| {
+            let p = parse(&serde_json::to_vec(v).unwrap()).unwrap();
+            let body = p.allowed_response();
+            (serde_json::from_slice::<Value>(&body).unwrap(), body.len())
+        };
+        let (a, _) = answer(&v);
+        assert_eq!(
+            a["response"]["uid"],
+            testdata::index_uid("create-configmap")
+        );
+        v["request"]["uid"] = "u".repeat(128).into();
+        assert_eq!(answer(&v).0["response"]["uid"], "u".repeat(128));
+        v["request"]["uid"] = "u".repeat(1 << 20).into();
+        let (a, len) = answer(&v);
+        assert_eq!(a["response"]["uid"], "");
+        assert_eq!(a["response"]["allowed"], true);
+        assert!(len < 200, "{len} bytes");
+        // Uninterpretable as well (no kind), and a huge apiVersion is not echoed either.
+        v["request"]["kind"] = Value::Null;
+        v["apiVersion"] = "a".repeat(1 << 20).into();
+        let (a, len) = answer(&v);
+        assert_eq!(a["response"]["uid"], "");
+        assert_eq!(a["apiVersion"], ADMISSION_V1);
+        assert!(len < 200, "{len} bytes");
     }
 
     #[test]

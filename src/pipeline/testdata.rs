@@ -62,3 +62,19 @@ pub fn index_uid(name: &str) -> &'static str {
         .to_owned();
     Box::leak(uid.into_boxed_str())
 }
+
+/// The recorded Widget update with numbers no `f64` holds added to its new `spec`: a 5,000-digit
+/// integer and `1e999` (written into the text: serde_json cannot write them). Returns the body and
+/// the integer's text.
+pub fn wide_numbers_review() -> (String, String) {
+    let mut v: serde_json::Value = serde_json::from_str(fixture("update-widget")).unwrap();
+    v["request"]["object"]["spec"]["huge"] = "HUGE".into();
+    v["request"]["object"]["spec"]["big"] = "BIG".into();
+    v["request"]["object"]["spec"]["note"] = "1e999 \" -1e999".into();
+    let huge = format!("-{}", "7".repeat(5000));
+    let body = v
+        .to_string()
+        .replace("\"HUGE\"", &huge)
+        .replace("\"BIG\"", "1e999");
+    (body, huge)
+}

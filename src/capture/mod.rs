@@ -3,6 +3,7 @@
 //! durable write no longer than the deadline. Also serves `/healthz`, `/readyz` and `/metrics`.
 //! Knows nothing of Kubernetes clients; policies come from the shared [`PolicyIndex`].
 
+pub mod conn;
 pub mod tls;
 mod writer;
 
@@ -14,8 +15,7 @@ use crate::pipeline::{self, Outcome, Redactor, SkipReason};
 use crate::store::AppendOutcome;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -45,6 +45,8 @@ pub struct Capture {
     pub registry: Arc<Registry>,
     /// Longest wait for the durable write.
     pub deadline: Duration,
+    /// Longest time to receive a review's body once its headers are in.
+    pub body_timeout: Duration,
     /// Users whose requests are never recorded: the operator's own service account, whose
     /// ChangeRecord writes must not loop back (also pushed down as matchConditions where the
     /// apiserver supports them).
@@ -98,15 +100,27 @@ async fn metrics(State(state): State<Arc<Capture>>) -> Response {
 async fn admit(
     State(state): State<Arc<Capture>>,
     Path(policy): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> Response {
     let started = Instant::now();
     let received_at = jiff::Timestamp::now();
+    // A total deadline, not one per chunk: a body dribbled a byte at a time must not hold the
+    // connection (and its slot) for ever.
+    let body = tokio::time::timeout(state.body_timeout, Bytes::from_request(request, &())).await;
     let (response, outcome) = match body {
-        Ok(body) => review(&state, &policy, &body, received_at).await,
-        Err(rejection) => {
+        Ok(Ok(body)) => review(&state, &policy, &body, received_at).await,
+        Ok(Err(rejection)) => {
             tracing::warn!(policy = %policy, error = %rejection, "review body rejected");
             (rejection.into_response(), "bad_request")
+        }
+        Err(_) => {
+            tracing::warn!(policy = %policy, "review body not received in time; closing the connection");
+            let response = (
+                StatusCode::REQUEST_TIMEOUT,
+                [(header::CONNECTION, "close")],
+                "histor: request body not received in time\n",
+            );
+            (response.into_response(), "body_timeout")
         }
     };
     state.metrics.review(outcome);

@@ -717,7 +717,9 @@ async fn front_proxy_certificate_over_real_tls() {
             .unwrap();
     let config = tls::load(&files, Some(front_proxy)).unwrap();
     let handle = axum_server::Handle::new();
-    let server = tls::bind("127.0.0.1:0".parse().unwrap(), config).handle(handle.clone());
+    let limiter =
+        crate::capture::conn::Limiter::new(Default::default(), &crate::metrics::Metrics::default());
+    let server = tls::bind("127.0.0.1:0".parse().unwrap(), config, limiter).handle(handle.clone());
     let app = router(state);
     tokio::spawn(server.serve(app.into_make_service()));
     let addr = handle.listening().await.unwrap();

@@ -1,18 +1,20 @@
 //! The TLS side of front-proxy authentication: a rustls server configuration that requests (but
 //! does not require) client certificates and verifies them against the current requestheader CA,
 //! and an `axum_server` acceptor that hands the verified peer chain to handlers as a request
-//! extension ([`PeerCertificates`]).
+//! extension ([`PeerCertificates`]), under the connection limits of [`crate::capture::conn`].
 //!
 //! The client verifier reads the CA from the shared [`FrontProxy`] at every handshake, so a CA
 //! refreshed from the ConfigMap takes effect without rebuilding the server configuration.
 
 use super::auth::FrontProxy;
+use crate::capture::conn::{Activity, Guarded, Limiter, Tracked};
 use crate::capture::tls::CertFiles;
 use crate::{Error, Result};
 use axum::middleware::AddExtension;
 use axum_server::accept::Accept;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use futures::future::BoxFuture;
+use hyper_util::rt::TokioTimer;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -21,7 +23,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureSc
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tower_layer::Layer;
 
@@ -134,41 +136,58 @@ pub fn server_config(
     Ok(config)
 }
 
-/// A TLS acceptor that records the client's certificate chain in each request's extensions.
+/// A TLS acceptor that applies the connection limits ([`conn`]) and records the client's
+/// certificate chain in each request's extensions.
 #[derive(Clone, Debug)]
 pub struct PeerCertAcceptor {
     inner: RustlsAcceptor,
+    limiter: Arc<Limiter>,
 }
 
 impl PeerCertAcceptor {
-    /// An acceptor serving `config`.
-    pub fn new(config: RustlsConfig) -> Self {
+    /// An acceptor serving `config` under `limiter`'s limits.
+    pub fn new(config: RustlsConfig, limiter: Arc<Limiter>) -> Self {
         PeerCertAcceptor {
-            inner: RustlsAcceptor::new(config),
+            inner: RustlsAcceptor::new(config)
+                .handshake_timeout(limiter.limits().handshake_timeout),
+            limiter,
         }
     }
 }
 
-impl<I, S> Accept<I, S> for PeerCertAcceptor
+impl<S> Accept<TcpStream, S> for PeerCertAcceptor
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Send + 'static,
 {
-    type Stream = TlsStream<I>;
-    type Service = AddExtension<S, PeerCertificates>;
+    type Stream = Guarded<TlsStream<TcpStream>>;
+    type Service = Tracked<AddExtension<S, PeerCertificates>>;
     type Future = BoxFuture<'static, std::io::Result<(Self::Stream, Self::Service)>>;
 
-    fn accept(&self, stream: I, service: S) -> Self::Future {
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        // Decided before the handshake: a refused connection costs a descriptor for no longer
+        // than it takes to close it.
+        let slot = self.limiter.admit(stream.peer_addr().ok().map(|a| a.ip()));
         let acceptor = self.inner.clone();
         Box::pin(async move {
+            let slot = slot.map_err(|refusal| {
+                tracing::debug!(
+                    reason = refusal.label(),
+                    "connection refused by the connection limits"
+                );
+                std::io::Error::other(refusal.label())
+            })?;
             let (stream, service) = acceptor.accept(stream, service).await?;
             let chain = stream
                 .get_ref()
                 .1
                 .peer_certificates()
                 .map(|certs| Arc::new(certs.iter().map(|c| c.clone().into_owned()).collect()));
-            let service = axum::Extension(PeerCertificates(chain)).layer(service);
-            Ok((stream, service))
+            let activity = Activity::new();
+            let service = Tracked::new(
+                axum::Extension(PeerCertificates(chain)).layer(service),
+                activity.clone(),
+            );
+            Ok((Guarded::new(stream, slot, activity), service))
         })
     }
 }
@@ -221,11 +240,22 @@ fn read_pair(files: &CertFiles) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((cert, key))
 }
 
-/// An HTTPS server on `addr` whose handlers see [`PeerCertificates`]: the drop-in replacement
-/// for `axum_server::bind_rustls` when the query API is served.
+/// An HTTPS server on `addr` whose handlers see [`PeerCertificates`], with the connection
+/// limits and timeouts of `limiter`: the replacement for `axum_server::bind_rustls`.
 pub fn bind(
     addr: SocketAddr,
     config: RustlsConfig,
+    limiter: Arc<Limiter>,
 ) -> axum_server::Server<SocketAddr, PeerCertAcceptor> {
-    axum_server::bind(addr).acceptor(PeerCertAcceptor::new(config))
+    let header_timeout = limiter.limits().header_timeout;
+    let mut server = axum_server::bind(addr).acceptor(PeerCertAcceptor::new(config, limiter));
+    // Without a timer hyper applies no header timeout at all. With HTTP/1.1 this bounds both a
+    // dribbled header and the wait for the next request on a kept-alive connection.
+    server
+        .http_builder()
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    server.http_builder().http2().timer(TokioTimer::new());
+    server
 }

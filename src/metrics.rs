@@ -13,7 +13,8 @@ use std::sync::atomic::AtomicU64;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// `recorded`, `duplicate`, `linked`, `dry_run`, `empty_diff`, `not_matched`, `unknown_policy`,
-    /// `uninterpretable`, `bad_request`, `body_timeout`, `dropped`, `deadline_exceeded`, `store_error`, ...
+    /// `uninterpretable`, `bad_request`, `body_timeout`, `unauthenticated`, `forbidden`, `dropped`,
+    /// `deadline_exceeded`, `store_error`, ...
     pub outcome: &'static str,
 }
 

@@ -576,3 +576,159 @@ async fn hostile_idle_connections_from_one_source_leave_room_for_the_apiserver()
     drop(hostile);
     running.shutdown().await.unwrap();
 }
+
+/// A CA and a client certificate it signed for `cn`: PEM of the CA, of the client chain with its
+/// key (for `reqwest::Identity`).
+struct ClientPki {
+    ca_pem: String,
+    identity_pem: String,
+}
+
+fn client_pki(cn: &str) -> (ClientPki, rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "webhook-client-ca");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let pki = client_signed_by(&ca, cn);
+    (pki, ca)
+}
+
+fn client_signed_by(ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, cn: &str) -> ClientPki {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, ca).unwrap();
+    ClientPki {
+        ca_pem: ca.pem(),
+        identity_pem: format!("{}{}", cert.pem(), key.serialize_pem()),
+    }
+}
+
+fn client_with(ca: &Path, identity: Option<&ClientPki>) -> reqwest::Client {
+    let cert = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    let mut builder = reqwest::Client::builder().tls_certs_only([cert]);
+    if let Some(pki) = identity {
+        builder =
+            builder.identity(reqwest::Identity::from_pem(pki.identity_pem.as_bytes()).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+#[tokio::test]
+async fn only_the_apiserver_may_write_history() {
+    support::init();
+    let dir = tempfile::tempdir().unwrap();
+    let (apiserver, ca) = client_pki("kube-apiserver");
+    let mallory = client_signed_by(&ca, "mallory");
+    let (impostor, _) = client_pki("kube-apiserver");
+    let ca_file = dir.path().join("webhook-client-ca.crt");
+    std::fs::write(&ca_file, &apiserver.ca_pem).unwrap();
+    let mut serve = args(dir.path(), write_policy(dir.path(), "all"));
+    serve.capture.webhook_client_ca = Some(ca_file);
+    serve.capture.webhook_client_names = vec!["kube-apiserver".into()];
+    let running = start(serve).await.unwrap();
+    let server_ca = running.ca_file.clone().unwrap();
+    let url = format!("https://localhost:{}/admit/all", running.addr.port());
+    let review = fixture("admissionreview-update-configmap.json");
+    let stored = || running.store.query(&Query::default()).unwrap().events.len();
+
+    // Anyone who can reach the port, without a certificate: refused, nothing stored.
+    let (status, text) = post(&client_with(&server_ca, None), &url, review.clone()).await;
+    assert_eq!(status, 401, "{text}");
+    assert_eq!(stored(), 0);
+    // A certificate from another CA does not get through the handshake.
+    let result = client_with(&server_ca, Some(&impostor))
+        .post(&url)
+        .body(review.clone())
+        .send()
+        .await;
+    assert!(result.is_err(), "{result:?}");
+    // The right CA, but not a name allowed to post reviews.
+    let (status, text) = post(
+        &client_with(&server_ca, Some(&mallory)),
+        &url,
+        review.clone(),
+    )
+    .await;
+    assert_eq!(status, 403, "{text}");
+    assert_eq!(stored(), 0);
+
+    // The apiserver: recorded.
+    let trusted = client_with(&server_ca, Some(&apiserver));
+    let (status, text) = post(&trusted, &url, review.clone()).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(r#""allowed":true"#), "{text}");
+    assert_eq!(stored(), 1);
+    // A review for a policy histor does not have: allowed, counted, not stored.
+    let unknown = format!(
+        "https://localhost:{}/admit/no-such-policy",
+        running.addr.port()
+    );
+    let (status, _) = post(&trusted, &unknown, fresh_uid(&review, 7)).await;
+    assert_eq!(status, 200);
+    assert_eq!(stored(), 1);
+
+    let metrics = metrics_text(&running).await;
+    for line in [
+        r#"histor_admission_reviews_total{outcome="unauthenticated"} 1"#,
+        r#"histor_admission_reviews_total{outcome="forbidden"} 1"#,
+        r#"histor_admission_reviews_total{outcome="recorded"} 1"#,
+        r#"histor_admission_reviews_total{outcome="unknown_policy"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn reserved_slots_let_the_apiserver_in_when_its_own_address_is_full() {
+    use tokio::io::AsyncReadExt;
+    support::init();
+    let dir = tempfile::tempdir().unwrap();
+    let (apiserver, _ca) = client_pki("kube-apiserver");
+    let ca_file = dir.path().join("webhook-client-ca.crt");
+    std::fs::write(&ca_file, &apiserver.ca_pem).unwrap();
+    let mut serve = args(dir.path(), write_policy(dir.path(), "all"));
+    serve.capture.webhook_client_ca = Some(ca_file);
+    serve.capture.max_connections = 4;
+    serve.capture.max_connections_per_source = 8;
+    serve.capture.reserved_connections = 2;
+    let running = start(serve).await.unwrap();
+    let server_ca = running.ca_file.clone().unwrap();
+    let port = running.addr.port();
+
+    // A hostile process on the apiserver's own address takes every slot it can keep.
+    let mut hostile = Vec::new();
+    for _ in 0..6 {
+        let Ok(mut stream) = tls_connect(&server_ca, port, [127, 0, 0, 1], b"http/1.1").await
+        else {
+            continue;
+        };
+        let mut byte = [0u8; 1];
+        // Closed at once (a reserved slot without the certificate), or held.
+        match tokio::time::timeout(ms(300), stream.read(&mut byte)).await {
+            Ok(_) => {}
+            Err(_) => hostile.push(stream),
+        }
+    }
+    assert_eq!(hostile.len(), 2, "only the shared slots are kept");
+
+    let (status, text) = post(
+        &client_with(&server_ca, Some(&apiserver)),
+        &format!("https://localhost:{port}/admit/all"),
+        fixture("admissionreview-update-configmap.json"),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        running.store.query(&Query::default()).unwrap().events.len(),
+        1
+    );
+    drop(hostile);
+    running.shutdown().await.unwrap();
+}

@@ -20,6 +20,7 @@
 //!
 //! Depends on tokio, hyper's body and service traits and the metrics; nothing of Kubernetes.
 
+use crate::capture::tls::ClientCa;
 use crate::metrics::Metrics;
 use axum::body::HttpBody;
 use futures::future::BoxFuture;
@@ -27,6 +28,7 @@ use futures::task::AtomicWaker;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -140,6 +142,7 @@ struct Counts {
 /// Hands out connection slots; see the module documentation for the rules.
 pub struct Limiter {
     limits: ConnLimits,
+    reserve_for: Option<Arc<ClientCa>>,
     counts: parking_lot::Mutex<Counts>,
     open: Gauge,
     refused: Family<crate::metrics::ReasonLabels, Counter>,
@@ -155,10 +158,16 @@ impl std::fmt::Debug for Limiter {
 }
 
 impl Limiter {
-    /// A limiter for `limits`, counting in `metrics`.
-    pub fn new(limits: ConnLimits, metrics: &Metrics) -> Arc<Self> {
+    /// A limiter for `limits`, counting in `metrics`, whose reserved slots are kept only by
+    /// connections with a client certificate `reserve_for` accepts (none without it).
+    pub fn new(
+        limits: ConnLimits,
+        metrics: &Metrics,
+        reserve_for: Option<Arc<ClientCa>>,
+    ) -> Arc<Self> {
         Arc::new(Limiter {
             limits,
+            reserve_for,
             counts: Default::default(),
             open: metrics.connections_open.clone(),
             refused: metrics.connections_refused.clone(),
@@ -208,6 +217,13 @@ impl Limiter {
                 Err(refusal)
             }
         }
+    }
+
+    /// Whether a connection in a reserved slot, with client chain `chain`, may keep it.
+    pub fn may_keep_reserved(&self, chain: Option<&[CertificateDer<'_>]>) -> bool {
+        self.reserve_for
+            .as_ref()
+            .is_some_and(|ca| ca.check(chain).is_ok())
     }
 
     /// Counts a refusal.
@@ -566,6 +582,7 @@ mod tests {
                 ..ConnLimits::default()
             },
             &Metrics::default(),
+            None,
         )
     }
 

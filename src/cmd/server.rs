@@ -60,6 +60,20 @@ pub struct CaptureArgs {
     /// cannot take every slot. The apiserver needs few: it multiplexes reviews over HTTP/2.
     #[arg(long, default_value_t = 64)]
     pub max_connections_per_source: usize,
+    /// PEM CA of the client certificate the apiserver presents to webhooks (configured in its
+    /// AdmissionConfiguration). When set, `/admit` answers only requests with a certificate from
+    /// this CA (others get 401 or 403 and are not recorded).
+    #[arg(long)]
+    pub webhook_client_ca: Option<PathBuf>,
+    /// Names (subject CN or DNS SAN) one of which the webhook client certificate must carry;
+    /// any certificate from the CA when empty. Comma-separated.
+    #[arg(long, value_delimiter = ',', requires = "webhook_client_ca")]
+    pub webhook_client_names: Vec<String>,
+    /// Connection slots, out of `--max-connections`, kept for clients with a certificate from
+    /// the webhook client CA: the apiserver still gets in when others (even from its own
+    /// address) hold every other slot. Only with `--webhook-client-ca`.
+    #[arg(long, default_value_t = 16)]
+    pub reserved_connections: usize,
 }
 
 impl Default for CaptureArgs {
@@ -75,6 +89,9 @@ impl Default for CaptureArgs {
             body_timeout_ms: 10_000,
             max_connections: 0,
             max_connections_per_source: 64,
+            webhook_client_ca: None,
+            webhook_client_names: Vec::new(),
+            reserved_connections: 16,
         }
     }
 }
@@ -91,7 +108,11 @@ impl CaptureArgs {
         ConnLimits {
             max_connections,
             max_per_source: self.max_connections_per_source.clamp(1, max_connections),
-            reserved: 0,
+            // At most half: the apiserver needs few, and the others must not starve either.
+            reserved: match self.webhook_client_ca {
+                Some(_) => self.reserved_connections.min(max_connections / 2),
+                None => 0,
+            },
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             header_timeout: Duration::from_millis(self.header_timeout_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
@@ -235,10 +256,19 @@ pub async fn start(parts: Parts) -> Result<Running> {
         mut observers,
         on_retention,
     } = parts;
-    // Client certificates are requested (never required) only to authenticate the apiserver's
-    // front proxy in front of the query API.
-    let front_proxy = query.as_ref().and_then(|q| q.front_proxy());
-    let rustls_config = query::tls::load(&files, front_proxy.clone())?;
+    // Client certificates are requested (never required by the TLS layer) to authenticate the
+    // apiserver: as the webhook client (`/admit`), and as the front proxy of the query API.
+    let client_ca = options
+        .webhook_client_ca
+        .as_deref()
+        .map(|path| tls::ClientCa::read(path, options.webhook_client_names.clone()))
+        .transpose()?
+        .map(Arc::new);
+    let clients = query::tls::ClientCerts {
+        front_proxy: query.as_ref().and_then(|q| q.front_proxy()),
+        webhook: client_ca.clone(),
+    };
+    let rustls_config = query::tls::load(&files, &clients)?;
 
     // Catch up on events a crash stored but did not hand to the notifier, before new ones flow.
     let (n, s) = (notifier.clone(), store.clone());
@@ -260,6 +290,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
         registry: Arc::new(registry),
         deadline: Duration::from_millis(options.deadline_ms),
         body_timeout: Duration::from_millis(options.body_timeout_ms),
+        client_ca: client_ca.clone(),
         ignored_users,
         ready: Default::default(),
     });
@@ -268,9 +299,10 @@ pub async fn start(parts: Parts) -> Result<Running> {
     tracing::info!(
         max_connections = limits.max_connections,
         per_source = limits.max_per_source,
+        reserved = limits.reserved,
         "connection limits"
     );
-    let limiter = Limiter::new(limits, &metrics);
+    let limiter = Limiter::new(limits, &metrics, client_ca);
     let handle = Handle::new();
     let mut app = capture::router(capture.clone());
     if let Some(query) = query {
@@ -289,7 +321,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
         tokio::spawn(query::tls::watch(
             rustls_config,
             files.clone(),
-            front_proxy,
+            clients,
             Duration::from_secs(5),
         )),
         tokio::spawn(retention_loop(

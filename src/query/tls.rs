@@ -1,14 +1,17 @@
-//! The TLS side of front-proxy authentication: a rustls server configuration that requests (but
-//! does not require) client certificates and verifies them against the current requestheader CA,
+//! The TLS side of client authentication: a rustls server configuration that requests (but does
+//! not require) client certificates and verifies them against the webhook client CA (the
+//! apiserver calling `/admit`) and the current requestheader CA (its front proxy calling the query
+//! API),
 //! and an `axum_server` acceptor that hands the verified peer chain to handlers as a request
 //! extension ([`PeerCertificates`]), under the connection limits of [`crate::capture::conn`].
 //!
-//! The client verifier reads the CA from the shared [`FrontProxy`] at every handshake, so a CA
-//! refreshed from the ConfigMap takes effect without rebuilding the server configuration.
+//! The client verifier reads the requestheader CA from the shared [`FrontProxy`] at every
+//! handshake, so a CA refreshed from the ConfigMap takes effect without rebuilding the server
+//! configuration. Which CA a route needs is checked by the route.
 
 use super::auth::FrontProxy;
-use crate::capture::conn::{Activity, Guarded, Limiter, Tracked};
-use crate::capture::tls::CertFiles;
+use crate::capture::conn::{Activity, Guarded, Limiter, Refusal, Tracked};
+use crate::capture::tls::{CertFiles, ClientCa};
 use crate::{Error, Result};
 use axum::middleware::AddExtension;
 use axum_server::accept::Accept;
@@ -27,34 +30,48 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tower_layer::Layer;
 
-/// The client certificate chain (leaf first) the TLS layer verified for this connection, if the
-/// client sent one. Inserted into every request's extensions by [`PeerCertAcceptor`].
-#[derive(Clone, Debug, Default)]
-pub struct PeerCertificates(pub Option<Arc<Vec<CertificateDer<'static>>>>);
+pub use crate::capture::tls::PeerCertificates;
 
-/// Verifies client certificates against whatever requestheader CA [`FrontProxy`] holds now.
-/// Clients without a certificate pass (they use bearer tokens); a certificate that does not chain
-/// fails the handshake, as with any TLS client authentication.
+/// Whose client certificates the TLS layer accepts: the apiserver's front proxy (for the query
+/// API) and the apiserver as a webhook client (for `/admit`). Each route checks again the one it
+/// needs, from [`PeerCertificates`].
+#[derive(Clone, Debug, Default)]
+pub struct ClientCerts {
+    /// The requestheader CA, as currently known.
+    pub front_proxy: Option<FrontProxy>,
+    /// The webhook client CA.
+    pub webhook: Option<Arc<ClientCa>>,
+}
+
+/// Verifies client certificates against the webhook client CA and whatever requestheader CA
+/// [`FrontProxy`] holds now. Clients without a certificate pass (they use bearer tokens, or are
+/// refused by the route); a certificate that chains to neither fails the handshake, as with any
+/// TLS client authentication.
 #[derive(Debug)]
-pub struct FrontProxyVerifier {
-    front_proxy: FrontProxy,
+pub struct ClientVerifier {
+    clients: ClientCerts,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl FrontProxyVerifier {
-    /// A verifier following `front_proxy`.
-    pub fn new(front_proxy: FrontProxy) -> Self {
-        FrontProxyVerifier {
-            front_proxy,
+impl ClientVerifier {
+    /// A verifier following `clients`.
+    pub fn new(clients: ClientCerts) -> Self {
+        ClientVerifier {
+            clients,
             algorithms: provider().signature_verification_algorithms,
         }
     }
 }
 
-impl ClientCertVerifier for FrontProxyVerifier {
+impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
         // Asking for a certificate only makes sense once there is a CA to check it against.
-        self.front_proxy.current().is_some()
+        self.clients.webhook.is_some()
+            || self
+                .clients
+                .front_proxy
+                .as_ref()
+                .is_some_and(|fp| fp.current().is_some())
     }
 
     fn client_auth_mandatory(&self) -> bool {
@@ -72,14 +89,26 @@ impl ClientCertVerifier for FrontProxyVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match self.front_proxy.current() {
-            Some(config) => config
+        let mut outcome = Err(rustls::Error::General("no client CA is configured".into()));
+        if let Some(webhook) = &self.clients.webhook {
+            outcome = webhook
                 .verifier()
-                .verify_client_cert(end_entity, intermediates, now),
-            None => Err(rustls::Error::General(
-                "no requestheader client CA is known".into(),
-            )),
+                .verify_client_cert(end_entity, intermediates, now);
+            if outcome.is_ok() {
+                return outcome;
+            }
         }
+        if let Some(config) = self
+            .clients
+            .front_proxy
+            .as_ref()
+            .and_then(|fp| fp.current())
+        {
+            outcome = config
+                .verifier()
+                .verify_client_cert(end_entity, intermediates, now);
+        }
+        outcome
     }
 
     fn verify_tls12_signature(
@@ -110,11 +139,11 @@ fn provider() -> CryptoProvider {
 }
 
 /// A server configuration for `cert_pem` (chain) and `key_pem`, requesting client certificates
-/// checked against `front_proxy`'s CA when given, with ALPN h2 and http/1.1.
+/// checked against the CAs of `clients` when there are any, with ALPN h2 and http/1.1.
 pub fn server_config(
     cert_pem: &[u8],
     key_pem: &[u8],
-    front_proxy: Option<FrontProxy>,
+    clients: &ClientCerts,
 ) -> Result<ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     let chain = CertificateDer::pem_slice_iter(cert_pem)
@@ -125,9 +154,10 @@ pub fn server_config(
     let builder = ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?;
-    let builder = match front_proxy {
-        Some(fp) => builder.with_client_cert_verifier(Arc::new(FrontProxyVerifier::new(fp))),
-        None => builder.with_no_client_auth(),
+    let builder = if clients.front_proxy.is_some() || clients.webhook.is_some() {
+        builder.with_client_cert_verifier(Arc::new(ClientVerifier::new(clients.clone())))
+    } else {
+        builder.with_no_client_auth()
     };
     let mut config = builder
         .with_single_cert(chain, key)
@@ -168,6 +198,7 @@ where
         // than it takes to close it.
         let slot = self.limiter.admit(stream.peer_addr().ok().map(|a| a.ip()));
         let acceptor = self.inner.clone();
+        let limiter = self.limiter.clone();
         Box::pin(async move {
             let slot = slot.map_err(|refusal| {
                 tracing::debug!(
@@ -177,11 +208,20 @@ where
                 std::io::Error::other(refusal.label())
             })?;
             let (stream, service) = acceptor.accept(stream, service).await?;
-            let chain = stream
+            let chain: Option<Arc<Vec<CertificateDer<'static>>>> = stream
                 .get_ref()
                 .1
                 .peer_certificates()
                 .map(|certs| Arc::new(certs.iter().map(|c| c.clone().into_owned()).collect()));
+            if slot.is_reserved()
+                && !limiter.may_keep_reserved(chain.as_deref().map(|c| c.as_slice()))
+            {
+                limiter.refuse(Refusal::Unauthenticated);
+                tracing::debug!(
+                    "connection in a reserved slot without the apiserver's client certificate; closed"
+                );
+                return Err(std::io::Error::other(Refusal::Unauthenticated.label()));
+            }
             let activity = Activity::new();
             let service = Tracked::new(
                 axum::Extension(PeerCertificates(chain)).layer(service),
@@ -192,11 +232,11 @@ where
     }
 }
 
-/// The serving configuration from `files` with client certificates checked against
-/// `front_proxy`, ready for [`bind`].
-pub fn load(files: &CertFiles, front_proxy: Option<FrontProxy>) -> Result<RustlsConfig> {
+/// The serving configuration from `files` with client certificates checked against `clients`,
+/// ready for [`bind`].
+pub fn load(files: &CertFiles, clients: &ClientCerts) -> Result<RustlsConfig> {
     let (cert, key) = read_pair(files)?;
-    let config = server_config(&cert, &key, front_proxy)?;
+    let config = server_config(&cert, &key, clients)?;
     Ok(RustlsConfig::from_config(Arc::new(config)))
 }
 
@@ -206,12 +246,7 @@ pub fn load(files: &CertFiles, front_proxy: Option<FrontProxy>) -> Result<Rustls
 /// every front-proxy request). A half-written or broken pair is logged and the current
 /// certificate kept, so a bad rotation never takes the webhook down; polling rather than inotify
 /// also sees Kubernetes' symlink swaps of mounted Secrets.
-pub async fn watch(
-    config: RustlsConfig,
-    files: CertFiles,
-    front_proxy: Option<FrontProxy>,
-    every: Duration,
-) {
+pub async fn watch(config: RustlsConfig, files: CertFiles, clients: ClientCerts, every: Duration) {
     let mut last = read_pair(&files).ok();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -221,7 +256,7 @@ pub async fn watch(
         if last.as_ref() == Some(&now) {
             continue;
         }
-        match server_config(&now.0, &now.1, front_proxy.clone()) {
+        match server_config(&now.0, &now.1, &clients) {
             Ok(new) => {
                 config.reload_from_config(Arc::new(new));
                 tracing::info!(cert = %files.cert.display(), "serving certificate reloaded");

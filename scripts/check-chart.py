@@ -109,12 +109,21 @@ GOOD_VALUES: dict[str, dict[str, Any]] = {
         "operator": {"leaderElection": {"enabled": False}},
     },
     "no-persistence": {"persistence": {"enabled": False}},
+    "webhook-client-ca": {
+        "webhook": {
+            "clientCA": {"existingSecret": "apiserver-webhook-client-ca", "allowedNames": ["kube-apiserver"]}
+        }
+    },
+    "webhook-client-ca-configmap": {
+        "webhook": {"clientCA": {"existingConfigMap": "webhook-client-ca", "key": "ca.pem"}}
+    },
     "ha": {
         "replicas": 2,
         "persistence": {"enabled": False},
         "networkPolicy": {
             "enabled": True,
             "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+            "webhookFrom": [{"ipBlock": {"cidr": "10.0.0.10/32"}}],
         },
         "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
     },
@@ -148,6 +157,10 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "secret namespace not a DNS label": {"notify": {"secretNamespaces": ["Team_A"]}},
     "replicas 2 with one persistent volume": {"replicas": 2},
     "persistence.enabled is a string": {"persistence": {"enabled": "yes"}},
+    "client CA from both a Secret and a ConfigMap": {
+        "webhook": {"clientCA": {"existingSecret": "a", "existingConfigMap": "b"}}
+    },
+    "client CA names not a list": {"webhook": {"clientCA": {"allowedNames": "kube-apiserver"}}},
 }
 
 # Flags of `histor operator` the Deployment must always pass (the binary's contract).
@@ -394,6 +407,7 @@ def assert_ha(c: Checks, objects: list[dict[str, Any]]) -> None:
     ports = sorted(p["port"] for rule in netpol["spec"]["ingress"] for p in rule["ports"])
     c.expect(netpol["spec"]["policyTypes"] == ["Ingress"] and ports == [8443, 9090], "ha: NetworkPolicy admits only 8443 and 9090")
     c.expect("from" in netpol["spec"]["ingress"][1], "ha: metrics port limited to metricsFrom")
+    c.expect(netpol["spec"]["ingress"][0].get("from") == [{"ipBlock": {"cidr": "10.0.0.10/32"}}], "ha: webhook port limited to webhookFrom")
     sm = one(objects, "ServiceMonitor")
     c.expect(sm["spec"]["endpoints"][0]["port"] == "metrics" and sm["metadata"]["labels"]["release"] == "prometheus", "ha: ServiceMonitor scrapes the metrics port")
     c.expect("--leader-election=true" in container(objects)["args"], "ha: leader election on")
@@ -417,7 +431,28 @@ def assert_custom(c: Checks, objects: list[dict[str, Any]]) -> None:
     c.expect(not find(objects, "ServiceAccount") or one(objects, "ServiceAccount")["metadata"]["name"] == "recorder", "custom: ServiceAccount name")
 
 
+def assert_webhook_client_ca(c: Checks, objects: list[dict[str, Any]]) -> None:
+    args = container(objects)["args"]
+    c.expect(
+        {"--webhook-client-ca=/etc/histor/webhook-client-ca/ca.crt", "--webhook-client-names=kube-apiserver"} <= set(args),
+        "webhook-client-ca: flags passed",
+    )
+    ca = volume(objects, "webhook-client-ca")["secret"]
+    c.expect(ca["secretName"] == "apiserver-webhook-client-ca" and ca["items"] == [{"key": "ca.crt", "path": "ca.crt"}], "webhook-client-ca: CA mounted from the Secret")
+    mounts = {m["name"]: m for m in container(objects)["volumeMounts"]}
+    c.expect(mounts["webhook-client-ca"]["mountPath"] == "/etc/histor/webhook-client-ca" and mounts["webhook-client-ca"]["readOnly"], "webhook-client-ca: mounted read-only where the flag points")
+
+
+def assert_webhook_client_ca_configmap(c: Checks, objects: list[dict[str, Any]]) -> None:
+    args = container(objects)["args"]
+    c.expect("--webhook-client-ca=/etc/histor/webhook-client-ca/ca.crt" in args and not any(a.startswith("--webhook-client-names") for a in args), "webhook-client-ca-configmap: CA flag, no names")
+    ca = volume(objects, "webhook-client-ca")["configMap"]
+    c.expect(ca["name"] == "webhook-client-ca" and ca["items"] == [{"key": "ca.pem", "path": "ca.crt"}], "webhook-client-ca-configmap: CA mounted from the ConfigMap's key")
+
+
 ASSERTIONS: dict[str, Callable[[Checks, list[dict[str, Any]]], None]] = {
+    "webhook-client-ca": assert_webhook_client_ca,
+    "webhook-client-ca-configmap": assert_webhook_client_ca_configmap,
     "defaults": assert_defaults,
     "cert-manager": assert_cert_manager,
     "cert-manager-cluster-issuer": assert_cluster_issuer,

@@ -13,7 +13,8 @@ use std::sync::atomic::AtomicU64;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// `recorded`, `duplicate`, `linked`, `dry_run`, `empty_diff`, `not_matched`, `unknown_policy`,
-    /// `uninterpretable`, `bad_request`, `dropped`, `deadline_exceeded`, `store_error`, ...
+    /// `uninterpretable`, `bad_request`, `body_timeout`, `unauthenticated`, `forbidden`, `dropped`,
+    /// `deadline_exceeded`, `store_error`, ...
     pub outcome: &'static str,
 }
 
@@ -22,6 +23,13 @@ pub struct OutcomeLabels {
 pub struct ConditionErrorLabels {
     /// `no_such_key`, `type_mismatch`, `overflow`, ... ([`crate::pipeline::ConditionErrorKind`]).
     pub kind: &'static str,
+}
+
+/// Label of a connection counter: why it was refused or closed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `per_source`, `full`, `reserved_unauthenticated`, `first_request_timeout`, `idle_timeout`.
+    pub reason: &'static str,
 }
 
 /// Every metric histor exports.
@@ -55,6 +63,12 @@ pub struct Metrics {
     pub flush_latency: Histogram,
     /// Time one retention pass holds the writer.
     pub retention_latency: Histogram,
+    /// Connections of the HTTPS port open now.
+    pub connections_open: Gauge,
+    /// Connections closed before their first request because of the limits, by reason.
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    /// Connections closed for want of requests, by reason.
+    pub connections_closed: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -84,6 +98,9 @@ impl Default for Metrics {
             retention_latency: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 17),
             ),
+            connections_open: Gauge::default(),
+            connections_refused: Family::default(),
+            connections_closed: Family::default(),
         }
     }
 }
@@ -161,6 +178,21 @@ impl Metrics {
             "retention_pass_duration_seconds",
             "Time one retention pass takes",
             self.retention_latency.clone(),
+        );
+        r.register(
+            "connections_open",
+            "Connections of the HTTPS port open now",
+            self.connections_open.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections closed at once because of the connection limits, by reason",
+            self.connections_refused.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Connections closed because no request came in time, by reason",
+            self.connections_closed.clone(),
         );
     }
 

@@ -310,6 +310,429 @@ async fn certificate_files_are_reloaded_without_a_restart() {
     running.shutdown().await.unwrap();
 }
 
+/// A raw TLS connection to the server from `local` (any 127.0.0.0/8 address on Linux), offering
+/// `alpn`; `Err` when the server closes it before the handshake completes.
+async fn tls_connect(
+    ca: &Path,
+    port: u16,
+    local: [u8; 4],
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind((std::net::Ipv4Addr::from(local), 0).into())?;
+    let tcp = socket.connect(([127, 0, 0, 1], port).into()).await?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// Reads until the server closes the connection; returns what it sent and how long that took.
+async fn read_until_closed(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> (Vec<u8>, std::time::Duration) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), read)
+        .await
+        .expect("the server kept the connection open");
+    (seen, started.elapsed())
+}
+
+fn ms(n: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(n)
+}
+
+async fn metrics_text(running: &histor::cmd::Running) -> String {
+    client(running.ca_file.as_ref().unwrap())
+        .get(format!("https://localhost:{}/metrics", running.addr.port()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+    support::init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = args(dir.path(), write_policy(dir.path(), "all"));
+    // The header timeout is far longer, so a close at ~300 ms is the idle timeout's doing.
+    serve.capture.header_timeout_ms = 10_000;
+    serve.capture.idle_timeout_ms = 300;
+    let running = start(serve).await.unwrap();
+    let ca = running.ca_file.clone().unwrap();
+
+    let mut h1 = tls_connect(&ca, running.addr.port(), [127, 0, 0, 1], b"http/1.1")
+        .await
+        .unwrap();
+    h1.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, after) = read_until_closed(&mut h1).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        after >= ms(250) && after < ms(5_000),
+        "kept-alive connection closed after {after:?}"
+    );
+    let metrics = metrics_text(&running).await;
+    assert!(
+        metrics.contains(r#"histor_connections_closed_total{reason="idle_timeout"} 1"#),
+        "{metrics}"
+    );
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_slow_header_is_closed_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    support::init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = args(dir.path(), write_policy(dir.path(), "all"));
+    serve.capture.header_timeout_ms = 300;
+    serve.capture.idle_timeout_ms = 10_000;
+    let running = start(serve).await.unwrap();
+    let ca = running.ca_file.clone().unwrap();
+    let port = running.addr.port();
+
+    // HTTP/1.1, the header dribbled a byte every 50 ms: hyper's header timeout.
+    let h1 = tls_connect(&ca, port, [127, 0, 0, 1], b"http/1.1")
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(h1);
+    let dribble = tokio::spawn(async move {
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: "
+            .iter()
+            .cycle()
+        {
+            if writer.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(ms(50)).await;
+        }
+    });
+    let (answer, after) = read_until_closed(&mut reader).await;
+    assert!(
+        after >= ms(250) && after < ms(5_000),
+        "dribbled header closed after {after:?}"
+    );
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"));
+    dribble.await.unwrap();
+
+    // HTTP/2 preface and settings, then nothing: no request ever comes (hyper alone waits).
+    let mut h2 = tls_connect(&ca, port, [127, 0, 0, 1], b"h2").await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let (_, after) = read_until_closed(&mut h2).await;
+    assert!(
+        after >= ms(250) && after < ms(5_000),
+        "HTTP/2 connection without a request closed after {after:?}"
+    );
+    // Not even the first bytes: closed as well.
+    let mut silent = tls_connect(&ca, port, [127, 0, 0, 1], b"h2").await.unwrap();
+    let (_, after) = read_until_closed(&mut silent).await;
+    assert!(
+        after < ms(5_000),
+        "silent connection closed after {after:?}"
+    );
+    let metrics = metrics_text(&running).await;
+    assert!(
+        metrics.contains(r#"histor_connections_closed_total{reason="first_request_timeout"}"#),
+        "{metrics}"
+    );
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_slow_body_gets_408_and_the_connection_closes() {
+    use tokio::io::AsyncWriteExt;
+    support::init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = args(dir.path(), write_policy(dir.path(), "all"));
+    serve.capture.body_timeout_ms = 300;
+    serve.capture.idle_timeout_ms = 10_000;
+    let running = start(serve).await.unwrap();
+    let ca = running.ca_file.clone().unwrap();
+    let body = fixture("admissionreview-update-configmap.json");
+
+    let stream = tls_connect(&ca, running.addr.port(), [127, 0, 0, 1], b"http/1.1")
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let head = format!(
+        "POST /admit/all HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    writer.write_all(head.as_bytes()).await.unwrap();
+    // The whole body would arrive after ~60 s at this pace; every chunk within the timeout.
+    let dribble = tokio::spawn(async move {
+        for chunk in body.as_bytes().chunks(16) {
+            if writer.write_all(chunk).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(ms(100)).await;
+        }
+    });
+    let (answer, after) = read_until_closed(&mut reader).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        after >= ms(250) && after < ms(5_000),
+        "slow body answered and closed after {after:?}"
+    );
+    dribble.abort();
+    let metrics = metrics_text(&running).await;
+    assert!(
+        metrics.contains(r#"histor_admission_reviews_total{outcome="body_timeout"} 1"#),
+        "{metrics}"
+    );
+    assert_eq!(
+        running.store.query(&Query::default()).unwrap().events.len(),
+        0
+    );
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn hostile_idle_connections_from_one_source_leave_room_for_the_apiserver() {
+    support::init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = args(dir.path(), write_policy(dir.path(), "all"));
+    serve.capture.max_connections = 16;
+    serve.capture.max_connections_per_source = 4;
+    let running = start(serve).await.unwrap();
+    let ca = running.ca_file.clone().unwrap();
+    let port = running.addr.port();
+
+    // A hostile local process opens idle connections until it is refused.
+    let mut hostile = Vec::new();
+    let refused = loop {
+        match tls_connect(&ca, port, [127, 0, 0, 1], b"http/1.1").await {
+            Ok(stream) => hostile.push(stream),
+            Err(error) => break error,
+        }
+        assert!(hostile.len() <= 16, "never refused");
+    };
+    assert_eq!(hostile.len(), 4, "refused with: {refused}");
+
+    // The apiserver, from its own address, still gets its review answered and recorded.
+    let apiserver = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap()])
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{port}/admit/all");
+    let (status, answer) = post(
+        &apiserver,
+        &url,
+        fixture("admissionreview-update-configmap.json"),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        running.store.query(&Query::default()).unwrap().events.len(),
+        1
+    );
+    let metrics = apiserver
+        .get(format!("https://localhost:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"histor_connections_refused_total{reason="per_source"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("histor_connections_open 5"), "{metrics}");
+    drop(hostile);
+    running.shutdown().await.unwrap();
+}
+
+/// A CA and a client certificate it signed for `cn`: PEM of the CA, of the client chain with its
+/// key (for `reqwest::Identity`).
+struct ClientPki {
+    ca_pem: String,
+    identity_pem: String,
+}
+
+fn client_pki(cn: &str) -> (ClientPki, rcgen::CertifiedIssuer<'static, rcgen::KeyPair>) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "webhook-client-ca");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let pki = client_signed_by(&ca, cn);
+    (pki, ca)
+}
+
+fn client_signed_by(ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, cn: &str) -> ClientPki {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, ca).unwrap();
+    ClientPki {
+        ca_pem: ca.pem(),
+        identity_pem: format!("{}{}", cert.pem(), key.serialize_pem()),
+    }
+}
+
+fn client_with(ca: &Path, identity: Option<&ClientPki>) -> reqwest::Client {
+    let cert = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    let mut builder = reqwest::Client::builder().tls_certs_only([cert]);
+    if let Some(pki) = identity {
+        builder =
+            builder.identity(reqwest::Identity::from_pem(pki.identity_pem.as_bytes()).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+#[tokio::test]
+async fn only_the_apiserver_may_write_history() {
+    support::init();
+    let dir = tempfile::tempdir().unwrap();
+    let (apiserver, ca) = client_pki("kube-apiserver");
+    let mallory = client_signed_by(&ca, "mallory");
+    let (impostor, _) = client_pki("kube-apiserver");
+    let ca_file = dir.path().join("webhook-client-ca.crt");
+    std::fs::write(&ca_file, &apiserver.ca_pem).unwrap();
+    let mut serve = args(dir.path(), write_policy(dir.path(), "all"));
+    serve.capture.webhook_client_ca = Some(ca_file);
+    serve.capture.webhook_client_names = vec!["kube-apiserver".into()];
+    let running = start(serve).await.unwrap();
+    let server_ca = running.ca_file.clone().unwrap();
+    let url = format!("https://localhost:{}/admit/all", running.addr.port());
+    let review = fixture("admissionreview-update-configmap.json");
+    let stored = || running.store.query(&Query::default()).unwrap().events.len();
+
+    // Anyone who can reach the port, without a certificate: refused, nothing stored.
+    let (status, text) = post(&client_with(&server_ca, None), &url, review.clone()).await;
+    assert_eq!(status, 401, "{text}");
+    assert_eq!(stored(), 0);
+    // A certificate from another CA does not get through the handshake.
+    let result = client_with(&server_ca, Some(&impostor))
+        .post(&url)
+        .body(review.clone())
+        .send()
+        .await;
+    assert!(result.is_err(), "{result:?}");
+    // The right CA, but not a name allowed to post reviews.
+    let (status, text) = post(
+        &client_with(&server_ca, Some(&mallory)),
+        &url,
+        review.clone(),
+    )
+    .await;
+    assert_eq!(status, 403, "{text}");
+    assert_eq!(stored(), 0);
+
+    // The apiserver: recorded.
+    let trusted = client_with(&server_ca, Some(&apiserver));
+    let (status, text) = post(&trusted, &url, review.clone()).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains(r#""allowed":true"#), "{text}");
+    assert_eq!(stored(), 1);
+    // A review for a policy histor does not have: allowed, counted, not stored.
+    let unknown = format!(
+        "https://localhost:{}/admit/no-such-policy",
+        running.addr.port()
+    );
+    let (status, _) = post(&trusted, &unknown, fresh_uid(&review, 7)).await;
+    assert_eq!(status, 200);
+    assert_eq!(stored(), 1);
+
+    let metrics = metrics_text(&running).await;
+    for line in [
+        r#"histor_admission_reviews_total{outcome="unauthenticated"} 1"#,
+        r#"histor_admission_reviews_total{outcome="forbidden"} 1"#,
+        r#"histor_admission_reviews_total{outcome="recorded"} 1"#,
+        r#"histor_admission_reviews_total{outcome="unknown_policy"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn reserved_slots_let_the_apiserver_in_when_its_own_address_is_full() {
+    use tokio::io::AsyncReadExt;
+    support::init();
+    let dir = tempfile::tempdir().unwrap();
+    let (apiserver, _ca) = client_pki("kube-apiserver");
+    let ca_file = dir.path().join("webhook-client-ca.crt");
+    std::fs::write(&ca_file, &apiserver.ca_pem).unwrap();
+    let mut serve = args(dir.path(), write_policy(dir.path(), "all"));
+    serve.capture.webhook_client_ca = Some(ca_file);
+    serve.capture.max_connections = 4;
+    serve.capture.max_connections_per_source = 8;
+    serve.capture.reserved_connections = 2;
+    let running = start(serve).await.unwrap();
+    let server_ca = running.ca_file.clone().unwrap();
+    let port = running.addr.port();
+
+    // A hostile process on the apiserver's own address takes every slot it can keep.
+    let mut hostile = Vec::new();
+    for _ in 0..6 {
+        let Ok(mut stream) = tls_connect(&server_ca, port, [127, 0, 0, 1], b"http/1.1").await
+        else {
+            continue;
+        };
+        let mut byte = [0u8; 1];
+        // Closed at once (a reserved slot without the certificate), or held.
+        match tokio::time::timeout(ms(300), stream.read(&mut byte)).await {
+            Ok(_) => {}
+            Err(_) => hostile.push(stream),
+        }
+    }
+    assert_eq!(hostile.len(), 2, "only the shared slots are kept");
+
+    let (status, text) = post(
+        &client_with(&server_ca, Some(&apiserver)),
+        &format!("https://localhost:{port}/admit/all"),
+        fixture("admissionreview-update-configmap.json"),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        running.store.query(&Query::default()).unwrap().events.len(),
+        1
+    );
+    drop(hostile);
+    running.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn numbers_beyond_f64_are_allowed_and_recorded_digit_for_digit() {
     support::init();

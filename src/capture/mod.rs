@@ -3,6 +3,7 @@
 //! durable write no longer than the deadline. Also serves `/healthz`, `/readyz` and `/metrics`.
 //! Knows nothing of Kubernetes clients; policies come from the shared [`PolicyIndex`].
 
+pub mod conn;
 mod ratelog;
 pub mod tls;
 mod writer;
@@ -16,8 +17,7 @@ use crate::pipeline::{self, ConditionErrorKind, Outcome, Redactor, SkipReason};
 use crate::store::AppendOutcome;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -47,6 +47,10 @@ pub struct Capture {
     pub registry: Arc<Registry>,
     /// Longest wait for the durable write.
     pub deadline: Duration,
+    /// Longest time to receive a review's body once its headers are in.
+    pub body_timeout: Duration,
+    /// When set, only clients with a certificate from this CA (the apiserver) may post reviews.
+    pub client_ca: Option<Arc<tls::ClientCa>>,
     /// Users whose requests are never recorded: the operator's own service account, whose
     /// ChangeRecord writes must not loop back (also pushed down as matchConditions where the
     /// apiserver supports them).
@@ -102,15 +106,31 @@ async fn metrics(State(state): State<Arc<Capture>>) -> Response {
 async fn admit(
     State(state): State<Arc<Capture>>,
     Path(policy): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> Response {
     let started = Instant::now();
     let received_at = jiff::Timestamp::now();
+    if let Some(refused) = refuse_client(&state, &request) {
+        state.metrics.review(refused.1);
+        return refused.0;
+    }
+    // A total deadline, not one per chunk: a body dribbled a byte at a time must not hold the
+    // connection (and its slot) for ever.
+    let body = tokio::time::timeout(state.body_timeout, Bytes::from_request(request, &())).await;
     let (response, outcome) = match body {
-        Ok(body) => review(&state, &policy, &body, received_at).await,
-        Err(rejection) => {
+        Ok(Ok(body)) => review(&state, &policy, &body, received_at).await,
+        Ok(Err(rejection)) => {
             tracing::warn!(policy = %policy, error = %rejection, "review body rejected");
             (rejection.into_response(), "bad_request")
+        }
+        Err(_) => {
+            tracing::warn!(policy = %policy, "review body not received in time; closing the connection");
+            let response = (
+                StatusCode::REQUEST_TIMEOUT,
+                [(header::CONNECTION, "close")],
+                "histor: request body not received in time\n",
+            );
+            (response.into_response(), "body_timeout")
         }
     };
     state.metrics.review(outcome);
@@ -119,6 +139,35 @@ async fn admit(
         .review_latency
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// The answer to a client that may not post reviews, and its metric label; `None` when it may.
+/// Refused reviews are not read, let alone recorded.
+fn refuse_client(
+    state: &Capture,
+    request: &axum::extract::Request,
+) -> Option<(Response, &'static str)> {
+    let ca = state.client_ca.as_ref()?;
+    let chain = request
+        .extensions()
+        .get::<tls::PeerCertificates>()
+        .and_then(|p| p.0.as_deref());
+    let refusal = ca.check(chain.map(Vec::as_slice)).err()?;
+    let (status, label, message) = match refusal {
+        tls::ClientRefusal::NoCertificate => (
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "histor: reviews need the apiserver's webhook client certificate\n",
+        ),
+        tls::ClientRefusal::Untrusted | tls::ClientRefusal::NameNotAllowed => (
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "histor: this client certificate may not post reviews\n",
+        ),
+    };
+    // Debug only: whoever is refused could otherwise fill the log; the metric counts them.
+    tracing::debug!(reason = ?refusal, "review from a client that is not the apiserver; not recorded");
+    Some(((status, message).into_response(), label))
 }
 
 /// Answers one review body and names what happened to it (the metric label).

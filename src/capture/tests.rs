@@ -65,6 +65,8 @@ impl Harness {
             metrics,
             registry: Arc::new(registry),
             deadline: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            client_ca: None,
             ignored_users: Vec::new(),
             ready: AtomicBool::new(true),
             warnings: LogLimiter::default(),

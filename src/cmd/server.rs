@@ -3,6 +3,7 @@
 //! `histor operator` differ only in where policies, certificates and secrets come from.
 
 use super::files::load_or_create_key;
+use crate::capture::conn::{self, ConnLimits, Limiter};
 use crate::capture::{self, Capture, RecordObserver, Writer, tls};
 use crate::index::PolicyIndex;
 use crate::metrics::Metrics;
@@ -34,6 +35,45 @@ pub struct CaptureArgs {
     /// Seconds between retention passes.
     #[arg(long, default_value_t = 10)]
     pub retention_interval_secs: u64,
+    /// Longest TLS handshake of the HTTPS port.
+    #[arg(long, default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+    /// Longest wait for a request's headers: the first request of a connection and, with
+    /// HTTP/1.1, each next one on a kept-alive connection.
+    #[arg(long, default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// A connection with no request in flight for this long is closed. Longer than the 90 s
+    /// after which Go clients (the apiserver) drop idle connections themselves, so a request
+    /// never races the server's close.
+    #[arg(long, default_value_t = 120_000)]
+    pub idle_timeout_ms: u64,
+    /// Longest time to receive a review's body once its headers are in; a slower one gets 408
+    /// and its connection is closed.
+    #[arg(long, default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+    /// Most connections the HTTPS port keeps open; more are closed at once. 0: the open-files
+    /// limit (RLIMIT_NOFILE) less a quarter of it (at least 64) for the store, the Kubernetes
+    /// client and the sinks, at most 1024.
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: usize,
+    /// Most connections open at once from one source address, so that one local process or pod
+    /// cannot take every slot. The apiserver needs few: it multiplexes reviews over HTTP/2.
+    #[arg(long, default_value_t = 64)]
+    pub max_connections_per_source: usize,
+    /// PEM CA of the client certificate the apiserver presents to webhooks (configured in its
+    /// AdmissionConfiguration). When set, `/admit` answers only requests with a certificate from
+    /// this CA (others get 401 or 403 and are not recorded).
+    #[arg(long)]
+    pub webhook_client_ca: Option<PathBuf>,
+    /// Names (subject CN or DNS SAN) one of which the webhook client certificate must carry;
+    /// any certificate from the CA when empty. Comma-separated.
+    #[arg(long, value_delimiter = ',', requires = "webhook_client_ca")]
+    pub webhook_client_names: Vec<String>,
+    /// Connection slots, out of `--max-connections`, kept for clients with a certificate from
+    /// the webhook client CA: the apiserver still gets in when others (even from its own
+    /// address) hold every other slot. Only with `--webhook-client-ca`.
+    #[arg(long, default_value_t = 16)]
+    pub reserved_connections: usize,
 }
 
 impl Default for CaptureArgs {
@@ -43,6 +83,39 @@ impl Default for CaptureArgs {
             deadline_ms: 500,
             queue_capacity: 16_384,
             retention_interval_secs: 10,
+            handshake_timeout_ms: 10_000,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 120_000,
+            body_timeout_ms: 10_000,
+            max_connections: 0,
+            max_connections_per_source: 64,
+            webhook_client_ca: None,
+            webhook_client_names: Vec::new(),
+            reserved_connections: 16,
+        }
+    }
+}
+
+impl CaptureArgs {
+    /// The connection limits these options ask for, the cap derived from the process's
+    /// open-files limit when not given.
+    pub fn conn_limits(&self) -> ConnLimits {
+        let max_connections = match self.max_connections {
+            0 => conn::nofile_soft_limit()
+                .map_or(conn::MAX_DERIVED_CONNECTIONS, conn::derived_max_connections),
+            n => n,
+        };
+        ConnLimits {
+            max_connections,
+            max_per_source: self.max_connections_per_source.clamp(1, max_connections),
+            // At most half: the apiserver needs few, and the others must not starve either.
+            reserved: match self.webhook_client_ca {
+                Some(_) => self.reserved_connections.min(max_connections / 2),
+                None => 0,
+            },
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
         }
     }
 }
@@ -183,10 +256,19 @@ pub async fn start(parts: Parts) -> Result<Running> {
         mut observers,
         on_retention,
     } = parts;
-    // Client certificates are requested (never required) only to authenticate the apiserver's
-    // front proxy in front of the query API.
-    let front_proxy = query.as_ref().and_then(|q| q.front_proxy());
-    let rustls_config = query::tls::load(&files, front_proxy.clone())?;
+    // Client certificates are requested (never required by the TLS layer) to authenticate the
+    // apiserver: as the webhook client (`/admit`), and as the front proxy of the query API.
+    let client_ca = options
+        .webhook_client_ca
+        .as_deref()
+        .map(|path| tls::ClientCa::read(path, options.webhook_client_names.clone()))
+        .transpose()?
+        .map(Arc::new);
+    let clients = query::tls::ClientCerts {
+        front_proxy: query.as_ref().and_then(|q| q.front_proxy()),
+        webhook: client_ca.clone(),
+    };
+    let rustls_config = query::tls::load(&files, &clients)?;
 
     // Catch up on events a crash stored but did not hand to the notifier, before new ones flow.
     let (n, s) = (notifier.clone(), store.clone());
@@ -207,18 +289,28 @@ pub async fn start(parts: Parts) -> Result<Running> {
         metrics: metrics.clone(),
         registry: Arc::new(registry),
         deadline: Duration::from_millis(options.deadline_ms),
+        body_timeout: Duration::from_millis(options.body_timeout_ms),
+        client_ca: client_ca.clone(),
         ignored_users,
         ready: Default::default(),
         warnings: Default::default(),
     });
 
+    let limits = options.conn_limits();
+    tracing::info!(
+        max_connections = limits.max_connections,
+        per_source = limits.max_per_source,
+        reserved = limits.reserved,
+        "connection limits"
+    );
+    let limiter = Limiter::new(limits, &metrics, client_ca);
     let handle = Handle::new();
     let mut app = capture::router(capture.clone());
     if let Some(query) = query {
         app = app.merge(query::router(query));
     }
     let server = tokio::spawn(
-        query::tls::bind(listen, rustls_config.clone())
+        query::tls::bind(listen, rustls_config.clone(), limiter)
             .handle(handle.clone())
             .serve(app.into_make_service()),
     );
@@ -230,7 +322,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
         tokio::spawn(query::tls::watch(
             rustls_config,
             files.clone(),
-            front_proxy,
+            clients,
             // Often enough that a certificate the operator just wrote is served within a
             // second; policies wait for it before they say Ready.
             Duration::from_secs(1),

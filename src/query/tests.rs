@@ -754,9 +754,18 @@ async fn front_proxy_certificate_over_real_tls() {
     let files =
         crate::capture::tls::write_self_signed(&dir.path().join("tls"), &["localhost".to_string()])
             .unwrap();
-    let config = tls::load(&files, Some(front_proxy)).unwrap();
+    let clients = tls::ClientCerts {
+        front_proxy: Some(front_proxy),
+        webhook: None,
+    };
+    let config = tls::load(&files, &clients).unwrap();
     let handle = axum_server::Handle::new();
-    let server = tls::bind("127.0.0.1:0".parse().unwrap(), config).handle(handle.clone());
+    let limiter = crate::capture::conn::Limiter::new(
+        Default::default(),
+        &crate::metrics::Metrics::default(),
+        None,
+    );
+    let server = tls::bind("127.0.0.1:0".parse().unwrap(), config, limiter).handle(handle.clone());
     let app = router(state);
     tokio::spawn(server.serve(app.into_make_service()));
     let addr = handle.listening().await.unwrap();

@@ -1,18 +1,23 @@
-//! The TLS side of front-proxy authentication: a rustls server configuration that requests (but
-//! does not require) client certificates and verifies them against the current requestheader CA,
+//! The TLS side of client authentication: a rustls server configuration that requests (but does
+//! not require) client certificates and verifies them against the webhook client CA (the
+//! apiserver calling `/admit`) and the current requestheader CA (its front proxy calling the query
+//! API),
 //! and an `axum_server` acceptor that hands the verified peer chain to handlers as a request
-//! extension ([`PeerCertificates`]).
+//! extension ([`PeerCertificates`]), under the connection limits of [`crate::capture::conn`].
 //!
-//! The client verifier reads the CA from the shared [`FrontProxy`] at every handshake, so a CA
-//! refreshed from the ConfigMap takes effect without rebuilding the server configuration.
+//! The client verifier reads the requestheader CA from the shared [`FrontProxy`] at every
+//! handshake, so a CA refreshed from the ConfigMap takes effect without rebuilding the server
+//! configuration. Which CA a route needs is checked by the route.
 
 use super::auth::FrontProxy;
-use crate::capture::tls::CertFiles;
+use crate::capture::conn::{Activity, Guarded, Limiter, Refusal, Tracked};
+use crate::capture::tls::{CertFiles, ClientCa};
 use crate::{Error, Result};
 use axum::middleware::AddExtension;
 use axum_server::accept::Accept;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use futures::future::BoxFuture;
+use hyper_util::rt::TokioTimer;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -21,38 +26,52 @@ use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureSc
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tower_layer::Layer;
 
-/// The client certificate chain (leaf first) the TLS layer verified for this connection, if the
-/// client sent one. Inserted into every request's extensions by [`PeerCertAcceptor`].
-#[derive(Clone, Debug, Default)]
-pub struct PeerCertificates(pub Option<Arc<Vec<CertificateDer<'static>>>>);
+pub use crate::capture::tls::PeerCertificates;
 
-/// Verifies client certificates against whatever requestheader CA [`FrontProxy`] holds now.
-/// Clients without a certificate pass (they use bearer tokens); a certificate that does not chain
-/// fails the handshake, as with any TLS client authentication.
+/// Whose client certificates the TLS layer accepts: the apiserver's front proxy (for the query
+/// API) and the apiserver as a webhook client (for `/admit`). Each route checks again the one it
+/// needs, from [`PeerCertificates`].
+#[derive(Clone, Debug, Default)]
+pub struct ClientCerts {
+    /// The requestheader CA, as currently known.
+    pub front_proxy: Option<FrontProxy>,
+    /// The webhook client CA.
+    pub webhook: Option<Arc<ClientCa>>,
+}
+
+/// Verifies client certificates against the webhook client CA and whatever requestheader CA
+/// [`FrontProxy`] holds now. Clients without a certificate pass (they use bearer tokens, or are
+/// refused by the route); a certificate that chains to neither fails the handshake, as with any
+/// TLS client authentication.
 #[derive(Debug)]
-pub struct FrontProxyVerifier {
-    front_proxy: FrontProxy,
+pub struct ClientVerifier {
+    clients: ClientCerts,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl FrontProxyVerifier {
-    /// A verifier following `front_proxy`.
-    pub fn new(front_proxy: FrontProxy) -> Self {
-        FrontProxyVerifier {
-            front_proxy,
+impl ClientVerifier {
+    /// A verifier following `clients`.
+    pub fn new(clients: ClientCerts) -> Self {
+        ClientVerifier {
+            clients,
             algorithms: provider().signature_verification_algorithms,
         }
     }
 }
 
-impl ClientCertVerifier for FrontProxyVerifier {
+impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
         // Asking for a certificate only makes sense once there is a CA to check it against.
-        self.front_proxy.current().is_some()
+        self.clients.webhook.is_some()
+            || self
+                .clients
+                .front_proxy
+                .as_ref()
+                .is_some_and(|fp| fp.current().is_some())
     }
 
     fn client_auth_mandatory(&self) -> bool {
@@ -70,14 +89,26 @@ impl ClientCertVerifier for FrontProxyVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match self.front_proxy.current() {
-            Some(config) => config
+        let mut outcome = Err(rustls::Error::General("no client CA is configured".into()));
+        if let Some(webhook) = &self.clients.webhook {
+            outcome = webhook
                 .verifier()
-                .verify_client_cert(end_entity, intermediates, now),
-            None => Err(rustls::Error::General(
-                "no requestheader client CA is known".into(),
-            )),
+                .verify_client_cert(end_entity, intermediates, now);
+            if outcome.is_ok() {
+                return outcome;
+            }
         }
+        if let Some(config) = self
+            .clients
+            .front_proxy
+            .as_ref()
+            .and_then(|fp| fp.current())
+        {
+            outcome = config
+                .verifier()
+                .verify_client_cert(end_entity, intermediates, now);
+        }
+        outcome
     }
 
     fn verify_tls12_signature(
@@ -108,11 +139,11 @@ fn provider() -> CryptoProvider {
 }
 
 /// A server configuration for `cert_pem` (chain) and `key_pem`, requesting client certificates
-/// checked against `front_proxy`'s CA when given, with ALPN h2 and http/1.1.
+/// checked against the CAs of `clients` when there are any, with ALPN h2 and http/1.1.
 pub fn server_config(
     cert_pem: &[u8],
     key_pem: &[u8],
-    front_proxy: Option<FrontProxy>,
+    clients: &ClientCerts,
 ) -> Result<ServerConfig> {
     use rustls::pki_types::pem::PemObject;
     let chain = CertificateDer::pem_slice_iter(cert_pem)
@@ -123,9 +154,10 @@ pub fn server_config(
     let builder = ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?;
-    let builder = match front_proxy {
-        Some(fp) => builder.with_client_cert_verifier(Arc::new(FrontProxyVerifier::new(fp))),
-        None => builder.with_no_client_auth(),
+    let builder = if clients.front_proxy.is_some() || clients.webhook.is_some() {
+        builder.with_client_cert_verifier(Arc::new(ClientVerifier::new(clients.clone())))
+    } else {
+        builder.with_no_client_auth()
     };
     let mut config = builder
         .with_single_cert(chain, key)
@@ -134,50 +166,77 @@ pub fn server_config(
     Ok(config)
 }
 
-/// A TLS acceptor that records the client's certificate chain in each request's extensions.
+/// A TLS acceptor that applies the connection limits ([`conn`]) and records the client's
+/// certificate chain in each request's extensions.
 #[derive(Clone, Debug)]
 pub struct PeerCertAcceptor {
     inner: RustlsAcceptor,
+    limiter: Arc<Limiter>,
 }
 
 impl PeerCertAcceptor {
-    /// An acceptor serving `config`.
-    pub fn new(config: RustlsConfig) -> Self {
+    /// An acceptor serving `config` under `limiter`'s limits.
+    pub fn new(config: RustlsConfig, limiter: Arc<Limiter>) -> Self {
         PeerCertAcceptor {
-            inner: RustlsAcceptor::new(config),
+            inner: RustlsAcceptor::new(config)
+                .handshake_timeout(limiter.limits().handshake_timeout),
+            limiter,
         }
     }
 }
 
-impl<I, S> Accept<I, S> for PeerCertAcceptor
+impl<S> Accept<TcpStream, S> for PeerCertAcceptor
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Send + 'static,
 {
-    type Stream = TlsStream<I>;
-    type Service = AddExtension<S, PeerCertificates>;
+    type Stream = Guarded<TlsStream<TcpStream>>;
+    type Service = Tracked<AddExtension<S, PeerCertificates>>;
     type Future = BoxFuture<'static, std::io::Result<(Self::Stream, Self::Service)>>;
 
-    fn accept(&self, stream: I, service: S) -> Self::Future {
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        // Decided before the handshake: a refused connection costs a descriptor for no longer
+        // than it takes to close it.
+        let slot = self.limiter.admit(stream.peer_addr().ok().map(|a| a.ip()));
         let acceptor = self.inner.clone();
+        let limiter = self.limiter.clone();
         Box::pin(async move {
+            let slot = slot.map_err(|refusal| {
+                tracing::debug!(
+                    reason = refusal.label(),
+                    "connection refused by the connection limits"
+                );
+                std::io::Error::other(refusal.label())
+            })?;
             let (stream, service) = acceptor.accept(stream, service).await?;
-            let chain = stream
+            let chain: Option<Arc<Vec<CertificateDer<'static>>>> = stream
                 .get_ref()
                 .1
                 .peer_certificates()
                 .map(|certs| Arc::new(certs.iter().map(|c| c.clone().into_owned()).collect()));
-            let service = axum::Extension(PeerCertificates(chain)).layer(service);
-            Ok((stream, service))
+            if slot.is_reserved()
+                && !limiter.may_keep_reserved(chain.as_deref().map(|c| c.as_slice()))
+            {
+                limiter.refuse(Refusal::Unauthenticated);
+                tracing::debug!(
+                    "connection in a reserved slot without the apiserver's client certificate; closed"
+                );
+                return Err(std::io::Error::other(Refusal::Unauthenticated.label()));
+            }
+            let activity = Activity::new();
+            let service = Tracked::new(
+                axum::Extension(PeerCertificates(chain)).layer(service),
+                activity.clone(),
+            );
+            Ok((Guarded::new(stream, slot, activity), service))
         })
     }
 }
 
-/// The serving configuration from `files` with client certificates checked against
-/// `front_proxy`, ready for [`bind`].
-pub fn load(files: &CertFiles, front_proxy: Option<FrontProxy>) -> Result<RustlsConfig> {
+/// The serving configuration from `files` with client certificates checked against `clients`,
+/// ready for [`bind`].
+pub fn load(files: &CertFiles, clients: &ClientCerts) -> Result<RustlsConfig> {
     let (cert, key) = read_pair(files)?;
-    let config = server_config(&cert, &key, front_proxy)?;
+    let config = server_config(&cert, &key, clients)?;
     Ok(RustlsConfig::from_config(Arc::new(config)))
 }
 
@@ -187,12 +246,7 @@ pub fn load(files: &CertFiles, front_proxy: Option<FrontProxy>) -> Result<Rustls
 /// every front-proxy request). A half-written or broken pair is logged and the current
 /// certificate kept, so a bad rotation never takes the webhook down; polling rather than inotify
 /// also sees Kubernetes' symlink swaps of mounted Secrets.
-pub async fn watch(
-    config: RustlsConfig,
-    files: CertFiles,
-    front_proxy: Option<FrontProxy>,
-    every: Duration,
-) {
+pub async fn watch(config: RustlsConfig, files: CertFiles, clients: ClientCerts, every: Duration) {
     let mut last = read_pair(&files).ok();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -202,7 +256,7 @@ pub async fn watch(
         if last.as_ref() == Some(&now) {
             continue;
         }
-        match server_config(&now.0, &now.1, front_proxy.clone()) {
+        match server_config(&now.0, &now.1, &clients) {
             Ok(new) => {
                 config.reload_from_config(Arc::new(new));
                 tracing::info!(cert = %files.cert.display(), "serving certificate reloaded");
@@ -221,11 +275,22 @@ fn read_pair(files: &CertFiles) -> Result<(Vec<u8>, Vec<u8>)> {
     Ok((cert, key))
 }
 
-/// An HTTPS server on `addr` whose handlers see [`PeerCertificates`]: the drop-in replacement
-/// for `axum_server::bind_rustls` when the query API is served.
+/// An HTTPS server on `addr` whose handlers see [`PeerCertificates`], with the connection
+/// limits and timeouts of `limiter`: the replacement for `axum_server::bind_rustls`.
 pub fn bind(
     addr: SocketAddr,
     config: RustlsConfig,
+    limiter: Arc<Limiter>,
 ) -> axum_server::Server<SocketAddr, PeerCertAcceptor> {
-    axum_server::bind(addr).acceptor(PeerCertAcceptor::new(config))
+    let header_timeout = limiter.limits().header_timeout;
+    let mut server = axum_server::bind(addr).acceptor(PeerCertAcceptor::new(config, limiter));
+    // Without a timer hyper applies no header timeout at all. With HTTP/1.1 this bounds both a
+    // dribbled header and the wait for the next request on a kept-alive connection.
+    server
+        .http_builder()
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    server.http_builder().http2().timer(TokioTimer::new());
+    server
 }

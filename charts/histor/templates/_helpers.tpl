@@ -96,6 +96,9 @@ app.kubernetes.io/part-of: histor
 
 {{/* Refuse combinations that cannot work, with a message saying what to change. */}}
 {{- define "histor.validate" -}}
+{{- if and .Values.webhook.clientCA.existingSecret .Values.webhook.clientCA.existingConfigMap -}}
+{{- fail "webhook.clientCA: set existingSecret or existingConfigMap, not both." -}}
+{{- end -}}
 {{- if and .Values.persistence.enabled (gt (int .Values.replicas) 1) -}}
 {{- fail "persistence.enabled=true needs replicas=1: the sled store is a single-writer volume per pod. Set persistence.enabled=false to run more replicas (each keeps what it received)." -}}
 {{- end -}}

@@ -189,3 +189,83 @@ fn acknowledge(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::TrackingPolicySpec;
+    use crate::pipeline::{CompiledPolicy, Outcome, Redactor, process, testdata};
+    use crate::store::SledStore;
+    use std::sync::Mutex;
+
+    /// The recorded ConfigMap creation as the pipeline captures it, made a request and an object
+    /// of its own by `n`.
+    fn captured(n: usize) -> Captured {
+        let spec: TrackingPolicySpec = serde_json::from_value(
+            serde_json::json!({"resources": [{"apiGroups": ["*"], "resources": ["*"]}]}),
+        )
+        .unwrap();
+        let policy = CompiledPolicy::compile("all", &spec).unwrap();
+        let redactor = Redactor::new(b"0123456789abcdef0123456789abcdef");
+        let mut req = testdata::request("create-configmap");
+        req.uid = format!("{}-{n}", req.uid);
+        req.name = format!("{}-{n}", req.name);
+        if let Some(obj) = req.object.as_mut() {
+            obj["metadata"]["name"] = req.name.clone().into();
+            obj["metadata"]["uid"] = format!("uid-{n}").into();
+        }
+        match process(&req, &policy, &redactor, jiff::Timestamp::now()) {
+            Outcome::Record(c) => c,
+            Outcome::Skip(why) => panic!("fixture skipped: {why:?}"),
+        }
+    }
+
+    /// Every event id observers were told of, in order.
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<crate::store::EventId>>);
+
+    impl RecordObserver for Seen {
+        fn on_recorded(&self, events: &[StoredEvent]) {
+            self.0.lock().unwrap().extend(events.iter().map(|e| e.id));
+        }
+    }
+
+    #[test]
+    fn observers_hear_of_every_event_of_a_batch_retried_after_a_partial_failure() {
+        const N: usize = 12;
+        for k in [0, 1, 5, N - 1] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(SledStore::open(dir.path()).unwrap());
+            let seen = Arc::new(Seen::default());
+            // The write after the first `k` fails once, in whichever batch holds it.
+            store.fail_once_after(k);
+            let (writer, thread) = Writer::spawn(
+                store.clone(),
+                N,
+                Arc::new(Metrics::default()),
+                vec![seen.clone()],
+            )
+            .unwrap();
+            let acks: Vec<Ack> = (0..N)
+                .map(|n| writer.submit(captured(n)).unwrap())
+                .collect();
+            drop(writer);
+            let outcomes: Vec<AppendOutcome> = acks
+                .into_iter()
+                .map(|a| a.blocking_recv().unwrap())
+                .collect();
+            thread.join().unwrap();
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|o| matches!(o, AppendOutcome::Recorded(_))),
+                "k={k}: {outcomes:?}"
+            );
+            let mut ids = seen.0.lock().unwrap().clone();
+            assert_eq!(ids.len(), N, "k={k}: every event once: {ids:?}");
+            ids.dedup();
+            assert_eq!(ids.len(), N, "k={k}: no event twice");
+            assert_eq!(store.stats().unwrap().events, N as u64, "k={k}");
+        }
+    }
+}

@@ -135,6 +135,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`append`](EventStore::append) without the flush: the batch is durable once a later
     /// [`sync`](EventStore::sync) returns. Lets a writer append the next batch while the previous
     /// one is being flushed.
+    ///
+    /// A call that fails may have written part of the batch. Called again with the same batch
+    /// (before a `sync` succeeds), it reports each event the failed call wrote as that call
+    /// wrote it (`Recorded` or `Linked`, with the same id), not as a `Duplicate` of itself, so a
+    /// retrying writer tells its observers of every durable event exactly once. An event that
+    /// was a true duplicate (an apiserver retry) stays a `Duplicate`.
     fn append_buffered(&self, batch: &[Captured]) -> Result<Vec<AppendOutcome>>;
 
     /// Makes everything appended so far durable.

@@ -134,6 +134,9 @@ pub struct SledStore {
     writer: Mutex<Writer>,
     /// One retention pass at a time: a pass walks chains before it takes the writer lock.
     retention: Mutex<()>,
+    /// Tests: event records still to write before writes fail (`usize::MAX`: never).
+    #[cfg(test)]
+    fail_after: std::sync::atomic::AtomicUsize,
 }
 
 /// Interned strings: tag ‖ text ↔ small integer.
@@ -156,6 +159,11 @@ struct Writer {
     states: HashMap<u64, Value>,
     /// Request uid (as [`request_key`]) → event, for the dedupe window.
     recent: Recent,
+    /// What appends since the last successful [`EventStore::sync`] wrote (request key, hash of
+    /// the policies, outcome), so that a retry after a failed append or flush reports an event
+    /// its failed attempt already wrote as what that attempt did, not as a `Duplicate` nobody
+    /// ever heard of. Holds one batch in normal operation (the writer syncs after each).
+    unsynced: Vec<Unsynced>,
     /// Objects with new events since the last retention pass.
     touched: HashSet<u64>,
     /// Learnt (group/resource, kind) pairs, to skip alias writes on the hot path.
@@ -163,6 +171,28 @@ struct Writer {
     /// Index rows written recently, to skip rewriting them on every event.
     buckets: HashSet<[u8; 17]>,
     last_full_retention: Option<i64>,
+}
+
+/// One outcome not yet known to be durable: see `Writer::unsynced`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Unsynced {
+    request: u128,
+    policies: u64,
+    outcome: AppendOutcome,
+}
+
+impl Unsynced {
+    fn of(captured: &Captured, outcome: AppendOutcome) -> Unsynced {
+        use std::hash::{Hash, Hasher};
+        // Only ever compared in memory, within one process: std's hasher will do.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        captured.event.policies.hash(&mut h);
+        Unsynced {
+            request: request_key(&captured.event.request_uid),
+            policies: h.finish(),
+            outcome,
+        }
+    }
 }
 
 /// An event decoded from its record.
@@ -224,6 +254,8 @@ impl SledStore {
             count: AtomicU64::new(0),
             writer: Mutex::default(),
             retention: Mutex::default(),
+            #[cfg(test)]
+            fail_after: std::sync::atomic::AtomicUsize::new(usize::MAX),
         };
         store.load()?;
         Ok(store)
@@ -346,6 +378,29 @@ impl SledStore {
             self.persist_heads(w)?;
         }
         Ok(())
+    }
+
+    /// Tests: the next `n` event records are written, the one after them fails once (as a
+    /// write to a full disk does), and writes succeed again after it.
+    #[cfg(test)]
+    pub(crate) fn fail_once_after(&self, n: usize) {
+        self.fail_after.store(n, Ordering::SeqCst);
+    }
+
+    #[cfg(test)]
+    fn injected_failure(&self) -> Result<()> {
+        match self.fail_after.load(Ordering::SeqCst) {
+            usize::MAX => Ok(()),
+            0 => {
+                self.fail_after.store(usize::MAX, Ordering::SeqCst);
+                let io = std::io::Error::from_raw_os_error(28);
+                Err(Error::Store(sled::Error::Io(io)))
+            }
+            left => {
+                self.fail_after.store(left - 1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
     }
 
     fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>> {
@@ -636,11 +691,11 @@ impl SledStore {
             },
         }
 
+        // The record is written last: an event exists once its record does, and everything the
+        // record needs (index rows, target, snapshot) is there by then. A failure before it
+        // leaves only rows that are harmless without it; a failure after it cannot happen, so
+        // a retry of the batch finds the event in the dedupe window (see `Writer::unsynced`).
         let record = self.encode(flags, id, prior.map(|h| h.last), event, &gap)?;
-        self.events.insert(keys::id_key(id), record)?;
-        if let Some(s) = snapshot {
-            self.snaps.insert(keys::id_key(id), s)?;
-        }
         if w.buckets.len() > 65_536 {
             w.buckets.clear();
         }
@@ -654,14 +709,21 @@ impl SledStore {
             rows.push(keys::index_key(TAG_NAMESPACE, keys::hash64(&[ns]), bucket));
         }
         for row in rows {
-            if w.buckets.insert(row) {
+            if !w.buckets.contains(&row) {
                 self.ix.insert(row, &[])?;
+                w.buckets.insert(row);
             }
         }
         if prior.is_none() {
             let t = keys::target_hash(&gr, &event.name);
             self.targets.insert(keys::target_key(t, object), &[])?;
         }
+        if let Some(s) = snapshot {
+            self.snaps.insert(keys::id_key(id), s)?;
+        }
+        #[cfg(test)]
+        self.injected_failure()?;
+        self.events.insert(keys::id_key(id), record)?;
         head.last = id;
         head.count += 1;
         w.heads.insert(object, head);
@@ -691,6 +753,8 @@ impl SledStore {
             return Ok(AppendOutcome::Duplicate(id));
         }
         let bytes = self.encode(rec.flags, id, rec.prev, &rec.event, &rec.gap)?;
+        #[cfg(test)]
+        self.injected_failure()?;
         self.events.insert(keys::id_key(id), bytes)?;
         Ok(AppendOutcome::Linked(id))
     }
@@ -1019,11 +1083,13 @@ impl SledStore {
     /// Writes the heads this batch changed: once per object per batch rather than per event, so
     /// a busy object does not rewrite its head row on every change.
     fn persist_heads(&self, w: &mut Writer) -> Result<()> {
-        for object in std::mem::take(&mut w.dirty_heads) {
-            if let Some(head) = w.heads.get(&object) {
+        // Cleared only once all are written: a failed write leaves them for the retry.
+        for object in &w.dirty_heads {
+            if let Some(head) = w.heads.get(object) {
                 self.heads.insert(object.to_be_bytes(), head.encode())?;
             }
         }
+        w.dirty_heads.clear();
         self.meta
             .insert(META_HEADS_THROUGH, &w.last_id.to_be_bytes())?;
         Ok(())
@@ -1042,20 +1108,53 @@ impl SledStore {
 impl EventStore for SledStore {
     fn append_buffered(&self, batch: &[Captured]) -> Result<Vec<AppendOutcome>> {
         let mut w = self.lock_writer();
+        // Outcomes of an earlier attempt that was not synced: a `Duplicate` of one of them is
+        // that attempt's write of this very event, and is reported as what it was then.
+        let mut earlier = std::mem::take(&mut w.unsynced);
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut done = Vec::with_capacity(batch.len());
+        let mut result = Ok(());
         for captured in batch {
-            outcomes.push(self.append_one(&mut w, captured)?);
+            let mut outcome = match self.append_one(&mut w, captured) {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            if let AppendOutcome::Duplicate(id) = outcome
+                && !earlier.is_empty()
+            {
+                let key = Unsynced::of(captured, outcome);
+                if let Some(i) = earlier.iter().position(|u| {
+                    u.request == key.request
+                        && u.policies == key.policies
+                        && event_id(u.outcome) == id
+                }) {
+                    outcome = earlier.swap_remove(i).outcome;
+                }
+            }
+            if !matches!(outcome, AppendOutcome::Duplicate(_)) {
+                done.push(Unsynced::of(captured, outcome));
+            }
+            outcomes.push(outcome);
         }
-        self.persist_heads(&mut w)?;
-        self.persist_counters(&w)?;
-        Ok(outcomes)
+        let result = result
+            .and_then(|()| self.persist_heads(&mut w))
+            .and_then(|()| self.persist_counters(&w));
+        // Kept until a sync succeeds, whatever happens now: a failed flush loses nothing that a
+        // retry cannot report.
+        earlier.extend(done);
+        w.unsynced = earlier;
+        result.map(|()| outcomes)
     }
 
     fn sync(&self) -> Result<()> {
         // Group commit: one flush makes every batch appended since the last one durable. The
         // writer lock keeps retention's writes out of the flush (see `enforce_retention`).
-        let _w = self.lock_writer();
+        let mut w = self.lock_writer();
         self.db.flush()?;
+        w.unsynced.clear();
         Ok(())
     }
 
@@ -1480,6 +1579,14 @@ fn peek_actor_namespace(buf: &[u8]) -> Result<(u64, Option<u64>)> {
         None
     };
     Ok((actor, ns))
+}
+
+fn event_id(outcome: AppendOutcome) -> EventId {
+    match outcome {
+        AppendOutcome::Recorded(id) | AppendOutcome::Linked(id) | AppendOutcome::Duplicate(id) => {
+            id
+        }
+    }
 }
 
 /// A request uid as 128 bits: the UUID itself, or for other strings a 128-bit hash of it.

@@ -253,6 +253,67 @@ fn duplicate_requests_are_linked_once_per_policy() {
     assert_eq!(store.stats().unwrap().events, 1);
 }
 
+/// A batch whose append fails after `k` of its events were written, retried: the events the
+/// failed attempt wrote are reported as it wrote them (Recorded, Linked), not as Duplicates of
+/// themselves, while a true duplicate inside the batch stays one.
+#[test]
+fn a_retried_batch_reports_what_its_failed_attempt_wrote() {
+    let (_d, store) = open();
+    let mut a = Obj::new("prod", "api", 1);
+    let earlier = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
+    store.append(std::slice::from_ref(&earlier)).unwrap();
+    let mut linked = earlier.clone();
+    linked.event.policies = vec!["p2".into()];
+    let mut batch = vec![linked, earlier.clone()];
+    for n in 2..8 {
+        let name = format!("app-{n}");
+        let mut o = Obj::new("prod", &name, n);
+        let obj = deployment("prod", &name, &o.uid, 1, json!({}));
+        batch.push(o.create("bob", T0 + 10 * n as i64, obj));
+    }
+    // An apiserver retry of the third event, inside the same batch.
+    batch.push(batch[2].clone());
+    let id = T0 as u64;
+    let want = |ids: &[u64]| {
+        let mut w = vec![AppendOutcome::Linked(id), AppendOutcome::Duplicate(id)];
+        w.extend(ids.iter().map(|&i| AppendOutcome::Recorded(i)));
+        w.push(AppendOutcome::Duplicate(ids[0]));
+        w
+    };
+    for k in 0..7 {
+        let (_d, store) = open();
+        store.append(std::slice::from_ref(&earlier)).unwrap();
+        // The link is the first write: k = 0 fails it, k = 1 fails the first new event.
+        store.fail_once_after(k);
+        let err = store.append_buffered(&batch).unwrap_err();
+        assert!(matches!(err, Error::Store(_)), "{err}");
+        let out = store.append_buffered(&batch).unwrap();
+        store.sync().unwrap();
+        let ids: Vec<u64> = out[2..8]
+            .iter()
+            .map(|o| match o {
+                AppendOutcome::Recorded(i) => *i,
+                other => panic!("k={k}: expected Recorded, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(out, want(&ids), "k={k}");
+        assert_eq!(store.stats().unwrap().events, 7, "k={k}");
+        assert_eq!(store.query(&q()).unwrap().events.len(), 7, "k={k}");
+        // Once synced, the same batch again is all duplicates.
+        let again = store.append(&batch).unwrap();
+        assert!(
+            again
+                .iter()
+                .all(|o| matches!(o, AppendOutcome::Duplicate(_))),
+            "k={k}: {again:?}"
+        );
+    }
+    // Without a failure, the same outcomes.
+    let out = store.append(&batch).unwrap();
+    assert!(matches!(out[2], AppendOutcome::Recorded(_)));
+    assert_eq!(out[..2], want(&[0])[..2]);
+}
+
 #[test]
 fn a_request_uid_is_remembered_for_the_dedupe_window_and_no_longer() {
     let (_d, store) = open();

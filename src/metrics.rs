@@ -13,8 +13,16 @@ use std::sync::atomic::AtomicU64;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     /// `recorded`, `duplicate`, `linked`, `dry_run`, `empty_diff`, `not_matched`, `unknown_policy`,
-    /// `uninterpretable`, `bad_request`, `dropped`, `deadline_exceeded`, `store_error`, ...
+    /// `uninterpretable`, `bad_request`, `dropped`, `deadline_exceeded`, `store_error`,
+    /// `store_unavailable` (answered at once while the store could not write), ...
     pub outcome: &'static str,
+}
+
+/// Label of a store write failure: why the writer could not write.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `no_space`, `store_error` or `stalled`.
+    pub reason: &'static str,
 }
 
 /// Every metric histor exports.
@@ -46,6 +54,10 @@ pub struct Metrics {
     pub flush_latency: Histogram,
     /// Time one retention pass holds the writer.
     pub retention_latency: Histogram,
+    /// 1 while the store takes writes, 0 while it cannot (full disk, I/O error, stuck flush).
+    pub store_writable: Gauge,
+    /// Failed or stalled store writes, by reason.
+    pub store_write_failures: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -74,6 +86,12 @@ impl Default for Metrics {
             retention_latency: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 17),
             ),
+            store_writable: {
+                let g = Gauge::default();
+                g.set(1);
+                g
+            },
+            store_write_failures: Family::default(),
         }
     }
 }
@@ -146,6 +164,16 @@ impl Metrics {
             "retention_pass_duration_seconds",
             "Time one retention pass takes",
             self.retention_latency.clone(),
+        );
+        r.register(
+            "store_writable",
+            "1 while the store takes writes; 0 while it cannot (full disk, I/O error, stuck flush)",
+            self.store_writable.clone(),
+        );
+        r.register(
+            "store_write_failures",
+            "Failed or stalled store writes, by reason",
+            self.store_write_failures.clone(),
         );
     }
 

@@ -15,7 +15,8 @@ mod sled;
 mod tests;
 
 pub use self::sled::{
-    BUCKET_SHIFT, DEDUPE_WINDOW, MAX_PAGE, MAX_REMOVALS_PER_PASS, SNAPSHOT_EVERY, SledStore,
+    BUCKET_SHIFT, DEDUPE_WINDOW, MAX_PAGE, MAX_REMOVALS_PER_PASS, SNAPSHOT_EVERY, SharedDb,
+    SledStore,
 };
 
 /// Identifies a stored event. Ids grow with receipt time (microseconds since the epoch, bumped to
@@ -145,6 +146,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Makes everything appended so far durable.
     fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called by the writer after a failed append or sync, before it tries again: a store that
+    /// cannot write again without reopening (sled after an I/O error) reopens here. An error
+    /// means "not yet" (the disk is still full, say); the writer calls again later.
+    fn recover(&self) -> Result<()> {
         Ok(())
     }
 

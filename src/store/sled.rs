@@ -46,8 +46,8 @@ use serde_json::Value;
 use sled::Tree;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// A full snapshot at least every this many events of an object, so rebuilding any version
 /// applies at most this many deltas.
@@ -119,15 +119,12 @@ const META_HEADS_THROUGH: &[u8] = b"heads_through";
 /// The sled-backed event store. Cheap to share behind an `Arc`; appends and retention serialise on
 /// an internal lock, queries run concurrently with them.
 pub struct SledStore {
-    db: sled::Db,
-    events: Tree,
-    pub(super) snaps: Tree,
-    pub(super) ix: Tree,
-    targets: Tree,
-    heads: Tree,
-    dict_tree: Tree,
-    kinds_tree: Tree,
-    meta: Tree,
+    /// The directory, to reopen the database after a write failure.
+    path: PathBuf,
+    /// The open database and its trees; `None` while it is being reopened.
+    trees: parking_lot::RwLock<Option<Arc<Trees>>>,
+    /// The database as the notification outbox reaches it.
+    shared: SharedDb,
     dict: RwLock<Dict>,
     kinds: RwLock<HashMap<String, BTreeSet<String>>>,
     count: AtomicU64,
@@ -137,6 +134,76 @@ pub struct SledStore {
     /// Tests: event records still to write before writes fail (`usize::MAX`: never).
     #[cfg(test)]
     fail_after: std::sync::atomic::AtomicUsize,
+}
+
+/// One open sled database and the store's trees in it.
+pub(super) struct Trees {
+    db: sled::Db,
+    events: Tree,
+    pub(super) snaps: Tree,
+    pub(super) ix: Tree,
+    targets: Tree,
+    heads: Tree,
+    dict_tree: Tree,
+    kinds_tree: Tree,
+    meta: Tree,
+}
+
+impl Trees {
+    fn open(path: &Path) -> Result<Trees> {
+        let db = sled::Config::new()
+            .path(path)
+            // sled's default page cache is 1 GiB, far beyond an operator pod's memory limit;
+            // reads are rare (queries), writes are sequential.
+            .cache_capacity(CACHE_BYTES)
+            // The writer flushes after every batch and the outbox after its own writes; sled's
+            // timer flush would only run beside them, and every sled flush waits on sled's I/O
+            // threads, so flushes at once wait on each other (see capture::writer).
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| open_error(e, path))?;
+        Ok(Trees {
+            events: db.open_tree("events")?,
+            snaps: db.open_tree("snaps")?,
+            ix: db.open_tree("ix")?,
+            targets: db.open_tree("targets")?,
+            heads: db.open_tree("heads")?,
+            dict_tree: db.open_tree("dict")?,
+            kinds_tree: db.open_tree("kinds")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+}
+
+/// The store's database as other components reach it (the notification outbox keeps its trees
+/// in it). The store replaces the database when it reopens after a write failure, so a holder
+/// takes it for each use rather than keeping a clone: a kept clone would also keep the old
+/// database's file lock, and the reopen would fail.
+#[derive(Clone)]
+pub struct SharedDb(Arc<parking_lot::RwLock<Option<sled::Db>>>);
+
+impl SharedDb {
+    /// The current database; [`Error::StoreClosed`] while the store is reopening it.
+    pub fn get(&self) -> Result<sled::Db> {
+        self.0.read().clone().ok_or(Error::StoreClosed)
+    }
+
+    fn set(&self, db: Option<sled::Db>) {
+        *self.0.write() = db;
+    }
+}
+
+impl From<sled::Db> for SharedDb {
+    fn from(db: sled::Db) -> Self {
+        SharedDb(Arc::new(parking_lot::RwLock::new(Some(db))))
+    }
+}
+
+impl From<&sled::Db> for SharedDb {
+    fn from(db: &sled::Db) -> Self {
+        SharedDb::from(db.clone())
+    }
 }
 
 /// Interned strings: tag ‖ text ↔ small integer.
@@ -228,27 +295,11 @@ impl SledStore {
     /// gives [`Error::StoreLocked`].
     pub fn open(path: impl AsRef<Path>) -> Result<SledStore> {
         let path = path.as_ref();
-        let db = sled::Config::new()
-            .path(path)
-            // sled's default page cache is 1 GiB, far beyond an operator pod's memory limit;
-            // reads are rare (queries), writes are sequential.
-            .cache_capacity(CACHE_BYTES)
-            // The writer flushes after every batch and the outbox after its own writes; sled's
-            // timer flush would only run beside them, and every sled flush waits on sled's I/O
-            // threads, so flushes at once wait on each other (see capture::writer).
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| open_error(e, path))?;
+        let trees = Trees::open(path)?;
         let store = SledStore {
-            events: db.open_tree("events")?,
-            snaps: db.open_tree("snaps")?,
-            ix: db.open_tree("ix")?,
-            targets: db.open_tree("targets")?,
-            heads: db.open_tree("heads")?,
-            dict_tree: db.open_tree("dict")?,
-            kinds_tree: db.open_tree("kinds")?,
-            meta: db.open_tree("meta")?,
-            db,
+            path: path.to_owned(),
+            shared: SharedDb::from(&trees.db),
+            trees: parking_lot::RwLock::new(Some(Arc::new(trees))),
             dict: RwLock::default(),
             kinds: RwLock::default(),
             count: AtomicU64::new(0),
@@ -257,25 +308,74 @@ impl SledStore {
             #[cfg(test)]
             fail_after: std::sync::atomic::AtomicUsize::new(usize::MAX),
         };
-        store.load()?;
+        store.load(&mut store.lock_writer())?;
         Ok(store)
     }
 
+    /// The open trees; [`Error::StoreClosed`] while the database is being reopened.
+    pub(super) fn t(&self) -> Result<Arc<Trees>> {
+        self.trees.read().clone().ok_or(Error::StoreClosed)
+    }
+
     /// The underlying database, for components that keep their own trees next to the events
-    /// (their writes become durable with the next append's flush, or their own).
-    pub fn db(&self) -> &sled::Db {
-        &self.db
+    /// (their writes become durable with the next append's flush, or their own). It changes when
+    /// the store reopens: see [`SharedDb`].
+    pub fn db(&self) -> SharedDb {
+        self.shared.clone()
     }
 
     /// Makes everything written so far durable (the notification outbox shares this database).
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
+        self.t()?.db.flush()?;
         Ok(())
     }
 
-    fn load(&self) -> Result<()> {
+    /// Reopens the database after a failed write or flush. sled keeps the first I/O error of a
+    /// database (a full disk, say) and fails every later write and flush with it, even once
+    /// space is back, so the only way back is a new `sled::Db`. Checks first that the directory
+    /// takes a write again (a small probe file written, synced and removed), so that a disk
+    /// still full costs no reopen. What the old database had not flushed is gone with it: the
+    /// caller appends its unflushed batch again (the events the old one made durable come back
+    /// as they were reported, see [`EventStore::append_buffered`]).
+    pub fn reopen(&self) -> Result<()> {
+        probe_writable(&self.path)?;
+        // Retention first, then the writer: the order a retention pass takes them in.
+        let _pass = self.retention.lock();
+        let mut w = self.lock_writer();
+        // Dropping the last handle on the old database releases its file lock. Readers in flight
+        // (a query's iterator) hold it a little longer: wait for them, briefly.
+        self.trees.write().take();
+        self.shared.set(None);
+        let mut attempt = 0;
+        let trees = loop {
+            match Trees::open(&self.path) {
+                Ok(trees) => break trees,
+                Err(Error::StoreLocked(_)) if attempt < 40 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let unsynced = std::mem::take(&mut w.unsynced);
+        *w = Writer {
+            unsynced,
+            ..Writer::default()
+        };
+        self.shared.set(Some(trees.db.clone()));
+        *self.trees.write() = Some(Arc::new(trees));
+        if let Err(e) = self.load(&mut w) {
+            self.trees.write().take();
+            self.shared.set(None);
+            return Err(e);
+        }
+        tracing::info!(path = %self.path.display(), "store reopened after a write failure");
+        Ok(())
+    }
+
+    fn load(&self, w: &mut Writer) -> Result<()> {
         let mut dict = Dict::default();
-        for item in self.dict_tree.iter() {
+        for item in self.t()?.dict_tree.iter() {
             let (k, v) = item?;
             let id = keys::id_from_key(&k).ok_or_else(|| Error::Corrupt("dict key".into()))?;
             dict.ids.insert(v.to_vec(), id);
@@ -285,7 +385,7 @@ impl SledStore {
         *write_lock(&self.dict) = dict;
 
         let mut kinds: HashMap<String, BTreeSet<String>> = HashMap::new();
-        for item in self.kinds_tree.iter() {
+        for item in self.t()?.kinds_tree.iter() {
             let (k, _) = item?;
             let text = String::from_utf8_lossy(&k);
             if let Some((alias, gr)) = text.split_once('\0') {
@@ -297,10 +397,9 @@ impl SledStore {
         }
         *write_lock(&self.kinds) = kinds;
 
-        let mut w = self.lock_writer();
         let meta_last = self.meta_u64(META_LAST_ID)?.unwrap_or(0);
         // A crash can leave events of an unacknowledged batch behind the persisted last id.
-        let tree_last = match self.events.last()? {
+        let tree_last = match self.t()?.events.last()? {
             Some((k, _)) => keys::id_from_key(&k).unwrap_or(0),
             None => 0,
         };
@@ -310,10 +409,10 @@ impl SledStore {
         let count = match self.meta_u64(META_COUNT)? {
             Some(c) if clean => c,
             // After a crash the persisted count may lag the tree: count once.
-            _ => self.events.len() as u64,
+            _ => self.t()?.events.len() as u64,
         };
         self.count.store(count, Ordering::Relaxed);
-        self.meta.insert(META_CLEAN, &0u64.to_be_bytes())?;
+        self.t()?.meta.insert(META_CLEAN, &0u64.to_be_bytes())?;
 
         if !clean {
             let through = match self.meta_u64(META_HEADS_THROUGH)? {
@@ -323,13 +422,13 @@ impl SledStore {
                 None if meta_last == 0 => 0,
                 None => w.last_id,
             };
-            self.repair_heads(&mut w, through)?;
+            self.repair_heads(w, through)?;
         }
 
         // Rebuild the dedupe window from the newest events.
         let floor = w.last_id.saturating_sub(DEDUPE_WINDOW);
         let mut recent = Vec::new();
-        for item in self.events.range(keys::id_key(floor)..).rev() {
+        for item in self.t()?.events.range(keys::id_key(floor)..).rev() {
             let (k, v) = item?;
             let id = keys::id_from_key(&k).unwrap_or(0);
             let mut r = Reader::new(&v);
@@ -349,7 +448,11 @@ impl SledStore {
     /// written at its end.
     fn repair_heads(&self, w: &mut Writer, through: EventId) -> Result<()> {
         let mut repaired = 0u64;
-        for item in self.events.range(keys::id_key(through.saturating_add(1))..) {
+        for item in self
+            .t()?
+            .events
+            .range(keys::id_key(through.saturating_add(1))..)
+        {
             let (k, v) = item?;
             let id = keys::id_from_key(&k).ok_or_else(|| Error::Corrupt("event key".into()))?;
             let rec = self.decode(id, &v)?;
@@ -360,7 +463,7 @@ impl SledStore {
             }
             head.last = id;
             head.count += 1;
-            head.since_snapshot = if self.snaps.contains_key(&k)? {
+            head.since_snapshot = if self.t()?.snaps.contains_key(&k)? {
                 0
             } else {
                 head.since_snapshot + 1
@@ -404,7 +507,7 @@ impl SledStore {
     }
 
     fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>> {
-        Ok(self.meta.get(key)?.and_then(|v| keys::id_from_key(&v)))
+        Ok(self.t()?.meta.get(key)?.and_then(|v| keys::id_from_key(&v)))
     }
 
     fn lock_writer(&self) -> MutexGuard<'_, Writer> {
@@ -424,7 +527,9 @@ impl SledStore {
             return Ok(id);
         }
         let id = dict.next;
-        self.dict_tree.insert(keys::id_key(id), key.as_slice())?;
+        self.t()?
+            .dict_tree
+            .insert(keys::id_key(id), key.as_slice())?;
         dict.next += 1;
         dict.strings.insert(id, key.clone());
         dict.ids.insert(key, id);
@@ -585,14 +690,14 @@ impl SledStore {
     }
 
     fn load_record(&self, id: EventId) -> Result<Option<Record>> {
-        match self.events.get(keys::id_key(id))? {
+        match self.t()?.events.get(keys::id_key(id))? {
             Some(v) => Ok(Some(self.decode(id, &v)?)),
             None => Ok(None),
         }
     }
 
     fn snapshot(&self, id: EventId) -> Result<Option<Value>> {
-        match self.snaps.get(keys::id_key(id))? {
+        match self.t()?.snaps.get(keys::id_key(id))? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -602,7 +707,7 @@ impl SledStore {
         if let Some(h) = w.heads.get(&object) {
             return Ok(Some(*h));
         }
-        match self.heads.get(object.to_be_bytes())? {
+        match self.t()?.heads.get(object.to_be_bytes())? {
             Some(v) => {
                 let h = Head::decode(&v)?;
                 w.heads.insert(object, h);
@@ -710,20 +815,20 @@ impl SledStore {
         }
         for row in rows {
             if !w.buckets.contains(&row) {
-                self.ix.insert(row, &[])?;
+                self.t()?.ix.insert(row, &[])?;
                 w.buckets.insert(row);
             }
         }
         if prior.is_none() {
             let t = keys::target_hash(&gr, &event.name);
-            self.targets.insert(keys::target_key(t, object), &[])?;
+            self.t()?.targets.insert(keys::target_key(t, object), &[])?;
         }
         if let Some(s) = snapshot {
-            self.snaps.insert(keys::id_key(id), s)?;
+            self.t()?.snaps.insert(keys::id_key(id), s)?;
         }
         #[cfg(test)]
         self.injected_failure()?;
-        self.events.insert(keys::id_key(id), record)?;
+        self.t()?.events.insert(keys::id_key(id), record)?;
         head.last = id;
         head.count += 1;
         w.heads.insert(object, head);
@@ -755,7 +860,7 @@ impl SledStore {
         let bytes = self.encode(rec.flags, id, rec.prev, &rec.event, &rec.gap)?;
         #[cfg(test)]
         self.injected_failure()?;
-        self.events.insert(keys::id_key(id), bytes)?;
+        self.t()?.events.insert(keys::id_key(id), bytes)?;
         Ok(AppendOutcome::Linked(id))
     }
 
@@ -773,7 +878,8 @@ impl SledStore {
         for a in aliases {
             let set = cache.entry(a.clone()).or_default();
             if set.insert(gr.to_owned()) {
-                self.kinds_tree
+                self.t()?
+                    .kinds_tree
                     .insert(format!("{a}\0{gr}").as_bytes(), &[])?;
             }
         }
@@ -824,7 +930,7 @@ impl SledStore {
 
     /// The newest event of an object, from its head.
     fn object_last(&self, object: u64) -> Result<Option<EventId>> {
-        match self.heads.get(object.to_be_bytes())? {
+        match self.t()?.heads.get(object.to_be_bytes())? {
             Some(v) => Ok(Some(Head::decode(&v)?.last)),
             None => Ok(None),
         }
@@ -878,7 +984,7 @@ impl SledStore {
             let mut streams = Vec::new();
             for gr in kinds {
                 let t = keys::target_hash(gr, name);
-                for item in self.targets.scan_prefix(t.to_be_bytes()) {
+                for item in self.t()?.targets.scan_prefix(t.to_be_bytes()) {
                     let (k, _) = item?;
                     let object = keys::id_of_index_key(&k)
                         .ok_or_else(|| Error::Corrupt("target key".into()))?;
@@ -888,15 +994,15 @@ impl SledStore {
             return Ok(Box::new(Merge { streams }));
         }
         if let Some(user) = &q.user {
-            return Ok(self.bucket_stream(TAG_USER, keys::hash64(&[user]), lo, hi));
+            return self.bucket_stream(TAG_USER, keys::hash64(&[user]), lo, hi);
         }
         if let Some(ns) = &q.namespace {
-            return Ok(self.bucket_stream(TAG_NAMESPACE, keys::hash64(&[ns]), lo, hi));
+            return self.bucket_stream(TAG_NAMESPACE, keys::hash64(&[ns]), lo, hi);
         }
         let range = keys::id_key(lo)..keys::id_key(hi);
-        Ok(Box::new(self.events.range(range).keys().rev().map(|k| {
-            keys::id_from_key(&k?).ok_or_else(|| Error::Corrupt("event key".into()))
-        })))
+        Ok(Box::new(self.t()?.events.range(range).keys().rev().map(
+            |k| keys::id_from_key(&k?).ok_or_else(|| Error::Corrupt("event key".into())),
+        )))
     }
 
     /// Ids in `[lo, hi)` of the time slices in which `subject` had events, newest first. The ids
@@ -907,10 +1013,12 @@ impl SledStore {
         subject: u64,
         lo: EventId,
         hi: EventId,
-    ) -> Box<dyn Iterator<Item = Result<EventId>> + 'a> {
+    ) -> Result<Box<dyn Iterator<Item = Result<EventId>> + 'a>> {
         let rows = keys::index_key(tag, subject, lo >> BUCKET_SHIFT)
             ..=keys::index_key(tag, subject, (hi - 1) >> BUCKET_SHIFT);
-        Box::new(self.ix.range(rows).rev().flat_map(move |row| {
+        let t = self.t()?;
+        let events = t.events.clone();
+        Ok(Box::new(t.ix.range(rows).rev().flat_map(move |row| {
             let ids: Box<dyn Iterator<Item = Result<EventId>>> = match row {
                 Err(e) => Box::new(std::iter::once(Err(e.into()))),
                 Ok((k, _)) => {
@@ -918,7 +1026,7 @@ impl SledStore {
                     let start = (bucket << BUCKET_SHIFT).max(lo);
                     let end = ((bucket + 1) << BUCKET_SHIFT).min(hi);
                     Box::new(
-                        self.events
+                        events
                             .range(keys::id_key(start)..keys::id_key(end))
                             .keys()
                             .rev()
@@ -930,7 +1038,7 @@ impl SledStore {
                 }
             };
             ids
-        }))
+        })))
     }
 
     // ---------- retention ----------
@@ -956,7 +1064,7 @@ impl SledStore {
         let mut next = Some(head.last);
         while let Some(id) = next.filter(|&id| id > walked) {
             newer.push(id);
-            next = match self.events.get(keys::id_key(id))? {
+            next = match self.t()?.events.get(keys::id_key(id))? {
                 Some(buf) => peek_prev_policies(id, &buf)?.0,
                 None => None,
             };
@@ -974,10 +1082,11 @@ impl SledStore {
             }
             if after_removed {
                 let mut unknown = false;
-                if !self.snaps.contains_key(keys::id_key(id))? {
+                if !self.t()?.snaps.contains_key(keys::id_key(id))? {
                     match self.state_after_record(id)? {
                         Some(state) => {
-                            self.snaps
+                            self.t()?
+                                .snaps
                                 .insert(keys::id_key(id), serde_json::to_vec(&state)?)?;
                         }
                         None => unknown = true,
@@ -993,7 +1102,7 @@ impl SledStore {
                         flags |= F_CHAIN_BREAK;
                     }
                     let bytes = self.encode(flags, id, prev_kept, &rec.event, &[])?;
-                    self.events.insert(keys::id_key(id), bytes)?;
+                    self.t()?.events.insert(keys::id_key(id), bytes)?;
                 }
             }
             after_removed = false;
@@ -1015,8 +1124,8 @@ impl SledStore {
         let mut removed = 0u64;
         let mut last_removed = None;
         for &id in remove {
-            self.snaps.remove(keys::id_key(id))?;
-            if let Some(bytes) = self.events.remove(keys::id_key(id))? {
+            self.t()?.snaps.remove(keys::id_key(id))?;
+            if let Some(bytes) = self.t()?.events.remove(keys::id_key(id))? {
                 removed += 1;
                 last_removed = Some((id, bytes));
             }
@@ -1026,14 +1135,14 @@ impl SledStore {
         ids.retain(|id| !remove.contains(id));
 
         if emptied {
-            self.heads.remove(object.to_be_bytes())?;
+            self.t()?.heads.remove(object.to_be_bytes())?;
             w.heads.remove(&object);
             w.dirty_heads.remove(&object);
             w.states.remove(&object);
             if let Some((id, bytes)) = last_removed {
                 let e = self.decode(id, &bytes)?.event;
                 let t = keys::target_hash(&e.resource.group_resource(), &e.name);
-                self.targets.remove(keys::target_key(t, object))?;
+                self.t()?.targets.remove(keys::target_key(t, object))?;
                 report.objects_emptied.push(EmptiedObject {
                     resource: e.resource.group_resource(),
                     namespace: e.namespace,
@@ -1043,7 +1152,9 @@ impl SledStore {
             }
         } else {
             head.count = head.count.saturating_sub(removed);
-            self.heads.insert(object.to_be_bytes(), head.encode())?;
+            self.t()?
+                .heads
+                .insert(object.to_be_bytes(), head.encode())?;
             w.heads.insert(object, head);
         }
         Ok(())
@@ -1052,7 +1163,7 @@ impl SledStore {
     /// Removes index rows of time slices older than the oldest event. Subjects come from the
     /// dictionary (every namespace and user ever stored), so no scan of the index is needed.
     fn drop_stale_buckets(&self) -> Result<()> {
-        let oldest = match self.events.first()? {
+        let oldest = match self.t()?.events.first()? {
             Some((k, _)) => keys::id_from_key(&k).unwrap_or(0) >> BUCKET_SHIFT,
             None => u64::MAX,
         };
@@ -1073,8 +1184,8 @@ impl SledStore {
         }
         for (tag, subject) in subjects {
             let stale = keys::index_key(tag, subject, 0)..keys::index_key(tag, subject, oldest);
-            for row in self.ix.range(stale).keys() {
-                self.ix.remove(row?)?;
+            for row in self.t()?.ix.range(stale).keys() {
+                self.t()?.ix.remove(row?)?;
             }
         }
         Ok(())
@@ -1086,18 +1197,23 @@ impl SledStore {
         // Cleared only once all are written: a failed write leaves them for the retry.
         for object in &w.dirty_heads {
             if let Some(head) = w.heads.get(object) {
-                self.heads.insert(object.to_be_bytes(), head.encode())?;
+                self.t()?
+                    .heads
+                    .insert(object.to_be_bytes(), head.encode())?;
             }
         }
         w.dirty_heads.clear();
-        self.meta
+        self.t()?
+            .meta
             .insert(META_HEADS_THROUGH, &w.last_id.to_be_bytes())?;
         Ok(())
     }
 
     fn persist_counters(&self, w: &Writer) -> Result<()> {
-        self.meta.insert(META_LAST_ID, &w.last_id.to_be_bytes())?;
-        self.meta.insert(
+        self.t()?
+            .meta
+            .insert(META_LAST_ID, &w.last_id.to_be_bytes())?;
+        self.t()?.meta.insert(
             META_COUNT,
             &self.count.load(Ordering::Relaxed).to_be_bytes(),
         )?;
@@ -1149,11 +1265,15 @@ impl EventStore for SledStore {
         result.map(|()| outcomes)
     }
 
+    fn recover(&self) -> Result<()> {
+        self.reopen()
+    }
+
     fn sync(&self) -> Result<()> {
         // Group commit: one flush makes every batch appended since the last one durable. The
         // writer lock keeps retention's writes out of the flush (see `enforce_retention`).
         let mut w = self.lock_writer();
-        self.db.flush()?;
+        self.t()?.db.flush()?;
         w.unsynced.clear();
         Ok(())
     }
@@ -1187,7 +1307,7 @@ impl EventStore for SledStore {
         let mut more = false;
         for id in self.id_stream(q, kinds.as_ref(), lo, hi)? {
             let id = id?;
-            let Some(raw) = self.events.get(keys::id_key(id))? else {
+            let Some(raw) = self.t()?.events.get(keys::id_key(id))? else {
                 continue;
             };
             if want_ns.is_some() || want_actors.is_some() {
@@ -1285,7 +1405,7 @@ impl EventStore for SledStore {
         // Age: only events older than the shortest max age can be due; each is kept while any
         // of its policies keeps it.
         let oldest_allowed = cutoff(min_age);
-        for item in self.events.range(..keys::id_key(oldest_allowed)) {
+        for item in self.t()?.events.range(..keys::id_key(oldest_allowed)) {
             if budget == 0 {
                 break;
             }
@@ -1321,7 +1441,7 @@ impl EventStore for SledStore {
         let over = |v: &[u8]| -> Result<bool> { Ok(Head::decode(v)?.count > u64::from(min_count)) };
         let mut candidates = Vec::new();
         if full {
-            for item in self.heads.iter() {
+            for item in self.t()?.heads.iter() {
                 let (k, v) = item?;
                 if over(&v)? {
                     candidates.push(keys::id_from_key(&k).unwrap_or(0));
@@ -1329,7 +1449,7 @@ impl EventStore for SledStore {
             }
         } else {
             for object in touched {
-                if let Some(v) = self.heads.get(object.to_be_bytes())?
+                if let Some(v) = self.t()?.heads.get(object.to_be_bytes())?
                     && over(&v)?
                 {
                     candidates.push(object);
@@ -1350,7 +1470,7 @@ impl EventStore for SledStore {
             let mut ids = Vec::new();
             let mut next = self.object_last(object)?;
             while let Some(id) = next {
-                let Some(buf) = self.events.get(keys::id_key(id))? else {
+                let Some(buf) = self.t()?.events.get(keys::id_key(id))? else {
                     break;
                 };
                 pace(ids.len());
@@ -1418,7 +1538,7 @@ impl EventStore for SledStore {
             // runs beside the capture writer's and neither waits on the other's log write.
             let w = self.lock_writer();
             self.persist_counters(&w)?;
-            self.db.flush()?;
+            self.t()?.db.flush()?;
         }
         Ok(report)
     }
@@ -1426,7 +1546,7 @@ impl EventStore for SledStore {
     fn stats(&self) -> Result<StoreStats> {
         Ok(StoreStats {
             events: self.count.load(Ordering::Relaxed),
-            bytes_on_disk: self.db.size_on_disk()?,
+            bytes_on_disk: self.t()?.db.size_on_disk()?,
         })
     }
 }
@@ -1436,11 +1556,12 @@ impl Drop for SledStore {
         // Mark a clean shutdown so the next open can trust the persisted count.
         let w = self.lock_writer();
         let saved = self.persist_counters(&w).and_then(|()| {
-            self.meta.insert(META_CLEAN, &1u64.to_be_bytes())?;
+            self.t()?.meta.insert(META_CLEAN, &1u64.to_be_bytes())?;
             Ok(())
         });
         drop(w);
-        if let Err(error) = saved.and_then(|()| self.db.flush().map(drop).map_err(Error::from)) {
+        if let Err(error) = saved.and_then(|()| self.t()?.db.flush().map(drop).map_err(Error::from))
+        {
             tracing::warn!(%error, "could not record a clean store shutdown");
         }
     }
@@ -1459,7 +1580,11 @@ impl Iterator for Chain<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let id = self.next.take()?;
-            let prev = match self.store.events.get(keys::id_key(id)) {
+            let events = match self.store.t() {
+                Ok(t) => t.events.clone(),
+                Err(e) => return Some(Err(e)),
+            };
+            let prev = match events.get(keys::id_key(id)) {
                 Ok(Some(buf)) => peek_prev_policies(id, &buf).map(|(prev, _)| prev),
                 // A link to an event that is gone (a crash between writes): the chain ends.
                 Ok(None) => return None,
@@ -1640,6 +1765,23 @@ fn chain(
     }
     let rebuilt = apply_changes(&mut current, &event.changes) && current == *state;
     (rebuilt.then_some(current), unseen)
+}
+
+/// Bytes the probe writes: two of sled's log segments, so that a reopened database can at least
+/// start writing again.
+const PROBE_BYTES: usize = 1 << 20;
+
+/// Checks that `dir` takes writes: a probe file written, synced and removed.
+fn probe_writable(dir: &Path) -> Result<()> {
+    use std::io::Write;
+    let path = dir.join(".histor-write-probe");
+    let written = std::fs::File::create(&path).and_then(|mut f| {
+        f.write_all(&vec![0u8; PROBE_BYTES])?;
+        f.sync_all()
+    });
+    let removed = std::fs::remove_file(&path);
+    written.map_err(|e| Error::file(&path, e))?;
+    removed.map_err(|e| Error::file(&path, e))
 }
 
 fn open_error(e: sled::Error, path: &Path) -> Error {

@@ -462,7 +462,7 @@ fn every_version_of_a_history_rebuilds_exactly() {
         );
     }
     // Deltas, not copies: only a few events carry a snapshot.
-    let snaps = store.snaps.len();
+    let snaps = store.t().unwrap().snaps.len();
     assert!(snaps <= 8, "{snaps} snapshots");
 }
 
@@ -1131,7 +1131,7 @@ fn namespace_and_user_queries_span_time_slices_and_forget_old_ones() {
             .len(),
         3
     );
-    let rows = store.ix.len();
+    let rows = store.t().unwrap().ix.len();
     assert!(rows <= 11 + 4 + 11 + 4, "{rows} index rows left");
 }
 
@@ -1149,6 +1149,8 @@ fn heads_of_an_interrupted_batch_are_repaired_on_open() {
         store.append(&[create]).unwrap();
         saved = store
             .db()
+            .get()
+            .unwrap()
             .open_tree("heads")
             .unwrap()
             .iter()
@@ -1156,6 +1158,8 @@ fn heads_of_an_interrupted_batch_are_repaired_on_open() {
             .collect();
         through = store
             .db()
+            .get()
+            .unwrap()
             .open_tree("meta")
             .unwrap()
             .get(b"heads_through")

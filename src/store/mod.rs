@@ -15,8 +15,8 @@ mod sled;
 mod tests;
 
 pub use self::sled::{
-    BUCKET_SHIFT, DEDUPE_WINDOW, MAX_PAGE, MAX_REMOVALS_PER_PASS, SNAPSHOT_EVERY, SharedDb,
-    SledStore,
+    BUCKET_SHIFT, DEDUPE_WINDOW, HEADS_CACHE, MAX_PAGE, MAX_REMOVALS_PER_PASS, SNAPSHOT_EVERY,
+    SharedDb, SledStore,
 };
 
 /// Identifies a stored event. Ids grow with receipt time (microseconds since the epoch, bumped to

@@ -81,6 +81,12 @@ const PRUNE_CHUNK: usize = 64;
 /// to its parent). Past this the cache is dropped and states are rebuilt from disk on demand.
 const STATE_CACHE: usize = 4096;
 
+/// Object heads kept in memory. Heads live on disk (the `heads` tree); this is a cache of them,
+/// dropped whole once past the bound after a batch's heads are written (all are persisted then),
+/// so memory stays at most this many heads (~40 bytes each, plus the map) however many objects
+/// the store has seen. (64 in unit tests, so that every store test runs through evictions.)
+pub const HEADS_CACHE: usize = if cfg!(test) { 64 } else { 65_536 };
+
 /// Retention pauses for [`PACE`] every this many chain steps and after every chunk it prunes.
 const PACE_EVERY: usize = 256;
 const PACE: std::time::Duration = std::time::Duration::from_micros(500);
@@ -207,11 +213,42 @@ impl From<&sled::Db> for SharedDb {
 }
 
 /// Interned strings: tag ‖ text ↔ small integer.
+///
+/// Bounded by what the cluster has, not by its traffic: users are interned as username, uid and
+/// groups only (one entry per identity and set of groups), never with the authenticator's
+/// `extra`, which for bound service-account tokens names the credential and pod
+/// (`authentication.kubernetes.io/credential-id`, `.../pod-uid`) and so changes with every pod.
+/// `extra` is not stored at all.
 #[derive(Default)]
 struct Dict {
     ids: HashMap<Vec<u8>, u64>,
     strings: HashMap<u64, Vec<u8>>,
+    /// Username → its user entries, so a query by user does not scan the dictionary.
+    users: HashMap<String, Vec<u64>>,
     next: u64,
+}
+
+impl Dict {
+    fn add(&mut self, id: u64, key: Vec<u8>) {
+        if key.first() == Some(&D_USER)
+            && let Ok(actor) = serde_json::from_slice::<Actor>(&key[1..])
+        {
+            self.users.entry(actor.username).or_default().push(id);
+        }
+        self.strings.insert(id, key.clone());
+        self.ids.insert(key, id);
+        self.next = self.next.max(id + 1);
+    }
+}
+
+/// The part of an [`Actor`] the store keeps; serialises as an `Actor` without `extra` does.
+#[derive(serde::Serialize)]
+struct StoredActor<'a> {
+    username: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    groups: &'a [String],
 }
 
 /// State only the writer (append, retention) touches.
@@ -378,9 +415,7 @@ impl SledStore {
         for item in self.t()?.dict_tree.iter() {
             let (k, v) = item?;
             let id = keys::id_from_key(&k).ok_or_else(|| Error::Corrupt("dict key".into()))?;
-            dict.ids.insert(v.to_vec(), id);
-            dict.strings.insert(id, v.to_vec());
-            dict.next = dict.next.max(id + 1);
+            dict.add(id, v.to_vec());
         }
         *write_lock(&self.dict) = dict;
 
@@ -483,6 +518,17 @@ impl SledStore {
         Ok(())
     }
 
+    /// Tests: user entries in the dictionary, and heads cached in memory.
+    #[cfg(test)]
+    pub(super) fn sizes(&self) -> (usize, usize) {
+        let users = read_lock(&self.dict)
+            .strings
+            .values()
+            .filter(|s| s.first() == Some(&D_USER))
+            .count();
+        (users, self.lock_writer().heads.len())
+    }
+
     /// Tests: the next `n` event records are written, the one after them fails once (as a
     /// write to a full disk does), and writes succeed again after it.
     #[cfg(test)]
@@ -530,9 +576,7 @@ impl SledStore {
         self.t()?
             .dict_tree
             .insert(keys::id_key(id), key.as_slice())?;
-        dict.next += 1;
-        dict.strings.insert(id, key.clone());
-        dict.ids.insert(key, id);
+        dict.add(id, key);
         Ok(id)
     }
 
@@ -552,17 +596,13 @@ impl SledStore {
         Ok(serde_json::from_str(&self.lookup(tag, id)?)?)
     }
 
-    /// Dictionary ids of every stored identity of user `name` (one per set of groups seen).
+    /// Dictionary ids of every stored identity of user `name` (one per uid and set of groups).
     fn actors_named(&self, name: &str) -> HashSet<u64> {
         read_lock(&self.dict)
-            .strings
-            .iter()
-            .filter(|(_, s)| s.first() == Some(&D_USER))
-            .filter(|(_, s)| {
-                serde_json::from_slice::<Actor>(&s[1..]).is_ok_and(|a| a.username == name)
-            })
-            .map(|(&id, _)| id)
-            .collect()
+            .users
+            .get(name)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     fn policies(&self) -> Vec<String> {
@@ -613,7 +653,12 @@ impl SledStore {
         for p in &e.policies {
             codec::put_varint(&mut out, self.intern(D_POLICY, p)?);
         }
-        codec::put_varint(&mut out, self.intern_json(D_USER, &e.user)?);
+        let user = StoredActor {
+            username: &e.user.username,
+            uid: e.user.uid.as_deref(),
+            groups: &e.user.groups,
+        };
+        codec::put_varint(&mut out, self.intern_json(D_USER, &user)?);
         codec::put_varint(&mut out, self.intern_json(D_RESOURCE, &e.resource)?);
         codec::put_varint(&mut out, self.intern_json(D_KIND, &e.kind)?);
         if let Some(ns) = &e.namespace {
@@ -1203,6 +1248,9 @@ impl SledStore {
             }
         }
         w.dirty_heads.clear();
+        if w.heads.len() > HEADS_CACHE {
+            w.heads.clear();
+        }
         self.t()?
             .meta
             .insert(META_HEADS_THROUGH, &w.last_id.to_be_bytes())?;

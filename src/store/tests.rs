@@ -314,6 +314,66 @@ fn a_retried_batch_reports_what_its_failed_attempt_wrote() {
     assert_eq!(out[..2], want(&[0])[..2]);
 }
 
+/// Bound service-account tokens carry per-credential and per-pod extras: a thousand pods of one
+/// service account are one dictionary entry, not a thousand, and a query by the user finds them
+/// all through the name index. Object heads in memory stay within [`HEADS_CACHE`].
+#[test]
+fn the_dictionary_and_the_heads_cache_stay_bounded() {
+    let (_d, store) = open();
+    let sa = "system:serviceaccount:ci:runner";
+    let n = 4 * HEADS_CACHE as u64;
+    let mut batch = Vec::new();
+    for i in 0..n {
+        let name = format!("cm-{i}");
+        let mut o = Obj::new("ci", &name, i + 1);
+        let obj = deployment("ci", &name, &o.uid, 1, json!({}));
+        let mut c = o.create(sa, T0 + i as i64, obj);
+        c.event.user.uid = Some("sa-uid".into());
+        c.event.user.extra = [
+            (
+                "authentication.kubernetes.io/credential-id".to_string(),
+                vec![format!("JTI={i}")],
+            ),
+            (
+                "authentication.kubernetes.io/pod-uid".to_string(),
+                vec![format!("pod-{i}")],
+            ),
+        ]
+        .into_iter()
+        .collect();
+        batch.push(c);
+        if batch.len() == 50 {
+            store.append(&batch).unwrap();
+            batch.clear();
+        }
+    }
+    store.append(&batch).unwrap();
+    let (users, heads) = store.sizes();
+    assert_eq!(users, 1, "one identity, however many credentials");
+    assert!(heads <= HEADS_CACHE + 50, "{heads} heads cached");
+    let page = store
+        .query(&Query {
+            user: Some(sa.into()),
+            limit: MAX_PAGE,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(page.events.len() as u64, n);
+    let user = &page.events[0].event.user;
+    assert_eq!(user.uid.as_deref(), Some("sa-uid"));
+    assert!(user.extra.is_empty(), "extra is not stored");
+    // Evicted heads come back from disk: the objects' chains go on.
+    let mut first = Obj::new("ci", "cm-0", 1);
+    first.state = Some(deployment("ci", "cm-0", &first.uid, 1, json!({})));
+    first.seq = 10;
+    let u = first.update(sa, T0 + n as i64 + 10, |o| o["spec"]["replicas"] = json!(2));
+    let id = recorded(&store.append(&[u]).unwrap())[0];
+    assert_eq!(
+        store.state_before(id).unwrap().unwrap()["spec"]["replicas"],
+        1
+    );
+}
+
 #[test]
 fn a_request_uid_is_remembered_for_the_dedupe_window_and_no_longer() {
     let (_d, store) = open();

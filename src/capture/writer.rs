@@ -407,10 +407,10 @@ fn write(
         }
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(MAX_BACKOFF);
-        if matches!(error, Error::Store(_) | Error::StoreClosed) {
-            if let Err(error) = health.timed(|| store.recover()) {
-                tracing::debug!(%error, "store not recovered yet");
-            }
+        if matches!(error, Error::Store(_) | Error::StoreClosed)
+            && let Err(error) = health.timed(|| store.recover())
+        {
+            tracing::debug!(%error, "store not recovered yet");
         }
     }
 }

@@ -23,6 +23,10 @@ pub enum Error {
     )]
     StoreLocked(PathBuf),
 
+    /// The store is reopening its database after a write failure.
+    #[error("store: closed while it reopens after a write failure")]
+    StoreClosed,
+
     /// Stored bytes that do not decode.
     #[error("corrupt stored record: {0}")]
     Corrupt(String),
@@ -111,7 +115,7 @@ impl Error {
         match self {
             Error::Policy { .. } => "policy",
             Error::BadReview(_) => "bad_review",
-            Error::Store(_) | Error::StoreLocked(_) => "store",
+            Error::Store(_) | Error::StoreLocked(_) | Error::StoreClosed => "store",
             Error::Corrupt(_) => "corrupt",
             Error::QueueFull => "queue_full",
             Error::Tls(_) => "tls",
@@ -130,6 +134,18 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::BadRequest(_) => "bad_request",
         }
+    }
+
+    /// True for a full disk (ENOSPC), however it was wrapped (sled wraps it in an error of its
+    /// own of kind `StorageFull`).
+    pub fn is_no_space(&self) -> bool {
+        let io = match self {
+            Error::Store(sled::Error::Io(io)) | Error::Io(io) | Error::File { source: io, .. } => {
+                io
+            }
+            _ => return false,
+        };
+        io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28)
     }
 
     /// Wraps an I/O error with the path it concerns.

@@ -14,7 +14,8 @@ use std::sync::atomic::AtomicU64;
 pub struct OutcomeLabels {
     /// `recorded`, `duplicate`, `linked`, `dry_run`, `empty_diff`, `not_matched`, `unknown_policy`,
     /// `uninterpretable`, `bad_request`, `body_timeout`, `unauthenticated`, `forbidden`, `dropped`,
-    /// `deadline_exceeded`, `store_error`, ...
+    /// `deadline_exceeded`, `store_error`, `store_unavailable` (answered at once while the store
+    /// could not write), ...
     pub outcome: &'static str,
 }
 
@@ -25,10 +26,11 @@ pub struct ConditionErrorLabels {
     pub kind: &'static str,
 }
 
-/// Label of a connection counter: why it was refused or closed.
+/// Label of a connection or store-failure counter: why.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// `per_source`, `full`, `reserved_unauthenticated`, `first_request_timeout`, `idle_timeout`.
+    /// Connections: `per_source`, `full`, `reserved_unauthenticated`, `first_request_timeout`,
+    /// `idle_timeout`. Store writes: `no_space`, `store_error`, `stalled`.
     pub reason: &'static str,
 }
 
@@ -69,6 +71,10 @@ pub struct Metrics {
     pub connections_refused: Family<ReasonLabels, Counter>,
     /// Connections closed for want of requests, by reason.
     pub connections_closed: Family<ReasonLabels, Counter>,
+    /// 1 while the store takes writes, 0 while it cannot (full disk, I/O error, stuck flush).
+    pub store_writable: Gauge,
+    /// Failed or stalled store writes, by reason.
+    pub store_write_failures: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -101,6 +107,12 @@ impl Default for Metrics {
             connections_open: Gauge::default(),
             connections_refused: Family::default(),
             connections_closed: Family::default(),
+            store_writable: {
+                let g = Gauge::default();
+                g.set(1);
+                g
+            },
+            store_write_failures: Family::default(),
         }
     }
 }
@@ -193,6 +205,16 @@ impl Metrics {
             "connections_closed",
             "Connections closed because no request came in time, by reason",
             self.connections_closed.clone(),
+        );
+        r.register(
+            "store_writable",
+            "1 while the store takes writes; 0 while it cannot (full disk, I/O error, stuck flush)",
+            self.store_writable.clone(),
+        );
+        r.register(
+            "store_write_failures",
+            "Failed or stalled store writes, by reason",
+            self.store_write_failures.clone(),
         );
     }
 

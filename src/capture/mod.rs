@@ -9,7 +9,7 @@ pub mod tls;
 mod writer;
 
 pub use ratelog::LogLimiter;
-pub use writer::{Ack, RecordObserver, Writer};
+pub use writer::{Ack, Health, Problem, RecordObserver, Writer};
 
 use crate::index::PolicyIndex;
 use crate::metrics::{ConditionErrorLabels, Metrics};
@@ -73,17 +73,35 @@ pub fn router(state: Arc<Capture>) -> Router {
 /// Probes and metrics alone, for a plain-HTTP port that kubelet and Prometheus reach without TLS.
 pub fn ops_router(state: Arc<Capture>) -> Router<Arc<Capture>> {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
+/// Alive unless a store operation has been stuck so long that only a restart helps.
+async fn healthz(State(state): State<Arc<Capture>>) -> Response {
+    let health = state.writer.health();
+    if health.wedged() {
+        let secs = health.busy_for().unwrap_or_default().as_secs();
+        let message = format!("store write stuck for {secs} s\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+    }
+    (StatusCode::OK, "ok").into_response()
+}
+
+/// Ready while serving and while the store can write.
 async fn readyz(State(state): State<Arc<Capture>>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    if !state.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response();
+    }
+    match state.writer.health().problem() {
+        None => (StatusCode::OK, "ready").into_response(),
+        Some(problem) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: store cannot write ({})\n", problem.label()),
+        )
+            .into_response(),
     }
 }
 
@@ -228,6 +246,11 @@ async fn review(
             return (answer, "dropped");
         }
     };
+    if state.writer.health().problem().is_some() {
+        // Known broken: waiting out the deadline would only delay the apiserver. The event
+        // stays queued and is written if the store recovers before the process stops.
+        return (answer, "store_unavailable");
+    }
     let outcome = match tokio::time::timeout(state.deadline, ack).await {
         Ok(Ok(AppendOutcome::Recorded(_))) => "recorded",
         Ok(Ok(AppendOutcome::Linked(_))) => "linked",

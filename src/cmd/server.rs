@@ -146,12 +146,7 @@ pub fn metrics_and_notifier(
     metrics.register(&mut registry);
     let notify_metrics = NotifyMetrics::default();
     notify_metrics.register(&mut registry);
-    let notifier = Notifier::new(
-        store.db().clone(),
-        secrets,
-        NotifyConfig::default(),
-        notify_metrics,
-    )?;
+    let notifier = Notifier::new(store.db(), secrets, NotifyConfig::default(), notify_metrics)?;
     Ok((metrics, registry, notifier))
 }
 
@@ -211,7 +206,11 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight reviews finish, drains the queue to the store.
+    /// Stops accepting, lets in-flight reviews finish, drains the queue to the store. Every wait
+    /// is bounded (in all at most ~21 s, inside Kubernetes' default 30 s grace period), so a
+    /// store that cannot write does not keep the process alive: in-flight reviews get 5 s, the
+    /// writer [`SHUTDOWN_GRACE`](crate::capture::writer) to write the queue and [`WRITER_JOIN`]
+    /// to exit, deliveries [`DELIVERY_STOP`], the last flush [`LAST_FLUSH`].
     pub async fn shutdown(self) -> Result<()> {
         self.capture.ready.store(false, Ordering::Relaxed);
         self.handle.graceful_shutdown(Some(Duration::from_secs(5)));
@@ -225,17 +224,55 @@ impl Running {
         // Dropping the last Writer (inside Capture) closes the queue; the writer drains and exits.
         drop(self.capture);
         let writer = self.writer;
-        tokio::task::spawn_blocking(move || writer.join())
-            .await
-            .map_err(|e| Error::Usage(format!("writer join failed: {e}")))?
-            .map_err(|_| Error::Usage("writer thread panicked".into()))?;
+        // A plain thread, not spawn_blocking: the runtime waits for its blocking tasks at exit,
+        // and a writer stuck in sled would keep it waiting for ever.
+        match bounded(WRITER_JOIN, move || writer.join()).await {
+            Some(Ok(())) => {}
+            Some(Err(_)) => return Err(Error::Usage("writer thread panicked".into())),
+            None => tracing::error!(
+                waited_s = WRITER_JOIN.as_secs(),
+                "event writer did not finish: exiting without it; queued events are NOT recorded"
+            ),
+        }
         // Deliveries still running get their timeout; unsent ones stay in the durable outbox.
         let (stop, delivery) = self.delivery;
         let _ = stop.send(());
-        let _ = delivery.await;
-        self.store.flush()?;
+        if tokio::time::timeout(DELIVERY_STOP, delivery).await.is_err() {
+            tracing::warn!("notification delivery did not stop in time; unsent ones stay queued");
+        }
+        let store = self.store;
+        match bounded(LAST_FLUSH, move || store.flush()).await {
+            Some(Ok(())) => {}
+            Some(Err(error)) => tracing::warn!(%error, "last store flush failed"),
+            None => tracing::warn!("last store flush did not return in time"),
+        }
         served?.map_err(Error::Io)
     }
+}
+
+/// Longest wait for the writer thread to exit at shutdown: its own grace, plus an attempt.
+pub const WRITER_JOIN: Duration = Duration::from_secs(8);
+/// Longest wait for notification deliveries to stop at shutdown.
+pub const DELIVERY_STOP: Duration = Duration::from_secs(5);
+/// Longest wait for the last flush at shutdown.
+pub const LAST_FLUSH: Duration = Duration::from_secs(3);
+
+/// Runs `f` on a thread of its own and waits for it at most `limit`; `None` when it did not
+/// finish (the thread is left to run, or to stay stuck, until the process exits).
+async fn bounded<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("histor-shutdown".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        });
+    if spawned.is_err() {
+        return None;
+    }
+    tokio::time::timeout(limit, rx).await.ok()?.ok()
 }
 
 /// Starts serving and returns once the socket is bound.

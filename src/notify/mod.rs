@@ -119,7 +119,7 @@ impl Notifier {
     /// are delivered once [`Notifier::run`] runs and their sinks are set with
     /// [`Notifier::set_policy`]. Needs a rustls crypto provider installed (as `main` does).
     pub fn new(
-        db: sled::Db,
+        db: impl Into<crate::store::SharedDb>,
         secrets: Arc<dyn SecretSource>,
         config: NotifyConfig,
         metrics: NotifyMetrics,
@@ -130,7 +130,7 @@ impl Notifier {
             .user_agent(concat!("histor/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Http(e.to_string()))?;
-        let outbox = Outbox::open(&db)?;
+        let outbox = Outbox::open(db)?;
         let inner = Inner {
             outbox,
             secrets,

@@ -10,7 +10,7 @@
 use super::config::{SinkId, SinkKind};
 use super::message::Payload;
 use crate::pipeline::ChangeEvent;
-use crate::store::EventId;
+use crate::store::{EventId, SharedDb};
 use crate::{Error, Result};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -84,9 +84,15 @@ pub struct Intake {
     pub cursor: Option<EventId>,
 }
 
-/// The outbox trees.
+/// The outbox trees, in the store's database. Each use takes the database afresh from the
+/// [`SharedDb`]: the store replaces it when it reopens after a write failure.
 #[derive(Clone)]
 pub struct Outbox {
+    db: SharedDb,
+}
+
+/// The trees of one use.
+struct Trees {
     db: sled::Db,
     outbox: sled::Tree,
     digest: sled::Tree,
@@ -116,22 +122,31 @@ fn digest_key(sink: &SinkId, id: EventId) -> Vec<u8> {
 
 impl Outbox {
     /// Opens (creating if needed) the outbox trees in `db`.
-    pub fn open(db: &sled::Db) -> Result<Self> {
-        Ok(Outbox {
-            db: db.clone(),
+    pub fn open(db: impl Into<SharedDb>) -> Result<Self> {
+        let outbox = Outbox { db: db.into() };
+        outbox.trees()?;
+        Ok(outbox)
+    }
+
+    fn trees(&self) -> Result<Trees> {
+        let db = self.db.get()?;
+        Ok(Trees {
             outbox: db.open_tree(OUTBOX_TREE)?,
             digest: db.open_tree(DIGEST_TREE)?,
             meta: db.open_tree(META_TREE)?,
+            db,
         })
     }
 
     /// A fresh, increasing entry key.
     pub fn next_key(&self) -> Result<u64> {
-        Ok(self.db.generate_id()?)
+        let t = self.trees()?;
+        Ok(t.db.generate_id()?)
     }
 
     /// Writes `intake` in one transaction, flushed to disk when it queues notifications.
     pub fn commit(&self, intake: &Intake) -> Result<()> {
+        let t = self.trees()?;
         if intake.entries.is_empty() && intake.buffered.is_empty() && intake.cursor.is_none() {
             return Ok(());
         }
@@ -147,7 +162,7 @@ impl Outbox {
             .map(|b| Ok((digest_key(&b.sink, b.id), encode(b)?)))
             .collect::<Result<Vec<_>>>()?;
         let cursor = intake.cursor;
-        (&self.outbox, &self.digest, &self.meta)
+        (&t.outbox, &t.digest, &t.meta)
             .transaction(|(o, d, m)| {
                 for (k, v) in &entries {
                     o.insert(&k[..], v.as_slice())?;
@@ -172,7 +187,7 @@ impl Outbox {
         // it only moves the cursor back, and `Notifier::recover_from` hands those events over
         // again (buffering is keyed by sink and event id, so that is idempotent).
         if !intake.entries.is_empty() {
-            self.db.flush()?;
+            t.db.flush()?;
         }
         Ok(())
     }
@@ -180,6 +195,7 @@ impl Outbox {
     /// The last event id handed to the outbox, if any.
     pub fn cursor(&self) -> Result<Option<EventId>> {
         Ok(self
+            .trees()?
             .meta
             .get(CURSOR_KEY)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -188,7 +204,8 @@ impl Outbox {
 
     /// All entries, oldest first.
     pub fn entries(&self) -> Result<Vec<(u64, OutboxEntry)>> {
-        self.outbox
+        let t = self.trees()?;
+        t.outbox
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
@@ -200,39 +217,42 @@ impl Outbox {
             .collect()
     }
 
-    /// Number of notifications waiting.
+    /// Number of notifications waiting (0 while the store reopens).
     pub fn len(&self) -> usize {
-        self.outbox.len()
+        self.trees().map_or(0, |t| t.outbox.len())
     }
 
     /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.outbox.is_empty()
+        self.len() == 0
     }
 
-    /// Number of events waiting in digest windows.
+    /// Number of events waiting in digest windows (0 while the store reopens).
     pub fn buffered_len(&self) -> usize {
-        self.digest.len()
+        self.trees().map_or(0, |t| t.digest.len())
     }
 
     /// Rewrites an entry (state, attempts, next attempt) and flushes.
     pub async fn update(&self, key: u64, entry: &OutboxEntry) -> Result<()> {
-        self.outbox.insert(key.to_be_bytes(), encode(entry)?)?;
-        self.db.flush_async().await?;
+        let t = self.trees()?;
+        t.outbox.insert(key.to_be_bytes(), encode(entry)?)?;
+        t.db.flush_async().await?;
         Ok(())
     }
 
     /// Removes a delivered (or given-up) entry and flushes.
     pub async fn remove(&self, key: u64) -> Result<()> {
-        self.outbox.remove(key.to_be_bytes())?;
-        self.db.flush_async().await?;
+        let t = self.trees()?;
+        t.outbox.remove(key.to_be_bytes())?;
+        t.db.flush_async().await?;
         Ok(())
     }
 
     /// Every sink with buffered events, and the time its window opened.
     pub fn open_windows(&self) -> Result<Vec<(SinkId, Timestamp)>> {
+        let t = self.trees()?;
         let mut out: Vec<(SinkId, Timestamp)> = Vec::new();
-        for kv in self.digest.iter() {
+        for kv in t.digest.iter() {
             let (_, v) = kv?;
             let b: BufferedEvent = decode("digest entry", &v)?;
             match out.iter_mut().find(|(s, _)| *s == b.sink) {
@@ -245,7 +265,8 @@ impl Outbox {
 
     /// The events buffered for `sink`, oldest first.
     pub fn buffered(&self, sink: &SinkId) -> Result<Vec<BufferedEvent>> {
-        self.digest
+        let t = self.trees()?;
+        t.digest
             .scan_prefix(sink.key().as_bytes())
             .map(|kv| {
                 let (_, v) = kv?;
@@ -264,7 +285,8 @@ impl Outbox {
     ) -> Result<()> {
         let value = encode(entry)?;
         let keys: Vec<Vec<u8>> = ids.iter().map(|id| digest_key(sink, *id)).collect();
-        (&self.outbox, &self.digest)
+        let t = self.trees()?;
+        (&t.outbox, &t.digest)
             .transaction(|(o, d)| {
                 for k in &keys {
                     d.remove(k.as_slice())?;
@@ -273,28 +295,29 @@ impl Outbox {
                 Ok::<_, ConflictableTransactionError<Error>>(())
             })
             .map_err(tx_error)?;
-        self.db.flush()?;
+        t.db.flush()?;
         Ok(())
     }
 
     /// Drops everything queued for sinks that `keep` rejects (a sink or policy was removed).
     pub fn retain(&self, keep: impl Fn(&SinkId) -> bool) -> Result<usize> {
+        let t = self.trees()?;
         let mut dropped = 0;
         for (key, e) in self.entries()? {
             if !keep(&e.sink) {
-                self.outbox.remove(key.to_be_bytes())?;
+                t.outbox.remove(key.to_be_bytes())?;
                 dropped += 1;
             }
         }
-        for kv in self.digest.iter() {
+        for kv in t.digest.iter() {
             let (k, v) = kv?;
             let b: BufferedEvent = decode("digest entry", &v)?;
             if !keep(&b.sink) {
-                self.digest.remove(k)?;
+                t.digest.remove(k)?;
                 dropped += 1;
             }
         }
-        self.db.flush()?;
+        t.db.flush()?;
         Ok(dropped)
     }
 }

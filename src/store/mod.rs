@@ -15,7 +15,8 @@ mod sled;
 mod tests;
 
 pub use self::sled::{
-    BUCKET_SHIFT, DEDUPE_WINDOW, MAX_PAGE, MAX_REMOVALS_PER_PASS, SNAPSHOT_EVERY, SledStore,
+    BUCKET_SHIFT, DEDUPE_WINDOW, HEADS_CACHE, MAX_PAGE, MAX_REMOVALS_PER_PASS, SNAPSHOT_EVERY,
+    SharedDb, SledStore,
 };
 
 /// Identifies a stored event. Ids grow with receipt time (microseconds since the epoch, bumped to
@@ -135,10 +136,23 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`append`](EventStore::append) without the flush: the batch is durable once a later
     /// [`sync`](EventStore::sync) returns. Lets a writer append the next batch while the previous
     /// one is being flushed.
+    ///
+    /// A call that fails may have written part of the batch. Called again with the same batch
+    /// (before a `sync` succeeds), it reports each event the failed call wrote as that call
+    /// wrote it (`Recorded` or `Linked`, with the same id), not as a `Duplicate` of itself, so a
+    /// retrying writer tells its observers of every durable event exactly once. An event that
+    /// was a true duplicate (an apiserver retry) stays a `Duplicate`.
     fn append_buffered(&self, batch: &[Captured]) -> Result<Vec<AppendOutcome>>;
 
     /// Makes everything appended so far durable.
     fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called by the writer after a failed append or sync, before it tries again: a store that
+    /// cannot write again without reopening (sled after an I/O error) reopens here. An error
+    /// means "not yet" (the disk is still full, say); the writer calls again later.
+    fn recover(&self) -> Result<()> {
         Ok(())
     }
 

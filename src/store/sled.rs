@@ -46,8 +46,8 @@ use serde_json::Value;
 use sled::Tree;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// A full snapshot at least every this many events of an object, so rebuilding any version
 /// applies at most this many deltas.
@@ -80,6 +80,12 @@ const PRUNE_CHUNK: usize = 64;
 /// Current states kept in memory for the writer (used when a subresource event must be applied
 /// to its parent). Past this the cache is dropped and states are rebuilt from disk on demand.
 const STATE_CACHE: usize = 4096;
+
+/// Object heads kept in memory. Heads live on disk (the `heads` tree); this is a cache of them,
+/// dropped whole once past the bound after a batch's heads are written (all are persisted then),
+/// so memory stays at most this many heads (~40 bytes each, plus the map) however many objects
+/// the store has seen. (64 in unit tests, so that every store test runs through evictions.)
+pub const HEADS_CACHE: usize = if cfg!(test) { 64 } else { 65_536 };
 
 /// Retention pauses for [`PACE`] every this many chain steps and after every chunk it prunes.
 const PACE_EVERY: usize = 256;
@@ -119,6 +125,25 @@ const META_HEADS_THROUGH: &[u8] = b"heads_through";
 /// The sled-backed event store. Cheap to share behind an `Arc`; appends and retention serialise on
 /// an internal lock, queries run concurrently with them.
 pub struct SledStore {
+    /// The directory, to reopen the database after a write failure.
+    path: PathBuf,
+    /// The open database and its trees; `None` while it is being reopened.
+    trees: parking_lot::RwLock<Option<Arc<Trees>>>,
+    /// The database as the notification outbox reaches it.
+    shared: SharedDb,
+    dict: RwLock<Dict>,
+    kinds: RwLock<HashMap<String, BTreeSet<String>>>,
+    count: AtomicU64,
+    writer: Mutex<Writer>,
+    /// One retention pass at a time: a pass walks chains before it takes the writer lock.
+    retention: Mutex<()>,
+    /// Tests: event records still to write before writes fail (`usize::MAX`: never).
+    #[cfg(test)]
+    fail_after: std::sync::atomic::AtomicUsize,
+}
+
+/// One open sled database and the store's trees in it.
+pub(super) struct Trees {
     db: sled::Db,
     events: Tree,
     pub(super) snaps: Tree,
@@ -128,20 +153,102 @@ pub struct SledStore {
     dict_tree: Tree,
     kinds_tree: Tree,
     meta: Tree,
-    dict: RwLock<Dict>,
-    kinds: RwLock<HashMap<String, BTreeSet<String>>>,
-    count: AtomicU64,
-    writer: Mutex<Writer>,
-    /// One retention pass at a time: a pass walks chains before it takes the writer lock.
-    retention: Mutex<()>,
+}
+
+impl Trees {
+    fn open(path: &Path) -> Result<Trees> {
+        let db = sled::Config::new()
+            .path(path)
+            // sled's default page cache is 1 GiB, far beyond an operator pod's memory limit;
+            // reads are rare (queries), writes are sequential.
+            .cache_capacity(CACHE_BYTES)
+            // The writer flushes after every batch and the outbox after its own writes; sled's
+            // timer flush would only run beside them, and every sled flush waits on sled's I/O
+            // threads, so flushes at once wait on each other (see capture::writer).
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| open_error(e, path))?;
+        Ok(Trees {
+            events: db.open_tree("events")?,
+            snaps: db.open_tree("snaps")?,
+            ix: db.open_tree("ix")?,
+            targets: db.open_tree("targets")?,
+            heads: db.open_tree("heads")?,
+            dict_tree: db.open_tree("dict")?,
+            kinds_tree: db.open_tree("kinds")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+}
+
+/// The store's database as other components reach it (the notification outbox keeps its trees
+/// in it). The store replaces the database when it reopens after a write failure, so a holder
+/// takes it for each use rather than keeping a clone: a kept clone would also keep the old
+/// database's file lock, and the reopen would fail.
+#[derive(Clone)]
+pub struct SharedDb(Arc<parking_lot::RwLock<Option<sled::Db>>>);
+
+impl SharedDb {
+    /// The current database; [`Error::StoreClosed`] while the store is reopening it.
+    pub fn get(&self) -> Result<sled::Db> {
+        self.0.read().clone().ok_or(Error::StoreClosed)
+    }
+
+    fn set(&self, db: Option<sled::Db>) {
+        *self.0.write() = db;
+    }
+}
+
+impl From<sled::Db> for SharedDb {
+    fn from(db: sled::Db) -> Self {
+        SharedDb(Arc::new(parking_lot::RwLock::new(Some(db))))
+    }
+}
+
+impl From<&sled::Db> for SharedDb {
+    fn from(db: &sled::Db) -> Self {
+        SharedDb::from(db.clone())
+    }
 }
 
 /// Interned strings: tag ‖ text ↔ small integer.
+///
+/// Bounded by what the cluster has, not by its traffic: users are interned as username, uid and
+/// groups only (one entry per identity and set of groups), never with the authenticator's
+/// `extra`, which for bound service-account tokens names the credential and pod
+/// (`authentication.kubernetes.io/credential-id`, `.../pod-uid`) and so changes with every pod.
+/// `extra` is not stored at all.
 #[derive(Default)]
 struct Dict {
     ids: HashMap<Vec<u8>, u64>,
     strings: HashMap<u64, Vec<u8>>,
+    /// Username → its user entries, so a query by user does not scan the dictionary.
+    users: HashMap<String, Vec<u64>>,
     next: u64,
+}
+
+impl Dict {
+    fn add(&mut self, id: u64, key: Vec<u8>) {
+        if key.first() == Some(&D_USER)
+            && let Ok(actor) = serde_json::from_slice::<Actor>(&key[1..])
+        {
+            self.users.entry(actor.username).or_default().push(id);
+        }
+        self.strings.insert(id, key.clone());
+        self.ids.insert(key, id);
+        self.next = self.next.max(id + 1);
+    }
+}
+
+/// The part of an [`Actor`] the store keeps; serialises as an `Actor` without `extra` does.
+#[derive(serde::Serialize)]
+struct StoredActor<'a> {
+    username: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    groups: &'a [String],
 }
 
 /// State only the writer (append, retention) touches.
@@ -156,6 +263,11 @@ struct Writer {
     states: HashMap<u64, Value>,
     /// Request uid (as [`request_key`]) → event, for the dedupe window.
     recent: Recent,
+    /// What appends since the last successful [`EventStore::sync`] wrote (request key, hash of
+    /// the policies, outcome), so that a retry after a failed append or flush reports an event
+    /// its failed attempt already wrote as what that attempt did, not as a `Duplicate` nobody
+    /// ever heard of. Holds one batch in normal operation (the writer syncs after each).
+    unsynced: Vec<Unsynced>,
     /// Objects with new events since the last retention pass.
     touched: HashSet<u64>,
     /// Learnt (group/resource, kind) pairs, to skip alias writes on the hot path.
@@ -163,6 +275,28 @@ struct Writer {
     /// Index rows written recently, to skip rewriting them on every event.
     buckets: HashSet<[u8; 17]>,
     last_full_retention: Option<i64>,
+}
+
+/// One outcome not yet known to be durable: see `Writer::unsynced`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Unsynced {
+    request: u128,
+    policies: u64,
+    outcome: AppendOutcome,
+}
+
+impl Unsynced {
+    fn of(captured: &Captured, outcome: AppendOutcome) -> Unsynced {
+        use std::hash::{Hash, Hasher};
+        // Only ever compared in memory, within one process: std's hasher will do.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        captured.event.policies.hash(&mut h);
+        Unsynced {
+            request: request_key(&captured.event.request_uid),
+            policies: h.finish(),
+            outcome,
+        }
+    }
 }
 
 /// An event decoded from its record.
@@ -198,62 +332,95 @@ impl SledStore {
     /// gives [`Error::StoreLocked`].
     pub fn open(path: impl AsRef<Path>) -> Result<SledStore> {
         let path = path.as_ref();
-        let db = sled::Config::new()
-            .path(path)
-            // sled's default page cache is 1 GiB, far beyond an operator pod's memory limit;
-            // reads are rare (queries), writes are sequential.
-            .cache_capacity(CACHE_BYTES)
-            // The writer flushes after every batch and the outbox after its own writes; sled's
-            // timer flush would only run beside them, and every sled flush waits on sled's I/O
-            // threads, so flushes at once wait on each other (see capture::writer).
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| open_error(e, path))?;
+        let trees = Trees::open(path)?;
         let store = SledStore {
-            events: db.open_tree("events")?,
-            snaps: db.open_tree("snaps")?,
-            ix: db.open_tree("ix")?,
-            targets: db.open_tree("targets")?,
-            heads: db.open_tree("heads")?,
-            dict_tree: db.open_tree("dict")?,
-            kinds_tree: db.open_tree("kinds")?,
-            meta: db.open_tree("meta")?,
-            db,
+            path: path.to_owned(),
+            shared: SharedDb::from(&trees.db),
+            trees: parking_lot::RwLock::new(Some(Arc::new(trees))),
             dict: RwLock::default(),
             kinds: RwLock::default(),
             count: AtomicU64::new(0),
             writer: Mutex::default(),
             retention: Mutex::default(),
+            #[cfg(test)]
+            fail_after: std::sync::atomic::AtomicUsize::new(usize::MAX),
         };
-        store.load()?;
+        store.load(&mut store.lock_writer())?;
         Ok(store)
     }
 
+    /// The open trees; [`Error::StoreClosed`] while the database is being reopened.
+    pub(super) fn t(&self) -> Result<Arc<Trees>> {
+        self.trees.read().clone().ok_or(Error::StoreClosed)
+    }
+
     /// The underlying database, for components that keep their own trees next to the events
-    /// (their writes become durable with the next append's flush, or their own).
-    pub fn db(&self) -> &sled::Db {
-        &self.db
+    /// (their writes become durable with the next append's flush, or their own). It changes when
+    /// the store reopens: see [`SharedDb`].
+    pub fn db(&self) -> SharedDb {
+        self.shared.clone()
     }
 
     /// Makes everything written so far durable (the notification outbox shares this database).
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
+        self.t()?.db.flush()?;
         Ok(())
     }
 
-    fn load(&self) -> Result<()> {
+    /// Reopens the database after a failed write or flush. sled keeps the first I/O error of a
+    /// database (a full disk, say) and fails every later write and flush with it, even once
+    /// space is back, so the only way back is a new `sled::Db`. Checks first that the directory
+    /// takes a write again (a small probe file written, synced and removed), so that a disk
+    /// still full costs no reopen. What the old database had not flushed is gone with it: the
+    /// caller appends its unflushed batch again (the events the old one made durable come back
+    /// as they were reported, see [`EventStore::append_buffered`]).
+    pub fn reopen(&self) -> Result<()> {
+        probe_writable(&self.path)?;
+        // Retention first, then the writer: the order a retention pass takes them in.
+        let _pass = self.retention.lock();
+        let mut w = self.lock_writer();
+        // Dropping the last handle on the old database releases its file lock. Readers in flight
+        // (a query's iterator) hold it a little longer: wait for them, briefly.
+        self.trees.write().take();
+        self.shared.set(None);
+        let mut attempt = 0;
+        let trees = loop {
+            match Trees::open(&self.path) {
+                Ok(trees) => break trees,
+                Err(Error::StoreLocked(_)) if attempt < 40 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let unsynced = std::mem::take(&mut w.unsynced);
+        *w = Writer {
+            unsynced,
+            ..Writer::default()
+        };
+        self.shared.set(Some(trees.db.clone()));
+        *self.trees.write() = Some(Arc::new(trees));
+        if let Err(e) = self.load(&mut w) {
+            self.trees.write().take();
+            self.shared.set(None);
+            return Err(e);
+        }
+        tracing::info!(path = %self.path.display(), "store reopened after a write failure");
+        Ok(())
+    }
+
+    fn load(&self, w: &mut Writer) -> Result<()> {
         let mut dict = Dict::default();
-        for item in self.dict_tree.iter() {
+        for item in self.t()?.dict_tree.iter() {
             let (k, v) = item?;
             let id = keys::id_from_key(&k).ok_or_else(|| Error::Corrupt("dict key".into()))?;
-            dict.ids.insert(v.to_vec(), id);
-            dict.strings.insert(id, v.to_vec());
-            dict.next = dict.next.max(id + 1);
+            dict.add(id, v.to_vec());
         }
         *write_lock(&self.dict) = dict;
 
         let mut kinds: HashMap<String, BTreeSet<String>> = HashMap::new();
-        for item in self.kinds_tree.iter() {
+        for item in self.t()?.kinds_tree.iter() {
             let (k, _) = item?;
             let text = String::from_utf8_lossy(&k);
             if let Some((alias, gr)) = text.split_once('\0') {
@@ -265,10 +432,9 @@ impl SledStore {
         }
         *write_lock(&self.kinds) = kinds;
 
-        let mut w = self.lock_writer();
         let meta_last = self.meta_u64(META_LAST_ID)?.unwrap_or(0);
         // A crash can leave events of an unacknowledged batch behind the persisted last id.
-        let tree_last = match self.events.last()? {
+        let tree_last = match self.t()?.events.last()? {
             Some((k, _)) => keys::id_from_key(&k).unwrap_or(0),
             None => 0,
         };
@@ -278,10 +444,10 @@ impl SledStore {
         let count = match self.meta_u64(META_COUNT)? {
             Some(c) if clean => c,
             // After a crash the persisted count may lag the tree: count once.
-            _ => self.events.len() as u64,
+            _ => self.t()?.events.len() as u64,
         };
         self.count.store(count, Ordering::Relaxed);
-        self.meta.insert(META_CLEAN, &0u64.to_be_bytes())?;
+        self.t()?.meta.insert(META_CLEAN, &0u64.to_be_bytes())?;
 
         if !clean {
             let through = match self.meta_u64(META_HEADS_THROUGH)? {
@@ -291,13 +457,13 @@ impl SledStore {
                 None if meta_last == 0 => 0,
                 None => w.last_id,
             };
-            self.repair_heads(&mut w, through)?;
+            self.repair_heads(w, through)?;
         }
 
         // Rebuild the dedupe window from the newest events.
         let floor = w.last_id.saturating_sub(DEDUPE_WINDOW);
         let mut recent = Vec::new();
-        for item in self.events.range(keys::id_key(floor)..).rev() {
+        for item in self.t()?.events.range(keys::id_key(floor)..).rev() {
             let (k, v) = item?;
             let id = keys::id_from_key(&k).unwrap_or(0);
             let mut r = Reader::new(&v);
@@ -317,7 +483,11 @@ impl SledStore {
     /// written at its end.
     fn repair_heads(&self, w: &mut Writer, through: EventId) -> Result<()> {
         let mut repaired = 0u64;
-        for item in self.events.range(keys::id_key(through.saturating_add(1))..) {
+        for item in self
+            .t()?
+            .events
+            .range(keys::id_key(through.saturating_add(1))..)
+        {
             let (k, v) = item?;
             let id = keys::id_from_key(&k).ok_or_else(|| Error::Corrupt("event key".into()))?;
             let rec = self.decode(id, &v)?;
@@ -328,7 +498,7 @@ impl SledStore {
             }
             head.last = id;
             head.count += 1;
-            head.since_snapshot = if self.snaps.contains_key(&k)? {
+            head.since_snapshot = if self.t()?.snaps.contains_key(&k)? {
                 0
             } else {
                 head.since_snapshot + 1
@@ -348,8 +518,42 @@ impl SledStore {
         Ok(())
     }
 
+    /// Tests: user entries in the dictionary, and heads cached in memory.
+    #[cfg(test)]
+    pub(super) fn sizes(&self) -> (usize, usize) {
+        let users = read_lock(&self.dict)
+            .strings
+            .values()
+            .filter(|s| s.first() == Some(&D_USER))
+            .count();
+        (users, self.lock_writer().heads.len())
+    }
+
+    /// Tests: the next `n` event records are written, the one after them fails once (as a
+    /// write to a full disk does), and writes succeed again after it.
+    #[cfg(test)]
+    pub(crate) fn fail_once_after(&self, n: usize) {
+        self.fail_after.store(n, Ordering::SeqCst);
+    }
+
+    #[cfg(test)]
+    fn injected_failure(&self) -> Result<()> {
+        match self.fail_after.load(Ordering::SeqCst) {
+            usize::MAX => Ok(()),
+            0 => {
+                self.fail_after.store(usize::MAX, Ordering::SeqCst);
+                let io = std::io::Error::from_raw_os_error(28);
+                Err(Error::Store(sled::Error::Io(io)))
+            }
+            left => {
+                self.fail_after.store(left - 1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    }
+
     fn meta_u64(&self, key: &[u8]) -> Result<Option<u64>> {
-        Ok(self.meta.get(key)?.and_then(|v| keys::id_from_key(&v)))
+        Ok(self.t()?.meta.get(key)?.and_then(|v| keys::id_from_key(&v)))
     }
 
     fn lock_writer(&self) -> MutexGuard<'_, Writer> {
@@ -369,10 +573,10 @@ impl SledStore {
             return Ok(id);
         }
         let id = dict.next;
-        self.dict_tree.insert(keys::id_key(id), key.as_slice())?;
-        dict.next += 1;
-        dict.strings.insert(id, key.clone());
-        dict.ids.insert(key, id);
+        self.t()?
+            .dict_tree
+            .insert(keys::id_key(id), key.as_slice())?;
+        dict.add(id, key);
         Ok(id)
     }
 
@@ -392,17 +596,13 @@ impl SledStore {
         Ok(serde_json::from_str(&self.lookup(tag, id)?)?)
     }
 
-    /// Dictionary ids of every stored identity of user `name` (one per set of groups seen).
+    /// Dictionary ids of every stored identity of user `name` (one per uid and set of groups).
     fn actors_named(&self, name: &str) -> HashSet<u64> {
         read_lock(&self.dict)
-            .strings
-            .iter()
-            .filter(|(_, s)| s.first() == Some(&D_USER))
-            .filter(|(_, s)| {
-                serde_json::from_slice::<Actor>(&s[1..]).is_ok_and(|a| a.username == name)
-            })
-            .map(|(&id, _)| id)
-            .collect()
+            .users
+            .get(name)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     fn policies(&self) -> Vec<String> {
@@ -453,7 +653,12 @@ impl SledStore {
         for p in &e.policies {
             codec::put_varint(&mut out, self.intern(D_POLICY, p)?);
         }
-        codec::put_varint(&mut out, self.intern_json(D_USER, &e.user)?);
+        let user = StoredActor {
+            username: &e.user.username,
+            uid: e.user.uid.as_deref(),
+            groups: &e.user.groups,
+        };
+        codec::put_varint(&mut out, self.intern_json(D_USER, &user)?);
         codec::put_varint(&mut out, self.intern_json(D_RESOURCE, &e.resource)?);
         codec::put_varint(&mut out, self.intern_json(D_KIND, &e.kind)?);
         if let Some(ns) = &e.namespace {
@@ -530,14 +735,14 @@ impl SledStore {
     }
 
     fn load_record(&self, id: EventId) -> Result<Option<Record>> {
-        match self.events.get(keys::id_key(id))? {
+        match self.t()?.events.get(keys::id_key(id))? {
             Some(v) => Ok(Some(self.decode(id, &v)?)),
             None => Ok(None),
         }
     }
 
     fn snapshot(&self, id: EventId) -> Result<Option<Value>> {
-        match self.snaps.get(keys::id_key(id))? {
+        match self.t()?.snaps.get(keys::id_key(id))? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -547,7 +752,7 @@ impl SledStore {
         if let Some(h) = w.heads.get(&object) {
             return Ok(Some(*h));
         }
-        match self.heads.get(object.to_be_bytes())? {
+        match self.t()?.heads.get(object.to_be_bytes())? {
             Some(v) => {
                 let h = Head::decode(&v)?;
                 w.heads.insert(object, h);
@@ -636,11 +841,11 @@ impl SledStore {
             },
         }
 
+        // The record is written last: an event exists once its record does, and everything the
+        // record needs (index rows, target, snapshot) is there by then. A failure before it
+        // leaves only rows that are harmless without it; a failure after it cannot happen, so
+        // a retry of the batch finds the event in the dedupe window (see `Writer::unsynced`).
         let record = self.encode(flags, id, prior.map(|h| h.last), event, &gap)?;
-        self.events.insert(keys::id_key(id), record)?;
-        if let Some(s) = snapshot {
-            self.snaps.insert(keys::id_key(id), s)?;
-        }
         if w.buckets.len() > 65_536 {
             w.buckets.clear();
         }
@@ -654,14 +859,21 @@ impl SledStore {
             rows.push(keys::index_key(TAG_NAMESPACE, keys::hash64(&[ns]), bucket));
         }
         for row in rows {
-            if w.buckets.insert(row) {
-                self.ix.insert(row, &[])?;
+            if !w.buckets.contains(&row) {
+                self.t()?.ix.insert(row, &[])?;
+                w.buckets.insert(row);
             }
         }
         if prior.is_none() {
             let t = keys::target_hash(&gr, &event.name);
-            self.targets.insert(keys::target_key(t, object), &[])?;
+            self.t()?.targets.insert(keys::target_key(t, object), &[])?;
         }
+        if let Some(s) = snapshot {
+            self.t()?.snaps.insert(keys::id_key(id), s)?;
+        }
+        #[cfg(test)]
+        self.injected_failure()?;
+        self.t()?.events.insert(keys::id_key(id), record)?;
         head.last = id;
         head.count += 1;
         w.heads.insert(object, head);
@@ -691,7 +903,9 @@ impl SledStore {
             return Ok(AppendOutcome::Duplicate(id));
         }
         let bytes = self.encode(rec.flags, id, rec.prev, &rec.event, &rec.gap)?;
-        self.events.insert(keys::id_key(id), bytes)?;
+        #[cfg(test)]
+        self.injected_failure()?;
+        self.t()?.events.insert(keys::id_key(id), bytes)?;
         Ok(AppendOutcome::Linked(id))
     }
 
@@ -709,7 +923,8 @@ impl SledStore {
         for a in aliases {
             let set = cache.entry(a.clone()).or_default();
             if set.insert(gr.to_owned()) {
-                self.kinds_tree
+                self.t()?
+                    .kinds_tree
                     .insert(format!("{a}\0{gr}").as_bytes(), &[])?;
             }
         }
@@ -760,7 +975,7 @@ impl SledStore {
 
     /// The newest event of an object, from its head.
     fn object_last(&self, object: u64) -> Result<Option<EventId>> {
-        match self.heads.get(object.to_be_bytes())? {
+        match self.t()?.heads.get(object.to_be_bytes())? {
             Some(v) => Ok(Some(Head::decode(&v)?.last)),
             None => Ok(None),
         }
@@ -814,7 +1029,7 @@ impl SledStore {
             let mut streams = Vec::new();
             for gr in kinds {
                 let t = keys::target_hash(gr, name);
-                for item in self.targets.scan_prefix(t.to_be_bytes()) {
+                for item in self.t()?.targets.scan_prefix(t.to_be_bytes()) {
                     let (k, _) = item?;
                     let object = keys::id_of_index_key(&k)
                         .ok_or_else(|| Error::Corrupt("target key".into()))?;
@@ -824,15 +1039,15 @@ impl SledStore {
             return Ok(Box::new(Merge { streams }));
         }
         if let Some(user) = &q.user {
-            return Ok(self.bucket_stream(TAG_USER, keys::hash64(&[user]), lo, hi));
+            return self.bucket_stream(TAG_USER, keys::hash64(&[user]), lo, hi);
         }
         if let Some(ns) = &q.namespace {
-            return Ok(self.bucket_stream(TAG_NAMESPACE, keys::hash64(&[ns]), lo, hi));
+            return self.bucket_stream(TAG_NAMESPACE, keys::hash64(&[ns]), lo, hi);
         }
         let range = keys::id_key(lo)..keys::id_key(hi);
-        Ok(Box::new(self.events.range(range).keys().rev().map(|k| {
-            keys::id_from_key(&k?).ok_or_else(|| Error::Corrupt("event key".into()))
-        })))
+        Ok(Box::new(self.t()?.events.range(range).keys().rev().map(
+            |k| keys::id_from_key(&k?).ok_or_else(|| Error::Corrupt("event key".into())),
+        )))
     }
 
     /// Ids in `[lo, hi)` of the time slices in which `subject` had events, newest first. The ids
@@ -843,10 +1058,12 @@ impl SledStore {
         subject: u64,
         lo: EventId,
         hi: EventId,
-    ) -> Box<dyn Iterator<Item = Result<EventId>> + 'a> {
+    ) -> Result<Box<dyn Iterator<Item = Result<EventId>> + 'a>> {
         let rows = keys::index_key(tag, subject, lo >> BUCKET_SHIFT)
             ..=keys::index_key(tag, subject, (hi - 1) >> BUCKET_SHIFT);
-        Box::new(self.ix.range(rows).rev().flat_map(move |row| {
+        let t = self.t()?;
+        let events = t.events.clone();
+        Ok(Box::new(t.ix.range(rows).rev().flat_map(move |row| {
             let ids: Box<dyn Iterator<Item = Result<EventId>>> = match row {
                 Err(e) => Box::new(std::iter::once(Err(e.into()))),
                 Ok((k, _)) => {
@@ -854,7 +1071,7 @@ impl SledStore {
                     let start = (bucket << BUCKET_SHIFT).max(lo);
                     let end = ((bucket + 1) << BUCKET_SHIFT).min(hi);
                     Box::new(
-                        self.events
+                        events
                             .range(keys::id_key(start)..keys::id_key(end))
                             .keys()
                             .rev()
@@ -866,7 +1083,7 @@ impl SledStore {
                 }
             };
             ids
-        }))
+        })))
     }
 
     // ---------- retention ----------
@@ -892,7 +1109,7 @@ impl SledStore {
         let mut next = Some(head.last);
         while let Some(id) = next.filter(|&id| id > walked) {
             newer.push(id);
-            next = match self.events.get(keys::id_key(id))? {
+            next = match self.t()?.events.get(keys::id_key(id))? {
                 Some(buf) => peek_prev_policies(id, &buf)?.0,
                 None => None,
             };
@@ -910,10 +1127,11 @@ impl SledStore {
             }
             if after_removed {
                 let mut unknown = false;
-                if !self.snaps.contains_key(keys::id_key(id))? {
+                if !self.t()?.snaps.contains_key(keys::id_key(id))? {
                     match self.state_after_record(id)? {
                         Some(state) => {
-                            self.snaps
+                            self.t()?
+                                .snaps
                                 .insert(keys::id_key(id), serde_json::to_vec(&state)?)?;
                         }
                         None => unknown = true,
@@ -929,7 +1147,7 @@ impl SledStore {
                         flags |= F_CHAIN_BREAK;
                     }
                     let bytes = self.encode(flags, id, prev_kept, &rec.event, &[])?;
-                    self.events.insert(keys::id_key(id), bytes)?;
+                    self.t()?.events.insert(keys::id_key(id), bytes)?;
                 }
             }
             after_removed = false;
@@ -951,8 +1169,8 @@ impl SledStore {
         let mut removed = 0u64;
         let mut last_removed = None;
         for &id in remove {
-            self.snaps.remove(keys::id_key(id))?;
-            if let Some(bytes) = self.events.remove(keys::id_key(id))? {
+            self.t()?.snaps.remove(keys::id_key(id))?;
+            if let Some(bytes) = self.t()?.events.remove(keys::id_key(id))? {
                 removed += 1;
                 last_removed = Some((id, bytes));
             }
@@ -962,14 +1180,14 @@ impl SledStore {
         ids.retain(|id| !remove.contains(id));
 
         if emptied {
-            self.heads.remove(object.to_be_bytes())?;
+            self.t()?.heads.remove(object.to_be_bytes())?;
             w.heads.remove(&object);
             w.dirty_heads.remove(&object);
             w.states.remove(&object);
             if let Some((id, bytes)) = last_removed {
                 let e = self.decode(id, &bytes)?.event;
                 let t = keys::target_hash(&e.resource.group_resource(), &e.name);
-                self.targets.remove(keys::target_key(t, object))?;
+                self.t()?.targets.remove(keys::target_key(t, object))?;
                 report.objects_emptied.push(EmptiedObject {
                     resource: e.resource.group_resource(),
                     namespace: e.namespace,
@@ -979,7 +1197,9 @@ impl SledStore {
             }
         } else {
             head.count = head.count.saturating_sub(removed);
-            self.heads.insert(object.to_be_bytes(), head.encode())?;
+            self.t()?
+                .heads
+                .insert(object.to_be_bytes(), head.encode())?;
             w.heads.insert(object, head);
         }
         Ok(())
@@ -988,7 +1208,7 @@ impl SledStore {
     /// Removes index rows of time slices older than the oldest event. Subjects come from the
     /// dictionary (every namespace and user ever stored), so no scan of the index is needed.
     fn drop_stale_buckets(&self) -> Result<()> {
-        let oldest = match self.events.first()? {
+        let oldest = match self.t()?.events.first()? {
             Some((k, _)) => keys::id_from_key(&k).unwrap_or(0) >> BUCKET_SHIFT,
             None => u64::MAX,
         };
@@ -1009,8 +1229,8 @@ impl SledStore {
         }
         for (tag, subject) in subjects {
             let stale = keys::index_key(tag, subject, 0)..keys::index_key(tag, subject, oldest);
-            for row in self.ix.range(stale).keys() {
-                self.ix.remove(row?)?;
+            for row in self.t()?.ix.range(stale).keys() {
+                self.t()?.ix.remove(row?)?;
             }
         }
         Ok(())
@@ -1019,19 +1239,29 @@ impl SledStore {
     /// Writes the heads this batch changed: once per object per batch rather than per event, so
     /// a busy object does not rewrite its head row on every change.
     fn persist_heads(&self, w: &mut Writer) -> Result<()> {
-        for object in std::mem::take(&mut w.dirty_heads) {
-            if let Some(head) = w.heads.get(&object) {
-                self.heads.insert(object.to_be_bytes(), head.encode())?;
+        // Cleared only once all are written: a failed write leaves them for the retry.
+        for object in &w.dirty_heads {
+            if let Some(head) = w.heads.get(object) {
+                self.t()?
+                    .heads
+                    .insert(object.to_be_bytes(), head.encode())?;
             }
         }
-        self.meta
+        w.dirty_heads.clear();
+        if w.heads.len() > HEADS_CACHE {
+            w.heads.clear();
+        }
+        self.t()?
+            .meta
             .insert(META_HEADS_THROUGH, &w.last_id.to_be_bytes())?;
         Ok(())
     }
 
     fn persist_counters(&self, w: &Writer) -> Result<()> {
-        self.meta.insert(META_LAST_ID, &w.last_id.to_be_bytes())?;
-        self.meta.insert(
+        self.t()?
+            .meta
+            .insert(META_LAST_ID, &w.last_id.to_be_bytes())?;
+        self.t()?.meta.insert(
             META_COUNT,
             &self.count.load(Ordering::Relaxed).to_be_bytes(),
         )?;
@@ -1042,20 +1272,57 @@ impl SledStore {
 impl EventStore for SledStore {
     fn append_buffered(&self, batch: &[Captured]) -> Result<Vec<AppendOutcome>> {
         let mut w = self.lock_writer();
+        // Outcomes of an earlier attempt that was not synced: a `Duplicate` of one of them is
+        // that attempt's write of this very event, and is reported as what it was then.
+        let mut earlier = std::mem::take(&mut w.unsynced);
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut done = Vec::with_capacity(batch.len());
+        let mut result = Ok(());
         for captured in batch {
-            outcomes.push(self.append_one(&mut w, captured)?);
+            let mut outcome = match self.append_one(&mut w, captured) {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            if let AppendOutcome::Duplicate(id) = outcome
+                && !earlier.is_empty()
+            {
+                let key = Unsynced::of(captured, outcome);
+                if let Some(i) = earlier.iter().position(|u| {
+                    u.request == key.request
+                        && u.policies == key.policies
+                        && event_id(u.outcome) == id
+                }) {
+                    outcome = earlier.swap_remove(i).outcome;
+                }
+            }
+            if !matches!(outcome, AppendOutcome::Duplicate(_)) {
+                done.push(Unsynced::of(captured, outcome));
+            }
+            outcomes.push(outcome);
         }
-        self.persist_heads(&mut w)?;
-        self.persist_counters(&w)?;
-        Ok(outcomes)
+        let result = result
+            .and_then(|()| self.persist_heads(&mut w))
+            .and_then(|()| self.persist_counters(&w));
+        // Kept until a sync succeeds, whatever happens now: a failed flush loses nothing that a
+        // retry cannot report.
+        earlier.extend(done);
+        w.unsynced = earlier;
+        result.map(|()| outcomes)
+    }
+
+    fn recover(&self) -> Result<()> {
+        self.reopen()
     }
 
     fn sync(&self) -> Result<()> {
         // Group commit: one flush makes every batch appended since the last one durable. The
         // writer lock keeps retention's writes out of the flush (see `enforce_retention`).
-        let _w = self.lock_writer();
-        self.db.flush()?;
+        let mut w = self.lock_writer();
+        self.t()?.db.flush()?;
+        w.unsynced.clear();
         Ok(())
     }
 
@@ -1088,7 +1355,7 @@ impl EventStore for SledStore {
         let mut more = false;
         for id in self.id_stream(q, kinds.as_ref(), lo, hi)? {
             let id = id?;
-            let Some(raw) = self.events.get(keys::id_key(id))? else {
+            let Some(raw) = self.t()?.events.get(keys::id_key(id))? else {
                 continue;
             };
             if want_ns.is_some() || want_actors.is_some() {
@@ -1186,7 +1453,7 @@ impl EventStore for SledStore {
         // Age: only events older than the shortest max age can be due; each is kept while any
         // of its policies keeps it.
         let oldest_allowed = cutoff(min_age);
-        for item in self.events.range(..keys::id_key(oldest_allowed)) {
+        for item in self.t()?.events.range(..keys::id_key(oldest_allowed)) {
             if budget == 0 {
                 break;
             }
@@ -1222,7 +1489,7 @@ impl EventStore for SledStore {
         let over = |v: &[u8]| -> Result<bool> { Ok(Head::decode(v)?.count > u64::from(min_count)) };
         let mut candidates = Vec::new();
         if full {
-            for item in self.heads.iter() {
+            for item in self.t()?.heads.iter() {
                 let (k, v) = item?;
                 if over(&v)? {
                     candidates.push(keys::id_from_key(&k).unwrap_or(0));
@@ -1230,7 +1497,7 @@ impl EventStore for SledStore {
             }
         } else {
             for object in touched {
-                if let Some(v) = self.heads.get(object.to_be_bytes())?
+                if let Some(v) = self.t()?.heads.get(object.to_be_bytes())?
                     && over(&v)?
                 {
                     candidates.push(object);
@@ -1251,7 +1518,7 @@ impl EventStore for SledStore {
             let mut ids = Vec::new();
             let mut next = self.object_last(object)?;
             while let Some(id) = next {
-                let Some(buf) = self.events.get(keys::id_key(id))? else {
+                let Some(buf) = self.t()?.events.get(keys::id_key(id))? else {
                     break;
                 };
                 pace(ids.len());
@@ -1319,7 +1586,7 @@ impl EventStore for SledStore {
             // runs beside the capture writer's and neither waits on the other's log write.
             let w = self.lock_writer();
             self.persist_counters(&w)?;
-            self.db.flush()?;
+            self.t()?.db.flush()?;
         }
         Ok(report)
     }
@@ -1327,7 +1594,7 @@ impl EventStore for SledStore {
     fn stats(&self) -> Result<StoreStats> {
         Ok(StoreStats {
             events: self.count.load(Ordering::Relaxed),
-            bytes_on_disk: self.db.size_on_disk()?,
+            bytes_on_disk: self.t()?.db.size_on_disk()?,
         })
     }
 }
@@ -1337,11 +1604,12 @@ impl Drop for SledStore {
         // Mark a clean shutdown so the next open can trust the persisted count.
         let w = self.lock_writer();
         let saved = self.persist_counters(&w).and_then(|()| {
-            self.meta.insert(META_CLEAN, &1u64.to_be_bytes())?;
+            self.t()?.meta.insert(META_CLEAN, &1u64.to_be_bytes())?;
             Ok(())
         });
         drop(w);
-        if let Err(error) = saved.and_then(|()| self.db.flush().map(drop).map_err(Error::from)) {
+        if let Err(error) = saved.and_then(|()| self.t()?.db.flush().map(drop).map_err(Error::from))
+        {
             tracing::warn!(%error, "could not record a clean store shutdown");
         }
     }
@@ -1360,7 +1628,11 @@ impl Iterator for Chain<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             let id = self.next.take()?;
-            let prev = match self.store.events.get(keys::id_key(id)) {
+            let events = match self.store.t() {
+                Ok(t) => t.events.clone(),
+                Err(e) => return Some(Err(e)),
+            };
+            let prev = match events.get(keys::id_key(id)) {
                 Ok(Some(buf)) => peek_prev_policies(id, &buf).map(|(prev, _)| prev),
                 // A link to an event that is gone (a crash between writes): the chain ends.
                 Ok(None) => return None,
@@ -1482,6 +1754,14 @@ fn peek_actor_namespace(buf: &[u8]) -> Result<(u64, Option<u64>)> {
     Ok((actor, ns))
 }
 
+fn event_id(outcome: AppendOutcome) -> EventId {
+    match outcome {
+        AppendOutcome::Recorded(id) | AppendOutcome::Linked(id) | AppendOutcome::Duplicate(id) => {
+            id
+        }
+    }
+}
+
 /// A request uid as 128 bits: the UUID itself, or for other strings a 128-bit hash of it.
 fn request_key(uid: &str) -> u128 {
     match codec::parse_uuid(uid) {
@@ -1533,6 +1813,23 @@ fn chain(
     }
     let rebuilt = apply_changes(&mut current, &event.changes) && current == *state;
     (rebuilt.then_some(current), unseen)
+}
+
+/// Bytes the probe writes: two of sled's log segments, so that a reopened database can at least
+/// start writing again.
+const PROBE_BYTES: usize = 1 << 20;
+
+/// Checks that `dir` takes writes: a probe file written, synced and removed.
+fn probe_writable(dir: &Path) -> Result<()> {
+    use std::io::Write;
+    let path = dir.join(".histor-write-probe");
+    let written = std::fs::File::create(&path).and_then(|mut f| {
+        f.write_all(&vec![0u8; PROBE_BYTES])?;
+        f.sync_all()
+    });
+    let removed = std::fs::remove_file(&path);
+    written.map_err(|e| Error::file(&path, e))?;
+    removed.map_err(|e| Error::file(&path, e))
 }
 
 fn open_error(e: sled::Error, path: &Path) -> Error {

@@ -253,6 +253,127 @@ fn duplicate_requests_are_linked_once_per_policy() {
     assert_eq!(store.stats().unwrap().events, 1);
 }
 
+/// A batch whose append fails after `k` of its events were written, retried: the events the
+/// failed attempt wrote are reported as it wrote them (Recorded, Linked), not as Duplicates of
+/// themselves, while a true duplicate inside the batch stays one.
+#[test]
+fn a_retried_batch_reports_what_its_failed_attempt_wrote() {
+    let (_d, store) = open();
+    let mut a = Obj::new("prod", "api", 1);
+    let earlier = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
+    store.append(std::slice::from_ref(&earlier)).unwrap();
+    let mut linked = earlier.clone();
+    linked.event.policies = vec!["p2".into()];
+    let mut batch = vec![linked, earlier.clone()];
+    for n in 2..8 {
+        let name = format!("app-{n}");
+        let mut o = Obj::new("prod", &name, n);
+        let obj = deployment("prod", &name, &o.uid, 1, json!({}));
+        batch.push(o.create("bob", T0 + 10 * n as i64, obj));
+    }
+    // An apiserver retry of the third event, inside the same batch.
+    batch.push(batch[2].clone());
+    let id = T0 as u64;
+    let want = |ids: &[u64]| {
+        let mut w = vec![AppendOutcome::Linked(id), AppendOutcome::Duplicate(id)];
+        w.extend(ids.iter().map(|&i| AppendOutcome::Recorded(i)));
+        w.push(AppendOutcome::Duplicate(ids[0]));
+        w
+    };
+    for k in 0..7 {
+        let (_d, store) = open();
+        store.append(std::slice::from_ref(&earlier)).unwrap();
+        // The link is the first write: k = 0 fails it, k = 1 fails the first new event.
+        store.fail_once_after(k);
+        let err = store.append_buffered(&batch).unwrap_err();
+        assert!(matches!(err, Error::Store(_)), "{err}");
+        let out = store.append_buffered(&batch).unwrap();
+        store.sync().unwrap();
+        let ids: Vec<u64> = out[2..8]
+            .iter()
+            .map(|o| match o {
+                AppendOutcome::Recorded(i) => *i,
+                other => panic!("k={k}: expected Recorded, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(out, want(&ids), "k={k}");
+        assert_eq!(store.stats().unwrap().events, 7, "k={k}");
+        assert_eq!(store.query(&q()).unwrap().events.len(), 7, "k={k}");
+        // Once synced, the same batch again is all duplicates.
+        let again = store.append(&batch).unwrap();
+        assert!(
+            again
+                .iter()
+                .all(|o| matches!(o, AppendOutcome::Duplicate(_))),
+            "k={k}: {again:?}"
+        );
+    }
+    // Without a failure, the same outcomes.
+    let out = store.append(&batch).unwrap();
+    assert!(matches!(out[2], AppendOutcome::Recorded(_)));
+    assert_eq!(out[..2], want(&[0])[..2]);
+}
+
+/// Bound service-account tokens carry per-credential and per-pod extras: a thousand pods of one
+/// service account are one dictionary entry, not a thousand, and a query by the user finds them
+/// all through the name index. Object heads in memory stay within [`HEADS_CACHE`].
+#[test]
+fn the_dictionary_and_the_heads_cache_stay_bounded() {
+    let (_d, store) = open();
+    let sa = "system:serviceaccount:ci:runner";
+    let n = 4 * HEADS_CACHE as u64;
+    let mut batch = Vec::new();
+    for i in 0..n {
+        let name = format!("cm-{i}");
+        let mut o = Obj::new("ci", &name, i + 1);
+        let obj = deployment("ci", &name, &o.uid, 1, json!({}));
+        let mut c = o.create(sa, T0 + i as i64, obj);
+        c.event.user.uid = Some("sa-uid".into());
+        c.event.user.extra = [
+            (
+                "authentication.kubernetes.io/credential-id".to_string(),
+                vec![format!("JTI={i}")],
+            ),
+            (
+                "authentication.kubernetes.io/pod-uid".to_string(),
+                vec![format!("pod-{i}")],
+            ),
+        ]
+        .into_iter()
+        .collect();
+        batch.push(c);
+        if batch.len() == 50 {
+            store.append(&batch).unwrap();
+            batch.clear();
+        }
+    }
+    store.append(&batch).unwrap();
+    let (users, heads) = store.sizes();
+    assert_eq!(users, 1, "one identity, however many credentials");
+    assert!(heads <= HEADS_CACHE + 50, "{heads} heads cached");
+    let page = store
+        .query(&Query {
+            user: Some(sa.into()),
+            limit: MAX_PAGE,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(page.events.len() as u64, n);
+    let user = &page.events[0].event.user;
+    assert_eq!(user.uid.as_deref(), Some("sa-uid"));
+    assert!(user.extra.is_empty(), "extra is not stored");
+    // Evicted heads come back from disk: the objects' chains go on.
+    let mut first = Obj::new("ci", "cm-0", 1);
+    first.state = Some(deployment("ci", "cm-0", &first.uid, 1, json!({})));
+    first.seq = 10;
+    let u = first.update(sa, T0 + n as i64 + 10, |o| o["spec"]["replicas"] = json!(2));
+    let id = recorded(&store.append(&[u]).unwrap())[0];
+    assert_eq!(
+        store.state_before(id).unwrap().unwrap()["spec"]["replicas"],
+        1
+    );
+}
+
 #[test]
 fn a_request_uid_is_remembered_for_the_dedupe_window_and_no_longer() {
     let (_d, store) = open();
@@ -401,7 +522,7 @@ fn every_version_of_a_history_rebuilds_exactly() {
         );
     }
     // Deltas, not copies: only a few events carry a snapshot.
-    let snaps = store.snaps.len();
+    let snaps = store.t().unwrap().snaps.len();
     assert!(snaps <= 8, "{snaps} snapshots");
 }
 
@@ -1070,7 +1191,7 @@ fn namespace_and_user_queries_span_time_slices_and_forget_old_ones() {
             .len(),
         3
     );
-    let rows = store.ix.len();
+    let rows = store.t().unwrap().ix.len();
     assert!(rows <= 11 + 4 + 11 + 4, "{rows} index rows left");
 }
 
@@ -1088,6 +1209,8 @@ fn heads_of_an_interrupted_batch_are_repaired_on_open() {
         store.append(&[create]).unwrap();
         saved = store
             .db()
+            .get()
+            .unwrap()
             .open_tree("heads")
             .unwrap()
             .iter()
@@ -1095,6 +1218,8 @@ fn heads_of_an_interrupted_batch_are_repaired_on_open() {
             .collect();
         through = store
             .db()
+            .get()
+            .unwrap()
             .open_tree("meta")
             .unwrap()
             .get(b"heads_through")

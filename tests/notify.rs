@@ -13,7 +13,7 @@ use histor::store::StoredEvent;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -519,70 +519,9 @@ async fn no_secret_value_reaches_any_receiver() {
 
 // ---------------------------------------------------------------- SMTP
 
-struct Smtp {
-    child: Child,
-    port: u16,
-    maildir: tempfile::TempDir,
-}
-
-impl Drop for Smtp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn require_aiosmtpd() {
-    let ok = Command::new("python3")
-        .args(["-c", "import aiosmtpd"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "these tests need a real SMTP server: run `pip install aiosmtpd` (or apt-get install python3-aiosmtpd)"
-    );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts aiosmtpd with a Maildir handler; `tls` adds STARTTLS (`--tlscert`) or implicit TLS
-/// (`--smtpscert`) flags.
-fn start_smtp(tls_flags: &[&str]) -> Smtp {
-    require_aiosmtpd();
-    let maildir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let child = Command::new("python3")
-        .args(["-m", "aiosmtpd", "-n", "-l"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(tls_flags)
-        .args(["-c", "aiosmtpd.handlers.Mailbox"])
-        // A path that does not exist yet, so the handler creates the Maildir layout in it.
-        .arg(maildir.path().join("Maildir"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start aiosmtpd");
-    // Owned by `Smtp` at once, so that its Drop reaps the process even if startup fails.
-    let smtp = Smtp {
-        child,
-        port,
-        maildir,
-    };
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return smtp;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("aiosmtpd did not start on port {port}");
-}
+#[path = "support/smtp.rs"]
+mod smtp;
+use smtp::Smtp;
 
 /// A private CA and a server certificate for 127.0.0.1 signed by it; returns (ca, cert, key) PEMs.
 fn test_pki() -> (String, String, String) {
@@ -702,7 +641,7 @@ async fn send_mail_and_check(smtp: &Smtp, secret: &[(&str, &[u8])]) {
 #[tokio::test]
 async fn email_over_plain_smtp() {
     init();
-    let smtp = start_smtp(&[]);
+    let smtp = Smtp::start(&[]);
     let port = smtp.port.to_string();
     send_mail_and_check(
         &smtp,
@@ -723,7 +662,7 @@ async fn email_over_starttls_with_a_private_ca() {
     let (cert_path, key_path) = (pki.path().join("tls.crt"), pki.path().join("tls.key"));
     std::fs::write(&cert_path, cert).unwrap();
     std::fs::write(&key_path, key).unwrap();
-    let smtp = start_smtp(&[
+    let smtp = Smtp::start(&[
         "--tlscert",
         cert_path.to_str().unwrap(),
         "--tlskey",
@@ -750,7 +689,7 @@ async fn email_over_implicit_tls_with_a_private_ca() {
     let (cert_path, key_path) = (pki.path().join("tls.crt"), pki.path().join("tls.key"));
     std::fs::write(&cert_path, cert).unwrap();
     std::fs::write(&key_path, key).unwrap();
-    let smtp = start_smtp(&[
+    let smtp = Smtp::start(&[
         "--smtpscert",
         cert_path.to_str().unwrap(),
         "--smtpskey",
@@ -777,7 +716,7 @@ async fn starttls_refuses_an_unknown_ca() {
     let (cert_path, key_path) = (pki.path().join("tls.crt"), pki.path().join("tls.key"));
     std::fs::write(&cert_path, cert).unwrap();
     std::fs::write(&key_path, key).unwrap();
-    let smtp = start_smtp(&[
+    let smtp = Smtp::start(&[
         "--tlscert",
         cert_path.to_str().unwrap(),
         "--tlskey",

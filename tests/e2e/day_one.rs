@@ -6,7 +6,7 @@
 //! in a pod whose container restarted after its Secret changed): Ready must still mean that the
 //! apiserver can call the webhook, or the first changes are lost behind `failurePolicy: Ignore`.
 
-use crate::receivers::{Slack, Smtp};
+use crate::receivers::{Slack, Smtp, wait_for_mail};
 use crate::{
     apply_crds, client, create_namespaces, delete_namespaces, eventually, grant_edit, kubectl,
     policy, start_operator, unique, wait_ready,
@@ -40,7 +40,7 @@ async fn day_one_policy_changes_records_alerts_and_removal() {
 
     // Real receivers for the alerts, their addresses in Secrets as a user would keep them.
     let slack = Slack::start().await;
-    let smtp = Smtp::start();
+    let smtp = Smtp::start(&[]);
     let on = |args: &[&str]| {
         let mut all = vec!["-n", operator_ns.as_str()];
         all.extend_from_slice(args);
@@ -209,9 +209,7 @@ async fn day_one_policy_changes_records_alerts_and_removal() {
         .wait_for(&["alice", "settings"], Duration::from_secs(30))
         .await;
     assert!(!message.to_string().contains("admin"), "{message}");
-    let mail = smtp
-        .wait_for(&["alice", "web"], Duration::from_secs(30))
-        .await;
+    let mail = wait_for_mail(&smtp, &["alice", "web"], Duration::from_secs(30)).await;
     assert!(mail.contains("oncall@example.com"), "{mail}");
 
     // Deleting the policy removes its webhook configuration.

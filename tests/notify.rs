@@ -437,6 +437,86 @@ async fn burst_of_200_in_one_digest_window_is_one_message_per_sink() {
     assert_eq!(n.buffered(), 0);
 }
 
+fn metrics_text(metrics: &NotifyMetrics) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text
+}
+
+#[tokio::test]
+async fn a_rate_limited_backlog_keeps_only_the_newest_per_sink() {
+    init();
+    let rx = Receiver::start().await;
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let metrics = NotifyMetrics::default();
+    let config = NotifyConfig {
+        max_pending_per_sink: 3,
+        ..fast_config()
+    };
+    let n = Notifier::new(db, http_secrets(&rx), config, metrics.clone()).unwrap();
+    let sink = NotifySink {
+        rate_limit_per_minute: Some(1),
+        ..webhook_sink(None)
+    };
+    n.set_policy("prod", &[sink]).unwrap();
+    let events: Vec<StoredEvent> = (1..=10)
+        .map(|i| StoredEvent {
+            id: i,
+            event: deployment_event("alice", &format!("app-{i}"), (1, 2)),
+        })
+        .collect();
+    // Ten queued before the loop starts: the first sweep keeps the newest three, the one token
+    // of the minute sends the oldest of those, and the other two wait for the rate limit.
+    n.on_recorded(&events).unwrap();
+    assert_eq!(n.pending(), 10);
+    let (stop, handle) = spawn_run(&n);
+    let got = rx.wait_for("/hook", 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(rx.accepted("/hook").len(), 1);
+    assert_eq!(json(&got[0].body)["events"][0]["id"], 8);
+    assert_eq!(n.pending(), 2);
+    let text = metrics_text(&metrics);
+    assert!(
+        text.contains("histor_notify_dropped_total{sink=\"webhook\",reason=\"overflow\"} 7"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_digest_window_is_sent_before_its_time() {
+    init();
+    let rx = Receiver::start().await;
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let config = NotifyConfig {
+        max_digest_events: 3,
+        ..fast_config()
+    };
+    let n = Notifier::new(db, http_secrets(&rx), config, NotifyMetrics::default()).unwrap();
+    n.set_policy("prod", &[webhook_sink(Some("1h"))]).unwrap();
+    let (stop, handle) = spawn_run(&n);
+    let event = |i: u64| StoredEvent {
+        id: i,
+        event: deployment_event("alice", &format!("app-{i}"), (1, 2)),
+    };
+    n.on_recorded(&[event(1), event(2)]).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        rx.accepted("/hook").is_empty(),
+        "two of three: the window stays open"
+    );
+    assert_eq!(n.buffered(), 2);
+    n.on_recorded(&[event(3)]).unwrap();
+    let got = rx.wait_for("/hook", 1).await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(json(&got[0].body)["count"], 3);
+    assert_eq!(n.buffered(), 0);
+}
+
 #[tokio::test]
 async fn a_4xx_is_not_retried_and_shows_in_health() {
     init();

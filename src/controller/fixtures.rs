@@ -192,6 +192,11 @@ impl EventStore for MemStore {
         let events: Vec<StoredEvent> = all
             .iter()
             .filter(|e| q.after.is_none_or(|a| e.id < a))
+            // Like the real store: `since` compares as event ids (receipt microseconds).
+            .filter(|e| {
+                q.since
+                    .is_none_or(|s| i128::from(e.id) >= i128::from(s.as_microsecond()))
+            })
             .filter(|e| q.namespace.is_none() || e.event.namespace == q.namespace)
             .filter(|e| {
                 q.kind

@@ -146,6 +146,56 @@ mod tests {
     use super::*;
 
     const LOG: &[u8] = include_bytes!("../../tests/fixtures/audit/v1.33/audit.log");
+    const LOG_PATH: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/audit/v1.33/audit.log"
+    );
+    const OPENAPI_PATH: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/openapi/v1.33/v2.json.gz"
+    );
+
+    #[test]
+    fn command_line_reads_files_and_gzip_documents() {
+        use clap::Parser;
+        let cli = crate::cmd::Cli::try_parse_from([
+            "histor",
+            "usage",
+            "--audit-log",
+            LOG_PATH,
+            LOG_PATH,
+            "--openapi",
+            OPENAPI_PATH,
+            "-o",
+            "csv",
+            "--user",
+            "bob",
+            "--deprecated",
+        ])
+        .unwrap();
+        let crate::cmd::Command::Usage(args) = cli.command else {
+            panic!("not the usage command");
+        };
+        assert_eq!(args.audit_logs.len(), 2);
+        assert_eq!(args.output, Output::Csv);
+        assert!(args.deprecated);
+        run(args.clone()).unwrap();
+
+        let index = read_document(Path::new(OPENAPI_PATH)).unwrap();
+        assert!(index.len() > 1000, "{}", index.len());
+        let err = read_document(Path::new(LOG_PATH)).unwrap_err();
+        assert!(err.to_string().contains("audit.log"), "{err}");
+        let missing = UsageArgs {
+            audit_logs: vec!["/nonexistent/audit.log".into()],
+            ..args
+        };
+        assert!(
+            run(missing)
+                .unwrap_err()
+                .to_string()
+                .contains("/nonexistent/audit.log")
+        );
+    }
 
     #[test]
     fn feeds_plain_and_gzip_logs_and_drops_overlong_lines_unbuffered() {

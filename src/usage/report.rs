@@ -380,11 +380,10 @@ fn push_record(out: &mut String, fields: impl Iterator<Item = String>) {
 /// would run as a formula (`=`, `+`, `@`, `-` followed by more, tab, CR) gets a leading `'`:
 /// user names, agents and paths are the caller's to choose.
 fn csv_field(field: &str) -> String {
-    let formula = match field.as_bytes() {
-        [b'=' | b'+' | b'@' | b'\t' | b'\r', ..] => true,
-        [b'-', _, ..] => true,
-        _ => false,
-    };
+    let formula = matches!(
+        field.as_bytes(),
+        [b'=' | b'+' | b'@' | b'\t' | b'\r', ..] | [b'-', _, ..]
+    );
     let field = if formula {
         format!("'{field}")
     } else {

@@ -2,8 +2,8 @@
 //!
 //! Data flows one way: [`capture`] receives AdmissionReviews, [`pipeline`] turns them into clean
 //! [`pipeline::ChangeEvent`]s, [`store`] keeps them, [`query`] serves them to whoever cluster
-//! RBAC lets see them; [`cmd`] wires the parts into the binary's subcommands. [`crd`] holds the
-//! custom resource types.
+//! RBAC lets see them; [`usage`] turns audit events into API usage reports; [`cmd`] wires the
+//! parts into the binary's subcommands. [`crd`] holds the custom resource types.
 #![forbid(unsafe_code)]
 
 pub mod capture;
@@ -20,6 +20,7 @@ pub mod query;
 pub mod render;
 pub mod store;
 pub mod telemetry;
+pub mod usage;
 
 mod error;
 pub use error::{Error, Result};

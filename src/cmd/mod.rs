@@ -8,6 +8,7 @@ mod operator;
 mod replay;
 mod serve;
 mod server;
+mod usage;
 
 pub use demo::REVIEWS as RECORDED_REVIEWS;
 pub use files::{load_or_create_key, read_policy_files};
@@ -48,6 +49,9 @@ pub enum Command {
     Operator(Box<operator::OperatorArgs>),
     /// Run a self-contained demo: a real server on a temporary store, fed recorded reviews.
     Demo(demo::DemoArgs),
+    /// API usage from audit log files: which endpoints, at which level, by which clients;
+    /// deprecated APIs still called, and the release that removes them.
+    Usage(usage::UsageArgs),
 }
 
 impl Cli {
@@ -69,5 +73,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::History(args) => history::run(args),
         Command::Demo(args) => demo::run(args).await,
         Command::Operator(args) => operator::run(*args).await,
+        Command::Usage(args) => usage::run(args),
     }
 }

@@ -1,5 +1,8 @@
-//! Event storage: the [`EventStore`] trait the rest of histor speaks, and its sled implementation.
-//! Depends only on pipeline types; knows nothing of HTTP or Kubernetes clients.
+//! Event storage: the [`EventStore`] contract the rest of histor speaks, the pure parts every
+//! engine shares ([`history`] delta chains, [`retention`] decisions, [`query`] matching and
+//! paging, the dedupe window), and the engines behind it (`sled/`, one folder per engine).
+//! Depends only on pipeline types; knows nothing of HTTP or Kubernetes clients. Nothing outside
+//! an engine's folder names its crate.
 
 use crate::Result;
 use crate::crd::Operation;
@@ -7,17 +10,21 @@ use crate::pipeline::{Captured, ChangeEvent};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
-mod codec;
-mod keys;
+pub mod history;
+pub mod query;
 mod recent;
+pub mod retention;
 mod sled;
-#[cfg(test)]
-mod tests;
 
-pub use self::sled::{
-    BUCKET_SHIFT, DEDUPE_WINDOW, HEADS_CACHE, MAX_PAGE, MAX_REMOVALS_PER_PASS, SNAPSHOT_EVERY,
-    SharedDb, SledStore,
-};
+pub use self::history::SNAPSHOT_EVERY;
+pub use self::query::MAX_PAGE;
+pub use self::retention::MAX_REMOVALS_PER_PASS;
+pub use self::sled::{BUCKET_SHIFT, HEADS_CACHE, SharedDb, SledStore};
+
+/// How long a request uid is remembered for dedupe, in microseconds of event ids: 2 minutes.
+/// The apiserver calls every webhook of a request, and retries it, within the request's own
+/// timeout (60 s by default; a webhook's timeout is at most 30 s).
+pub const DEDUPE_WINDOW: u64 = 2 * 60 * 1_000_000;
 
 /// Identifies a stored event. Ids grow with receipt time (microseconds since the epoch, bumped to
 /// stay unique), so an id range is a time range.

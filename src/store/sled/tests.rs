@@ -2,6 +2,8 @@
 
 use super::*;
 use crate::Error;
+use crate::crd::Operation;
+use crate::store::MAX_PAGE;
 use crate::pipeline::{Actor, ChangeOp, FieldChange, KindId, ResourceId};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
@@ -923,7 +925,7 @@ fn acknowledged_events_survive_kill_9() {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "store::tests::crash_helper",
+            "store::sled::tests::crash_helper",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -987,12 +989,12 @@ fn clean(mut v: Value) -> Value {
 
 /// Disk use and append throughput for the benchmark: `kubectl label` updates of the
 /// recorded 8.7 KB Deployment review, 200 objects, batches of 64 with a flush each.
-/// `cargo test --release --lib store::tests::measure -- --ignored --nocapture`
+/// `cargo test --release --lib store::sled::tests::measure -- --ignored --nocapture`
 #[test]
 #[ignore]
 fn measure_bytes_and_throughput() {
     let review: Value = serde_json::from_str(include_str!(
-        "../../tests/fixtures/admission/admissionreview-update-deployment.json"
+        "../../../tests/fixtures/admission/admissionreview-update-deployment.json"
     ))
     .unwrap();
     let req = &review["request"];

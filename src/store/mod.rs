@@ -11,12 +11,14 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
 pub mod history;
+pub mod mem;
 pub mod query;
 mod recent;
 pub mod retention;
 mod sled;
 
 pub use self::history::SNAPSHOT_EVERY;
+pub use self::mem::MemStore;
 pub use self::query::MAX_PAGE;
 pub use self::retention::MAX_REMOVALS_PER_PASS;
 pub use self::sled::{BUCKET_SHIFT, HEADS_CACHE, SharedDb, SledStore};
@@ -147,6 +149,10 @@ pub struct StoreStats {
 /// [`Linked`](AppendOutcome::Linked) to it (another webhook of the same request). Both outcomes
 /// carry the stored event's id; a request whose event retention already removed is a
 /// `Duplicate`. This holds inside one batch too.
+///
+/// **What is kept.** An event reads back as it was appended, except that `object` is rebuilt
+/// (below) and the user's `extra` is dropped (it names the credential and pod of a token, so it
+/// would grow the store with every pod, and nothing reads it).
 ///
 /// **Queries.** [`query`](EventStore::query) returns matching events newest first, `object`
 /// left `None`. Every set field of [`Query`] must match: namespace, name, uid, user name and

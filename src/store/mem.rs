@@ -9,8 +9,8 @@ use super::query::{self, KindAliases, PageBuilder};
 use super::recent::Recent;
 use super::retention::{CountWalk, MAX_REMOVALS_PER_PASS, Rules};
 use super::{
-    AppendOutcome, DEDUPE_WINDOW, EmptiedObject, EventId, EventStore, Page, Query,
-    RetentionReport, RetentionRule, StoreStats, StoredEvent,
+    AppendOutcome, DEDUPE_WINDOW, EmptiedObject, EventId, EventStore, Page, Query, RetentionReport,
+    RetentionRule, StoreStats, StoredEvent,
 };
 use crate::Result;
 use crate::pipeline::{Captured, ChangeEvent};
@@ -36,7 +36,11 @@ impl ObjectKey {
     fn of(e: &ChangeEvent) -> ObjectKey {
         match &e.object_uid {
             Some(uid) => ObjectKey::Uid(uid.clone()),
-            None => ObjectKey::Target(e.resource.group_resource(), e.namespace.clone(), e.name.clone()),
+            None => ObjectKey::Target(
+                e.resource.group_resource(),
+                e.namespace.clone(),
+                e.name.clone(),
+            ),
         }
     }
 }
@@ -147,7 +151,8 @@ impl Inner {
         );
         self.policies.extend(event.policies.iter().cloned());
         self.recent.insert(request, id);
-        self.recent.expire(self.last_id.saturating_sub(DEDUPE_WINDOW));
+        self.recent
+            .expire(self.last_id.saturating_sub(DEDUPE_WINDOW));
         Ok(AppendOutcome::Recorded(id))
     }
 
@@ -394,5 +399,15 @@ impl EventStore for MemStore {
             events: self.inner.lock().events.len() as u64,
             bytes_on_disk: 0,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The contract's tests ([`conformance`](crate::store::conformance)) on the reference.
+    mod contract {
+        crate::store::conformance::conformance_suite!(|| ((), super::MemStore::new()));
     }
 }

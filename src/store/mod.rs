@@ -10,6 +10,8 @@ use crate::pipeline::{Captured, ChangeEvent};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod history;
 pub mod mem;
 pub mod query;

@@ -212,7 +212,10 @@ mod tests {
         let e = deployment();
         let mut aliases = KindAliases::default();
         assert_eq!(aliases.learn(&e.resource, &e.kind).len(), 5);
-        assert!(aliases.learn(&e.resource, &e.kind).is_empty(), "learnt once");
+        assert!(
+            aliases.learn(&e.resource, &e.kind).is_empty(),
+            "learnt once"
+        );
         for kind in [
             "Deployment",
             "deployments",

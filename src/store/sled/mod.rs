@@ -38,8 +38,8 @@ use super::query::{self, KindAliases, PageBuilder};
 use super::recent::Recent;
 use super::retention::{CountWalk, MAX_REMOVALS_PER_PASS, Rules};
 use super::{
-    AppendOutcome, DEDUPE_WINDOW, EmptiedObject, EventId, EventStore, Page, Query,
-    RetentionReport, RetentionRule, StoreStats, StoredEvent,
+    AppendOutcome, DEDUPE_WINDOW, EmptiedObject, EventId, EventStore, Page, Query, RetentionReport,
+    RetentionRule, StoreStats, StoredEvent,
 };
 use crate::pipeline::{Actor, Captured, ChangeEvent, FieldChange, KindId, ResourceId};
 use crate::{Error, Result};

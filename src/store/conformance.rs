@@ -1,0 +1,1027 @@
+//! The contract's tests, written once and run against every engine: each is a function over a
+//! fresh, empty `&dyn EventStore`, and [`conformance_suite!`] turns the list into `#[test]`s for
+//! an engine (`conformance_suite!(|| (guard, store))`, the guard kept alive for the test, such as
+//! the engine's temporary directory). A new engine is done when the same tests pass. Tests of
+//! what only one engine has (crash recovery, reopening, disk layout) stay with that engine, and
+//! may reuse the builders here.
+
+use super::*;
+use crate::crd::Operation;
+use crate::pipeline::{Actor, Captured, ChangeEvent, ChangeOp, FieldChange, KindId, ResourceId};
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+/// `#[test]`s running every contract test against the store `$open()` makes (a pair: a guard
+/// kept alive for the test, and the store).
+macro_rules! conformance_suite {
+    ($open:expr) => {
+        $crate::store::conformance::conformance_suite!(@tests $open;
+            events_round_trip_and_ids_follow_receipt_time,
+            duplicate_requests_are_linked_once_per_policy,
+            a_request_uid_is_remembered_for_the_dedupe_window_and_no_longer,
+            every_version_of_a_history_rebuilds_exactly,
+            queries_use_each_index_and_paginate,
+            recreated_objects_share_their_target_history,
+            retention_by_count_keeps_newest_and_a_rebuildable_chain,
+            retention_by_age_respects_every_policy_and_reports_emptied_objects,
+            namespace_and_user_queries_span_time_slices_and_forget_old_ones,
+            pages_have_a_next_only_when_more_match,
+            users_keep_their_identity_without_extra,
+            retention_leaves_states_honest_and_retries_duplicate,
+            unknown_states_are_none_until_a_full_object_comes,
+        );
+    };
+    (@tests $open:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let (_guard, store) = ($open)();
+                $crate::store::conformance::$name(&store);
+            }
+        )*
+    };
+}
+pub(crate) use conformance_suite;
+
+pub(crate) const T0: i64 = 1_700_000_000_000_000;
+
+pub(crate) fn ts(us: i64) -> Timestamp {
+    Timestamp::from_microsecond(us).unwrap()
+}
+
+/// The diff the pipeline would produce: RFC 6902 with old values.
+pub(crate) fn diff(before: &Value, after: &Value) -> Vec<FieldChange> {
+    use json_patch::PatchOperation as P;
+    json_patch::diff(before, after)
+        .0
+        .into_iter()
+        .map(|op| match op {
+            P::Add(a) => FieldChange {
+                op: ChangeOp::Add,
+                path: a.path.to_string(),
+                old: None,
+                new: Some(a.value),
+            },
+            P::Remove(r) => FieldChange {
+                op: ChangeOp::Remove,
+                path: r.path.to_string(),
+                old: before.pointer(r.path.as_str()).cloned(),
+                new: None,
+            },
+            P::Replace(r) => FieldChange {
+                op: ChangeOp::Replace,
+                path: r.path.to_string(),
+                old: before.pointer(r.path.as_str()).cloned(),
+                new: Some(r.value),
+            },
+            other => panic!("unexpected diff op {other:?}"),
+        })
+        .collect()
+}
+
+pub(crate) fn deployment(ns: &str, name: &str, uid: &str, replicas: u64, labels: Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "uid": uid, "labels": labels},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"spec": {"containers": [{"name": "c", "image": "nginx:1.25"}]}}}
+    })
+}
+
+pub(crate) fn uid(n: u64) -> String {
+    format!("00000000-0000-4000-8000-{n:012x}")
+}
+
+/// Builds events for one object the way the pipeline would.
+pub(crate) struct Obj {
+    pub(crate) ns: String,
+    pub(crate) name: String,
+    pub(crate) uid: String,
+    pub(crate) state: Option<Value>,
+    pub(crate) seq: u64,
+}
+
+impl Obj {
+    pub(crate) fn new(ns: &str, name: &str, n: u64) -> Obj {
+        Obj {
+            ns: ns.into(),
+            name: name.into(),
+            uid: uid(n),
+            state: None,
+            seq: 0,
+        }
+    }
+
+    pub(crate) fn base(&mut self, op: Operation, user: &str, at: i64) -> ChangeEvent {
+        self.seq += 1;
+        ChangeEvent {
+            request_uid: format!("{}-req-{}", self.uid, self.seq),
+            received_at: ts(at),
+            policies: vec!["p1".into()],
+            operation: op,
+            user: Actor {
+                username: user.into(),
+                groups: vec!["dev".into()],
+                ..Actor::default()
+            },
+            resource: ResourceId {
+                group: "apps".into(),
+                version: "v1".into(),
+                resource: "deployments".into(),
+                subresource: None,
+            },
+            kind: KindId {
+                group: "apps".into(),
+                version: "v1".into(),
+                kind: "Deployment".into(),
+            },
+            namespace: Some(self.ns.clone()),
+            name: self.name.clone(),
+            object_uid: Some(self.uid.clone()),
+            changes: vec![],
+            object: None,
+            redacted: false,
+        }
+    }
+
+    pub(crate) fn create(&mut self, user: &str, at: i64, obj: Value) -> Captured {
+        let mut e = self.base(Operation::Create, user, at);
+        e.object = Some(obj.clone());
+        self.state = Some(obj);
+        Captured {
+            event: e,
+            before: None,
+        }
+    }
+
+    pub(crate) fn update(&mut self, user: &str, at: i64, f: impl FnOnce(&mut Value)) -> Captured {
+        let before = self.state.clone().unwrap();
+        let mut after = before.clone();
+        f(&mut after);
+        self.update_from(user, at, before, after)
+    }
+
+    /// An update whose `before` is what the apiserver had (not necessarily what we stored).
+    pub(crate) fn update_from(
+        &mut self,
+        user: &str,
+        at: i64,
+        before: Value,
+        after: Value,
+    ) -> Captured {
+        let mut e = self.base(Operation::Update, user, at);
+        e.changes = diff(&before, &after);
+        e.object = Some(after.clone());
+        self.state = Some(after);
+        Captured {
+            event: e,
+            before: Some(before),
+        }
+    }
+
+    pub(crate) fn scale(&mut self, user: &str, at: i64, replicas: u64) -> Captured {
+        let before = self.state.clone().unwrap();
+        let old = before["spec"]["replicas"].clone();
+        let mut e = self.base(Operation::Update, user, at);
+        e.resource.subresource = Some("scale".into());
+        e.kind = KindId {
+            group: "autoscaling".into(),
+            version: "v1".into(),
+            kind: "Scale".into(),
+        };
+        e.changes = vec![FieldChange {
+            op: ChangeOp::Replace,
+            path: "/spec/replicas".into(),
+            old: Some(old),
+            new: Some(json!(replicas)),
+        }];
+        e.object = Some(json!({"kind": "Scale", "spec": {"replicas": replicas}}));
+        let scale_before =
+            json!({"kind": "Scale", "spec": {"replicas": before["spec"]["replicas"]}});
+        let mut after = before;
+        after["spec"]["replicas"] = json!(replicas);
+        self.state = Some(after);
+        Captured {
+            event: e,
+            before: Some(scale_before),
+        }
+    }
+
+    pub(crate) fn delete(&mut self, user: &str, at: i64) -> Captured {
+        let last = self.state.clone().unwrap();
+        let mut e = self.base(Operation::Delete, user, at);
+        e.object = Some(last.clone());
+        Captured {
+            event: e,
+            before: Some(last),
+        }
+    }
+}
+
+pub(crate) fn recorded(o: &[AppendOutcome]) -> Vec<EventId> {
+    o.iter()
+        .map(|o| match o {
+            AppendOutcome::Recorded(id) => *id,
+            other => panic!("expected Recorded, got {other:?}"),
+        })
+        .collect()
+}
+
+pub(crate) fn q() -> Query {
+    Query {
+        limit: 100,
+        ..Query::default()
+    }
+}
+
+pub(crate) fn ids(page: &Page) -> Vec<EventId> {
+    page.events.iter().map(|e| e.id).collect()
+}
+
+pub(crate) fn rule(max_events: u32, hours: i64) -> RetentionRule {
+    RetentionRule {
+        max_events_per_object: max_events,
+        max_age: jiff::SignedDuration::from_hours(hours),
+    }
+}
+
+pub(crate) fn events_round_trip_and_ids_follow_receipt_time(store: &dyn EventStore) {
+    let mut a = Obj::new("prod", "api", 1);
+    let create = a.create(
+        "alice",
+        T0,
+        deployment("prod", "api", &a.uid, 3, json!({"app": "api"})),
+    );
+    let mut expected = create.event.clone();
+    // Two events in the same microsecond still get distinct, increasing ids.
+    let upd = a.update("bob", T0, |o| {
+        o["metadata"]["labels"]["tier"] = json!("web")
+    });
+    let expected_upd = upd.event.clone();
+    let got = recorded(&store.append(&[create, upd]).unwrap());
+    assert_eq!(got, vec![T0 as u64, T0 as u64 + 1]);
+
+    let stored = store.get(got[0]).unwrap().unwrap();
+    assert_eq!(stored.event, expected);
+    let stored = store.get(got[1]).unwrap().unwrap();
+    assert_eq!(stored.event, expected_upd);
+    expected.object = None;
+    assert_eq!(store.query(&q()).unwrap().events[1].event, expected);
+    assert_eq!(store.stats().unwrap().events, 2);
+}
+
+pub(crate) fn duplicate_requests_are_linked_once_per_policy(store: &dyn EventStore) {
+    let mut a = Obj::new("prod", "api", 1);
+    let c = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
+    let mut other = c.clone();
+    other.event.policies = vec!["p2".into()];
+    // The same request from two policies in one batch, and a retry of each.
+    let out = store.append(&[c.clone(), other.clone()]).unwrap();
+    let id = T0 as u64;
+    assert_eq!(
+        out,
+        vec![AppendOutcome::Recorded(id), AppendOutcome::Linked(id)]
+    );
+    let out = store.append(&[c, other]).unwrap();
+    assert_eq!(
+        out,
+        vec![AppendOutcome::Duplicate(id), AppendOutcome::Duplicate(id)]
+    );
+    let e = store.get(id).unwrap().unwrap();
+    assert_eq!(e.event.policies, vec!["p1".to_string(), "p2".to_string()]);
+    assert_eq!(store.stats().unwrap().events, 1);
+}
+
+pub(crate) fn a_request_uid_is_remembered_for_the_dedupe_window_and_no_longer(
+    store: &dyn EventStore,
+) {
+    let mut a = Obj::new("prod", "api", 1);
+    let c = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
+    store.append(std::slice::from_ref(&c)).unwrap();
+    let window = DEDUPE_WINDOW as i64;
+    let retry_at = |at: i64| {
+        let mut r = c.clone();
+        r.event.received_at = ts(at);
+        r
+    };
+    // Later traffic moves the window on; a retry just inside it is still the same request.
+    let u = a.update("bob", T0 + window - 1_000, |o| {
+        o["spec"]["replicas"] = json!(2)
+    });
+    store.append(&[u]).unwrap();
+    assert_eq!(
+        store.append(&[retry_at(T0 + window - 500)]).unwrap(),
+        vec![AppendOutcome::Duplicate(T0 as u64)]
+    );
+    // Well past it (a slice of ~8 s may linger), the uid is forgotten: a new event.
+    let far = T0 + 2 * window;
+    let u = a.update("bob", far, |o| o["spec"]["replicas"] = json!(3));
+    store.append(&[u]).unwrap();
+    assert_eq!(
+        store.append(&[retry_at(far + 10)]).unwrap(),
+        vec![AppendOutcome::Recorded(far as u64 + 10)]
+    );
+}
+
+/// 40 events: updates, interleaved scale events, a chain break (a change histor never saw),
+/// more than one snapshot interval, and a delete. Every version must rebuild exactly.
+pub(crate) fn every_version_of_a_history_rebuilds_exactly(store: &dyn EventStore) {
+    let mut a = Obj::new("prod", "api", 1);
+    let mut b = Obj::new("prod", "web", 2);
+    let mut expected: Vec<(Value, Option<Value>)> = Vec::new(); // (after, before)
+    let mut batch = Vec::new();
+    let mut t = T0;
+    let c = a.create(
+        "alice",
+        t,
+        deployment("prod", "api", &a.uid, 1, json!({"app": "api"})),
+    );
+    expected.push((a.state.clone().unwrap(), None));
+    batch.push(c);
+    for i in 1..39u64 {
+        t += 1000;
+        let mut before = a.state.clone();
+        let c = match i {
+            _ if i % 5 == 0 => a.scale("hpa", t, i),
+            22 => {
+                // Someone changed the object while histor was not looking: the state before
+                // is the one the apiserver saw, kept as a delta from the stored chain.
+                let mut seen = a.state.clone().unwrap();
+                seen["metadata"]["annotations"] = json!({"missed": "yes"});
+                before = Some(seen.clone());
+                let mut after = seen.clone();
+                after["metadata"]["labels"]["v"] = json!("22");
+                a.update_from("carol", t, seen, after)
+            }
+            _ if i % 7 == 0 => a.update("bob", t, |o| {
+                o["spec"]["template"]["spec"]["containers"][0]["image"] =
+                    json!(format!("nginx:{i}"));
+                o["metadata"]["labels"].as_object_mut().unwrap().remove("v");
+            }),
+            _ => a.update("bob", t, |o| {
+                o["metadata"]["labels"]["v"] = json!(i.to_string())
+            }),
+        };
+        expected.push((a.state.clone().unwrap(), before));
+        batch.push(c);
+        // Another object's events interleave in the same batches.
+        if i % 3 == 0 {
+            let c = if b.state.is_none() {
+                b.create(
+                    "alice",
+                    t + 1,
+                    deployment("prod", "web", &b.uid, 2, json!({})),
+                )
+            } else {
+                b.update("alice", t + 1, |o| o["spec"]["replicas"] = json!(i))
+            };
+            batch.push(c);
+        }
+        if batch.len() >= 7 {
+            store.append(&std::mem::take(&mut batch)).unwrap();
+        }
+    }
+    t += 1000;
+    let last = a.state.clone().unwrap();
+    let c = a.delete("alice", t);
+    expected.push((last.clone(), Some(last)));
+    batch.push(c);
+    store.append(&std::mem::take(&mut batch)).unwrap();
+
+    let page = store
+        .query(&Query {
+            uid: Some(a.uid.clone()),
+            limit: 1000,
+            ..Query::default()
+        })
+        .unwrap();
+    let mut ids = ids(&page);
+    ids.reverse();
+    assert_eq!(ids.len(), 40);
+    for (n, (id, (after, before))) in ids.iter().zip(&expected).enumerate() {
+        assert_eq!(
+            store.state_after(*id).unwrap().as_ref(),
+            Some(after),
+            "after event {n}"
+        );
+        assert_eq!(
+            store.state_before(*id).unwrap(),
+            *before,
+            "before event {n}"
+        );
+        assert_eq!(
+            store.get(*id).unwrap().unwrap().event.object.as_ref(),
+            Some(after)
+        );
+    }
+}
+
+pub(crate) fn queries_use_each_index_and_paginate(store: &dyn EventStore) {
+    let mut api = Obj::new("prod", "api", 1);
+    let mut dev_api = Obj::new("dev", "api", 2);
+    let mut cm = Obj::new("prod", "settings", 3);
+    let mut batch = vec![
+        api.create(
+            "alice",
+            T0,
+            deployment("prod", "api", &api.uid, 1, json!({})),
+        ),
+        dev_api.create(
+            "bob",
+            T0 + 10,
+            deployment("dev", "api", &dev_api.uid, 1, json!({})),
+        ),
+    ];
+    let mut c = cm.create(
+        "bob",
+        T0 + 20,
+        json!({"kind": "ConfigMap", "data": {"a": "1"}}),
+    );
+    c.event.resource = ResourceId {
+        group: "".into(),
+        version: "v1".into(),
+        resource: "configmaps".into(),
+        subresource: None,
+    };
+    c.event.kind = KindId {
+        group: "".into(),
+        version: "v1".into(),
+        kind: "ConfigMap".into(),
+    };
+    batch.push(c);
+    for i in 0..10 {
+        batch.push(api.update("alice", T0 + 100 + i, |o| {
+            o["spec"]["replicas"] = json!(i + 2)
+        }));
+    }
+    batch.push(api.scale("hpa", T0 + 200, 7));
+    let all = recorded(&store.append(&batch).unwrap());
+
+    let count = |query: Query| store.query(&query).unwrap().events.len();
+    assert_eq!(count(q()), 14);
+    assert_eq!(
+        count(Query {
+            uid: Some(api.uid.clone()),
+            ..q()
+        }),
+        12
+    );
+    assert_eq!(
+        count(Query {
+            namespace: Some("prod".into()),
+            ..q()
+        }),
+        13
+    );
+    assert_eq!(
+        count(Query {
+            user: Some("bob".into()),
+            ..q()
+        }),
+        2
+    );
+    assert_eq!(
+        count(Query {
+            user: Some("bob".into()),
+            namespace: Some("dev".into()),
+            ..q()
+        }),
+        1
+    );
+    assert_eq!(
+        count(Query {
+            operation: Some(Operation::Create),
+            ..q()
+        }),
+        3
+    );
+    // Kind aliases, and the scale event belongs to its Deployment.
+    for kind in [
+        "Deployment",
+        "deployment",
+        "deployments",
+        "deployments.apps",
+        "apps/deployment",
+    ] {
+        let by_name = Query {
+            kind: Some(kind.into()),
+            name: Some("api".into()),
+            ..q()
+        };
+        assert_eq!(count(by_name.clone()), 13, "{kind}");
+        assert_eq!(
+            count(Query {
+                namespace: Some("prod".into()),
+                ..by_name
+            }),
+            12,
+            "{kind}"
+        );
+        assert_eq!(
+            count(Query {
+                kind: Some(kind.into()),
+                ..q()
+            }),
+            13,
+            "{kind}"
+        );
+    }
+    assert_eq!(
+        count(Query {
+            kind: Some("ConfigMap".into()),
+            ..q()
+        }),
+        1
+    );
+    assert_eq!(
+        count(Query {
+            kind: Some("Scale".into()),
+            ..q()
+        }),
+        0
+    );
+
+    // Pagination: newest first, exclusive continue token, no token on the last page.
+    let mut seen = Vec::new();
+    let mut query = Query {
+        namespace: Some("prod".into()),
+        limit: 5,
+        ..Query::default()
+    };
+    loop {
+        let page = store.query(&query).unwrap();
+        seen.extend(ids(&page));
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+    }
+    let mut expected: Vec<EventId> = all.iter().copied().filter(|id| *id != all[1]).collect();
+    expected.reverse();
+    assert_eq!(seen, expected);
+
+    // since (inclusive) / until (exclusive).
+    let window = Query {
+        since: Some(ts(T0 + 100)),
+        until: Some(ts(T0 + 105)),
+        ..q()
+    };
+    let got = ids(&store.query(&window).unwrap());
+    assert_eq!(
+        got,
+        (0..5)
+            .rev()
+            .map(|i| (T0 + 100 + i) as u64)
+            .collect::<Vec<_>>()
+    );
+}
+
+pub(crate) fn recreated_objects_share_their_target_history(store: &dyn EventStore) {
+    let mut first = Obj::new("prod", "api", 1);
+    let mut second = Obj::new("prod", "api", 2);
+    let batch = vec![
+        first.create(
+            "alice",
+            T0,
+            deployment("prod", "api", &first.uid, 1, json!({})),
+        ),
+        first.delete("alice", T0 + 1),
+        second.create(
+            "alice",
+            T0 + 2,
+            deployment("prod", "api", &second.uid, 1, json!({})),
+        ),
+        second.update("alice", T0 + 3, |o| o["spec"]["replicas"] = json!(3)),
+    ];
+    store.append(&batch).unwrap();
+    let page = store
+        .query(&Query {
+            kind: Some("deploy".into()),
+            name: Some("api".into()),
+            ..q()
+        })
+        .unwrap();
+    assert!(page.events.is_empty(), "unknown alias matches nothing");
+    let page = store
+        .query(&Query {
+            kind: Some("Deployment".into()),
+            name: Some("api".into()),
+            ..q()
+        })
+        .unwrap();
+    assert_eq!(
+        ids(&page),
+        vec![T0 as u64 + 3, T0 as u64 + 2, T0 as u64 + 1, T0 as u64]
+    );
+}
+
+pub(crate) fn retention_by_count_keeps_newest_and_a_rebuildable_chain(store: &dyn EventStore) {
+    let mut a = Obj::new("prod", "api", 1);
+    let mut states = vec![];
+    let mut batch = vec![a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})))];
+    states.push(a.state.clone().unwrap());
+    for i in 1..30u64 {
+        let c = if i % 4 == 0 {
+            a.scale("hpa", T0 + i as i64, i)
+        } else {
+            a.update("bob", T0 + i as i64, |o| {
+                o["metadata"]["labels"]["v"] = json!(i)
+            })
+        };
+        states.push(a.state.clone().unwrap());
+        batch.push(c);
+    }
+    store.append(&batch).unwrap();
+    let now = ts(T0 + 1000);
+    let report = store
+        .enforce_retention(now, &|_| None, rule(10, 24))
+        .unwrap();
+    assert_eq!(report.removed, 20);
+    assert!(report.objects_emptied.is_empty());
+    let page = store
+        .query(&Query {
+            uid: Some(a.uid.clone()),
+            ..q()
+        })
+        .unwrap();
+    let mut kept = ids(&page);
+    kept.reverse();
+    assert_eq!(kept, (20..30).map(|i| (T0 + i) as u64).collect::<Vec<_>>());
+    for (id, state) in kept.iter().zip(&states[20..]) {
+        assert_eq!(store.state_after(*id).unwrap().as_ref(), Some(state));
+    }
+    assert_eq!(store.stats().unwrap().events, 10);
+    // Nothing more to do on the next pass; appending continues the chain.
+    assert_eq!(
+        store
+            .enforce_retention(now, &|_| None, rule(10, 24))
+            .unwrap()
+            .removed,
+        0
+    );
+    let u = a.update("bob", T0 + 40, |o| {
+        o["metadata"]["labels"]["v"] = json!("x")
+    });
+    let id = recorded(&store.append(&[u]).unwrap())[0];
+    assert_eq!(store.state_after(id).unwrap(), a.state);
+    // Index entries went with the events.
+    assert_eq!(
+        store
+            .query(&Query {
+                user: Some("bob".into()),
+                ..q()
+            })
+            .unwrap()
+            .events
+            .len(),
+        8
+    );
+}
+
+pub(crate) fn retention_by_age_respects_every_policy_and_reports_emptied_objects(
+    store: &dyn EventStore,
+) {
+    let hour = 3_600_000_000i64;
+    let mut a = Obj::new("prod", "api", 1);
+    let mut b = Obj::new("prod", "web", 2);
+    let mut c_long = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
+    c_long.event.policies = vec!["short".into(), "long".into()];
+    let mut old_b = b.create("alice", T0, deployment("prod", "web", &b.uid, 1, json!({})));
+    old_b.event.policies = vec!["short".into()];
+    let mut mid = a.update("bob", T0 + 2 * hour, |o| o["spec"]["replicas"] = json!(2));
+    mid.event.policies = vec!["short".into()];
+    let mut fresh = a.update("bob", T0 + 10 * hour, |o| o["spec"]["replicas"] = json!(3));
+    fresh.event.policies = vec!["unknown-policy".into()];
+    store.append(&[c_long, old_b, mid, fresh]).unwrap();
+
+    let rules = |p: &str| match p {
+        "short" => Some(rule(100, 1)),
+        "long" => Some(rule(100, 100)),
+        _ => None,
+    };
+    let report = store
+        .enforce_retention(ts(T0 + 11 * hour), &rules, rule(100, 5))
+        .unwrap();
+    assert_eq!(report.removed, 2);
+    assert_eq!(
+        report.objects_emptied,
+        vec![EmptiedObject {
+            resource: "deployments.apps".into(),
+            namespace: Some("prod".into()),
+            name: "web".into(),
+            uid: Some(b.uid.clone()),
+        }]
+    );
+    // The long policy keeps the create; the newest survives under the default rule and still
+    // rebuilds although the event between them is gone.
+    let left = ids(&store.query(&q()).unwrap());
+    assert_eq!(left, vec![(T0 + 10 * hour) as u64, T0 as u64]);
+    assert_eq!(store.state_after(left[0]).unwrap(), a.state);
+    assert_eq!(
+        store
+            .query(&Query {
+                name: Some("web".into()),
+                kind: Some("deployment".into()),
+                ..q()
+            })
+            .unwrap()
+            .events
+            .len(),
+        0
+    );
+}
+
+pub(crate) fn namespace_and_user_queries_span_time_slices_and_forget_old_ones(
+    store: &dyn EventStore,
+) {
+    // About 4 s: an index slice of the sled engine, so the events span many.
+    let slice = 1i64 << 22;
+    let mut a = Obj::new("prod", "api", 1);
+    let mut b = Obj::new("dev", "web", 2);
+    let mut batch = vec![
+        a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({}))),
+        b.create("bob", T0, deployment("dev", "web", &b.uid, 1, json!({}))),
+    ];
+    for i in 1..=20i64 {
+        // alice in prod every third slice, bob in dev every slice.
+        if i % 3 == 0 {
+            batch.push(a.update("alice", T0 + i * slice, |o| {
+                o["spec"]["replicas"] = json!(i)
+            }));
+        }
+        batch.push(b.update("bob", T0 + i * slice + 5, |o| {
+            o["spec"]["replicas"] = json!(i)
+        }));
+    }
+    store.append(&batch).unwrap();
+    let alice = store
+        .query(&Query {
+            user: Some("alice".into()),
+            ..q()
+        })
+        .unwrap();
+    assert_eq!(alice.events.len(), 7);
+    assert!(
+        alice
+            .events
+            .iter()
+            .all(|e| e.event.user.username == "alice")
+    );
+    assert!(alice.events.windows(2).all(|w| w[0].id > w[1].id));
+    let dev = Query {
+        namespace: Some("dev".into()),
+        limit: 4,
+        ..Query::default()
+    };
+    let mut all = Vec::new();
+    let mut page = store.query(&dev).unwrap();
+    loop {
+        all.extend(ids(&page));
+        let Some(next) = page.next else { break };
+        page = store
+            .query(&Query {
+                after: Some(next),
+                ..dev.clone()
+            })
+            .unwrap();
+    }
+    assert_eq!(all.len(), 21);
+    let since = Query {
+        user: Some("bob".into()),
+        since: Some(ts(T0 + 10 * slice)),
+        ..q()
+    };
+    assert_eq!(store.query(&since).unwrap().events.len(), 11);
+
+    // Age retention removes the first half; stale slices go with the next full pass.
+    let day = 24;
+    let now = ts(T0 + 10 * slice + 1 + day * 3_600_000_000);
+    let report = store
+        .enforce_retention(now, &|_| None, rule(1000, day))
+        .unwrap();
+    assert_eq!(report.removed, 2 + 3 + 9);
+    assert_eq!(
+        store
+            .query(&Query {
+                user: Some("bob".into()),
+                ..q()
+            })
+            .unwrap()
+            .events
+            .len(),
+        11
+    );
+    assert_eq!(
+        store
+            .query(&Query {
+                user: Some("alice".into()),
+                ..q()
+            })
+            .unwrap()
+            .events
+            .len(),
+        3
+    );
+}
+
+/// A page is full at its limit (0 means 100, more than `MAX_PAGE` means `MAX_PAGE`), and has a
+/// `next` only when another event matches.
+pub(crate) fn pages_have_a_next_only_when_more_match(store: &dyn EventStore) {
+    let mut batch = Vec::new();
+    for i in 0..(MAX_PAGE as u64 + 5) {
+        let name = format!("cm-{i}");
+        let mut o = Obj::new("prod", &name, i + 1);
+        batch.push(o.create(
+            "alice",
+            T0 + i as i64,
+            deployment("prod", &name, &o.uid, 1, json!({})),
+        ));
+    }
+    store.append(&batch).unwrap();
+    let page = |limit, user: &str| {
+        store
+            .query(&Query {
+                limit,
+                user: Some(user.into()),
+                ..Query::default()
+            })
+            .unwrap()
+    };
+    assert_eq!(page(0, "alice").events.len(), 100);
+    let capped = page(5000, "alice");
+    assert_eq!(capped.events.len(), MAX_PAGE);
+    assert_eq!(capped.next, Some(capped.events[MAX_PAGE - 1].id));
+    let rest = store
+        .query(&Query {
+            limit: 5000,
+            after: capped.next,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(rest.events.len(), 5);
+    assert_eq!(rest.next, None, "the last page");
+    // Exactly a page's worth: no next.
+    let exact = store
+        .query(&Query {
+            limit: 5,
+            after: capped.next,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!((exact.events.len(), exact.next), (5, None));
+    assert!(page(10, "nobody").events.is_empty());
+}
+
+/// Only the user's identity is kept (not `extra`); a query by user name finds every identity
+/// of that name.
+pub(crate) fn users_keep_their_identity_without_extra(store: &dyn EventStore) {
+    let sa = "system:serviceaccount:ci:runner";
+    let mut batch = Vec::new();
+    for i in 0..4u64 {
+        let name = format!("cm-{i}");
+        let mut o = Obj::new("ci", &name, i + 1);
+        let mut c = o.create(
+            sa,
+            T0 + i as i64,
+            deployment("ci", &name, &o.uid, 1, json!({})),
+        );
+        c.event.user.uid = Some(format!("sa-uid-{}", i % 2));
+        c.event.user.extra = [(
+            "authentication.kubernetes.io/pod-uid".to_string(),
+            vec![format!("pod-{i}")],
+        )]
+        .into_iter()
+        .collect();
+        batch.push(c);
+    }
+    let ids = recorded(&store.append(&batch).unwrap());
+    let page = store
+        .query(&Query {
+            user: Some(sa.into()),
+            ..q()
+        })
+        .unwrap();
+    assert_eq!(page.events.len(), 4, "both identities of the name");
+    for e in &page.events {
+        assert!(e.event.user.extra.is_empty(), "extra is not stored");
+        assert_eq!(e.event.user.groups, vec!["dev".to_string()]);
+    }
+    let got = store.get(ids[1]).unwrap().unwrap().event.user;
+    assert_eq!(got.uid.as_deref(), Some("sa-uid-1"));
+    assert!(got.extra.is_empty());
+}
+
+/// After retention removed an event, the next kept one still rebuilds its state after, but the
+/// state before it is unknown; a retry of a removed request is a duplicate, not a new event.
+pub(crate) fn retention_leaves_states_honest_and_retries_duplicate(store: &dyn EventStore) {
+    let mut a = Obj::new("prod", "api", 1);
+    let mut batch = vec![a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})))];
+    let first = batch[0].clone();
+    for i in 1..6u64 {
+        batch.push(a.update("bob", T0 + i as i64, |o| {
+            o["spec"]["replicas"] = json!(i + 1)
+        }));
+    }
+    let ids = recorded(&store.append(&batch).unwrap());
+    let report = store
+        .enforce_retention(ts(T0 + 100), &|_| None, rule(3, 24))
+        .unwrap();
+    assert_eq!(report.removed, 3);
+    assert_eq!(store.stats().unwrap().events, 3);
+    let oldest_kept = ids[3];
+    assert_eq!(
+        store.state_before(oldest_kept).unwrap(),
+        None,
+        "its predecessor is gone"
+    );
+    assert_eq!(
+        store.state_after(oldest_kept).unwrap().unwrap()["spec"]["replicas"],
+        4
+    );
+    assert_eq!(
+        store.state_before(ids[4]).unwrap().unwrap()["spec"]["replicas"],
+        4
+    );
+    assert_eq!(store.get(ids[0]).unwrap(), None);
+    assert_eq!(store.state_after(ids[0]).unwrap(), None);
+    assert_eq!(
+        store.append(&[first]).unwrap(),
+        vec![AppendOutcome::Duplicate(ids[0])]
+    );
+
+    // A gap in the middle: a long-lived policy keeps the create, a short one only its newest.
+    let mut b = Obj::new("prod", "web", 2);
+    let mut create = b.create(
+        "alice",
+        T0 + 10,
+        deployment("prod", "web", &b.uid, 1, json!({})),
+    );
+    create.event.policies = vec!["long".into()];
+    let mut batch = vec![create];
+    for i in 1..4u64 {
+        let mut u = b.update("bob", T0 + 10 + i as i64, |o| {
+            o["spec"]["replicas"] = json!(i + 1)
+        });
+        u.event.policies = vec!["short".into()];
+        batch.push(u);
+    }
+    let ids = recorded(&store.append(&batch).unwrap());
+    let rules = |p: &str| match p {
+        "long" => Some(rule(100, 24)),
+        "short" => Some(rule(1, 24)),
+        _ => None,
+    };
+    let report = store
+        .enforce_retention(ts(T0 + 100), &rules, rule(3, 24))
+        .unwrap();
+    assert_eq!(report.removed, 2);
+    let kept = ids_of(store, &b.uid);
+    assert_eq!(kept, vec![ids[0], ids[3]]);
+    assert_eq!(
+        store.state_before(ids[3]).unwrap(),
+        None,
+        "the event before it is gone"
+    );
+    assert_eq!(store.state_after(ids[3]).unwrap(), b.state);
+    assert_eq!(
+        store.state_after(ids[0]).unwrap().unwrap()["spec"]["replicas"],
+        1
+    );
+}
+
+/// The ids of an object's events, oldest first.
+pub(crate) fn ids_of(store: &dyn EventStore, uid: &str) -> Vec<EventId> {
+    let page = store
+        .query(&Query {
+            uid: Some(uid.into()),
+            limit: MAX_PAGE,
+            ..Query::default()
+        })
+        .unwrap();
+    let mut ids = ids(&page);
+    ids.reverse();
+    ids
+}
+
+/// A subresource change to an object the store never saw a state of: the event is kept, its
+/// state is unknown, and the next full object anchors the chain again.
+pub(crate) fn unknown_states_are_none_until_a_full_object_comes(store: &dyn EventStore) {
+    let mut a = Obj::new("prod", "api", 1);
+    // The store never saw the object: only what `Obj` tracks.
+    a.state = Some(deployment("prod", "api", &a.uid, 1, json!({})));
+    let scale = a.scale("hpa", T0, 3);
+    let update = a.update("bob", T0 + 1, |o| o["metadata"]["labels"]["v"] = json!("1"));
+    let ids = recorded(&store.append(&[scale, update]).unwrap());
+    assert_eq!(store.state_after(ids[0]).unwrap(), None);
+    assert_eq!(store.get(ids[0]).unwrap().unwrap().event.object, None);
+    assert_eq!(store.state_before(ids[0]).unwrap(), None, "a first event");
+    assert_eq!(store.state_after(ids[1]).unwrap(), a.state);
+    // What the store had after the scale is unknown, so is the state before the update.
+    assert_eq!(store.state_before(ids[1]).unwrap(), None);
+    let more = a.update("bob", T0 + 2, |o| o["spec"]["replicas"] = json!(5));
+    let id = recorded(&store.append(&[more]).unwrap())[0];
+    assert_eq!(
+        store.state_before(id).unwrap().unwrap()["metadata"]["labels"]["v"],
+        "1"
+    );
+}

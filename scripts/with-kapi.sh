@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs a command against a real, throw-away kube-apiserver (kube-apiserver + etcd from
 # ../shared/kapi, or $KAPI_DIR): its own run directory and free ports, the aggregation layer's
-# front-proxy flags, stopped again however the command ends. The command sees the e2e
-# environment: HISTOR_E2E_KUBECONFIG (cluster-admin), HISTOR_E2E_ALICE_KUBECONFIG (a second,
-# unprivileged user) and KAPI_RUN_DIR.
+# front-proxy flags and a client certificate it presents to admission webhooks, stopped again
+# however the command ends. The command sees the e2e environment: HISTOR_E2E_KUBECONFIG
+# (cluster-admin), HISTOR_E2E_ALICE_KUBECONFIG (a second, unprivileged user),
+# HISTOR_E2E_WEBHOOK_CLIENT_CA (the CA of the apiserver's webhook client certificate) and
+# KAPI_RUN_DIR.
 #
 #   scripts/with-kapi.sh cargo test --test e2e -- --nocapture
 #
@@ -37,7 +39,41 @@ trap 'exit 130' INT TERM
 
 # The aggregation layer (the query API behind `kubectl blame`) needs the front-proxy flags.
 KAPI_EXTRA_ARGS="$("$KAPI_DIR/front-proxy.sh" "$run/front-proxy") ${KAPI_EXTRA_ARGS:-}"
+
+# The apiserver proves who it is to webhooks with a client certificate (README, "Who may write
+# history"): a CA of its own for that, and an AdmissionConfiguration whose kubeconfig gives the
+# certificate to every webhook (`*`: the suite's operators listen on ports not known yet).
+wc=$run/webhook-client
+mkdir -p "$wc"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=histor-e2e-webhook-client-ca \
+  -keyout "$wc/ca.key" -out "$wc/ca.crt" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver -keyout "$wc/client.key" \
+  -out "$wc/client.csr" 2>/dev/null
+printf 'extendedKeyUsage=clientAuth\n' >"$wc/client.ext"
+openssl x509 -req -in "$wc/client.csr" -CA "$wc/ca.crt" -CAkey "$wc/ca.key" -CAcreateserial \
+  -days 2 -extfile "$wc/client.ext" -out "$wc/client.crt" 2>/dev/null
+cat >"$wc/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+users:
+  - name: "*"
+    user:
+      client-certificate: $wc/client.crt
+      client-key: $wc/client.key
+EOF
+cat >"$wc/admission-configuration.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+  - name: ValidatingAdmissionWebhook
+    configuration:
+      apiVersion: apiserver.config.k8s.io/v1
+      kind: WebhookAdmissionConfiguration
+      kubeConfigFile: $wc/kubeconfig
+EOF
+KAPI_EXTRA_ARGS="$KAPI_EXTRA_ARGS --admission-control-config-file=$wc/admission-configuration.yaml"
 export KAPI_EXTRA_ARGS
+export HISTOR_E2E_WEBHOOK_CLIENT_CA=$wc/ca.crt
 "$KAPI_DIR/start.sh" "$api_port" >"$run/start.out" 2>&1 || {
   cat "$run/start.out" >&2
   exit 1

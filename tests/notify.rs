@@ -13,7 +13,7 @@ use histor::store::StoredEvent;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -437,6 +437,86 @@ async fn burst_of_200_in_one_digest_window_is_one_message_per_sink() {
     assert_eq!(n.buffered(), 0);
 }
 
+fn metrics_text(metrics: &NotifyMetrics) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text
+}
+
+#[tokio::test]
+async fn a_rate_limited_backlog_keeps_only_the_newest_per_sink() {
+    init();
+    let rx = Receiver::start().await;
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let metrics = NotifyMetrics::default();
+    let config = NotifyConfig {
+        max_pending_per_sink: 3,
+        ..fast_config()
+    };
+    let n = Notifier::new(db, http_secrets(&rx), config, metrics.clone()).unwrap();
+    let sink = NotifySink {
+        rate_limit_per_minute: Some(1),
+        ..webhook_sink(None)
+    };
+    n.set_policy("prod", &[sink]).unwrap();
+    let events: Vec<StoredEvent> = (1..=10)
+        .map(|i| StoredEvent {
+            id: i,
+            event: deployment_event("alice", &format!("app-{i}"), (1, 2)),
+        })
+        .collect();
+    // Ten queued before the loop starts: the first sweep keeps the newest three, the one token
+    // of the minute sends the oldest of those, and the other two wait for the rate limit.
+    n.on_recorded(&events).unwrap();
+    assert_eq!(n.pending(), 10);
+    let (stop, handle) = spawn_run(&n);
+    let got = rx.wait_for("/hook", 1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(rx.accepted("/hook").len(), 1);
+    assert_eq!(json(&got[0].body)["events"][0]["id"], 8);
+    assert_eq!(n.pending(), 2);
+    let text = metrics_text(&metrics);
+    assert!(
+        text.contains("histor_notify_dropped_total{sink=\"webhook\",reason=\"overflow\"} 7"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_full_digest_window_is_sent_before_its_time() {
+    init();
+    let rx = Receiver::start().await;
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let config = NotifyConfig {
+        max_digest_events: 3,
+        ..fast_config()
+    };
+    let n = Notifier::new(db, http_secrets(&rx), config, NotifyMetrics::default()).unwrap();
+    n.set_policy("prod", &[webhook_sink(Some("1h"))]).unwrap();
+    let (stop, handle) = spawn_run(&n);
+    let event = |i: u64| StoredEvent {
+        id: i,
+        event: deployment_event("alice", &format!("app-{i}"), (1, 2)),
+    };
+    n.on_recorded(&[event(1), event(2)]).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        rx.accepted("/hook").is_empty(),
+        "two of three: the window stays open"
+    );
+    assert_eq!(n.buffered(), 2);
+    n.on_recorded(&[event(3)]).unwrap();
+    let got = rx.wait_for("/hook", 1).await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(json(&got[0].body)["count"], 3);
+    assert_eq!(n.buffered(), 0);
+}
+
 #[tokio::test]
 async fn a_4xx_is_not_retried_and_shows_in_health() {
     init();
@@ -519,70 +599,9 @@ async fn no_secret_value_reaches_any_receiver() {
 
 // ---------------------------------------------------------------- SMTP
 
-struct Smtp {
-    child: Child,
-    port: u16,
-    maildir: tempfile::TempDir,
-}
-
-impl Drop for Smtp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn require_aiosmtpd() {
-    let ok = Command::new("python3")
-        .args(["-c", "import aiosmtpd"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok,
-        "these tests need a real SMTP server: run `pip install aiosmtpd` (or apt-get install python3-aiosmtpd)"
-    );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts aiosmtpd with a Maildir handler; `tls` adds STARTTLS (`--tlscert`) or implicit TLS
-/// (`--smtpscert`) flags.
-fn start_smtp(tls_flags: &[&str]) -> Smtp {
-    require_aiosmtpd();
-    let maildir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let child = Command::new("python3")
-        .args(["-m", "aiosmtpd", "-n", "-l"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(tls_flags)
-        .args(["-c", "aiosmtpd.handlers.Mailbox"])
-        // A path that does not exist yet, so the handler creates the Maildir layout in it.
-        .arg(maildir.path().join("Maildir"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start aiosmtpd");
-    // Owned by `Smtp` at once, so that its Drop reaps the process even if startup fails.
-    let smtp = Smtp {
-        child,
-        port,
-        maildir,
-    };
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return smtp;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("aiosmtpd did not start on port {port}");
-}
+#[path = "support/smtp.rs"]
+mod smtp;
+use smtp::Smtp;
 
 /// A private CA and a server certificate for 127.0.0.1 signed by it; returns (ca, cert, key) PEMs.
 fn test_pki() -> (String, String, String) {
@@ -702,7 +721,7 @@ async fn send_mail_and_check(smtp: &Smtp, secret: &[(&str, &[u8])]) {
 #[tokio::test]
 async fn email_over_plain_smtp() {
     init();
-    let smtp = start_smtp(&[]);
+    let smtp = Smtp::start(&[]);
     let port = smtp.port.to_string();
     send_mail_and_check(
         &smtp,
@@ -723,7 +742,7 @@ async fn email_over_starttls_with_a_private_ca() {
     let (cert_path, key_path) = (pki.path().join("tls.crt"), pki.path().join("tls.key"));
     std::fs::write(&cert_path, cert).unwrap();
     std::fs::write(&key_path, key).unwrap();
-    let smtp = start_smtp(&[
+    let smtp = Smtp::start(&[
         "--tlscert",
         cert_path.to_str().unwrap(),
         "--tlskey",
@@ -750,7 +769,7 @@ async fn email_over_implicit_tls_with_a_private_ca() {
     let (cert_path, key_path) = (pki.path().join("tls.crt"), pki.path().join("tls.key"));
     std::fs::write(&cert_path, cert).unwrap();
     std::fs::write(&key_path, key).unwrap();
-    let smtp = start_smtp(&[
+    let smtp = Smtp::start(&[
         "--smtpscert",
         cert_path.to_str().unwrap(),
         "--smtpskey",
@@ -777,7 +796,7 @@ async fn starttls_refuses_an_unknown_ca() {
     let (cert_path, key_path) = (pki.path().join("tls.crt"), pki.path().join("tls.key"));
     std::fs::write(&cert_path, cert).unwrap();
     std::fs::write(&key_path, key).unwrap();
-    let smtp = start_smtp(&[
+    let smtp = Smtp::start(&[
         "--tlscert",
         cert_path.to_str().unwrap(),
         "--tlskey",

@@ -171,6 +171,14 @@ pub fn policy_path(name: &str) -> String {
 pub fn context(
     policies: Vec<TrackingPolicy>,
 ) -> (Arc<Context>, JoinHandle<Vec<Call>>, Arc<FakeRegistry>) {
+    context_with(policies, |_| {})
+}
+
+/// [`context`], with `adjust` applied to the settings first.
+pub fn context_with(
+    policies: Vec<TrackingPolicy>,
+    adjust: impl FnOnce(&mut Settings),
+) -> (Arc<Context>, JoinHandle<Vec<Call>>, Arc<FakeRegistry>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     let objects = policies
@@ -193,6 +201,7 @@ pub fn context(
         },
     );
     settings.identity = "histor-test".into();
+    adjust(&mut settings);
     let stats: super::StatsProvider = Arc::new(|_| (42, None));
     let ctx = Context::new(
         client,

@@ -225,6 +225,11 @@ impl Context {
         self.serving.send_replace(Some(addr));
     }
 
+    /// Where the capture server listens, once it does.
+    fn serving(&self) -> Option<SocketAddr> {
+        *self.serving.borrow()
+    }
+
     fn ca_bundle(&self) -> Option<Vec<u8>> {
         self.ca_bundle.borrow().clone()
     }

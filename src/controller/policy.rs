@@ -106,6 +106,9 @@ pub async fn run_controller(ctx: Arc<Context>) {
 struct Verdict {
     webhook: (bool, &'static str, String),
     sinks: (Option<bool>, String, String),
+    /// Why the apiserver would not trust the webhook yet, when the configuration is applied but
+    /// its caBundle does not verify what histor serves (Ready stays False).
+    trust: Option<String>,
 }
 
 async fn apply(policy: &TrackingPolicy, ctx: &Context) -> Result<Action> {
@@ -118,6 +121,7 @@ async fn apply(policy: &TrackingPolicy, ctx: &Context) -> Result<Action> {
         let verdict = Verdict {
             webhook: (false, "InvalidPolicy", message.clone()),
             sinks: (None, "InvalidPolicy".into(), "policy is invalid".into()),
+            trust: None,
         };
         patch_status(policy, ctx, &verdict, None).await?;
         publish(ctx, policy, EventType::Warning, "InvalidPolicy", &message).await;
@@ -140,6 +144,7 @@ async fn apply(policy: &TrackingPolicy, ctx: &Context) -> Result<Action> {
                         "waiting until histor serves a webhook certificate the apiserver will trust".into(),
                     ),
                     sinks,
+                    trust: None,
                 };
                 patch_status(policy, ctx, &verdict, None).await?;
                 return Ok(Action::requeue(PENDING_REQUEUE));
@@ -160,7 +165,7 @@ async fn apply(policy: &TrackingPolicy, ctx: &Context) -> Result<Action> {
     };
     let desired = webhook::build(policy, &params);
     let configs: Api<ValidatingWebhookConfiguration> = Api::all(ctx.client.clone());
-    if let Err(error) = configs
+    let applied = match configs
         .patch(
             &configuration,
             &PatchParams::apply(FIELD_MANAGER).force(),
@@ -168,17 +173,27 @@ async fn apply(policy: &TrackingPolicy, ctx: &Context) -> Result<Action> {
         )
         .await
     {
-        let verdict = Verdict {
-            webhook: (false, "ApplyFailed", error.to_string()),
-            sinks,
-        };
-        // Best effort: the error itself is what gets retried.
-        if let Err(status_error) = patch_status(policy, ctx, &verdict, None).await {
-            warn!(error = %status_error, policy = %name, "could not record the failure in status");
+        Ok(applied) => applied,
+        Err(error) => {
+            let verdict = Verdict {
+                webhook: (false, "ApplyFailed", error.to_string()),
+                sinks,
+                trust: None,
+            };
+            // Best effort: the error itself is what gets retried.
+            if let Err(status_error) = patch_status(policy, ctx, &verdict, None).await {
+                warn!(error = %status_error, policy = %name, "could not record the failure in status");
+            }
+            return Err(error.into());
         }
-        return Err(error.into());
-    }
+    };
     debug!(policy = %name, %configuration, "webhook configuration applied");
+    let trust = match &ctx.settings.cert_mode {
+        // The certificate loop published this caBundle only once the served certificate
+        // verified against it.
+        CertMode::SelfManaged => None,
+        CertMode::CertManager { .. } => injected_bundle_pending(ctx, &applied).await,
+    };
 
     let sinks_ok = sinks.0 == Some(true);
     if !sinks_ok {
@@ -191,13 +206,49 @@ async fn apply(policy: &TrackingPolicy, ctx: &Context) -> Result<Action> {
             format!("ValidatingWebhookConfiguration {configuration} is applied"),
         ),
         sinks,
+        trust,
     };
+    let pending = verdict.trust.is_some();
     patch_status(policy, ctx, &verdict, Some(configuration)).await?;
+    if pending {
+        // The CA injector's write re-triggers this reconcile (the configuration is owned);
+        // the requeue covers a certificate that is still being loaded.
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
     Ok(Action::requeue(if sinks_ok {
         ctx.settings.resync_interval
     } else {
         PENDING_REQUEUE.max(ctx.settings.resync_interval / 6)
     }))
+}
+
+/// cert-manager mode: why the apiserver would not trust the webhook yet, if it would not. The
+/// caBundle comes from cert-manager's CA injector, so it may be missing for a moment after the
+/// configuration is created, or lag behind a renewed certificate.
+async fn injected_bundle_pending(
+    ctx: &Context,
+    applied: &ValidatingWebhookConfiguration,
+) -> Option<String> {
+    let bundle = applied
+        .webhooks
+        .as_ref()?
+        .first()?
+        .client_config
+        .ca_bundle
+        .as_ref()
+        .map(|b| b.0.clone())
+        .filter(|b| !b.is_empty());
+    let Some(bundle) = bundle else {
+        return Some("waiting for cert-manager's CA injector to fill the caBundle".into());
+    };
+    let addr = ctx.serving()?;
+    let name = ctx.settings.webhook.server_name();
+    match crate::capture::tls::probe(addr, &name, &bundle, Duration::from_secs(2)).await {
+        Ok(()) => None,
+        Err(error) => Some(format!(
+            "the served certificate does not verify against the injected caBundle yet: {error}"
+        )),
+    }
 }
 
 async fn cleanup(policy: &TrackingPolicy, ctx: &Context) -> Result<Action> {
@@ -315,6 +366,8 @@ async fn patch_status(
     let (sinks_ok, sinks_reason, sinks_message) = &verdict.sinks;
     let (ready, ready_reason, ready_message) = if !webhook_ok {
         (Some(false), *webhook_reason, webhook_message.clone())
+    } else if let Some(waiting) = &verdict.trust {
+        (Some(false), "CertificatePending", waiting.clone())
     } else if *sinks_ok != Some(true) {
         (Some(false), "SinksNotReady", sinks_message.clone())
     } else {
@@ -678,6 +731,34 @@ mod tests {
         );
         assert_eq!(condition_of(status, READY)["reason"], "SinksNotReady");
         assert_eq!(condition_of(status, WEBHOOK_CONFIGURED)["status"], "True");
+    }
+
+    #[tokio::test]
+    async fn cert_manager_mode_is_not_ready_until_the_ca_is_injected() {
+        let (ctx, server, _) = fixtures::context_with(vec![policy(true)], |settings| {
+            settings.cert_mode = CertMode::CertManager {
+                certificate: "histor-system/histor-serving".into(),
+            };
+        });
+        let action = reconcile(Arc::new(policy(true)), ctx.clone())
+            .await
+            .expect("reconcile");
+        assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+        drop(ctx);
+        let calls = server.await.expect("server");
+        // The configuration is applied (for the injector to fill in), but nothing verifies the
+        // serving certificate yet, so the policy does not claim to record.
+        let wh = &calls[0].body["webhooks"][0];
+        assert!(wh["clientConfig"].get("caBundle").is_none(), "{wh}");
+        let status = &calls[1].body["status"];
+        assert_eq!(condition_of(status, WEBHOOK_CONFIGURED)["status"], "True");
+        let ready = condition_of(status, READY);
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["reason"], "CertificatePending");
+        assert!(
+            ready["message"].as_str().unwrap().contains("CA injector"),
+            "{ready}"
+        );
     }
 
     #[tokio::test]

@@ -6,6 +6,17 @@
 //! per change. Each flush reads the object's retained events back from the store and summarises them
 //! with the pure [`summarise`], so the record always agrees with the store, retention included. When
 //! retention empties an object, its record is deleted. etcd only ever holds the summary.
+//!
+//! Memory is bounded, whatever the churn of objects. Only the leader tracks dirty records; a
+//! follower (or a leader whose dirty set is full, [`MAX_DIRTY`] = 10,000 records) remembers only
+//! the id of the oldest event it did not track, and once leading it catches up from the store:
+//! it pages through the events from that id on and marks their objects dirty, a few pages a tick,
+//! pausing while the dirty set is full. Records of objects emptied by retention are marked dirty
+//! on every replica (up to the same bound), since the store cannot find them again. What the
+//! leader remembers of records it wrote (when, and the spec it applied) is a cache of at most
+//! [`MAX_WRITTEN`] = 10,000 records; the least recently written go first, and losing one costs
+//! at most one extra spec patch and one write sooner than the interval. Losing leadership clears
+//! that cache: another replica may write the records meanwhile.
 
 use super::{Error, FIELD_MANAGER, Result};
 use crate::crd::{
@@ -13,11 +24,12 @@ use crate::crd::{
     TargetRef,
 };
 use crate::pipeline::{ChangeEvent, display_path, summarize};
-use crate::store::{EventStore, Query, RetentionReport, StoredEvent};
+use crate::store::{EventId, EventStore, Query, RetentionReport, StoredEvent};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, Resource};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -38,6 +50,12 @@ const MAX_SCAN: usize = 10_000;
 const PAGE: usize = 500;
 /// Longest object name Kubernetes accepts for a DNS-subdomain name.
 const MAX_NAME: usize = 253;
+/// Most records waiting to be written; events beyond it are found again in the store.
+pub const MAX_DIRTY: usize = 10_000;
+/// Most written records remembered (time and spec of their last write).
+pub const MAX_WRITTEN: usize = 10_000;
+/// Store pages read per tick while catching up.
+const CATCH_UP_PAGES: usize = 4;
 
 /// Which record an event belongs to, and how to find its events again.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -74,6 +92,18 @@ impl Target {
             self.resource.clone()
         } else {
             format!("{}.{}", self.resource, self.group)
+        }
+    }
+
+    /// The object an emptied-object report names (`deployments.apps`: resource, then group).
+    fn emptied(o: &crate::store::EmptiedObject) -> Target {
+        let (resource, group) = o.resource.split_once('.').unwrap_or((&o.resource, ""));
+        Target {
+            namespace: o.namespace.clone(),
+            group: group.to_string(),
+            resource: resource.to_string(),
+            name: o.name.clone(),
+            uid: o.uid.clone(),
         }
     }
 
@@ -227,13 +257,61 @@ fn spec_of(target: &Target, events: &[StoredEvent]) -> ChangeRecordSpec {
     }
 }
 
+/// A record to write: its object, and when it first became dirty since its last write.
+struct Dirty {
+    since: Instant,
+    target: Target,
+}
+
+/// What the leader remembers of a record it wrote.
+struct Written {
+    at: Instant,
+    spec: ChangeRecordSpec,
+}
+
+/// A catch-up pass over the store: events from `since` on, newest first, continuing below
+/// `after`.
+#[derive(Clone, Copy, Debug)]
+struct Scan {
+    since: EventId,
+    after: Option<EventId>,
+    marked: usize,
+}
+
 #[derive(Default)]
 struct State {
-    /// Dirty records and when they first became dirty since their last write.
-    dirty: HashMap<RecordKey, Instant>,
-    last_write: HashMap<RecordKey, Instant>,
-    targets: HashMap<RecordKey, Target>,
-    written_spec: HashMap<RecordKey, ChangeRecordSpec>,
+    /// Records to write; at most `max_dirty` (plus the failed writes of one flush).
+    dirty: HashMap<RecordKey, Dirty>,
+    /// Records written, at most `max_written`.
+    written: HashMap<RecordKey, Written>,
+    /// Oldest event not tracked in `dirty` (not leading, or `dirty` was full).
+    behind: Option<EventId>,
+    /// The catch-up pass under way.
+    scan: Option<Scan>,
+}
+
+impl State {
+    fn fell_behind(&mut self, id: EventId) {
+        self.behind = Some(self.behind.map_or(id, |b| b.min(id)));
+    }
+
+    /// Forgets the least recently written records beyond `max`, a tenth more at once so that
+    /// the sort is rare.
+    fn evict_written(&mut self, max: usize) {
+        if self.written.len() <= max {
+            return;
+        }
+        let mut by_age: Vec<(Instant, RecordKey)> = self
+            .written
+            .iter()
+            .map(|(k, w)| (w.at, k.clone()))
+            .collect();
+        by_age.sort();
+        let excess = self.written.len() - max + max / 10;
+        for (_, key) in by_age.into_iter().take(excess) {
+            self.written.remove(&key);
+        }
+    }
 }
 
 /// Writes ChangeRecords. Implements the shape of the capture writer's `RecordObserver`.
@@ -242,6 +320,9 @@ pub struct ChangeRecordWriter {
     store: Arc<dyn EventStore>,
     operator_namespace: String,
     interval: Duration,
+    max_dirty: usize,
+    max_written: usize,
+    leading: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -259,7 +340,35 @@ impl ChangeRecordWriter {
             store,
             operator_namespace,
             interval,
+            max_dirty: MAX_DIRTY,
+            max_written: MAX_WRITTEN,
+            leading: AtomicBool::new(false),
             state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The same writer with other bounds than [`MAX_DIRTY`] and [`MAX_WRITTEN`].
+    pub fn with_bounds(mut self, max_dirty: usize, max_written: usize) -> ChangeRecordWriter {
+        self.max_dirty = max_dirty.max(1);
+        self.max_written = max_written.max(1);
+        self
+    }
+
+    /// Tells the writer whether this replica leads ([`ChangeRecordWriter::run`] does, from the
+    /// election). Taking over starts a catch-up from the oldest event not tracked; losing the
+    /// lead forgets what was written, since another replica writes the records meanwhile, and an
+    /// unfinished catch-up pass starts again at the next takeover.
+    pub fn set_leading(&self, leading: bool) {
+        if self.leading.swap(leading, Ordering::SeqCst) == leading {
+            return;
+        }
+        let mut state = self.state();
+        if !leading {
+            state.written.clear();
+            // An unfinished pass starts again at the next takeover.
+            if let Some(scan) = state.scan.take() {
+                state.fell_behind(scan.since);
+            }
         }
     }
 
@@ -278,45 +387,162 @@ impl ChangeRecordWriter {
         }
     }
 
-    /// Called after each durable batch: marks the touched objects' records dirty. Cheap; no I/O.
+    /// Called after each durable batch: marks the touched objects' records dirty (on a follower,
+    /// or with the dirty set full, only remembers the oldest event to catch up from). Cheap; no
+    /// I/O.
     pub fn on_recorded(&self, events: &[StoredEvent]) {
         let now = Instant::now();
+        let leading = self.leading.load(Ordering::SeqCst);
         let mut state = self.state();
         for stored in events {
+            if !leading {
+                state.fell_behind(stored.id);
+                continue;
+            }
             let target = Target::of(&stored.event);
-            let key = self.key_of(&target);
-            state.dirty.entry(key.clone()).or_insert(now);
-            state.targets.insert(key, target);
+            self.mark(&mut state, target, now, stored.id);
         }
     }
 
-    /// Called after a retention pass: records of emptied objects are flushed, which deletes them.
-    /// Objects are matched by uid when both sides know it, else by namespace and name.
+    /// Marks `target`'s record dirty if there is room; else remembers event `id` for catch-up.
+    fn mark(&self, state: &mut State, target: Target, now: Instant, id: EventId) -> bool {
+        let key = self.key_of(&target);
+        if let Some(d) = state.dirty.get_mut(&key) {
+            d.target = target;
+            return true;
+        }
+        if state.dirty.len() >= self.max_dirty {
+            state.fell_behind(id);
+            return false;
+        }
+        state.dirty.insert(key, Dirty { since: now, target });
+        true
+    }
+
+    /// Called after a retention pass (on every replica): records of emptied objects are flushed,
+    /// which deletes them unless the store still holds events of the object. The store cannot
+    /// name these objects again, so they are kept even on a follower, up to the dirty bound;
+    /// beyond it a warning says how many records are left behind.
     pub fn on_retention(&self, report: &RetentionReport) {
         if report.objects_emptied.is_empty() {
             return;
         }
         let now = Instant::now();
         let mut state = self.state();
-        let hits: Vec<RecordKey> = state
-            .targets
-            .iter()
-            .filter(|(_, t)| {
-                report
-                    .objects_emptied
-                    .iter()
-                    .any(|o| match (&o.uid, &t.uid) {
-                        (Some(a), Some(b)) => a == b,
-                        _ => o.namespace == t.namespace && o.name == t.name,
-                    })
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in hits {
-            // Deletion need not wait for the coalescing window of the last write.
-            state.dirty.insert(key.clone(), now);
-            state.last_write.remove(&key);
+        let mut left = 0;
+        for object in &report.objects_emptied {
+            let target = Target::emptied(object);
+            let key = self.key_of(&target);
+            if !state.dirty.contains_key(&key) && state.dirty.len() >= self.max_dirty {
+                left += 1;
+                continue;
+            }
+            // Deletion waits for the coalescing window since the report, not the last write.
+            state
+                .dirty
+                .insert(key.clone(), Dirty { since: now, target });
+            state.written.remove(&key);
         }
+        if left > 0 {
+            warn!(
+                records = left,
+                max = self.max_dirty,
+                "too many ChangeRecords to write: records of objects emptied by retention are left in place"
+            );
+        }
+    }
+
+    /// One step of the catch-up pass, if one is under way: reads up to [`CATCH_UP_PAGES`] pages
+    /// of the store and marks their objects dirty, pausing while the dirty set is full. Returns
+    /// how many records it marked.
+    pub async fn catch_up(&self) -> Result<usize> {
+        let mut marked = 0;
+        if !self.leading.load(Ordering::SeqCst) {
+            return Ok(0);
+        }
+        {
+            let mut state = self.state();
+            if state.scan.is_none()
+                && let Some(since) = state.behind.take()
+            {
+                info!(since, "catching up ChangeRecords from the store");
+                state.scan = Some(Scan {
+                    since,
+                    after: None,
+                    marked: 0,
+                });
+            }
+        }
+        for _ in 0..CATCH_UP_PAGES {
+            let Some(scan) = self.state().scan else {
+                break;
+            };
+            let asked = scan.after;
+            let store = self.store.clone();
+            let page = tokio::task::spawn_blocking(move || {
+                store.query(&Query {
+                    since: jiff::Timestamp::from_microsecond(
+                        i64::try_from(scan.since).unwrap_or(i64::MAX),
+                    )
+                    .ok(),
+                    limit: PAGE,
+                    after: scan.after,
+                    ..Query::default()
+                })
+            })
+            .await
+            .map_err(|e| Error::Usage(format!("store reader task failed: {e}")))??;
+            let now = Instant::now();
+            let mut state = self.state();
+            // Leadership may have gone while the page was read.
+            let Some(mut scan) = state.scan else {
+                break;
+            };
+            let mut full = false;
+            for stored in &page.events {
+                if stored.id < scan.since {
+                    continue;
+                }
+                let target = Target::of(&stored.event);
+                let key = self.key_of(&target);
+                if !state.dirty.contains_key(&key) && state.dirty.len() >= self.max_dirty {
+                    full = true;
+                    break;
+                }
+                if !state.dirty.contains_key(&key) {
+                    marked += 1;
+                    scan.marked += 1;
+                }
+                state
+                    .dirty
+                    .entry(key)
+                    .or_insert(Dirty { since: now, target });
+                scan.after = Some(stored.id);
+            }
+            if full {
+                state.scan = Some(scan);
+                debug!(marked = scan.marked, "ChangeRecord catch-up waits for room");
+                break;
+            }
+            match page.next {
+                // A store that hands the same page again would keep the pass going for ever.
+                Some(next) if Some(next) != asked => {
+                    scan.after = Some(next);
+                    state.scan = Some(scan);
+                }
+                _ => {
+                    info!(records = scan.marked, "ChangeRecord catch-up done");
+                    // Events not tracked meanwhile start the next pass at once.
+                    state.scan = state.behind.take().map(|since| Scan {
+                        since,
+                        after: None,
+                        marked: 0,
+                    });
+                    break;
+                }
+            }
+        }
+        Ok(marked)
     }
 
     /// Writes every record that is due at `now`; returns how many were written or deleted.
@@ -327,35 +553,33 @@ impl ChangeRecordWriter {
             let keys: Vec<RecordKey> = state
                 .dirty
                 .iter()
-                .filter(|(key, since)| {
-                    now >= **since + interval
+                .filter(|(key, d)| {
+                    now >= d.since + interval
                         && state
-                            .last_write
+                            .written
                             .get(*key)
-                            .is_none_or(|last| now >= *last + interval)
+                            .is_none_or(|w| now >= w.at + interval)
                 })
                 .map(|(k, _)| k.clone())
                 .collect();
             keys.into_iter()
-                .filter_map(|k| {
-                    state.dirty.remove(&k);
-                    state.targets.get(&k).cloned().map(|t| (k, t))
-                })
+                .filter_map(|k| state.dirty.remove(&k).map(|d| (k, d.target)))
                 .collect()
         };
         let mut written = 0;
         for (key, target) in due {
-            match self.write(&key, &target).await {
-                Ok(()) => {
-                    written += 1;
-                    self.state().last_write.insert(key, now);
-                }
+            match self.write(&key, &target, now).await {
+                Ok(()) => written += 1,
                 Err(error) => {
                     warn!(%error, namespace = %key.namespace, record = %key.name, "ChangeRecord write failed; will retry");
-                    self.state().dirty.entry(key).or_insert(now);
+                    self.state()
+                        .dirty
+                        .entry(key)
+                        .or_insert(Dirty { since: now, target });
                 }
             }
         }
+        self.state().evict_written(self.max_written);
         written
     }
 
@@ -388,7 +612,7 @@ impl ChangeRecordWriter {
         .map_err(|e| Error::Usage(format!("store reader task failed: {e}")))?
     }
 
-    async fn write(&self, key: &RecordKey, target: &Target) -> Result<()> {
+    async fn write(&self, key: &RecordKey, target: &Target, now: Instant) -> Result<()> {
         let api: Api<ChangeRecord> = Api::namespaced(self.client.clone(), &key.namespace);
         let events = self.events_of(target).await?;
         if events.is_empty() {
@@ -399,16 +623,13 @@ impl ChangeRecordWriter {
                 Err(kube::Error::Api(s)) if s.is_not_found() => {}
                 Err(e) => return Err(e.into()),
             }
-            let mut state = self.state();
-            state.targets.remove(key);
-            state.written_spec.remove(key);
-            state.last_write.remove(key);
+            self.state().written.remove(key);
             return Ok(());
         }
 
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let spec = spec_of(target, &events);
-        let spec_known = self.state().written_spec.get(key) == Some(&spec);
+        let spec_known = self.state().written.get(key).map(|w| &w.spec) == Some(&spec);
         if !spec_known {
             let mut record = ChangeRecord::new(&key.name, spec.clone());
             record.metadata.namespace = Some(key.namespace.clone());
@@ -418,7 +639,6 @@ impl ChangeRecordWriter {
             )]));
             api.patch(&key.name, &params, &Patch::Apply(&record))
                 .await?;
-            self.state().written_spec.insert(key.clone(), spec);
         }
         let status = summarise(&events);
         let patch = serde_json::json!({
@@ -429,6 +649,9 @@ impl ChangeRecordWriter {
         api.patch_status(&key.name, &params, &Patch::Apply(patch))
             .await?;
         debug!(namespace = %key.namespace, record = %key.name, changes = status.change_count, "ChangeRecord written");
+        self.state()
+            .written
+            .insert(key.clone(), Written { at: now, spec });
         Ok(())
     }
 
@@ -443,7 +666,12 @@ impl ChangeRecordWriter {
             if leading.has_changed().is_err() {
                 return;
             }
-            if *leading.borrow() {
+            let is_leader = *leading.borrow();
+            self.set_leading(is_leader);
+            if is_leader {
+                if let Err(error) = self.catch_up().await {
+                    warn!(%error, "ChangeRecord catch-up failed; will retry");
+                }
                 self.flush_due(Instant::now()).await;
             }
         }
@@ -573,16 +801,190 @@ mod tests {
         Arc<MemStore>,
         tokio::task::JoinHandle<Vec<fixtures::Call>>,
     ) {
+        bounded_writer(MAX_DIRTY, MAX_WRITTEN, true)
+    }
+
+    fn bounded_writer(
+        max_dirty: usize,
+        max_written: usize,
+        leading: bool,
+    ) -> (
+        Arc<ChangeRecordWriter>,
+        Arc<MemStore>,
+        tokio::task::JoinHandle<Vec<fixtures::Call>>,
+    ) {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(service, "default");
         let store = Arc::new(MemStore::default());
-        let writer = Arc::new(ChangeRecordWriter::new(
+        let writer = ChangeRecordWriter::new(
             client,
             store.clone(),
             "histor-system".into(),
             Duration::from_secs(5),
-        ));
-        (writer, store, fixtures::serve(handle, Vec::new()))
+        )
+        .with_bounds(max_dirty, max_written);
+        writer.set_leading(leading);
+        (Arc::new(writer), store, fixtures::serve(handle, Vec::new()))
+    }
+
+    /// An event on Deployment `prod/<name>`, stored and reported to `writer`.
+    fn record(writer: &ChangeRecordWriter, store: &MemStore, id: u64, name: &str) {
+        let mut e = event(id, Operation::Update, "alice", &[("/spec/replicas", 1, 2)]);
+        e.event.name = name.into();
+        e.event.object_uid = Some(format!("uid-{name}"));
+        store.add(std::slice::from_ref(&e));
+        writer.on_recorded(&[e]);
+    }
+
+    fn path(name: &str) -> String {
+        format!("/apis/histor.dev/v1alpha1/namespaces/prod/changerecords/deployments.apps-{name}")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_keeps_nothing_and_catches_up_from_the_store_once_leading() {
+        let (writer, store, server) = writer();
+        record(&writer, &store, 1, "old");
+        assert_eq!(
+            writer
+                .flush_due(Instant::now() + Duration::from_secs(5))
+                .await,
+            1
+        );
+        writer.set_leading(false);
+        assert!(
+            writer.state().written.is_empty(),
+            "another leader writes now"
+        );
+        for (id, name) in [(10, "api"), (11, "web"), (12, "api")] {
+            record(&writer, &store, id, name);
+        }
+        {
+            let state = writer.state();
+            assert!(state.dirty.is_empty() && state.written.is_empty());
+            assert_eq!(state.behind, Some(10));
+        }
+        // Not leading: no catch-up, no writes.
+        assert_eq!(writer.catch_up().await.expect("catch up"), 0);
+        writer.set_leading(true);
+        // Only the objects changed since this replica stopped tracking; `old` is not rewritten.
+        assert_eq!(writer.catch_up().await.expect("catch up"), 2);
+        assert!(writer.state().scan.is_none());
+        assert_eq!(
+            writer
+                .flush_due(Instant::now() + Duration::from_secs(5))
+                .await,
+            2
+        );
+        drop(writer);
+        let calls = server.await.expect("server");
+        let mut writes = fixtures::summary(&calls);
+        writes.sort();
+        let mut want = Vec::new();
+        for name in ["api", "old", "web"] {
+            want.push(format!("PATCH {}", path(name)));
+            want.push(format!("PATCH {}/status", path(name)));
+        }
+        assert_eq!(writes, want);
+        let api = calls
+            .iter()
+            .find(|c| c.path == format!("{}/status", path("api")))
+            .expect("api status");
+        assert_eq!(api.body["status"]["changeCount"], 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_dirty_set_is_bounded_and_the_rest_is_found_again_in_the_store() {
+        let (writer, store, server) = bounded_writer(2, MAX_WRITTEN, true);
+        for (id, name) in [(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e")] {
+            record(&writer, &store, id, name);
+            assert!(writer.state().dirty.len() <= 2);
+        }
+        assert_eq!(writer.state().behind, Some(3));
+        let mut written = 0;
+        for round in 1..=4 {
+            writer.catch_up().await.expect("catch up");
+            assert!(writer.state().dirty.len() <= 2, "round {round}");
+            tokio::time::advance(Duration::from_secs(5)).await;
+            written += writer.flush_due(Instant::now()).await;
+        }
+        assert_eq!(written, 5);
+        assert!(writer.state().scan.is_none() && writer.state().behind.is_none());
+        drop(writer);
+        let calls = server.await.expect("server");
+        let mut records: Vec<String> = fixtures::summary(&calls)
+            .into_iter()
+            .filter(|c| c.ends_with("/status"))
+            .collect();
+        records.sort();
+        let want: Vec<String> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|n| format!("PATCH {}/status", path(n)))
+            .collect();
+        assert_eq!(records, want);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_was_written_is_a_bounded_cache_rebuilt_from_the_store() {
+        let (writer, store, server) = bounded_writer(MAX_DIRTY, 2, true);
+        for (id, name) in [(1, "a"), (2, "b"), (3, "c")] {
+            record(&writer, &store, id, name);
+            tokio::time::advance(Duration::from_secs(5)).await;
+            assert_eq!(writer.flush_due(Instant::now()).await, 1);
+        }
+        // `a`, written longest ago, was forgotten.
+        {
+            let state = writer.state();
+            assert_eq!(state.written.len(), 2);
+            assert!(!state.written.keys().any(|k| k.name.ends_with("-a")));
+        }
+        // A change to `c` (remembered) is a status write; to `a` (forgotten) its spec is applied
+        // again from the store first.
+        record(&writer, &store, 4, "c");
+        record(&writer, &store, 5, "a");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(writer.flush_due(Instant::now()).await, 2);
+        assert!(writer.state().written.len() <= 2);
+        drop(writer);
+        let calls = server.await.expect("server");
+        let tail: Vec<String> = fixtures::summary(&calls).split_off(6);
+        let mut tail_sorted = tail.clone();
+        tail_sorted.sort();
+        assert_eq!(
+            tail_sorted,
+            vec![
+                format!("PATCH {}", path("a")),
+                format!("PATCH {}/status", path("a")),
+                format!("PATCH {}/status", path("c")),
+            ],
+            "{tail:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn emptied_objects_lose_their_record_even_when_this_process_never_wrote_it() {
+        // A follower (or a fresh process) hears of an emptied object it never tracked.
+        let (writer, _store, server) = bounded_writer(MAX_DIRTY, MAX_WRITTEN, false);
+        writer.on_retention(&RetentionReport {
+            removed: 1,
+            objects_emptied: vec![crate::store::EmptiedObject {
+                resource: "deployments.apps".into(),
+                namespace: Some("prod".into()),
+                name: "api".into(),
+                uid: Some("uid-api".into()),
+            }],
+            incomplete: false,
+        });
+        assert_eq!(writer.state().dirty.len(), 1);
+        writer.set_leading(true);
+        assert_eq!(
+            writer
+                .flush_due(Instant::now() + Duration::from_secs(5))
+                .await,
+            1
+        );
+        drop(writer);
+        let calls = server.await.expect("server");
+        assert_eq!(fixtures::summary(&calls), vec![format!("DELETE {RECORD}")]);
     }
 
     const RECORD: &str =

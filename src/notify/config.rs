@@ -33,6 +33,18 @@ pub struct NotifyConfig {
     /// Events listed in a digest before "and N more".
     #[serde(default = "default_max_listed")]
     pub max_listed: usize,
+    /// Oldest a queued notification may get (held back by a rate limit, retried, or waiting for a
+    /// sink that is no longer configured): older ones are dropped, counted as `expired`. Events
+    /// buffered for a digest of a sink that is no longer configured expire at the same age.
+    #[serde(default = "default_max_pending_age", with = "duration_str")]
+    pub max_pending_age: Duration,
+    /// Most notifications queued per sink: beyond it the oldest are dropped, counted as
+    /// `overflow`, so a sink that cannot keep up hears about the present.
+    #[serde(default = "default_max_pending_per_sink")]
+    pub max_pending_per_sink: usize,
+    /// Most events one digest window holds: a window that fills up is sent before its time.
+    #[serde(default = "default_max_digest_events")]
+    pub max_digest_events: usize,
 }
 
 /// Default of [`NotifyConfig::initial_backoff`]: 1s.
@@ -63,6 +75,18 @@ pub fn default_max_fields() -> usize {
 pub fn default_max_listed() -> usize {
     5
 }
+/// Default of [`NotifyConfig::max_pending_age`]: 24h.
+pub fn default_max_pending_age() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+/// Default of [`NotifyConfig::max_pending_per_sink`]: 10,000.
+pub fn default_max_pending_per_sink() -> usize {
+    10_000
+}
+/// Default of [`NotifyConfig::max_digest_events`]: 10,000.
+pub fn default_max_digest_events() -> usize {
+    10_000
+}
 
 impl Default for NotifyConfig {
     fn default() -> Self {
@@ -74,6 +98,9 @@ impl Default for NotifyConfig {
             poll_interval: default_poll_interval(),
             max_fields: default_max_fields(),
             max_listed: default_max_listed(),
+            max_pending_age: default_max_pending_age(),
+            max_pending_per_sink: default_max_pending_per_sink(),
+            max_digest_events: default_max_digest_events(),
         }
     }
 }

@@ -8,6 +8,7 @@ use prometheus_client::registry::Registry;
 
 type KindOutcome = [(&'static str, &'static str); 2];
 type Kind = [(&'static str, &'static str); 1];
+type KindReason = [(&'static str, &'static str); 2];
 
 /// Counters and gauges of the notifier. Cheap to clone (shared handles).
 #[derive(Clone, Debug, Default)]
@@ -22,6 +23,9 @@ pub struct NotifyMetrics {
     pub queue_depth: Gauge,
     /// Events waiting in digest windows.
     pub digest_buffered: Gauge,
+    /// Queued notifications dropped unsent by `sink` kind and `reason` (`expired`, `overflow`);
+    /// digest events of a sink no longer configured count with `sink="unknown"`.
+    pub dropped: Family<KindReason, Counter>,
 }
 
 impl NotifyMetrics {
@@ -53,6 +57,17 @@ impl NotifyMetrics {
             "Events waiting in digest windows",
             self.digest_buffered.clone(),
         );
+        r.register(
+            "dropped",
+            "Queued notifications dropped unsent: too old or too many",
+            self.dropped.clone(),
+        );
+    }
+
+    pub(crate) fn dropped(&self, kind: &'static str, reason: &'static str, n: u64) {
+        self.dropped
+            .get_or_create(&[("sink", kind), ("reason", reason)])
+            .inc_by(n);
     }
 
     pub(crate) fn delivery(&self, kind: &'static str, outcome: &'static str) {

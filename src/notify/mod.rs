@@ -8,14 +8,21 @@
 //! rate limit; [`Notifier::health`] says how each sink is doing.
 //!
 //! Modules, one job each: `config` (knobs, sink specs, durations), `secrets` (where credentials
-//! come from), `filter`, `digest`, `message` and `retry` (pure), `outbox` (durability),
+//! come from), `filter`, `digest`, `message`, `retry` and `limits` (pure), `outbox` (durability),
 //! `slack`/`email`/`webhook` (transports behind [`Sink`]), `metrics`. Depends on `crd`,
 //! `pipeline` and `store` types; knows nothing of the controller that wires it.
+//!
+//! Queued work is bounded (see `limits`): a notification older than `maxPendingAge` (24 h) or
+//! beyond `maxPendingPerSink` (10,000, oldest first) for its sink is dropped, a digest window is
+//! sent early once it holds `maxDigestEvents` (10,000), and digest events of a sink no longer
+//! configured expire after `maxPendingAge`. Drops are counted in `histor_notify_dropped_total`
+//! and logged as counts at most once a minute.
 
 pub mod config;
 pub mod digest;
 pub mod email;
 pub mod filter;
+pub mod limits;
 pub mod message;
 pub mod metrics;
 pub mod outbox;
@@ -41,6 +48,7 @@ use crate::store::{EventId, EventStore, Query, StoredEvent};
 use crate::{Error, Result};
 use filter::CompiledFilter;
 use jiff::Timestamp;
+use limits::DropReason;
 use message::MessageContext;
 use outbox::{BufferedEvent, EntryState, Intake, Outbox, OutboxEntry};
 use ratelimit::TokenBucket;
@@ -99,8 +107,20 @@ struct Inner {
     sinks: Mutex<BTreeMap<SinkId, SinkState>>,
     invalid: Mutex<BTreeMap<SinkId, String>>,
     busy: Mutex<HashSet<SinkId>>,
+    drops: Mutex<DropLog>,
     wake: Notify,
 }
+
+/// Drops not yet logged: one line a minute at most says how many, however many sweeps dropped.
+#[derive(Default)]
+struct DropLog {
+    expired: u64,
+    overflow: u64,
+    logged_at: Option<tokio::time::Instant>,
+}
+
+/// Shortest time between two log lines about dropped notifications.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Locks a mutex even if a panicking thread poisoned it: the maps stay consistent between
 /// statements, so the data is still good.
@@ -140,6 +160,7 @@ impl Notifier {
             sinks: Mutex::new(BTreeMap::new()),
             invalid: Mutex::new(BTreeMap::new()),
             busy: Mutex::new(HashSet::new()),
+            drops: Mutex::new(DropLog::default()),
             wake: Notify::new(),
         };
         inner.update_gauges();
@@ -483,17 +504,22 @@ impl Inner {
         ))
     }
 
-    /// Turns every digest window that is over into one notification.
+    /// Turns every digest window that is over (or full) into one notification.
     fn close_due_windows(&self, now: Timestamp) -> Result<()> {
-        for (sink, opened) in self.outbox.open_windows()? {
+        for (sink, opened, held) in self.outbox.open_windows()? {
             let spec = match lock(&self.sinks).get(&sink) {
                 Some(st) => st.spec.clone(),
-                // Its policy is not (yet) set: keep the events until it is.
-                None => continue,
+                // Its policy is not (yet) set: keep the events until it is, or until they expire.
+                None => {
+                    self.expire_buffered(&sink, opened, now)?;
+                    continue;
+                }
             };
-            // A sink whose digest was switched off sends what it holds at once.
+            // A sink whose digest was switched off sends what it holds at once; a full window
+            // goes before its time, so a window's buffer is bounded too.
             if let Some(window) = spec.digest
                 && !digest::window_due(opened, window, now)
+                && held < self.config.max_digest_events
             {
                 continue;
             }
@@ -517,13 +543,108 @@ impl Inner {
         Ok(())
     }
 
-    /// Starts the due head entry of every idle sink.
+    /// Drops the digest events of unconfigured `sink` that are older than `maxPendingAge`.
+    fn expire_buffered(&self, sink: &SinkId, opened: Timestamp, now: Timestamp) -> Result<()> {
+        let max_age = self.config.max_pending_age;
+        if !limits::too_old(opened, now, max_age) {
+            // Its oldest event is young enough: so are the others.
+            return Ok(());
+        }
+        let buffered = self.outbox.buffered(sink)?;
+        let gone: Vec<(SinkId, EventId)> =
+            limits::buffered_to_drop(&buffered, |_| false, now, max_age)
+                .into_iter()
+                .map(|b| (b.sink.clone(), b.id))
+                .collect();
+        self.outbox.remove_buffered(&gone)?;
+        self.metrics
+            .dropped("unknown", DropReason::Expired.as_str(), gone.len() as u64);
+        self.note_drops(gone.len() as u64, 0);
+        Ok(())
+    }
+
+    /// Removes what the bounds of `limits` reject from `entries` (the whole outbox, oldest
+    /// first), counting it; returns what is left.
+    async fn sweep(
+        &self,
+        entries: Vec<(u64, OutboxEntry)>,
+        now: Timestamp,
+    ) -> Result<Vec<(u64, OutboxEntry)>> {
+        let drop = {
+            let busy = lock(&self.busy);
+            limits::entries_to_drop(
+                &entries,
+                &busy,
+                now,
+                self.config.max_pending_age,
+                self.config.max_pending_per_sink,
+            )
+        };
+        if drop.is_empty() {
+            return Ok(entries);
+        }
+        let keys: Vec<u64> = drop.iter().map(|(k, _)| *k).collect();
+        self.outbox.remove_many(&keys).await?;
+        let reasons: BTreeMap<u64, DropReason> = drop.into_iter().collect();
+        let (mut expired, mut overflow) = (0, 0);
+        let mut kept = Vec::with_capacity(entries.len() - reasons.len());
+        for (key, entry) in entries {
+            match reasons.get(&key) {
+                Some(reason) => {
+                    match reason {
+                        DropReason::Expired => expired += 1,
+                        DropReason::Overflow => overflow += 1,
+                    }
+                    self.metrics
+                        .dropped(entry.kind.as_str(), reason.as_str(), 1);
+                }
+                None => kept.push((key, entry)),
+            }
+        }
+        self.note_drops(expired, overflow);
+        Ok(kept)
+    }
+
+    /// Adds to the drops not yet logged.
+    fn note_drops(&self, expired: u64, overflow: u64) {
+        let mut log = lock(&self.drops);
+        log.expired += expired;
+        log.overflow += overflow;
+    }
+
+    /// Logs the drops noted since the last line, if there are any and a minute has passed.
+    fn log_drops(&self) {
+        let now = tokio::time::Instant::now();
+        let mut log = lock(&self.drops);
+        if log.expired + log.overflow == 0
+            || log
+                .logged_at
+                .is_some_and(|at| now.duration_since(at) < DROP_LOG_EVERY)
+        {
+            return;
+        }
+        warn!(
+            expired = log.expired,
+            overflow = log.overflow,
+            max_age = %config::format_duration(self.config.max_pending_age),
+            max_per_sink = self.config.max_pending_per_sink,
+            "dropped queued notifications: too old or too many for their sink"
+        );
+        *log = DropLog {
+            logged_at: Some(now),
+            ..DropLog::default()
+        };
+    }
+
+    /// Starts the due head entry of every idle sink, after dropping what is over the bounds.
     async fn dispatch(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> Result<()> {
         let now = Timestamp::now();
         let now_i = tokio::time::Instant::now();
         let mut heads: HashSet<SinkId> = HashSet::new();
         let mut stale = Vec::new();
-        for (key, entry) in self.outbox.entries()? {
+        let entries = self.sweep(self.outbox.entries()?, now).await?;
+        self.log_drops();
+        for (key, entry) in entries {
             // Only each sink's oldest entry is a candidate: messages keep their order and a sink
             // that is down is not hammered with its whole queue.
             if !heads.insert(entry.sink.clone()) {
@@ -766,6 +887,64 @@ mod tests {
         n.remove_policy("prod").unwrap();
         assert_eq!(n.pending(), 0);
         assert!(n.health().is_empty());
+    }
+
+    fn dropped(m: &NotifyMetrics, kind: &'static str, reason: &'static str) -> u64 {
+        m.dropped
+            .get_or_create(&[("sink", kind), ("reason", reason)])
+            .get()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_back_notifications_expire_after_the_max_age() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let n = notifier(&db);
+        let events: Vec<StoredEvent> = (1..=4).map(at).collect();
+        n.on_recorded(&events).unwrap();
+        let now = Timestamp::now();
+        let day = n.inner.config.max_pending_age;
+        // Held back (a rate limit, retries): kept while young, one sweep drops them all once old.
+        let kept = n.inner.sweep(n.inner.outbox.entries().unwrap(), now).await;
+        assert_eq!(kept.unwrap().len(), 4);
+        let later =
+            now + jiff::SignedDuration::try_from(day).unwrap() + jiff::SignedDuration::from_secs(1);
+        let kept = n
+            .inner
+            .sweep(n.inner.outbox.entries().unwrap(), later)
+            .await;
+        assert!(kept.unwrap().is_empty());
+        assert_eq!(n.pending(), 0);
+        assert_eq!(dropped(&n.inner.metrics, "webhook", "expired"), 4);
+        // One log line for the sweep, then none until a minute has passed.
+        n.inner.log_drops();
+        assert_eq!(lock(&n.inner.drops).expired, 0);
+        n.inner.note_drops(1, 0);
+        n.inner.log_drops();
+        assert_eq!(lock(&n.inner.drops).expired, 1);
+        tokio::time::advance(DROP_LOG_EVERY).await;
+        n.inner.log_drops();
+        assert_eq!(lock(&n.inner.drops).expired, 0);
+    }
+
+    #[test]
+    fn digest_events_of_a_sink_no_longer_configured_expire() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let n = notifier(&db);
+        let id = SinkId::new("prod", "hook");
+        lock(&n.inner.sinks).get_mut(&id).unwrap().spec.digest = Some(Duration::from_secs(60));
+        n.on_recorded(&[at(1), at(2)]).unwrap();
+        assert_eq!(n.buffered(), 2);
+        // The policy is not set (yet) in this life: its events wait, until they are too old.
+        lock(&n.inner.sinks).clear();
+        let now = Timestamp::now();
+        n.inner.close_due_windows(now).unwrap();
+        assert_eq!(n.buffered(), 2);
+        n.inner
+            .close_due_windows(now + jiff::SignedDuration::from_hours(25))
+            .unwrap();
+        assert_eq!(n.buffered(), 0);
+        assert_eq!(n.pending(), 0);
+        assert_eq!(dropped(&n.inner.metrics, "unknown", "expired"), 2);
     }
 
     #[test]

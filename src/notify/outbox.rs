@@ -248,19 +248,52 @@ impl Outbox {
         Ok(())
     }
 
-    /// Every sink with buffered events, and the time its window opened.
-    pub fn open_windows(&self) -> Result<Vec<(SinkId, Timestamp)>> {
+    /// Removes entries (expired or over a bound) and flushes once.
+    pub async fn remove_many(&self, keys: &[u64]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
         let t = self.trees()?;
-        let mut out: Vec<(SinkId, Timestamp)> = Vec::new();
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(&key.to_be_bytes()[..]);
+        }
+        t.outbox.apply_batch(batch)?;
+        t.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Every sink with buffered events, the time its window opened, and how many it holds.
+    pub fn open_windows(&self) -> Result<Vec<(SinkId, Timestamp, usize)>> {
+        let t = self.trees()?;
+        let mut out: Vec<(SinkId, Timestamp, usize)> = Vec::new();
         for kv in t.digest.iter() {
             let (_, v) = kv?;
             let b: BufferedEvent = decode("digest entry", &v)?;
-            match out.iter_mut().find(|(s, _)| *s == b.sink) {
-                Some((_, t)) => *t = (*t).min(b.added_at),
-                None => out.push((b.sink, b.added_at)),
+            match out.iter_mut().find(|(s, _, _)| *s == b.sink) {
+                Some((_, t, n)) => {
+                    *t = (*t).min(b.added_at);
+                    *n += 1;
+                }
+                None => out.push((b.sink, b.added_at, 1)),
             }
         }
         Ok(out)
+    }
+
+    /// Removes buffered digest events (of sinks no longer configured) and flushes.
+    pub fn remove_buffered(&self, events: &[(SinkId, EventId)]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let t = self.trees()?;
+        let mut batch = sled::Batch::default();
+        for (sink, id) in events {
+            batch.remove(digest_key(sink, *id));
+        }
+        t.digest.apply_batch(batch)?;
+        t.db.flush()?;
+        Ok(())
     }
 
     /// The events buffered for `sink`, oldest first.

@@ -6,13 +6,14 @@
 //! in a pod whose container restarted after its Secret changed): Ready must still mean that the
 //! apiserver can call the webhook, or the first changes are lost behind `failurePolicy: Ignore`.
 
-use crate::receivers::{Slack, Smtp};
+use crate::receivers::{Slack, Smtp, wait_for_mail};
 use crate::{
     apply_crds, client, create_namespaces, delete_namespaces, eventually, grant_edit, kubectl,
     policy, start_operator, unique, wait_ready,
 };
 use histor::crd::{ChangeRecord, ChangeRecordStatus, TrackingPolicy};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, PostParams};
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ async fn day_one_policy_changes_records_alerts_and_removal() {
 
     // Real receivers for the alerts, their addresses in Secrets as a user would keep them.
     let slack = Slack::start().await;
-    let smtp = Smtp::start();
+    let smtp = Smtp::start(&[]);
     let on = |args: &[&str]| {
         let mut all = vec!["-n", operator_ns.as_str()];
         all.extend_from_slice(args);
@@ -120,6 +121,14 @@ async fn day_one_policy_changes_records_alerts_and_removal() {
     as_admin(&["label", "deployment", "web", "tier=frontend"]);
     as_alice(&["delete", "deployment", "web"]);
 
+    // A review POSTed by anyone but the apiserver is refused and never becomes history.
+    if crate::webhook_client_ca().is_some() {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &operator_ns);
+        let tls = secrets.get("histor-webhook-tls").await.expect("TLS Secret");
+        let ca = tls.data.expect("data")["ca.crt"].0.clone();
+        forged_reviews_are_refused(operator.port, &ns, &ca).await;
+    }
+
     // Every change is in the ChangeRecords, by the right user, and nothing else is.
     let records: Api<ChangeRecord> = Api::namespaced(client.clone(), &ns);
     let status = |list: &[ChangeRecord], kind: &str| -> Option<ChangeRecordStatus> {
@@ -172,6 +181,10 @@ async fn day_one_policy_changes_records_alerts_and_removal() {
     assert!(cm_last.summary.contains("data.mode"), "{}", cm_last.summary);
 
     // What `kubectl get changerecords` shows a user.
+    assert!(
+        !kubectl(admin, &["get", "changerecords", "-n", &ns, "-o", "name"]).contains("forged"),
+        "a forged review made a ChangeRecord"
+    );
     let table = kubectl(admin, &["get", "changerecords", "-n", &ns]);
     println!("{table}");
     let rows: Vec<&str> = table.lines().collect();
@@ -196,9 +209,7 @@ async fn day_one_policy_changes_records_alerts_and_removal() {
         .wait_for(&["alice", "settings"], Duration::from_secs(30))
         .await;
     assert!(!message.to_string().contains("admin"), "{message}");
-    let mail = smtp
-        .wait_for(&["alice", "web"], Duration::from_secs(30))
-        .await;
+    let mail = wait_for_mail(&smtp, &["alice", "web"], Duration::from_secs(30)).await;
     assert!(mail.contains("oncall@example.com"), "{mail}");
 
     // Deleting the policy removes its webhook configuration.
@@ -234,4 +245,56 @@ async fn day_one_policy_changes_records_alerts_and_removal() {
 
     drop(operator);
     delete_namespaces(&client, &[&ns, &operator_ns]).await;
+}
+
+/// Posts a recorded review that says mallory created ConfigMap `forged`, as a local process
+/// could: without a client certificate it gets 401, with one from another CA the handshake fails.
+async fn forged_reviews_are_refused(port: u16, namespace: &str, ca: &[u8]) {
+    let mut review: serde_json::Value = serde_json::from_str(include_str!(
+        "../fixtures/admission/admissionreview-create-configmap.json"
+    ))
+    .expect("fixture");
+    review["request"]["uid"] = "0b0e4f4e-forged-0000-0000-000000000000".into();
+    review["request"]["namespace"] = namespace.into();
+    review["request"]["name"] = "forged".into();
+    review["request"]["object"]["metadata"]["name"] = "forged".into();
+    review["request"]["object"]["metadata"]["namespace"] = namespace.into();
+    review["request"]["userInfo"] =
+        serde_json::json!({"username": "mallory", "groups": ["system:authenticated"]});
+    let root = reqwest::Certificate::from_pem(ca).expect("CA");
+    let url = format!("https://127.0.0.1:{port}/admit/anything");
+    let plain = reqwest::Client::builder()
+        .tls_certs_only([root.clone()])
+        .build()
+        .expect("client");
+    let answer = plain
+        .post(&url)
+        .json(&review)
+        .send()
+        .await
+        .expect("the webhook answers");
+    assert_eq!(answer.status(), 401, "{:?}", answer.text().await);
+
+    // A client certificate, but not from the apiserver's CA.
+    let other = tempfile::tempdir().unwrap();
+    let files = histor::capture::tls::write_self_signed(other.path(), &["kube-apiserver".into()])
+        .expect("another CA");
+    let identity = [
+        std::fs::read(&files.cert).unwrap(),
+        std::fs::read(&files.key).unwrap(),
+    ]
+    .concat();
+    let impostor = reqwest::Client::builder()
+        .tls_certs_only([root])
+        .identity(reqwest::Identity::from_pem(&identity).expect("identity"))
+        .build()
+        .expect("client");
+    let refused = impostor.post(&url).json(&review).send().await;
+    assert!(
+        refused.is_err()
+            || refused
+                .as_ref()
+                .is_ok_and(|r| r.status() == 401 || r.status() == 403),
+        "{refused:?}"
+    );
 }

@@ -236,14 +236,23 @@ pub fn start_operator(
 ) -> Operator {
     let (port, metrics_port) = (free_port(), free_port());
     let host = e2e_host();
-    let child = Command::new(env!("CARGO_BIN_EXE_histor"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_histor"));
+    command.args([
+        "operator",
+        "--namespace",
+        namespace,
+        "--leader-election=false",
+    ]);
+    // Where the apiserver presents a client certificate (scripts/with-kapi.sh sets one up), only
+    // it may write history.
+    if let Some(ca) = webhook_client_ca() {
+        command
+            .arg("--webhook-client-ca")
+            .arg(ca)
+            .args(["--webhook-client-names", "kube-apiserver"]);
+    }
+    let child = command
         .env("KUBECONFIG", kubeconfig)
-        .args([
-            "operator",
-            "--namespace",
-            namespace,
-            "--leader-election=false",
-        ])
         .args(["--policy-selector", &format!("{INSTANCE_LABEL}={instance}")])
         .args(["--webhook-url", &format!("https://{host}:{port}")])
         .args(["--listen", &format!("{host}:{port}")])
@@ -257,6 +266,16 @@ pub fn start_operator(
         .spawn()
         .expect("operator starts");
     Operator { child, port }
+}
+
+/// The CA of the client certificate the apiserver presents to webhooks, when it has one.
+pub fn webhook_client_ca() -> Option<PathBuf> {
+    let ca = std::env::var_os("HISTOR_E2E_WEBHOOK_CLIENT_CA").map(PathBuf::from);
+    assert!(
+        ca.is_some() || !required(),
+        "e2e: HISTOR_E2E_REQUIRED is set, so the apiserver must present a webhook client certificate (HISTOR_E2E_WEBHOOK_CLIENT_CA; scripts/with-kapi.sh sets it)"
+    );
+    ca
 }
 
 /// A TrackingPolicy for the operator of `instance`, from the JSON of its spec.

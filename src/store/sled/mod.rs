@@ -351,12 +351,6 @@ impl SledStore {
         self.shared.clone()
     }
 
-    /// Makes everything written so far durable (the notification outbox shares this database).
-    pub fn flush(&self) -> Result<()> {
-        self.t()?.db.flush()?;
-        Ok(())
-    }
-
     /// Reopens the database after a failed write or flush. sled keeps the first I/O error of a
     /// database (a full disk, say) and fails every later write and flush with it, even once
     /// space is back, so the only way back is a new `sled::Db`. Checks first that the directory
@@ -1250,8 +1244,9 @@ impl EventStore for SledStore {
     }
 
     fn sync(&self) -> Result<()> {
-        // Group commit: one flush makes every batch appended since the last one durable. The
-        // writer lock keeps retention's writes out of the flush (see `enforce_retention`).
+        // Group commit: one flush makes every batch appended since the last one durable (and
+        // whatever the notification outbox wrote to this database). The writer lock keeps
+        // retention's writes out of the flush (see `enforce_retention`).
         let mut w = self.lock_writer();
         self.t()?.db.flush()?;
         w.unsynced.clear();

@@ -29,6 +29,8 @@ macro_rules! conformance_suite {
             users_keep_their_identity_without_extra,
             retention_leaves_states_honest_and_retries_duplicate,
             unknown_states_are_none_until_a_full_object_comes,
+            linked_policies_keep_their_events,
+            pages_do_not_shift_while_events_arrive,
         );
     };
     (@tests $open:expr; $($name:ident),* $(,)?) => {
@@ -1024,4 +1026,70 @@ pub(crate) fn unknown_states_are_none_until_a_full_object_comes(store: &dyn Even
         store.state_before(id).unwrap().unwrap()["metadata"]["labels"]["v"],
         "1"
     );
+}
+
+/// A policy linked to a stored event keeps it like the policy it was recorded under.
+pub(crate) fn linked_policies_keep_their_events(store: &dyn EventStore) {
+    let hour = 3_600_000_000i64;
+    let mut a = Obj::new("prod", "api", 1);
+    let mut c = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
+    c.event.policies = vec!["short".into()];
+    let mut linked = c.clone();
+    linked.event.policies = vec!["long".into()];
+    let mut b = Obj::new("prod", "web", 2);
+    let mut other = b.create(
+        "alice",
+        T0 + 1,
+        deployment("prod", "web", &b.uid, 1, json!({})),
+    );
+    other.event.policies = vec!["short".into()];
+    store.append(&[c]).unwrap();
+    let out = store.append(&[linked, other]).unwrap();
+    assert_eq!(out[0], AppendOutcome::Linked(T0 as u64));
+    let rules = |p: &str| match p {
+        "short" => Some(rule(100, 1)),
+        "long" => Some(rule(100, 100)),
+        _ => None,
+    };
+    let report = store
+        .enforce_retention(ts(T0 + 2 * hour), &rules, rule(100, 1))
+        .unwrap();
+    assert_eq!(report.removed, 1, "only the event no policy keeps");
+    assert_eq!(ids(&store.query(&q()).unwrap()), vec![T0 as u64]);
+    assert_eq!(
+        store.get(T0 as u64).unwrap().unwrap().event.policies,
+        vec!["short".to_string(), "long".to_string()]
+    );
+}
+
+/// Ids grow in commit order whatever the receipt time says, so a continue token stays valid
+/// while events arrive: later events never land on an older page.
+pub(crate) fn pages_do_not_shift_while_events_arrive(store: &dyn EventStore) {
+    let mut a = Obj::new("prod", "api", 1);
+    let mut batch = vec![a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})))];
+    for i in 1..6i64 {
+        batch.push(a.update("bob", T0 + i * 10, |o| o["spec"]["replicas"] = json!(i)));
+    }
+    let all = recorded(&store.append(&batch).unwrap());
+    let first = store
+        .query(&Query {
+            limit: 3,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&first), vec![all[5], all[4], all[3]]);
+    // A late arrival stamped before everything (a clock behind) still gets the newest id.
+    let late = a.update("carol", T0 - 1_000, |o| o["spec"]["replicas"] = json!(9));
+    let late = recorded(&store.append(&[late]).unwrap())[0];
+    assert!(late > all[5], "{late} after {}", all[5]);
+    let second = store
+        .query(&Query {
+            limit: 3,
+            after: first.next,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&second), vec![all[2], all[1], all[0]]);
+    assert_eq!(second.next, None);
+    assert_eq!(store.query(&q()).unwrap().events[0].id, late);
 }

@@ -1,7 +1,8 @@
 //! [`MemStore`]: the reference [`EventStore`], in memory. It keeps the contract with as little
 //! machinery as possible (one lock, ordered maps, full scans) and the same shared parts as every
-//! engine ([`history`], [`retention`], [`query`], the dedupe window), so the conformance suite
-//! can hold a real engine to it and tests of other components run against the real semantics.
+//! engine ([`history`], [`retention`](super::retention), [`query`], the dedupe window), so the
+//! conformance suite can hold a real engine to it and tests of other components run against the
+//! real semantics.
 //! Nothing is durable: `sync` and `recover` have nothing to do.
 
 use super::history::{self, ChainPos, Link, RecordSource};

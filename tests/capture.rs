@@ -4,7 +4,7 @@
 mod support;
 
 use histor::cmd::{CaptureArgs, ServeArgs, start};
-use histor::store::{EventStore, Query};
+use histor::store::Query;
 use serde_json::Value;
 use std::path::Path;
 use support::{client, fixture, fixture_order, fresh_uid, write_policy};

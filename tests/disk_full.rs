@@ -7,7 +7,7 @@
 mod support;
 
 use histor::cmd::{CaptureArgs, ServeArgs, start};
-use histor::store::{EventStore, Query};
+use histor::store::Query;
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@ use super::serve::{ServeArgs, start};
 use super::server::CaptureArgs;
 use crate::pipeline;
 use crate::render;
-use crate::store::{EventStore, Query};
+use crate::store::Query;
 use crate::{Error, Result};
 use std::path::PathBuf;
 

@@ -159,8 +159,8 @@ pub struct Parts {
     pub policies: Arc<PolicyIndex>,
     /// The query API, served on the same port when present.
     pub query: Option<Arc<QueryState>>,
-    /// The store.
-    pub store: Arc<SledStore>,
+    /// The store (any engine; the notifier was built on its database beforehand).
+    pub store: Arc<dyn EventStore>,
     /// Secret value hasher.
     pub redactor: Arc<Redactor>,
     /// Notification hub on the store's database.
@@ -192,7 +192,7 @@ pub struct Running {
     /// The CA to trust, when histor made the certificate.
     pub ca_file: Option<PathBuf>,
     /// The store, shared with the writer.
-    pub store: Arc<SledStore>,
+    pub store: Arc<dyn EventStore>,
     /// The shared state of the handlers.
     pub capture: Arc<Capture>,
     handle: Handle<SocketAddr>,
@@ -240,8 +240,9 @@ impl Running {
         if tokio::time::timeout(DELIVERY_STOP, delivery).await.is_err() {
             tracing::warn!("notification delivery did not stop in time; unsent ones stay queued");
         }
+        // A sync flushes the whole database, the notification outbox's writes with the events.
         let store = self.store;
-        match bounded(LAST_FLUSH, move || store.flush()).await {
+        match bounded(LAST_FLUSH, move || store.sync()).await {
             Some(Ok(())) => {}
             Some(Err(error)) => tracing::warn!(%error, "last store flush failed"),
             None => tracing::warn!("last store flush did not return in time"),
@@ -314,7 +315,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
         .map_err(|e| Error::Usage(format!("notification recovery failed: {e}")))??;
     observers.insert(0, Arc::new(NotifyObserver(notifier.clone())));
     let (writer, writer_thread) = Writer::spawn(
-        store.clone() as Arc<dyn EventStore>,
+        store.clone(),
         options.queue_capacity,
         metrics.clone(),
         observers,
@@ -408,7 +409,7 @@ impl RecordObserver for NotifyObserver {
 
 /// Enforces retention and refreshes the store gauges, off the async threads.
 async fn retention_loop(
-    store: Arc<SledStore>,
+    store: Arc<dyn EventStore>,
     policies: Arc<PolicyIndex>,
     metrics: Arc<Metrics>,
     every: Duration,

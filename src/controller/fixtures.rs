@@ -1,5 +1,6 @@
 //! Test helpers: a scripted API server behind `tower_test::mock::pair`, a recording
-//! [`PolicyRegistry`](super::PolicyRegistry) and an in-memory [`EventStore`].
+//! [`PolicyRegistry`](super::PolicyRegistry) and the reference in-memory
+//! [`EventStore`](crate::store::EventStore).
 //!
 //! The fake server keeps objects by path so a test reads like a conversation with the apiserver:
 //! it answers GET from what it holds (404 otherwise), applies server-side-apply and JSON patches,
@@ -7,15 +8,8 @@
 
 use super::webhook::WebhookClient;
 use super::{Context, PolicyRegistry, Settings};
-use crate::Result as CrateResult;
 use crate::crd::{TrackingPolicy, TrackingPolicySpec};
-use crate::pipeline::Captured;
-use crate::store::{
-    AppendOutcome, EventId, EventStore, Page, Query, RetentionReport, RetentionRule, StoreStats,
-    StoredEvent,
-};
 use http::{Request, Response, StatusCode};
-use jiff::Timestamp;
 use kube::client::Body;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -164,77 +158,8 @@ impl PolicyRegistry for FakeRegistry {
     }
 }
 
-/// An in-memory store: events newest first; `query` filters by namespace, resource and name.
-#[derive(Default)]
-pub struct MemStore {
-    events: Mutex<Vec<StoredEvent>>,
-}
-
-impl MemStore {
-    /// Adds events (any order).
-    pub fn add(&self, events: &[StoredEvent]) {
-        let mut all = self.events.lock().expect("lock");
-        all.extend_from_slice(events);
-        all.sort_by_key(|e| std::cmp::Reverse(e.id));
-    }
-    /// Removes every event.
-    pub fn clear(&self) {
-        self.events.lock().expect("lock").clear();
-    }
-}
-
-impl EventStore for MemStore {
-    fn append_buffered(&self, _batch: &[Captured]) -> CrateResult<Vec<AppendOutcome>> {
-        Ok(Vec::new())
-    }
-    fn query(&self, q: &Query) -> CrateResult<Page> {
-        let all = self.events.lock().expect("lock");
-        let events: Vec<StoredEvent> = all
-            .iter()
-            .filter(|e| q.after.is_none_or(|a| e.id < a))
-            // Like the real store: `since` compares as event ids (receipt microseconds).
-            .filter(|e| {
-                q.since
-                    .is_none_or(|s| i128::from(e.id) >= i128::from(s.as_microsecond()))
-            })
-            .filter(|e| q.namespace.is_none() || e.event.namespace == q.namespace)
-            .filter(|e| {
-                q.kind
-                    .as_ref()
-                    .is_none_or(|k| *k == e.event.resource.group_resource())
-            })
-            .filter(|e| q.name.as_ref().is_none_or(|n| *n == e.event.name))
-            .take(q.limit.max(1))
-            .cloned()
-            .collect();
-        let next = if events.len() == q.limit.max(1) {
-            events.last().map(|e| e.id)
-        } else {
-            None
-        };
-        Ok(Page { events, next })
-    }
-    fn get(&self, _id: EventId) -> CrateResult<Option<StoredEvent>> {
-        Ok(None)
-    }
-    fn state_after(&self, _id: EventId) -> CrateResult<Option<Value>> {
-        Ok(None)
-    }
-    fn state_before(&self, _id: EventId) -> CrateResult<Option<Value>> {
-        Ok(None)
-    }
-    fn enforce_retention(
-        &self,
-        _now: Timestamp,
-        _rule: &dyn Fn(&str) -> Option<RetentionRule>,
-        _default: RetentionRule,
-    ) -> CrateResult<RetentionReport> {
-        Ok(RetentionReport::default())
-    }
-    fn stats(&self) -> CrateResult<StoreStats> {
-        Ok(StoreStats::default())
-    }
-}
+/// The reference in-memory store, seeded with `add` (events under their own ids).
+pub use crate::store::MemStore;
 
 /// Path of a TrackingPolicy.
 pub fn policy_path(name: &str) -> String {

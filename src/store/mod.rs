@@ -1,5 +1,8 @@
-//! Event storage: the [`EventStore`] trait the rest of histor speaks, and its sled implementation.
-//! Depends only on pipeline types; knows nothing of HTTP or Kubernetes clients.
+//! Event storage: the [`EventStore`] contract the rest of histor speaks, the pure parts every
+//! engine shares ([`history`] delta chains, [`retention`] decisions, [`query`] matching and
+//! paging, the dedupe window), and the engines behind it (`sled/`, one folder per engine).
+//! Depends only on pipeline types; knows nothing of HTTP or Kubernetes clients. Nothing outside
+//! an engine's folder names its crate.
 
 use crate::Result;
 use crate::crd::Operation;
@@ -7,17 +10,25 @@ use crate::pipeline::{Captured, ChangeEvent};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
-mod codec;
-mod keys;
-mod recent;
-mod sled;
 #[cfg(test)]
-mod tests;
+pub(crate) mod conformance;
+pub mod history;
+pub mod mem;
+pub mod query;
+mod recent;
+pub mod retention;
+mod sled;
 
-pub use self::sled::{
-    BUCKET_SHIFT, DEDUPE_WINDOW, HEADS_CACHE, MAX_PAGE, MAX_REMOVALS_PER_PASS, SNAPSHOT_EVERY,
-    SharedDb, SledStore,
-};
+pub use self::history::SNAPSHOT_EVERY;
+pub use self::mem::MemStore;
+pub use self::query::MAX_PAGE;
+pub use self::retention::MAX_REMOVALS_PER_PASS;
+pub use self::sled::{BUCKET_SHIFT, HEADS_CACHE, SharedDb, SledStore};
+
+/// How long a request uid is remembered for dedupe, in microseconds of event ids: 2 minutes.
+/// The apiserver calls every webhook of a request, and retries it, within the request's own
+/// timeout (60 s by default; a webhook's timeout is at most 30 s).
+pub const DEDUPE_WINDOW: u64 = 2 * 60 * 1_000_000;
 
 /// Identifies a stored event. Ids grow with receipt time (microseconds since the epoch, bumped to
 /// stay unique), so an id range is a time range.
@@ -123,7 +134,66 @@ pub struct StoreStats {
     pub bytes_on_disk: u64,
 }
 
-/// Durable, queryable storage of change events. Methods block: call them from a blocking thread.
+/// Durable, queryable storage of change events: the contract every engine keeps (the sled engine,
+/// the in-memory reference engine, and the conformance suite that holds both to it).
+///
+/// **Ids.** [`append`](EventStore::append) gives each new event the id
+/// `max(receipt time in µs, last id + 1)`: ids are unique, increase in commit order (also across
+/// a restart, whatever the clock does) and are never reused, and an id range is a time range to
+/// within a few µs. Every ordering the store offers (pages, chains) is id order.
+///
+/// **Dedupe and linking.** An event is one admission request (its `request_uid`). When a request
+/// uid was stored within the dedupe window ([`DEDUPE_WINDOW`], measured back from the newest
+/// id; an engine may remember a little longer, never shorter, and the window survives a restart)
+/// a new event with it is not stored again: if every one of its policies is already on the stored
+/// event it is a [`Duplicate`](AppendOutcome::Duplicate) of it (an apiserver retry); otherwise
+/// its new policies are added to the stored event (in order, after the existing ones) and it is
+/// [`Linked`](AppendOutcome::Linked) to it (another webhook of the same request). Both outcomes
+/// carry the stored event's id; a request whose event retention already removed is a
+/// `Duplicate`. This holds inside one batch too.
+///
+/// **What is kept.** An event reads back as it was appended, except that `object` is rebuilt
+/// (below) and the user's `extra` is dropped (it names the credential and pod of a token, so it
+/// would grow the store with every pod, and nothing reads it).
+///
+/// **Queries.** [`query`](EventStore::query) returns matching events newest first, `object`
+/// left `None`. Every set field of [`Query`] must match: namespace, name, uid, user name and
+/// operation exactly; `since` inclusive and `until` exclusive, compared as ids. `kind` matches
+/// through aliases learnt from stored events other than subresource ones: for kind `Deployment`
+/// of `deployments.apps`, any case of `deployment`, `deployments`, `deployments.apps`,
+/// `deployment.apps` and `apps/deployment` (core kinds: `configmap`, `configmaps`); an unknown
+/// alias is taken as a `resource.group` literally. A subresource event (`deployments/scale`)
+/// matches its parent's kind, never the subresource's own (`Scale`).
+///
+/// **Paging.** A page holds at most [`Query::limit`] events (0 means 100, more than [`MAX_PAGE`]
+/// means [`MAX_PAGE`]). `next` is `Some` only when at least one more event matches; it is the
+/// id of the page's last (oldest) event, and passing it as [`Query::after`] continues with the
+/// events older than it (exclusive). Events appended meanwhile are newer and do not shift pages.
+///
+/// **States.** The store keeps each object's history so that [`state_after`](EventStore::state_after)
+/// of any stored event is exactly the object the event carried (the cleaned state after the
+/// change; for a DELETE the last state; for a subresource change such as `scale`, the parent's
+/// state with the change applied, since the subresource object itself is not kept), and
+/// [`state_before`](EventStore::state_before) is the state after the object's previous stored
+/// event, with any change the store never saw (the pipeline's `before` differed) applied. Either
+/// is `None` when the store cannot know it: a subresource change to an object whose state it did
+/// not have, an object's first event (`state_before`), an unseen change that no delta
+/// reproduces, and an event whose predecessor retention removed (`state_before`). Objects are
+/// keyed by uid, or without one by resource, namespace and name.
+///
+/// **Retention.** [`enforce_retention`](EventStore::enforce_retention) removes an event when it
+/// is older than the `max_age` of every one of its policies, or when, counting the object's
+/// events newest first, it is outside the newest `max_events_per_object` of every one of its
+/// policies (each policy counts only the events it is on). A policy the `rule` function does not
+/// know, and an event without policies, use `default`. What is kept still rebuilds exactly. An
+/// object whose last event goes is reported in [`RetentionReport::objects_emptied`]. A pass
+/// removes at most [`MAX_REMOVALS_PER_PASS`] events (then `incomplete`); an engine may also defer
+/// count checks of objects that did not grow for up to a minute, so callers run passes
+/// regularly and repeated passes converge.
+///
+/// **Blocking.** Methods block on I/O. Async code calls them through
+/// `tokio::task::spawn_blocking` (the store is `Send + Sync + 'static` and shared as an `Arc`),
+/// never on a runtime thread.
 pub trait EventStore: Send + Sync + 'static {
     /// Stores a batch atomically enough that a crash after return loses none of it: when this
     /// returns `Ok`, every `Recorded`/`Linked` outcome is on disk (group commit: one flush a batch).

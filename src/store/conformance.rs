@@ -1,20 +1,58 @@
-//! Component tests of [`SledStore`] on a real sled database in a temporary directory.
+//! The contract's tests, written once and run against every engine: each is a function over a
+//! fresh, empty `&dyn EventStore`, and [`conformance_suite!`] turns the list into `#[test]`s for
+//! an engine (`conformance_suite!(|| (guard, store))`, the guard kept alive for the test, such as
+//! the engine's temporary directory). A new engine is done when the same tests pass. Tests of
+//! what only one engine has (crash recovery, reopening, disk layout) stay with that engine, and
+//! may reuse the builders here.
 
 use super::*;
-use crate::Error;
-use crate::pipeline::{Actor, ChangeOp, FieldChange, KindId, ResourceId};
-use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use crate::crd::Operation;
+use crate::pipeline::{Actor, Captured, ChangeEvent, ChangeOp, FieldChange, KindId, ResourceId};
+use jiff::Timestamp;
+use serde_json::{Value, json};
 
-const T0: i64 = 1_700_000_000_000_000;
+/// `#[test]`s running every contract test against the store `$open()` makes (a pair: a guard
+/// kept alive for the test, and the store).
+macro_rules! conformance_suite {
+    ($open:expr) => {
+        $crate::store::conformance::conformance_suite!(@tests $open;
+            events_round_trip_and_ids_follow_receipt_time,
+            duplicate_requests_are_linked_once_per_policy,
+            a_request_uid_is_remembered_for_the_dedupe_window_and_no_longer,
+            every_version_of_a_history_rebuilds_exactly,
+            queries_use_each_index_and_paginate,
+            recreated_objects_share_their_target_history,
+            retention_by_count_keeps_newest_and_a_rebuildable_chain,
+            retention_by_age_respects_every_policy_and_reports_emptied_objects,
+            namespace_and_user_queries_span_time_slices_and_forget_old_ones,
+            pages_have_a_next_only_when_more_match,
+            users_keep_their_identity_without_extra,
+            retention_leaves_states_honest_and_retries_duplicate,
+            unknown_states_are_none_until_a_full_object_comes,
+            linked_policies_keep_their_events,
+            pages_do_not_shift_while_events_arrive,
+        );
+    };
+    (@tests $open:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let (_guard, store) = ($open)();
+                $crate::store::conformance::$name(&store);
+            }
+        )*
+    };
+}
+pub(crate) use conformance_suite;
 
-fn ts(us: i64) -> Timestamp {
+pub(crate) const T0: i64 = 1_700_000_000_000_000;
+
+pub(crate) fn ts(us: i64) -> Timestamp {
     Timestamp::from_microsecond(us).unwrap()
 }
 
 /// The diff the pipeline would produce: RFC 6902 with old values.
-fn diff(before: &Value, after: &Value) -> Vec<FieldChange> {
+pub(crate) fn diff(before: &Value, after: &Value) -> Vec<FieldChange> {
     use json_patch::PatchOperation as P;
     json_patch::diff(before, after)
         .0
@@ -43,7 +81,7 @@ fn diff(before: &Value, after: &Value) -> Vec<FieldChange> {
         .collect()
 }
 
-fn deployment(ns: &str, name: &str, uid: &str, replicas: u64, labels: Value) -> Value {
+pub(crate) fn deployment(ns: &str, name: &str, uid: &str, replicas: u64, labels: Value) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": ns, "uid": uid, "labels": labels},
@@ -52,21 +90,21 @@ fn deployment(ns: &str, name: &str, uid: &str, replicas: u64, labels: Value) -> 
     })
 }
 
-fn uid(n: u64) -> String {
+pub(crate) fn uid(n: u64) -> String {
     format!("00000000-0000-4000-8000-{n:012x}")
 }
 
 /// Builds events for one object the way the pipeline would.
-struct Obj {
-    ns: String,
-    name: String,
-    uid: String,
-    state: Option<Value>,
-    seq: u64,
+pub(crate) struct Obj {
+    pub(crate) ns: String,
+    pub(crate) name: String,
+    pub(crate) uid: String,
+    pub(crate) state: Option<Value>,
+    pub(crate) seq: u64,
 }
 
 impl Obj {
-    fn new(ns: &str, name: &str, n: u64) -> Obj {
+    pub(crate) fn new(ns: &str, name: &str, n: u64) -> Obj {
         Obj {
             ns: ns.into(),
             name: name.into(),
@@ -76,7 +114,7 @@ impl Obj {
         }
     }
 
-    fn base(&mut self, op: Operation, user: &str, at: i64) -> ChangeEvent {
+    pub(crate) fn base(&mut self, op: Operation, user: &str, at: i64) -> ChangeEvent {
         self.seq += 1;
         ChangeEvent {
             request_uid: format!("{}-req-{}", self.uid, self.seq),
@@ -108,7 +146,7 @@ impl Obj {
         }
     }
 
-    fn create(&mut self, user: &str, at: i64, obj: Value) -> Captured {
+    pub(crate) fn create(&mut self, user: &str, at: i64, obj: Value) -> Captured {
         let mut e = self.base(Operation::Create, user, at);
         e.object = Some(obj.clone());
         self.state = Some(obj);
@@ -118,7 +156,7 @@ impl Obj {
         }
     }
 
-    fn update(&mut self, user: &str, at: i64, f: impl FnOnce(&mut Value)) -> Captured {
+    pub(crate) fn update(&mut self, user: &str, at: i64, f: impl FnOnce(&mut Value)) -> Captured {
         let before = self.state.clone().unwrap();
         let mut after = before.clone();
         f(&mut after);
@@ -126,7 +164,13 @@ impl Obj {
     }
 
     /// An update whose `before` is what the apiserver had (not necessarily what we stored).
-    fn update_from(&mut self, user: &str, at: i64, before: Value, after: Value) -> Captured {
+    pub(crate) fn update_from(
+        &mut self,
+        user: &str,
+        at: i64,
+        before: Value,
+        after: Value,
+    ) -> Captured {
         let mut e = self.base(Operation::Update, user, at);
         e.changes = diff(&before, &after);
         e.object = Some(after.clone());
@@ -137,7 +181,7 @@ impl Obj {
         }
     }
 
-    fn scale(&mut self, user: &str, at: i64, replicas: u64) -> Captured {
+    pub(crate) fn scale(&mut self, user: &str, at: i64, replicas: u64) -> Captured {
         let before = self.state.clone().unwrap();
         let old = before["spec"]["replicas"].clone();
         let mut e = self.base(Operation::Update, user, at);
@@ -165,7 +209,7 @@ impl Obj {
         }
     }
 
-    fn delete(&mut self, user: &str, at: i64) -> Captured {
+    pub(crate) fn delete(&mut self, user: &str, at: i64) -> Captured {
         let last = self.state.clone().unwrap();
         let mut e = self.base(Operation::Delete, user, at);
         e.object = Some(last.clone());
@@ -176,13 +220,7 @@ impl Obj {
     }
 }
 
-fn open() -> (tempfile::TempDir, SledStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
-    (dir, store)
-}
-
-fn recorded(o: &[AppendOutcome]) -> Vec<EventId> {
+pub(crate) fn recorded(o: &[AppendOutcome]) -> Vec<EventId> {
     o.iter()
         .map(|o| match o {
             AppendOutcome::Recorded(id) => *id,
@@ -191,20 +229,25 @@ fn recorded(o: &[AppendOutcome]) -> Vec<EventId> {
         .collect()
 }
 
-fn q() -> Query {
+pub(crate) fn q() -> Query {
     Query {
         limit: 100,
         ..Query::default()
     }
 }
 
-fn ids(page: &Page) -> Vec<EventId> {
+pub(crate) fn ids(page: &Page) -> Vec<EventId> {
     page.events.iter().map(|e| e.id).collect()
 }
 
-#[test]
-fn events_round_trip_and_ids_follow_receipt_time() {
-    let (_d, store) = open();
+pub(crate) fn rule(max_events: u32, hours: i64) -> RetentionRule {
+    RetentionRule {
+        max_events_per_object: max_events,
+        max_age: jiff::SignedDuration::from_hours(hours),
+    }
+}
+
+pub(crate) fn events_round_trip_and_ids_follow_receipt_time(store: &dyn EventStore) {
     let mut a = Obj::new("prod", "api", 1);
     let create = a.create(
         "alice",
@@ -229,9 +272,7 @@ fn events_round_trip_and_ids_follow_receipt_time() {
     assert_eq!(store.stats().unwrap().events, 2);
 }
 
-#[test]
-fn duplicate_requests_are_linked_once_per_policy() {
-    let (_d, store) = open();
+pub(crate) fn duplicate_requests_are_linked_once_per_policy(store: &dyn EventStore) {
     let mut a = Obj::new("prod", "api", 1);
     let c = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
     let mut other = c.clone();
@@ -253,130 +294,9 @@ fn duplicate_requests_are_linked_once_per_policy() {
     assert_eq!(store.stats().unwrap().events, 1);
 }
 
-/// A batch whose append fails after `k` of its events were written, retried: the events the
-/// failed attempt wrote are reported as it wrote them (Recorded, Linked), not as Duplicates of
-/// themselves, while a true duplicate inside the batch stays one.
-#[test]
-fn a_retried_batch_reports_what_its_failed_attempt_wrote() {
-    let (_d, store) = open();
-    let mut a = Obj::new("prod", "api", 1);
-    let earlier = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
-    store.append(std::slice::from_ref(&earlier)).unwrap();
-    let mut linked = earlier.clone();
-    linked.event.policies = vec!["p2".into()];
-    let mut batch = vec![linked, earlier.clone()];
-    for n in 2..8 {
-        let name = format!("app-{n}");
-        let mut o = Obj::new("prod", &name, n);
-        let obj = deployment("prod", &name, &o.uid, 1, json!({}));
-        batch.push(o.create("bob", T0 + 10 * n as i64, obj));
-    }
-    // An apiserver retry of the third event, inside the same batch.
-    batch.push(batch[2].clone());
-    let id = T0 as u64;
-    let want = |ids: &[u64]| {
-        let mut w = vec![AppendOutcome::Linked(id), AppendOutcome::Duplicate(id)];
-        w.extend(ids.iter().map(|&i| AppendOutcome::Recorded(i)));
-        w.push(AppendOutcome::Duplicate(ids[0]));
-        w
-    };
-    for k in 0..7 {
-        let (_d, store) = open();
-        store.append(std::slice::from_ref(&earlier)).unwrap();
-        // The link is the first write: k = 0 fails it, k = 1 fails the first new event.
-        store.fail_once_after(k);
-        let err = store.append_buffered(&batch).unwrap_err();
-        assert!(matches!(err, Error::Store(_)), "{err}");
-        let out = store.append_buffered(&batch).unwrap();
-        store.sync().unwrap();
-        let ids: Vec<u64> = out[2..8]
-            .iter()
-            .map(|o| match o {
-                AppendOutcome::Recorded(i) => *i,
-                other => panic!("k={k}: expected Recorded, got {other:?}"),
-            })
-            .collect();
-        assert_eq!(out, want(&ids), "k={k}");
-        assert_eq!(store.stats().unwrap().events, 7, "k={k}");
-        assert_eq!(store.query(&q()).unwrap().events.len(), 7, "k={k}");
-        // Once synced, the same batch again is all duplicates.
-        let again = store.append(&batch).unwrap();
-        assert!(
-            again
-                .iter()
-                .all(|o| matches!(o, AppendOutcome::Duplicate(_))),
-            "k={k}: {again:?}"
-        );
-    }
-    // Without a failure, the same outcomes.
-    let out = store.append(&batch).unwrap();
-    assert!(matches!(out[2], AppendOutcome::Recorded(_)));
-    assert_eq!(out[..2], want(&[0])[..2]);
-}
-
-/// Bound service-account tokens carry per-credential and per-pod extras: a thousand pods of one
-/// service account are one dictionary entry, not a thousand, and a query by the user finds them
-/// all through the name index. Object heads in memory stay within [`HEADS_CACHE`].
-#[test]
-fn the_dictionary_and_the_heads_cache_stay_bounded() {
-    let (_d, store) = open();
-    let sa = "system:serviceaccount:ci:runner";
-    let n = 4 * HEADS_CACHE as u64;
-    let mut batch = Vec::new();
-    for i in 0..n {
-        let name = format!("cm-{i}");
-        let mut o = Obj::new("ci", &name, i + 1);
-        let obj = deployment("ci", &name, &o.uid, 1, json!({}));
-        let mut c = o.create(sa, T0 + i as i64, obj);
-        c.event.user.uid = Some("sa-uid".into());
-        c.event.user.extra = [
-            (
-                "authentication.kubernetes.io/credential-id".to_string(),
-                vec![format!("JTI={i}")],
-            ),
-            (
-                "authentication.kubernetes.io/pod-uid".to_string(),
-                vec![format!("pod-{i}")],
-            ),
-        ]
-        .into_iter()
-        .collect();
-        batch.push(c);
-        if batch.len() == 50 {
-            store.append(&batch).unwrap();
-            batch.clear();
-        }
-    }
-    store.append(&batch).unwrap();
-    let (users, heads) = store.sizes();
-    assert_eq!(users, 1, "one identity, however many credentials");
-    assert!(heads <= HEADS_CACHE + 50, "{heads} heads cached");
-    let page = store
-        .query(&Query {
-            user: Some(sa.into()),
-            limit: MAX_PAGE,
-            ..Query::default()
-        })
-        .unwrap();
-    assert_eq!(page.events.len() as u64, n);
-    let user = &page.events[0].event.user;
-    assert_eq!(user.uid.as_deref(), Some("sa-uid"));
-    assert!(user.extra.is_empty(), "extra is not stored");
-    // Evicted heads come back from disk: the objects' chains go on.
-    let mut first = Obj::new("ci", "cm-0", 1);
-    first.state = Some(deployment("ci", "cm-0", &first.uid, 1, json!({})));
-    first.seq = 10;
-    let u = first.update(sa, T0 + n as i64 + 10, |o| o["spec"]["replicas"] = json!(2));
-    let id = recorded(&store.append(&[u]).unwrap())[0];
-    assert_eq!(
-        store.state_before(id).unwrap().unwrap()["spec"]["replicas"],
-        1
-    );
-}
-
-#[test]
-fn a_request_uid_is_remembered_for_the_dedupe_window_and_no_longer() {
-    let (_d, store) = open();
+pub(crate) fn a_request_uid_is_remembered_for_the_dedupe_window_and_no_longer(
+    store: &dyn EventStore,
+) {
     let mut a = Obj::new("prod", "api", 1);
     let c = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
     store.append(std::slice::from_ref(&c)).unwrap();
@@ -405,34 +325,9 @@ fn a_request_uid_is_remembered_for_the_dedupe_window_and_no_longer() {
     );
 }
 
-#[test]
-fn dedupe_window_survives_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut a = Obj::new("prod", "api", 1);
-    let c = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
-    {
-        let store = SledStore::open(dir.path()).unwrap();
-        store.append(std::slice::from_ref(&c)).unwrap();
-    }
-    let store = reopen(|| SledStore::open(dir.path()));
-    assert_eq!(
-        store.append(&[c]).unwrap(),
-        vec![AppendOutcome::Duplicate(T0 as u64)]
-    );
-    // Ids keep increasing across restarts even when the clock does not.
-    let u = a.update("bob", T0 - 50, |o| o["spec"]["replicas"] = json!(2));
-    assert_eq!(
-        store.append(&[u]).unwrap(),
-        vec![AppendOutcome::Recorded(T0 as u64 + 1)]
-    );
-    assert_eq!(store.stats().unwrap().events, 2);
-}
-
 /// 40 events: updates, interleaved scale events, a chain break (a change histor never saw),
 /// more than one snapshot interval, and a delete. Every version must rebuild exactly.
-#[test]
-fn every_version_of_a_history_rebuilds_exactly() {
-    let (_d, store) = open();
+pub(crate) fn every_version_of_a_history_rebuilds_exactly(store: &dyn EventStore) {
     let mut a = Obj::new("prod", "api", 1);
     let mut b = Obj::new("prod", "web", 2);
     let mut expected: Vec<(Value, Option<Value>)> = Vec::new(); // (after, before)
@@ -521,14 +416,9 @@ fn every_version_of_a_history_rebuilds_exactly() {
             Some(after)
         );
     }
-    // Deltas, not copies: only a few events carry a snapshot.
-    let snaps = store.t().unwrap().snaps.len();
-    assert!(snaps <= 8, "{snaps} snapshots");
 }
 
-#[test]
-fn queries_use_each_index_and_paginate() {
-    let (_d, store) = open();
+pub(crate) fn queries_use_each_index_and_paginate(store: &dyn EventStore) {
     let mut api = Obj::new("prod", "api", 1);
     let mut dev_api = Obj::new("dev", "api", 2);
     let mut cm = Obj::new("prod", "settings", 3);
@@ -688,9 +578,7 @@ fn queries_use_each_index_and_paginate() {
     );
 }
 
-#[test]
-fn recreated_objects_share_their_target_history() {
-    let (_d, store) = open();
+pub(crate) fn recreated_objects_share_their_target_history(store: &dyn EventStore) {
     let mut first = Obj::new("prod", "api", 1);
     let mut second = Obj::new("prod", "api", 2);
     let batch = vec![
@@ -729,16 +617,7 @@ fn recreated_objects_share_their_target_history() {
     );
 }
 
-fn rule(max_events: u32, hours: i64) -> RetentionRule {
-    RetentionRule {
-        max_events_per_object: max_events,
-        max_age: jiff::SignedDuration::from_hours(hours),
-    }
-}
-
-#[test]
-fn retention_by_count_keeps_newest_and_a_rebuildable_chain() {
-    let (_d, store) = open();
+pub(crate) fn retention_by_count_keeps_newest_and_a_rebuildable_chain(store: &dyn EventStore) {
     let mut a = Obj::new("prod", "api", 1);
     let mut states = vec![];
     let mut batch = vec![a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})))];
@@ -801,9 +680,9 @@ fn retention_by_count_keeps_newest_and_a_rebuildable_chain() {
     );
 }
 
-#[test]
-fn retention_by_age_respects_every_policy_and_reports_emptied_objects() {
-    let (_d, store) = open();
+pub(crate) fn retention_by_age_respects_every_policy_and_reports_emptied_objects(
+    store: &dyn EventStore,
+) {
     let hour = 3_600_000_000i64;
     let mut a = Obj::new("prod", "api", 1);
     let mut b = Obj::new("prod", "web", 2);
@@ -854,257 +733,11 @@ fn retention_by_age_respects_every_policy_and_reports_emptied_objects() {
     );
 }
 
-/// Opens a database this test process had open a moment ago: sled releases its file lock with
-/// the last reference to the database, which its I/O threads may hold a moment after the last
-/// handle is dropped.
-fn reopen<T, E: std::fmt::Debug>(open: impl Fn() -> std::result::Result<T, E>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        match open() {
-            Err(_) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other.unwrap(),
-        }
-    }
-}
-
-#[test]
-fn a_held_store_is_reported_as_locked() {
-    let (dir, _store) = open();
-    match SledStore::open(dir.path()) {
-        Err(Error::StoreLocked(p)) => assert_eq!(p, dir.path()),
-        Err(other) => panic!("expected StoreLocked, got {other}"),
-        Ok(_) => panic!("opened a held store twice"),
-    }
-}
-
-const CRASH_ENV: &str = "HISTOR_STORE_CRASH_DIR";
-
-/// Not a test on its own: the child process of `acknowledged_events_survive_kill_9`.
-#[test]
-fn crash_helper() {
-    let Ok(dir) = std::env::var(CRASH_ENV) else {
-        return;
-    };
-    use std::io::Write;
-    let store = SledStore::open(&dir).unwrap();
-    let mut objs: Vec<Obj> = (0..20)
-        .map(|i| Obj::new("prod", &format!("o{i}"), i))
-        .collect();
-    let mut t = T0;
-    let mut out = std::io::stdout().lock();
-    for round in 0u64.. {
-        let mut batch = Vec::new();
-        for o in objs.iter_mut() {
-            t += 1;
-            batch.push(if o.state.is_none() {
-                o.create(
-                    "alice",
-                    t,
-                    deployment("prod", &o.name.clone(), &o.uid.clone(), 1, json!({})),
-                )
-            } else {
-                o.update("bob", t, |v| {
-                    v["metadata"]["labels"]["round"] = json!(round)
-                })
-            });
-        }
-        for id in recorded(&store.append(&batch).unwrap()) {
-            writeln!(out, "ack {id}").unwrap();
-        }
-        out.flush().unwrap();
-    }
-}
-
-#[test]
-fn acknowledged_events_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "store::tests::crash_helper",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CRASH_ENV, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut acked = Vec::new();
-    while acked.len() < 2000 {
-        let line = lines.next().expect("helper ended early").unwrap();
-        if let Some(id) = line.strip_prefix("ack ") {
-            acked.push(id.parse::<u64>().unwrap());
-        }
-    }
-    child.kill().unwrap();
-    // Acknowledgements already in the pipe count too.
-    for line in lines {
-        if let Some(id) = line.unwrap().strip_prefix("ack ") {
-            acked.push(id.parse().unwrap());
-        }
-    }
-    child.wait().unwrap();
-
-    let store = SledStore::open(dir.path()).unwrap();
-    for id in &acked {
-        let e = store
-            .get(*id)
-            .unwrap()
-            .unwrap_or_else(|| panic!("acknowledged {id} lost"));
-        assert!(e.event.object.is_some(), "{id} does not rebuild");
-    }
-    assert!(store.stats().unwrap().events >= acked.len() as u64);
-    // The store keeps working after the crash: ids continue past everything on disk.
-    let mut o = Obj::new("prod", "after", 999);
-    let c = o.create(
-        "alice",
-        T0,
-        deployment("prod", "after", &o.uid, 1, json!({})),
-    );
-    let id = recorded(&store.append(&[c]).unwrap())[0];
-    assert!(id > *acked.iter().max().unwrap());
-}
-
-/// Strips what the pipeline strips, enough for a realistic object size.
-fn clean(mut v: Value) -> Value {
-    if let Some(m) = v["metadata"].as_object_mut() {
-        for k in ["managedFields", "resourceVersion", "generation"] {
-            m.remove(k);
-        }
-        if let Some(a) = m.get_mut("annotations").and_then(Value::as_object_mut) {
-            a.remove("kubectl.kubernetes.io/last-applied-configuration");
-        }
-    }
-    if let Some(m) = v.as_object_mut() {
-        m.remove("status");
-    }
-    v
-}
-
-/// Disk use and append throughput for the benchmark: `kubectl label` updates of the
-/// recorded 8.7 KB Deployment review, 200 objects, batches of 64 with a flush each.
-/// `cargo test --release --lib store::tests::measure -- --ignored --nocapture`
-#[test]
-#[ignore]
-fn measure_bytes_and_throughput() {
-    let review: Value = serde_json::from_str(include_str!(
-        "../../tests/fixtures/admission/admissionreview-update-deployment.json"
-    ))
-    .unwrap();
-    let req = &review["request"];
-    let base_new = clean(req["object"].clone());
-    let base_old = clean(req["oldObject"].clone());
-    let user: Actor = serde_json::from_value(req["userInfo"].clone()).unwrap();
-    let n_objects = 200u64;
-    let total: u64 = std::env::var("MEASURE_EVENTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000);
-    let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
-    let mut states: Vec<Value> = (0..n_objects)
-        .map(|i| {
-            let mut o = base_old.clone();
-            o["metadata"]["name"] = json!(format!("nginx-{i}"));
-            o["metadata"]["uid"] = json!(uid(i));
-            o
-        })
-        .collect();
-    let event = |i: u64, op: Operation, changes, object, t: i64| ChangeEvent {
-        request_uid: format!("5f7c0deb-38fa-4591-b677-{:012x}", t),
-        received_at: ts(t),
-        policies: vec!["default".into()],
-        operation: op,
-        user: user.clone(),
-        resource: ResourceId {
-            group: "apps".into(),
-            version: "v1".into(),
-            resource: "deployments".into(),
-            subresource: None,
-        },
-        kind: KindId {
-            group: "apps".into(),
-            version: "v1".into(),
-            kind: "Deployment".into(),
-        },
-        namespace: Some("demo".into()),
-        name: format!("nginx-{i}"),
-        object_uid: Some(uid(i)),
-        changes,
-        object: Some(object),
-        redacted: false,
-    };
-    let mut t = T0;
-    let creates: Vec<Captured> = states
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            t += 1;
-            Captured {
-                event: event(i as u64, Operation::Create, vec![], s.clone(), t),
-                before: None,
-            }
-        })
-        .collect();
-    store.append(&creates).unwrap();
-    let base = store.stats().unwrap().bytes_on_disk;
-    let label_diff = diff(&base_old, &base_new);
-    println!(
-        "fixture diff: {}",
-        serde_json::to_string(&label_diff).unwrap()
-    );
-    println!(
-        "cleaned object: {} bytes",
-        serde_json::to_vec(&base_new).unwrap().len()
-    );
-
-    // Build all batches first so only the store is timed.
-    let mut batches = Vec::new();
-    let mut batch = Vec::new();
-    for n in 0..total {
-        let i = n % n_objects;
-        let before = states[i as usize].clone();
-        let mut after = before.clone();
-        after["metadata"]["labels"]["histor-bench"] = json!(format!("v{n}"));
-        let changes = diff(&before, &after);
-        t += 80;
-        batch.push(Captured {
-            event: event(i, Operation::Update, changes, after.clone(), t),
-            before: Some(before),
-        });
-        states[i as usize] = after;
-        if batch.len() == 64 {
-            batches.push(std::mem::take(&mut batch));
-        }
-    }
-    batches.push(batch);
-    let start = std::time::Instant::now();
-    for b in batches {
-        store.append(&b).unwrap();
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let size = store.stats().unwrap().bytes_on_disk;
-    let du = Command::new("du")
-        .arg("-sb")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    println!(
-        "{total} updates: {:.0} events/s (batches of 64, one flush each); {} bytes on disk per update event (size_on_disk {size}, du {})",
-        total as f64 / secs,
-        (size - base) / total,
-        String::from_utf8_lossy(&du.stdout).trim()
-    );
-}
-
-#[test]
-fn namespace_and_user_queries_span_time_slices_and_forget_old_ones() {
-    let (_d, store) = open();
-    let slice = 1i64 << BUCKET_SHIFT;
+pub(crate) fn namespace_and_user_queries_span_time_slices_and_forget_old_ones(
+    store: &dyn EventStore,
+) {
+    // About 4 s: an index slice of the sled engine, so the events span many.
+    let slice = 1i64 << 22;
     let mut a = Obj::new("prod", "api", 1);
     let mut b = Obj::new("dev", "web", 2);
     let mut batch = vec![
@@ -1191,76 +824,272 @@ fn namespace_and_user_queries_span_time_slices_and_forget_old_ones() {
             .len(),
         3
     );
-    let rows = store.t().unwrap().ix.len();
-    assert!(rows <= 11 + 4 + 11 + 4, "{rows} index rows left");
 }
 
-/// Heads are written at the end of a batch; a crash can persist a batch's events without them.
-/// Reopening links those events to their objects, and the chain goes on from them.
-#[test]
-fn heads_of_an_interrupted_batch_are_repaired_on_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut a = Obj::new("prod", "api", 1);
-    let create = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
-    let saved: Vec<(::sled::IVec, ::sled::IVec)>;
-    let through;
-    {
-        let store = SledStore::open(dir.path()).unwrap();
-        store.append(&[create]).unwrap();
-        saved = store
-            .db()
-            .get()
-            .unwrap()
-            .open_tree("heads")
-            .unwrap()
-            .iter()
-            .map(Result::unwrap)
-            .collect();
-        through = store
-            .db()
-            .get()
-            .unwrap()
-            .open_tree("meta")
-            .unwrap()
-            .get(b"heads_through")
-            .unwrap()
-            .unwrap();
-        let batch: Vec<_> = (2..4)
-            .map(|r| a.update("bob", T0 + r * 10, |o| o["spec"]["replicas"] = json!(r)))
-            .collect();
-        store.append(&batch).unwrap();
+/// A page is full at its limit (0 means 100, more than `MAX_PAGE` means `MAX_PAGE`), and has a
+/// `next` only when another event matches.
+pub(crate) fn pages_have_a_next_only_when_more_match(store: &dyn EventStore) {
+    let mut batch = Vec::new();
+    for i in 0..(MAX_PAGE as u64 + 5) {
+        let name = format!("cm-{i}");
+        let mut o = Obj::new("prod", &name, i + 1);
+        batch.push(o.create(
+            "alice",
+            T0 + i as i64,
+            deployment("prod", &name, &o.uid, 1, json!({})),
+        ));
     }
-    {
-        // What the disk holds when the crash came after the events, before the heads.
-        let db = reopen(|| ::sled::open(dir.path()));
-        let heads = db.open_tree("heads").unwrap();
-        heads.clear().unwrap();
-        for (k, v) in saved {
-            heads.insert(k, v).unwrap();
-        }
-        let meta = db.open_tree("meta").unwrap();
-        meta.insert(b"heads_through", through).unwrap();
-        meta.insert(b"clean", &0u64.to_be_bytes()).unwrap();
-        db.flush().unwrap();
-    }
-    let store = reopen(|| SledStore::open(dir.path()));
-    let uid = a.uid.clone();
-    let history = |store: &SledStore| {
-        let page = store
+    store.append(&batch).unwrap();
+    let page = |limit, user: &str| {
+        store
             .query(&Query {
-                uid: Some(uid.clone()),
+                limit,
+                user: Some(user.into()),
                 ..Query::default()
             })
-            .unwrap();
-        ids(&page)
+            .unwrap()
     };
-    assert_eq!(history(&store).len(), 3);
-    let more = a.update("bob", T0 + 100, |o| o["spec"]["replicas"] = json!(9));
-    let id = recorded(&store.append(&[more]).unwrap())[0];
-    assert_eq!(history(&store).len(), 4);
-    assert_eq!(store.state_after(id).unwrap(), a.state);
+    assert_eq!(page(0, "alice").events.len(), 100);
+    let capped = page(5000, "alice");
+    assert_eq!(capped.events.len(), MAX_PAGE);
+    assert_eq!(capped.next, Some(capped.events[MAX_PAGE - 1].id));
+    let rest = store
+        .query(&Query {
+            limit: 5000,
+            after: capped.next,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(rest.events.len(), 5);
+    assert_eq!(rest.next, None, "the last page");
+    // Exactly a page's worth: no next.
+    let exact = store
+        .query(&Query {
+            limit: 5,
+            after: capped.next,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!((exact.events.len(), exact.next), (5, None));
+    assert!(page(10, "nobody").events.is_empty());
+}
+
+/// Only the user's identity is kept (not `extra`); a query by user name finds every identity
+/// of that name.
+pub(crate) fn users_keep_their_identity_without_extra(store: &dyn EventStore) {
+    let sa = "system:serviceaccount:ci:runner";
+    let mut batch = Vec::new();
+    for i in 0..4u64 {
+        let name = format!("cm-{i}");
+        let mut o = Obj::new("ci", &name, i + 1);
+        let mut c = o.create(
+            sa,
+            T0 + i as i64,
+            deployment("ci", &name, &o.uid, 1, json!({})),
+        );
+        c.event.user.uid = Some(format!("sa-uid-{}", i % 2));
+        c.event.user.extra = [(
+            "authentication.kubernetes.io/pod-uid".to_string(),
+            vec![format!("pod-{i}")],
+        )]
+        .into_iter()
+        .collect();
+        batch.push(c);
+    }
+    let ids = recorded(&store.append(&batch).unwrap());
+    let page = store
+        .query(&Query {
+            user: Some(sa.into()),
+            ..q()
+        })
+        .unwrap();
+    assert_eq!(page.events.len(), 4, "both identities of the name");
+    for e in &page.events {
+        assert!(e.event.user.extra.is_empty(), "extra is not stored");
+        assert_eq!(e.event.user.groups, vec!["dev".to_string()]);
+    }
+    let got = store.get(ids[1]).unwrap().unwrap().event.user;
+    assert_eq!(got.uid.as_deref(), Some("sa-uid-1"));
+    assert!(got.extra.is_empty());
+}
+
+/// After retention removed an event, the next kept one still rebuilds its state after, but the
+/// state before it is unknown; a retry of a removed request is a duplicate, not a new event.
+pub(crate) fn retention_leaves_states_honest_and_retries_duplicate(store: &dyn EventStore) {
+    let mut a = Obj::new("prod", "api", 1);
+    let mut batch = vec![a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})))];
+    let first = batch[0].clone();
+    for i in 1..6u64 {
+        batch.push(a.update("bob", T0 + i as i64, |o| {
+            o["spec"]["replicas"] = json!(i + 1)
+        }));
+    }
+    let ids = recorded(&store.append(&batch).unwrap());
+    let report = store
+        .enforce_retention(ts(T0 + 100), &|_| None, rule(3, 24))
+        .unwrap();
+    assert_eq!(report.removed, 3);
+    assert_eq!(store.stats().unwrap().events, 3);
+    let oldest_kept = ids[3];
     assert_eq!(
-        store.state_before(id).unwrap().unwrap()["spec"]["replicas"],
-        3
+        store.state_before(oldest_kept).unwrap(),
+        None,
+        "its predecessor is gone"
     );
+    assert_eq!(
+        store.state_after(oldest_kept).unwrap().unwrap()["spec"]["replicas"],
+        4
+    );
+    assert_eq!(
+        store.state_before(ids[4]).unwrap().unwrap()["spec"]["replicas"],
+        4
+    );
+    assert_eq!(store.get(ids[0]).unwrap(), None);
+    assert_eq!(store.state_after(ids[0]).unwrap(), None);
+    assert_eq!(
+        store.append(&[first]).unwrap(),
+        vec![AppendOutcome::Duplicate(ids[0])]
+    );
+
+    // A gap in the middle: a long-lived policy keeps the create, a short one only its newest.
+    let mut b = Obj::new("prod", "web", 2);
+    let mut create = b.create(
+        "alice",
+        T0 + 10,
+        deployment("prod", "web", &b.uid, 1, json!({})),
+    );
+    create.event.policies = vec!["long".into()];
+    let mut batch = vec![create];
+    for i in 1..4u64 {
+        let mut u = b.update("bob", T0 + 10 + i as i64, |o| {
+            o["spec"]["replicas"] = json!(i + 1)
+        });
+        u.event.policies = vec!["short".into()];
+        batch.push(u);
+    }
+    let ids = recorded(&store.append(&batch).unwrap());
+    let rules = |p: &str| match p {
+        "long" => Some(rule(100, 24)),
+        "short" => Some(rule(1, 24)),
+        _ => None,
+    };
+    let report = store
+        .enforce_retention(ts(T0 + 100), &rules, rule(3, 24))
+        .unwrap();
+    assert_eq!(report.removed, 2);
+    let kept = ids_of(store, &b.uid);
+    assert_eq!(kept, vec![ids[0], ids[3]]);
+    assert_eq!(
+        store.state_before(ids[3]).unwrap(),
+        None,
+        "the event before it is gone"
+    );
+    assert_eq!(store.state_after(ids[3]).unwrap(), b.state);
+    assert_eq!(
+        store.state_after(ids[0]).unwrap().unwrap()["spec"]["replicas"],
+        1
+    );
+}
+
+/// The ids of an object's events, oldest first.
+pub(crate) fn ids_of(store: &dyn EventStore, uid: &str) -> Vec<EventId> {
+    let page = store
+        .query(&Query {
+            uid: Some(uid.into()),
+            limit: MAX_PAGE,
+            ..Query::default()
+        })
+        .unwrap();
+    let mut ids = ids(&page);
+    ids.reverse();
+    ids
+}
+
+/// A subresource change to an object the store never saw a state of: the event is kept, its
+/// state is unknown, and the next full object anchors the chain again.
+pub(crate) fn unknown_states_are_none_until_a_full_object_comes(store: &dyn EventStore) {
+    let mut a = Obj::new("prod", "api", 1);
+    // The store never saw the object: only what `Obj` tracks.
+    a.state = Some(deployment("prod", "api", &a.uid, 1, json!({})));
+    let scale = a.scale("hpa", T0, 3);
+    let update = a.update("bob", T0 + 1, |o| o["metadata"]["labels"]["v"] = json!("1"));
+    let ids = recorded(&store.append(&[scale, update]).unwrap());
+    assert_eq!(store.state_after(ids[0]).unwrap(), None);
+    assert_eq!(store.get(ids[0]).unwrap().unwrap().event.object, None);
+    assert_eq!(store.state_before(ids[0]).unwrap(), None, "a first event");
+    assert_eq!(store.state_after(ids[1]).unwrap(), a.state);
+    // What the store had after the scale is unknown, so is the state before the update.
+    assert_eq!(store.state_before(ids[1]).unwrap(), None);
+    let more = a.update("bob", T0 + 2, |o| o["spec"]["replicas"] = json!(5));
+    let id = recorded(&store.append(&[more]).unwrap())[0];
+    assert_eq!(
+        store.state_before(id).unwrap().unwrap()["metadata"]["labels"]["v"],
+        "1"
+    );
+}
+
+/// A policy linked to a stored event keeps it like the policy it was recorded under.
+pub(crate) fn linked_policies_keep_their_events(store: &dyn EventStore) {
+    let hour = 3_600_000_000i64;
+    let mut a = Obj::new("prod", "api", 1);
+    let mut c = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
+    c.event.policies = vec!["short".into()];
+    let mut linked = c.clone();
+    linked.event.policies = vec!["long".into()];
+    let mut b = Obj::new("prod", "web", 2);
+    let mut other = b.create(
+        "alice",
+        T0 + 1,
+        deployment("prod", "web", &b.uid, 1, json!({})),
+    );
+    other.event.policies = vec!["short".into()];
+    store.append(&[c]).unwrap();
+    let out = store.append(&[linked, other]).unwrap();
+    assert_eq!(out[0], AppendOutcome::Linked(T0 as u64));
+    let rules = |p: &str| match p {
+        "short" => Some(rule(100, 1)),
+        "long" => Some(rule(100, 100)),
+        _ => None,
+    };
+    let report = store
+        .enforce_retention(ts(T0 + 2 * hour), &rules, rule(100, 1))
+        .unwrap();
+    assert_eq!(report.removed, 1, "only the event no policy keeps");
+    assert_eq!(ids(&store.query(&q()).unwrap()), vec![T0 as u64]);
+    assert_eq!(
+        store.get(T0 as u64).unwrap().unwrap().event.policies,
+        vec!["short".to_string(), "long".to_string()]
+    );
+}
+
+/// Ids grow in commit order whatever the receipt time says, so a continue token stays valid
+/// while events arrive: later events never land on an older page.
+pub(crate) fn pages_do_not_shift_while_events_arrive(store: &dyn EventStore) {
+    let mut a = Obj::new("prod", "api", 1);
+    let mut batch = vec![a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})))];
+    for i in 1..6i64 {
+        batch.push(a.update("bob", T0 + i * 10, |o| o["spec"]["replicas"] = json!(i)));
+    }
+    let all = recorded(&store.append(&batch).unwrap());
+    let first = store
+        .query(&Query {
+            limit: 3,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&first), vec![all[5], all[4], all[3]]);
+    // A late arrival stamped before everything (a clock behind) still gets the newest id.
+    let late = a.update("carol", T0 - 1_000, |o| o["spec"]["replicas"] = json!(9));
+    let late = recorded(&store.append(&[late]).unwrap())[0];
+    assert!(late > all[5], "{late} after {}", all[5]);
+    let second = store
+        .query(&Query {
+            limit: 3,
+            after: first.next,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&second), vec![all[2], all[1], all[0]]);
+    assert_eq!(second.next, None);
+    assert_eq!(store.query(&q()).unwrap().events[0].id, late);
 }

@@ -16,8 +16,8 @@
 //! - `meta`: last id, event count, clean-shutdown flag.
 //!
 //! Objects are stored as deltas (the event's `changes`) with a full snapshot on an object's first
-//! event, when the delta would not reproduce the object exactly, and every [`SNAPSHOT_EVERY`]
-//! events. When the pipeline's `before` is not the state the store last saw (the object changed
+//! event, when the delta would not reproduce the object exactly, and every
+//! [`SNAPSHOT_EVERY`](super::SNAPSHOT_EVERY) events ([`history`] decides, and rebuilds). When the pipeline's `before` is not the state the store last saw (the object changed
 //! unseen: downtime, a dropped event, another replica), the record also carries that unseen change
 //! as a delta (its gap, `F_GAP`) rather than starting over with a snapshot. The writer keeps
 //! recent states in memory, so checking and extending a chain costs no reads.
@@ -31,14 +31,17 @@
 //! retries and for several webhooks of one request, all within its 30 s webhook timeout, and the
 //! tree would cost more disk per event than the event itself.
 
-use super::codec::{self, Head, Reader};
-use super::keys::{self, TAG_NAMESPACE, TAG_USER};
+use self::codec::{Head, Reader};
+use self::keys::{TAG_NAMESPACE, TAG_USER};
+use super::history::{self, ChainPos, Link, RecordSource};
+use super::query::{self, KindAliases, PageBuilder};
 use super::recent::Recent;
+use super::retention::{CountWalk, MAX_REMOVALS_PER_PASS, Rules};
 use super::{
-    AppendOutcome, EmptiedObject, EventId, EventStore, Page, Query, RetentionReport, RetentionRule,
-    StoreStats, StoredEvent,
+    AppendOutcome, DEDUPE_WINDOW, EmptiedObject, EventId, EventStore, Page, Query, RetentionReport,
+    RetentionRule, StoreStats, StoredEvent,
 };
-use crate::pipeline::{Actor, Captured, ChangeEvent, FieldChange, KindId, ResourceId, diff};
+use crate::pipeline::{Actor, Captured, ChangeEvent, FieldChange, KindId, ResourceId};
 use crate::{Error, Result};
 use jiff::Timestamp;
 use parking_lot::{Mutex, MutexGuard};
@@ -49,29 +52,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-/// A full snapshot at least every this many events of an object, so rebuilding any version
-/// applies at most this many deltas.
-pub const SNAPSHOT_EVERY: u64 = 16;
+mod codec;
+mod keys;
+#[cfg(test)]
+mod tests;
 
-/// How long a request uid is remembered for dedupe, in microseconds: 2 minutes. The apiserver
-/// calls every webhook of a request, and retries it, within the request's own timeout (60 s by
-/// default; a webhook's timeout is at most 30 s). At 12,000 events/s this is ~1.4 M entries of
-/// 40-odd bytes each.
-pub const DEDUPE_WINDOW: u64 = 2 * 60 * 1_000_000;
+// The dedupe window ([`DEDUPE_WINDOW`]) at 12,000 events/s is ~1.4 M entries of 40-odd bytes.
 
 /// Index rows cover `2^BUCKET_SHIFT` µs of ids (about 4 s): a query by namespace or user scans
 /// at most that slice of events per row, and a busy subject writes at most one row per slice.
 pub const BUCKET_SHIFT: u32 = 22;
-
-/// Most results per query page.
-pub const MAX_PAGE: usize = 1000;
-
-/// Page size when a query asks for 0.
-const DEFAULT_PAGE: usize = 100;
-
-/// Most events one retention pass removes, so a pass after a long downtime does not hold the
-/// writer for long; the next pass continues.
-pub const MAX_REMOVALS_PER_PASS: usize = 20_000;
 
 /// Most removals per hold of the writer lock: well under a millisecond of work, so reviews
 /// waiting on a group commit barely wait on retention.
@@ -132,7 +122,7 @@ pub struct SledStore {
     /// The database as the notification outbox reaches it.
     shared: SharedDb,
     dict: RwLock<Dict>,
-    kinds: RwLock<HashMap<String, BTreeSet<String>>>,
+    kinds: RwLock<KindAliases>,
     count: AtomicU64,
     writer: Mutex<Writer>,
     /// One retention pass at a time: a pass walks chains before it takes the writer lock.
@@ -361,12 +351,6 @@ impl SledStore {
         self.shared.clone()
     }
 
-    /// Makes everything written so far durable (the notification outbox shares this database).
-    pub fn flush(&self) -> Result<()> {
-        self.t()?.db.flush()?;
-        Ok(())
-    }
-
     /// Reopens the database after a failed write or flush. sled keeps the first I/O error of a
     /// database (a full disk, say) and fails every later write and flush with it, even once
     /// space is back, so the only way back is a new `sled::Db`. Checks first that the directory
@@ -419,15 +403,12 @@ impl SledStore {
         }
         *write_lock(&self.dict) = dict;
 
-        let mut kinds: HashMap<String, BTreeSet<String>> = HashMap::new();
+        let mut kinds = KindAliases::default();
         for item in self.t()?.kinds_tree.iter() {
             let (k, _) = item?;
             let text = String::from_utf8_lossy(&k);
             if let Some((alias, gr)) = text.split_once('\0') {
-                kinds
-                    .entry(alias.to_owned())
-                    .or_default()
-                    .insert(gr.to_owned());
+                kinds.insert(alias.to_owned(), gr);
             }
         }
         *write_lock(&self.kinds) = kinds;
@@ -741,13 +722,6 @@ impl SledStore {
         }
     }
 
-    fn snapshot(&self, id: EventId) -> Result<Option<Value>> {
-        match self.t()?.snaps.get(keys::id_key(id))? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
-            None => Ok(None),
-        }
-    }
-
     fn head(&self, w: &mut Writer, object: u64) -> Result<Option<Head>> {
         if let Some(h) = w.heads.get(&object) {
             return Ok(Some(*h));
@@ -791,54 +765,34 @@ impl SledStore {
             },
             _ => None,
         };
-        let mut flags = 0u8;
-        let mut gap = Vec::new();
-        let mut snapshot: Option<Vec<u8>> = None;
-        match (&event.resource.subresource, &event.object) {
-            (None, Some(state)) => {
-                let (chained, unseen) = chain(previous, captured.before.as_ref(), event, state);
-                if let Some(unseen) = unseen {
-                    flags |= F_CHAIN_BREAK;
-                    gap = unseen;
-                }
-                let full = chained.is_none()
-                    || event.operation == crate::crd::Operation::Create
-                    || head.since_snapshot + 1 >= SNAPSHOT_EVERY;
-                if full {
-                    snapshot = Some(serde_json::to_vec(state)?);
-                    head.since_snapshot = 0;
-                } else {
-                    head.since_snapshot += 1;
-                }
-                head.broken = false;
-                // The rebuilt state equals the event's object; caching it spares a copy.
-                let cached = chained.unwrap_or_else(|| state.clone());
-                cache_state(w, object, cached);
-            }
-            _ => match previous {
-                // A subresource change (or an event without object): apply it to the parent's
-                // state. Its own object (a Scale, say) is not kept.
-                Some(mut state) => {
-                    if !apply_changes(&mut state, &event.changes) {
-                        // Best effort for this event; the next full object re-anchors.
-                        head.broken = true;
-                    }
-                    if head.since_snapshot + 1 >= SNAPSHOT_EVERY && !head.broken {
-                        snapshot = Some(serde_json::to_vec(&state)?);
-                        head.since_snapshot = 0;
-                    } else {
-                        head.since_snapshot += 1;
-                    }
-                    if !head.broken {
-                        cache_state(w, object, state);
-                    }
-                }
-                None => {
-                    flags |= F_UNKNOWN_STATE;
-                    head.broken = true;
-                    head.since_snapshot += 1;
-                }
+        let step = history::extend(
+            ChainPos {
+                since_snapshot: head.since_snapshot,
+                broken: head.broken,
             },
+            previous,
+            captured.before.as_ref(),
+            event,
+        );
+        head.since_snapshot = step.pos.since_snapshot;
+        head.broken = step.pos.broken;
+        let mut flags = 0u8;
+        if step.chain_break {
+            flags |= F_CHAIN_BREAK;
+        }
+        if step.unknown_state {
+            flags |= F_UNKNOWN_STATE;
+        }
+        let gap = step.gap;
+        // A full object's snapshot is the event's object as captured (the cached state equals
+        // it, but may order its keys differently).
+        let snapshot = match (&event.resource.subresource, &event.object, &step.state) {
+            (None, Some(object), _) if step.snapshot => Some(serde_json::to_vec(object)?),
+            (_, _, Some(state)) if step.snapshot => Some(serde_json::to_vec(state)?),
+            _ => None,
+        };
+        if let Some(state) = step.state {
+            cache_state(w, object, state);
         }
 
         // The record is written last: an event exists once its record does, and everything the
@@ -913,20 +867,11 @@ impl SledStore {
         if w.kinds_seen.contains(&(gr.to_owned(), kind.kind.clone())) {
             return Ok(());
         }
-        let k = kind.kind.to_lowercase();
-        let mut aliases = vec![k.clone(), res.resource.to_lowercase(), gr.to_lowercase()];
-        if !kind.group.is_empty() {
-            aliases.push(format!("{k}.{}", kind.group.to_lowercase()));
-            aliases.push(format!("{}/{k}", kind.group.to_lowercase()));
-        }
         let mut cache = write_lock(&self.kinds);
-        for a in aliases {
-            let set = cache.entry(a.clone()).or_default();
-            if set.insert(gr.to_owned()) {
-                self.t()?
-                    .kinds_tree
-                    .insert(format!("{a}\0{gr}").as_bytes(), &[])?;
-            }
+        for a in cache.learn(res, kind) {
+            self.t()?
+                .kinds_tree
+                .insert(format!("{a}\0{gr}").as_bytes(), &[])?;
         }
         w.kinds_seen.insert((gr.to_owned(), kind.kind.clone()));
         Ok(())
@@ -934,43 +879,9 @@ impl SledStore {
 
     // ---------- rebuild ----------
 
-    /// The object's state after event `id`: its snapshot, or the nearest older snapshot of the
-    /// object with the deltas in between applied.
+    /// The object's state after event `id` (see [`history::state_after`]).
     fn state_after_record(&self, id: EventId) -> Result<Option<Value>> {
-        if let Some(s) = self.snapshot(id)? {
-            return Ok(Some(s));
-        }
-        let Some(rec) = self.load_record(id)? else {
-            return Ok(None);
-        };
-        if rec.flags & F_UNKNOWN_STATE != 0 {
-            return Ok(None);
-        }
-        let mut next = rec.prev;
-        let mut chain = vec![(rec.gap, rec.event.changes)];
-        let mut base = None;
-        while let Some(prev) = next {
-            if let Some(s) = self.snapshot(prev)? {
-                base = Some(s);
-                break;
-            }
-            let Some(rec) = self.load_record(prev)? else {
-                break;
-            };
-            if rec.flags & F_UNKNOWN_STATE != 0 {
-                return Ok(None);
-            }
-            next = rec.prev;
-            chain.push((rec.gap, rec.event.changes));
-        }
-        let Some(mut state) = base else {
-            return Ok(None);
-        };
-        for (gap, changes) in chain.iter().rev() {
-            apply_changes(&mut state, gap);
-            apply_changes(&mut state, changes);
-        }
-        Ok(Some(state))
+        history::state_after(self, id)
     }
 
     /// The newest event of an object, from its head.
@@ -996,11 +907,7 @@ impl SledStore {
     // ---------- query ----------
 
     fn resolve_kind(&self, kind: &str) -> BTreeSet<String> {
-        let k = kind.to_lowercase();
-        match read_lock(&self.kinds).get(&k) {
-            Some(set) => set.clone(),
-            None => BTreeSet::from([k]),
-        }
+        read_lock(&self.kinds).resolve(kind)
     }
 
     /// Ids in `[lo, hi)`, newest first, from the most selective index the query allows.
@@ -1269,6 +1176,25 @@ impl SledStore {
     }
 }
 
+impl RecordSource for SledStore {
+    fn snapshot(&self, id: EventId) -> Result<Option<Value>> {
+        match self.t()?.snaps.get(keys::id_key(id))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn link(&self, id: EventId) -> Result<Option<Link>> {
+        Ok(self.load_record(id)?.map(|rec| Link {
+            prev: rec.prev,
+            gap: rec.gap,
+            changes: rec.event.changes,
+            unknown_state: rec.flags & F_UNKNOWN_STATE != 0,
+            chain_break: rec.flags & F_CHAIN_BREAK != 0,
+        }))
+    }
+}
+
 impl EventStore for SledStore {
     fn append_buffered(&self, batch: &[Captured]) -> Result<Vec<AppendOutcome>> {
         let mut w = self.lock_writer();
@@ -1318,8 +1244,9 @@ impl EventStore for SledStore {
     }
 
     fn sync(&self) -> Result<()> {
-        // Group commit: one flush makes every batch appended since the last one durable. The
-        // writer lock keeps retention's writes out of the flush (see `enforce_retention`).
+        // Group commit: one flush makes every batch appended since the last one durable (and
+        // whatever the notification outbox wrote to this database). The writer lock keeps
+        // retention's writes out of the flush (see `enforce_retention`).
         let mut w = self.lock_writer();
         self.t()?.db.flush()?;
         w.unsynced.clear();
@@ -1327,20 +1254,9 @@ impl EventStore for SledStore {
     }
 
     fn query(&self, q: &Query) -> Result<Page> {
-        let limit = match q.limit {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
-        let lo = q.since.map_or(0, |t| t.as_microsecond().max(0) as u64);
-        let mut hi = q
-            .until
-            .map_or(u64::MAX, |t| t.as_microsecond().max(0) as u64);
-        if let Some(after) = q.after {
-            hi = hi.min(after);
-        }
-        if lo >= hi {
+        let Some((lo, hi)) = query::id_range(q) else {
             return Ok(Page::default());
-        }
+        };
         let kinds = q.kind.as_deref().map(|k| self.resolve_kind(k));
         // Namespace and user compare as dictionary ids on the raw record, before decoding it.
         let want_ns = match &q.namespace {
@@ -1351,8 +1267,7 @@ impl EventStore for SledStore {
             None => None,
         };
         let want_actors = q.user.as_deref().map(|user| self.actors_named(user));
-        let mut events = Vec::new();
-        let mut more = false;
+        let mut page = PageBuilder::new(q.limit);
         for id in self.id_stream(q, kinds.as_ref(), lo, hi)? {
             let id = id?;
             let Some(raw) = self.t()?.events.get(keys::id_key(id))? else {
@@ -1367,24 +1282,18 @@ impl EventStore for SledStore {
                 }
             }
             let rec = self.decode(id, &raw)?;
-            if !matches(q, kinds.as_ref(), &rec.event) {
+            if !query::matches(q, kinds.as_ref(), &rec.event) {
                 continue;
             }
-            if events.len() == limit {
-                more = true;
-                break;
-            }
-            events.push(StoredEvent {
+            page.push(StoredEvent {
                 id,
                 event: rec.event,
             });
+            if page.done() {
+                break;
+            }
         }
-        let next = if more {
-            events.last().map(|e| e.id)
-        } else {
-            None
-        };
-        Ok(Page { events, next })
+        Ok(page.finish())
     }
 
     fn get(&self, id: EventId) -> Result<Option<StoredEvent>> {
@@ -1401,20 +1310,7 @@ impl EventStore for SledStore {
     }
 
     fn state_before(&self, id: EventId) -> Result<Option<Value>> {
-        let Some(rec) = self.load_record(id)? else {
-            return Ok(None);
-        };
-        if rec.flags & F_CHAIN_BREAK != 0 && rec.flags & F_GAP == 0 {
-            return Ok(None);
-        }
-        let Some(prev) = rec.prev else {
-            return Ok(None);
-        };
-        let mut state = self.state_after_record(prev)?;
-        if let Some(s) = &mut state {
-            apply_changes(s, &rec.gap);
-        }
-        Ok(state)
+        history::state_before(self, id)
     }
 
     fn enforce_retention(
@@ -1427,48 +1323,22 @@ impl EventStore for SledStore {
         // per object and per chunk of removals, so capture never waits long on retention.
         let _pass = self.retention.lock();
         let now_us = now.as_microsecond();
-        let mut rules: HashMap<String, RetentionRule> = HashMap::new();
-        for p in self.policies() {
-            let r = rule(&p).unwrap_or(default);
-            rules.insert(p, r);
-        }
-        let rule_of = |p: &str| rules.get(p).copied().unwrap_or(default);
-        let min_age = rules
-            .values()
-            .map(|r| r.max_age)
-            .fold(default.max_age, |a, b| a.min(b));
-        // The default only applies to events without a known policy.
-        let min_count = rules
-            .values()
-            .map(|r| r.max_events_per_object)
-            .min()
-            .unwrap_or(default.max_events_per_object);
-        let cutoff = |age: jiff::SignedDuration| -> u64 {
-            (now_us - age.as_micros().clamp(0, i128::from(i64::MAX)) as i64).max(0) as u64
-        };
+        let rules = Rules::new(now, self.policies(), rule, default);
+        let min_count = rules.min_count();
 
         let mut remove: BTreeMap<u64, BTreeSet<EventId>> = BTreeMap::new();
         let mut budget = MAX_REMOVALS_PER_PASS;
 
         // Age: only events older than the shortest max age can be due; each is kept while any
         // of its policies keeps it.
-        let oldest_allowed = cutoff(min_age);
-        for item in self.t()?.events.range(..keys::id_key(oldest_allowed)) {
+        for item in self.t()?.events.range(..keys::id_key(rules.age_floor())) {
             if budget == 0 {
                 break;
             }
             let (k, v) = item?;
             let id = keys::id_from_key(&k).unwrap_or(0);
             let rec = self.decode(id, &v)?;
-            let keep = if rec.event.policies.is_empty() {
-                id >= cutoff(default.max_age)
-            } else {
-                rec.event
-                    .policies
-                    .iter()
-                    .any(|p| id >= cutoff(rule_of(p).max_age))
-            };
-            if !keep {
+            if rules.due_by_age(id, &rec.event.policies) {
                 remove.entry(rec.object_hash()).or_default().insert(id);
                 budget -= 1;
             }
@@ -1514,7 +1384,7 @@ impl EventStore for SledStore {
             }
             // Newest first: each policy keeps its newest `max_events_per_object` events. Policies
             // are dictionary ids here; `u64::MAX` stands for "no policy".
-            let mut seen: HashMap<u64, u32> = HashMap::new();
+            let mut walk = CountWalk::default();
             let mut ids = Vec::new();
             let mut next = self.object_last(object)?;
             while let Some(id) = next {
@@ -1525,27 +1395,27 @@ impl EventStore for SledStore {
                 let (prev, policies) = peek_prev_policies(id, &buf)?;
                 next = prev;
                 ids.push(id);
-                let mut keep = false;
                 let policies = if policies.is_empty() {
                     vec![u64::MAX]
                 } else {
                     policies
                 };
+                let mut with_limits = Vec::with_capacity(policies.len());
                 for p in policies {
                     let max = match limits.get(&p) {
                         Some(&max) => max,
                         None => {
-                            let max = match p {
-                                u64::MAX => default.max_events_per_object,
-                                p => rule_of(&self.lookup(D_POLICY, p)?).max_events_per_object,
+                            let name = match p {
+                                u64::MAX => None,
+                                p => Some(self.lookup(D_POLICY, p)?),
                             };
+                            let max = rules.of(name.as_deref()).max_events_per_object;
                             *limits.entry(p).or_insert(max)
                         }
                     };
-                    let n = seen.entry(p).or_default();
-                    keep |= *n < max;
-                    *n += 1;
+                    with_limits.push((p, max));
                 }
+                let keep = walk.keeps(with_limits);
                 if !keep && budget > 0 && remove.entry(object).or_default().insert(id) {
                     budget -= 1;
                 }
@@ -1673,31 +1543,6 @@ impl Iterator for Merge<'_> {
     }
 }
 
-fn matches(q: &Query, kinds: Option<&BTreeSet<String>>, e: &ChangeEvent) -> bool {
-    q.namespace
-        .as_ref()
-        .is_none_or(|ns| e.namespace.as_ref() == Some(ns))
-        && q.name.as_ref().is_none_or(|n| &e.name == n)
-        && q.uid
-            .as_ref()
-            .is_none_or(|u| e.object_uid.as_ref() == Some(u))
-        && q.user.as_ref().is_none_or(|u| &e.user.username == u)
-        && q.operation.is_none_or(|op| e.operation == op)
-        && kinds.is_none_or(|set| set.contains(&e.resource.group_resource()))
-}
-
-/// Applies the diff op by op; false when any op did not apply (the rest still are).
-fn apply_changes(state: &mut Value, changes: &[FieldChange]) -> bool {
-    let mut ok = true;
-    for c in changes {
-        let applied = c
-            .patch_operation()
-            .is_some_and(|op| json_patch::patch(state, &[op]).is_ok());
-        ok &= applied;
-    }
-    ok
-}
-
 /// Retention is background work: it pauses briefly every so often so that a pass over a long
 /// backlog spreads its CPU use instead of taking a core from capture for tens of milliseconds.
 fn pace(step: usize) {
@@ -1784,35 +1629,6 @@ fn cache_state(w: &mut Writer, object: u64, state: Value) {
         w.states.remove(&evict);
     }
     w.states.insert(object, state);
-}
-
-/// Continues an object's chain of deltas to `state`, its object after `event`: from `previous`
-/// (the state after the object's previous stored event) through `before` (the state the
-/// apiserver saw before this change) and the event's changes.
-///
-/// Returns the rebuilt state when the deltas reproduce `state` exactly (`None`: a snapshot is
-/// needed), and, when `before` is not `previous`, the unseen change between them: somebody
-/// changed the object while this store was not looking (downtime, a dropped event, another
-/// replica). The gap is empty when no delta reproduces it.
-fn chain(
-    previous: Option<Value>,
-    before: Option<&Value>,
-    event: &ChangeEvent,
-    state: &Value,
-) -> (Option<Value>, Option<Vec<FieldChange>>) {
-    let (Some(mut current), Some(before)) = (previous, before) else {
-        return (None, None);
-    };
-    let mut unseen = None;
-    if current != *before {
-        let gap = diff(&current, before);
-        if !(apply_changes(&mut current, &gap) && current == *before) {
-            return (None, Some(Vec::new()));
-        }
-        unseen = Some(gap);
-    }
-    let rebuilt = apply_changes(&mut current, &event.changes) && current == *state;
-    (rebuilt.then_some(current), unseen)
 }
 
 /// Bytes the probe writes: two of sled's log segments, so that a reopened database can at least

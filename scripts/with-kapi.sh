@@ -17,7 +17,7 @@ KAPI_DIR=${KAPI_DIR:-$here/../../shared/kapi}
 (($#)) || { echo "usage: with-kapi.sh COMMAND [ARG...]" >&2; exit 2; }
 
 # The kit is read-only where CI copies it; it unpacks its binaries into KAPI_HOME.
-export KAPI_HOME=${KAPI_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/kapi}
+export KAPI_HOME=${KAPI_HOME:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/kapi}
 "$KAPI_DIR/install.sh" >/dev/null
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

@@ -702,17 +702,8 @@ mod tests {
                     username: user.into(),
                     ..Actor::default()
                 },
-                resource: ResourceId {
-                    group: "apps".into(),
-                    version: "v1".into(),
-                    resource: "deployments".into(),
-                    subresource: None,
-                },
-                kind: KindId {
-                    group: "apps".into(),
-                    version: "v1".into(),
-                    kind: "Deployment".into(),
-                },
+                resource: crate::pipeline::testdata::deployments(),
+                kind: crate::pipeline::testdata::deployment_kind(),
                 namespace: Some("prod".into()),
                 name: "api".into(),
                 object_uid: Some("uid-api".into()),

@@ -1,7 +1,7 @@
 //! Test helpers: events and a minimal in-memory [`EventStore`].
 
 use crate::crd::Operation;
-use crate::pipeline::{Actor, ChangeEvent, KindId, ResourceId};
+use crate::pipeline::{Actor, ChangeEvent};
 use crate::store::{EventId, EventStore, Page, Query, StoredEvent};
 
 pub(crate) mod fixtures {
@@ -22,17 +22,8 @@ pub(crate) fn event(user: &str, op: Operation, ns: Option<&str>, name: &str) -> 
             username: user.into(),
             ..Default::default()
         },
-        resource: ResourceId {
-            group: "apps".into(),
-            version: "v1".into(),
-            resource: "deployments".into(),
-            subresource: None,
-        },
-        kind: KindId {
-            group: "apps".into(),
-            version: "v1".into(),
-            kind: "Deployment".into(),
-        },
+        resource: crate::pipeline::testdata::deployments(),
+        kind: crate::pipeline::testdata::deployment_kind(),
         namespace: ns.map(str::to_string),
         name: name.into(),
         object_uid: None,

@@ -78,3 +78,22 @@ pub fn wide_numbers_review() -> (String, String) {
         .replace("\"BIG\"", "1e999");
     (body, huge)
 }
+
+/// `apps/v1` `deployments`, the resource most test events change.
+pub fn deployments() -> super::ResourceId {
+    super::ResourceId {
+        group: "apps".into(),
+        version: "v1".into(),
+        resource: "deployments".into(),
+        subresource: None,
+    }
+}
+
+/// `apps/v1` `Deployment`, the kind of [`deployments`].
+pub fn deployment_kind() -> super::KindId {
+    super::KindId {
+        group: "apps".into(),
+        version: "v1".into(),
+        kind: "Deployment".into(),
+    }
+}

@@ -126,17 +126,8 @@ impl Obj {
                 groups: vec!["dev".into()],
                 ..Actor::default()
             },
-            resource: ResourceId {
-                group: "apps".into(),
-                version: "v1".into(),
-                resource: "deployments".into(),
-                subresource: None,
-            },
-            kind: KindId {
-                group: "apps".into(),
-                version: "v1".into(),
-                kind: "Deployment".into(),
-            },
+            resource: crate::pipeline::testdata::deployments(),
+            kind: crate::pipeline::testdata::deployment_kind(),
             namespace: Some(self.ns.clone()),
             name: self.name.clone(),
             object_uid: Some(self.uid.clone()),

@@ -214,6 +214,25 @@ fn spawn_run(
     (tx, h)
 }
 
+/// Opens the database of a notifier's previous life. sled releases its file lock when the last
+/// handle drops, and the handle a flush lent to sled's I/O pool drops a moment after the flush
+/// returns: a restart in the same process waits for it, as a new process would not need to.
+async fn open_db(path: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("open {}: {e}", path.display()),
+        }
+    }
+}
+
 fn json(body: &[u8]) -> Value {
     serde_json::from_slice(body).unwrap()
 }
@@ -285,7 +304,7 @@ async fn receiver_down_then_up_gets_everything_once_across_a_restart() {
 
     // First life: queue everything, let a few attempts fail, stop in the middle.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_db(dir.path()).await;
         let n =
             Notifier::new(db, secrets.clone(), fast_config(), NotifyMetrics::default()).unwrap();
         n.set_policy("prod", &[webhook_sink(None)]).unwrap();
@@ -303,7 +322,7 @@ async fn receiver_down_then_up_gets_everything_once_across_a_restart() {
     }
 
     // Second life: same database, new notifier.
-    let db = sled::open(dir.path()).unwrap();
+    let db = open_db(dir.path()).await;
     let metrics = NotifyMetrics::default();
     let n = Notifier::new(db, secrets, fast_config(), metrics.clone()).unwrap();
     n.set_policy("prod", &[webhook_sink(None)]).unwrap();
@@ -353,7 +372,7 @@ async fn in_flight_at_a_crash_is_sent_again_with_the_same_delivery_id() {
     let secrets = http_secrets(&rx);
     let delivery_id;
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_db(dir.path()).await;
         let n = Notifier::new(
             db.clone(),
             secrets.clone(),
@@ -375,7 +394,7 @@ async fn in_flight_at_a_crash_is_sent_again_with_the_same_delivery_id() {
         outbox.update(key, &entry).await.unwrap();
         delivery_id = entry.delivery_id;
     }
-    let db = sled::open(dir.path()).unwrap();
+    let db = open_db(dir.path()).await;
     let n = Notifier::new(db, secrets, fast_config(), NotifyMetrics::default()).unwrap();
     n.set_policy("prod", &[webhook_sink(None)]).unwrap();
     let (stop, handle) = spawn_run(&n);

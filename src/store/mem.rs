@@ -82,12 +82,9 @@ impl RecordSource for Inner {
     }
 }
 
-/// A request uid as the dedupe window keys it: 128 bits of its SHA-256.
+/// A request uid as the dedupe window keys it.
 fn request_key(uid: &str) -> u128 {
-    let d = ring::digest::digest(&ring::digest::SHA256, uid.as_bytes());
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&d.as_ref()[..16]);
-    u128::from_be_bytes(b)
+    u128::from_be_bytes(super::digest::request_digest(uid))
 }
 
 impl Inner {

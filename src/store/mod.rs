@@ -12,8 +12,10 @@ use serde_json::Value;
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod digest;
 pub mod history;
 pub mod mem;
+mod postgres;
 pub mod query;
 mod recent;
 pub mod retention;
@@ -21,6 +23,7 @@ mod sled;
 
 pub use self::history::SNAPSHOT_EVERY;
 pub use self::mem::MemStore;
+pub use self::postgres::{PgConfig, PgStore};
 pub use self::query::MAX_PAGE;
 pub use self::retention::MAX_REMOVALS_PER_PASS;
 pub use self::sled::{BUCKET_SHIFT, HEADS_CACHE, SharedDb, SledStore};

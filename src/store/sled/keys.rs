@@ -6,27 +6,12 @@
 //! so a (vanishingly rare) hash collision costs a skipped row, never a wrong answer.
 
 use super::EventId;
-use ring::digest;
 
 /// Index entry tags (first byte of a key in the `ix` tree).
 pub const TAG_NAMESPACE: u8 = b'n';
 pub const TAG_USER: u8 = b'u';
 
-/// A 64-bit hash of `parts` joined by NUL: stable across builds and platforms (unlike std's
-/// `DefaultHasher`), because it is persisted in keys.
-pub fn hash64(parts: &[&str]) -> u64 {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            ctx.update(&[0]);
-        }
-        ctx.update(p.as_bytes());
-    }
-    let d = ctx.finish();
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&d.as_ref()[..8]);
-    u64::from_be_bytes(b)
-}
+pub use crate::store::digest::hash64;
 
 /// `tag ‖ subject ‖ n`: one row of a secondary index (`n` a time bucket).
 pub fn index_key(tag: u8, subject: u64, n: u64) -> [u8; 17] {

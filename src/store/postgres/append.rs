@@ -1,0 +1,422 @@
+//! Appending a batch: one transaction under the write lock (see the engine's docs), dedupe by
+//! the `requests` table, chains extended by [`history`], and every table written with one
+//! multi-row statement.
+
+use super::chain::{Chain, F_CHAIN_BREAK, F_UNKNOWN_STATE};
+use super::{
+    Head, PgStore, STATE_CACHE, WRITE_LOCK, Writer, id_i64, id_u64, object_key, op_code, random_i64,
+};
+use crate::pipeline::{Captured, ChangeEvent};
+use crate::store::history::{self, ChainPos};
+use crate::store::{AppendOutcome, DEDUPE_WINDOW, EventId, digest, query};
+use crate::{Error, Result};
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use tokio_postgres::types::ToSql;
+
+/// The columns of the rows a batch inserts.
+#[derive(Default)]
+struct EventRows {
+    id: Vec<i64>,
+    object: Vec<i64>,
+    namespace: Vec<Option<String>>,
+    name: Vec<String>,
+    uid: Vec<Option<String>>,
+    username: Vec<String>,
+    operation: Vec<i16>,
+    resource: Vec<String>,
+    policies: Vec<Vec<String>>,
+    prev: Vec<Option<i64>>,
+    flags: Vec<i16>,
+    body: Vec<Vec<u8>>,
+    gap: Vec<Option<Vec<u8>>>,
+    snapshot: Vec<Option<Vec<u8>>>,
+}
+
+/// Outcomes as `batches` keeps them: a tag byte and the id, per event.
+fn encode_outcomes(outcomes: &[AppendOutcome]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(outcomes.len() * 9);
+    for o in outcomes {
+        let (tag, id) = match o {
+            AppendOutcome::Recorded(id) => (b'r', id),
+            AppendOutcome::Linked(id) => (b'l', id),
+            AppendOutcome::Duplicate(id) => (b'd', id),
+        };
+        b.push(tag);
+        b.extend_from_slice(&id.to_be_bytes());
+    }
+    b
+}
+
+fn decode_outcomes(b: &[u8]) -> Result<Vec<AppendOutcome>> {
+    b.chunks(9)
+        .map(|c| {
+            let id = c
+                .get(1..9)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| Error::Corrupt("batch outcomes".into()))?;
+            match c[0] {
+                b'r' => Ok(AppendOutcome::Recorded(id)),
+                b'l' => Ok(AppendOutcome::Linked(id)),
+                b'd' => Ok(AppendOutcome::Duplicate(id)),
+                t => Err(Error::Corrupt(format!("batch outcome tag {t}"))),
+            }
+        })
+        .collect()
+}
+
+/// What a batch is, for recognising its retry: its request uids and policies.
+pub(super) fn fingerprint(batch: &[Captured]) -> u64 {
+    let mut parts = Vec::new();
+    for c in batch {
+        parts.push(c.event.request_uid.as_str());
+        parts.extend(c.event.policies.iter().map(String::as_str));
+        parts.push("");
+    }
+    digest::hash64(&parts)
+}
+
+/// The event as `body` keeps it: without what has a column of its own (those are the truth:
+/// linking updates `policies`), its object, and the user's `extra` (see the contract).
+pub(super) fn body_of(e: &ChangeEvent) -> Result<Vec<u8>> {
+    let mut stored = e.clone();
+    stored.object = None;
+    stored.user.extra.clear();
+    stored.user.username.clear();
+    stored.namespace = None;
+    stored.name.clear();
+    stored.object_uid = None;
+    stored.policies.clear();
+    Ok(serde_json::to_vec(&stored)?)
+}
+
+impl PgStore {
+    /// [`EventStore::append_buffered`]: commits the batch (there is nothing left for `sync`).
+    pub(super) fn append_batch(&self, batch: &[Captured]) -> Result<Vec<AppendOutcome>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut w = self.writer.lock();
+        let fp = fingerprint(batch);
+        let (token, retry) = match w.pending {
+            Some((f, t)) if f == fp => (t, true),
+            _ => (random_i64(), false),
+        };
+        w.pending = Some((fp, token));
+        let outcomes = self.append_tx(&mut w, batch, token, retry)?;
+        w.pending = None;
+        Ok(outcomes)
+    }
+
+    /// One batch in one transaction; see the module docs.
+    fn append_tx(
+        &self,
+        w: &mut Writer,
+        batch: &[Captured],
+        token: i64,
+        retry: bool,
+    ) -> Result<Vec<AppendOutcome>> {
+        let mut client = self.client()?;
+        let tx = self.block_on(client.transaction())?;
+        let sql = &self.sql;
+        self.block_on(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]))?;
+        if retry
+            && let Some(row) =
+                self.block_on(tx.query_opt(sql.find_batch.as_str(), &[&self.writer_id, &token]))?
+        {
+            // The failed attempt did commit: report what it did.
+            return decode_outcomes(row.get::<_, &[u8]>(0));
+        }
+
+        let requests: Vec<[u8; 16]> = batch
+            .iter()
+            .map(|c| digest::request_digest(&c.event.request_uid))
+            .collect();
+        let objects: Vec<i64> = batch.iter().map(|c| object_key(&c.event)).collect();
+        let request_slices: Vec<&[u8]> = requests.iter().map(|r| &r[..]).collect();
+        let (last, found, heads) = self.block_on(async {
+            futures::try_join!(
+                tx.query_one(sql.last_id.as_str(), &[]),
+                async {
+                    tx.query(sql.find_requests.as_str(), &[&request_slices])
+                        .await
+                },
+                async { tx.query(sql.find_heads.as_str(), &[&objects]).await },
+            )
+        })?;
+        let mut last_id = id_u64(last.get(0));
+        let mut seen: HashMap<[u8; 16], EventId> = HashMap::new();
+        for row in &found {
+            let key: &[u8] = row.get(0);
+            if let Ok(key) = key.try_into() {
+                seen.insert(key, id_u64(row.get(1)));
+            }
+        }
+        let mut heads: HashMap<i64, Head> = heads
+            .iter()
+            .map(|r| {
+                (
+                    r.get(0),
+                    Head {
+                        last: id_u64(r.get(1)),
+                        count: r.get::<_, i64>(2) as u64,
+                        pos: ChainPos {
+                            since_snapshot: r.get::<_, i64>(3) as u64,
+                            broken: r.get(4),
+                        },
+                    },
+                )
+            })
+            .collect();
+        // Policies of stored events a request of this batch may link to.
+        let stored_ids: Vec<i64> = seen.values().map(|&id| id_i64(id)).collect();
+        let mut stored_policies: HashMap<EventId, Vec<String>> = if stored_ids.is_empty() {
+            HashMap::new()
+        } else {
+            self.block_on(tx.query(sql.find_policies.as_str(), &[&stored_ids]))?
+                .iter()
+                .map(|r| (id_u64(r.get(0)), r.get(1)))
+                .collect()
+        };
+
+        let chain = Chain::new(self, &*tx);
+        let mut rows = EventRows::default();
+        // Index into `rows` of each event this batch records.
+        let mut in_batch: HashMap<EventId, usize> = HashMap::new();
+        let mut linked: BTreeSet<EventId> = BTreeSet::new();
+        let mut new_states: HashMap<i64, (EventId, Value)> = HashMap::new();
+        let mut new_requests: Vec<(Vec<u8>, i64)> = Vec::new();
+        let mut new_kinds: Vec<(String, String)> = Vec::new();
+        let mut new_policies: BTreeSet<String> = BTreeSet::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for ((captured, request), &object) in batch.iter().zip(&requests).zip(&objects) {
+            let event = &captured.event;
+            let floor = last_id.saturating_sub(DEDUPE_WINDOW);
+            if let Some(&id) = seen.get(request).filter(|&&id| id >= floor) {
+                let policies = match in_batch.get(&id) {
+                    Some(&i) => Some(&mut rows.policies[i]),
+                    None => stored_policies.get_mut(&id),
+                };
+                let Some(policies) = policies else {
+                    // Recorded, then removed by retention: nothing to link to.
+                    outcomes.push(AppendOutcome::Duplicate(id));
+                    continue;
+                };
+                let mut added = false;
+                for p in &event.policies {
+                    if !policies.contains(p) {
+                        policies.push(p.clone());
+                        added = true;
+                        if !w.policies.contains(p) {
+                            new_policies.insert(p.clone());
+                        }
+                    }
+                }
+                if added {
+                    if !in_batch.contains_key(&id) {
+                        linked.insert(id);
+                    }
+                    outcomes.push(AppendOutcome::Linked(id));
+                } else {
+                    outcomes.push(AppendOutcome::Duplicate(id));
+                }
+                continue;
+            }
+
+            let received_us = event.received_at.as_microsecond().max(0) as u64;
+            let id = received_us.max(last_id + 1);
+            last_id = id;
+            let prior = heads.get(&object).copied();
+            if event.resource.subresource.is_none() {
+                let gr = event.resource.group_resource();
+                for alias in query::aliases(&event.resource, &event.kind) {
+                    let pair = (alias, gr.clone());
+                    if !w.kinds.contains(&pair) && !new_kinds.contains(&pair) {
+                        new_kinds.push(pair);
+                    }
+                }
+            }
+            let previous = match prior {
+                Some(h) if !h.pos.broken => match new_states.get(&object) {
+                    Some((at, s)) if *at == h.last => Some(s.clone()),
+                    _ => match w.states.get(&object) {
+                        Some((at, s)) if *at == h.last => Some(s.clone()),
+                        _ => history::state_after(&chain, h.last)?,
+                    },
+                },
+                _ => None,
+            };
+            let step = history::extend(
+                prior.map_or(ChainPos::default(), |h| h.pos),
+                previous,
+                captured.before.as_ref(),
+                event,
+            );
+            let snapshot = if step.snapshot {
+                match (&event.resource.subresource, &event.object) {
+                    (None, Some(object)) => Some(serde_json::to_vec(object)?),
+                    _ => step.state.as_ref().map(serde_json::to_vec).transpose()?,
+                }
+            } else {
+                None
+            };
+            let mut flags = 0;
+            if step.unknown_state {
+                flags |= F_UNKNOWN_STATE;
+            }
+            if step.chain_break {
+                flags |= F_CHAIN_BREAK;
+            }
+            in_batch.insert(id, rows.id.len());
+            rows.id.push(id_i64(id));
+            rows.object.push(object);
+            rows.namespace.push(event.namespace.clone());
+            rows.name.push(event.name.clone());
+            rows.uid.push(event.object_uid.clone());
+            rows.username.push(event.user.username.clone());
+            rows.operation.push(op_code(event.operation));
+            rows.resource.push(event.resource.group_resource());
+            rows.policies.push(event.policies.clone());
+            rows.prev.push(prior.map(|h| id_i64(h.last)));
+            rows.flags.push(flags);
+            rows.body.push(body_of(event)?);
+            rows.gap.push(if step.gap.is_empty() {
+                None
+            } else {
+                Some(serde_json::to_vec(&step.gap)?)
+            });
+            rows.snapshot.push(snapshot);
+            heads.insert(
+                object,
+                Head {
+                    last: id,
+                    count: prior.map_or(0, |h| h.count) + 1,
+                    pos: step.pos,
+                },
+            );
+            match step.state {
+                Some(state) => {
+                    new_states.insert(object, (id, state));
+                }
+                None => {
+                    new_states.remove(&object);
+                }
+            }
+            for p in &event.policies {
+                if !w.policies.contains(p) {
+                    new_policies.insert(p.clone());
+                }
+            }
+            seen.insert(*request, id);
+            new_requests.push((request.to_vec(), id_i64(id)));
+            outcomes.push(AppendOutcome::Recorded(id));
+        }
+        drop(chain);
+
+        let recorded = rows.id.len() as i64;
+        let joined: Vec<String> = rows.policies.iter().map(|p| p.join("\n")).collect();
+        let (req_keys, req_ids): (Vec<Vec<u8>>, Vec<i64>) = new_requests.into_iter().unzip();
+        let touched: Vec<i64> = rows
+            .object
+            .iter()
+            .copied()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let (h_obj, h_last, h_count, h_since, h_broken) = {
+            let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for o in &touched {
+                let h = heads[o];
+                cols.0.push(*o);
+                cols.1.push(id_i64(h.last));
+                cols.2.push(h.count as i64);
+                cols.3.push(h.pos.since_snapshot as i64);
+                cols.4.push(h.pos.broken);
+            }
+            cols
+        };
+        let (link_ids, link_policies): (Vec<i64>, Vec<String>) = linked
+            .iter()
+            .map(|id| (id_i64(*id), stored_policies[id].join("\n")))
+            .unzip();
+        let (k_alias, k_gr): (Vec<String>, Vec<String>) = new_kinds.iter().cloned().unzip();
+        let p_names: Vec<String> = new_policies.iter().cloned().collect();
+        let encoded = encode_outcomes(&outcomes);
+        let last = id_i64(last_id);
+        self.block_on(async {
+            let events: &[&(dyn ToSql + Sync)] = &[
+                &rows.id,
+                &rows.object,
+                &rows.namespace,
+                &rows.name,
+                &rows.uid,
+                &rows.username,
+                &rows.operation,
+                &rows.resource,
+                &joined,
+                &rows.prev,
+                &rows.flags,
+                &rows.body,
+                &rows.gap,
+                &rows.snapshot,
+            ];
+            let write_events = async {
+                if recorded > 0 {
+                    tx.execute(sql.insert_events.as_str(), events).await?;
+                    tx.execute(sql.upsert_requests.as_str(), &[&req_keys, &req_ids])
+                        .await?;
+                    tx.execute(
+                        sql.upsert_heads.as_str(),
+                        &[&h_obj, &h_last, &h_count, &h_since, &h_broken],
+                    )
+                    .await?;
+                }
+                Ok::<_, tokio_postgres::Error>(())
+            };
+            let write_links = async {
+                if !link_ids.is_empty() {
+                    tx.execute(sql.link_policies.as_str(), &[&link_ids, &link_policies])
+                        .await?;
+                }
+                Ok(())
+            };
+            let write_names = async {
+                if !k_alias.is_empty() {
+                    tx.execute(sql.insert_kinds.as_str(), &[&k_alias, &k_gr])
+                        .await?;
+                }
+                if !p_names.is_empty() {
+                    tx.execute(sql.insert_policies.as_str(), &[&p_names])
+                        .await?;
+                }
+                Ok(())
+            };
+            futures::try_join!(
+                write_events,
+                write_links,
+                write_names,
+                async {
+                    tx.execute(sql.bump_meta.as_str(), &[&last, &recorded])
+                        .await
+                },
+                async {
+                    tx.execute(
+                        sql.upsert_batch.as_str(),
+                        &[&self.writer_id, &token, &encoded],
+                    )
+                    .await
+                },
+            )
+        })?;
+        self.block_on(tx.commit())?;
+
+        if w.states.len() + new_states.len() > STATE_CACHE {
+            w.states.clear();
+        }
+        w.states.extend(new_states);
+        w.policies.extend(new_policies);
+        w.kinds.extend(new_kinds);
+        Ok(outcomes)
+    }
+}

@@ -1,0 +1,115 @@
+//! The tables, as numbered migrations embedded in the binary and applied at start. Each runs in
+//! its own transaction under an advisory lock, so replicas that start at once apply each
+//! migration exactly once and the later ones wait, then find nothing to do. A database whose
+//! schema is newer than this binary knows is refused rather than written wrongly.
+//!
+//! `{s}` stands for the schema name (checked to be a plain identifier when the URL is parsed).
+//!
+//! - `events`: one row per event. The columns queries filter on, the object's chain (`prev`,
+//!   `flags`, `gap`: see [`history`](crate::store::history)), the event itself (`body`, JSON
+//!   without its object) and, for the few events that carry one, the full `snapshot`.
+//!   Indexes: the id (time), and `(subject, id)` for the object, namespace, user and name, so
+//!   every query is an index range scan newest first.
+//! - `requests`: request uid (128-bit digest) → event, for dedupe across replicas; rows older
+//!   than the dedupe window are ignored and deleted by retention.
+//! - `heads`: per object, its newest event, event count and snapshot position.
+//! - `kinds`, `policies`: kind aliases learnt from events, and every policy events were stored
+//!   under (retention resolves their rules).
+//! - `batches`: per writer, the token and outcomes of its last committed batch, so a writer
+//!   that lost the answer to a COMMIT learns whether it happened.
+//! - `meta`: last id, event count.
+
+use crate::{Error, Result};
+
+/// Key of the advisory lock migrations take (any constant; "histor" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6869_7374_6f72;
+
+/// The migrations, in order; never edit one that has shipped, add the next.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE {s}.meta (key text PRIMARY KEY, value bigint NOT NULL);
+INSERT INTO {s}.meta VALUES ('last_id', 0), ('count', 0);
+CREATE TABLE {s}.events (
+    id bigint PRIMARY KEY,
+    object bigint NOT NULL,
+    namespace text,
+    name text NOT NULL,
+    uid text,
+    username text NOT NULL,
+    operation smallint NOT NULL,
+    resource text NOT NULL,
+    policies text[] NOT NULL,
+    prev bigint,
+    flags smallint NOT NULL,
+    body bytea NOT NULL,
+    gap bytea,
+    snapshot bytea
+);
+CREATE INDEX events_object ON {s}.events (object, id);
+CREATE INDEX events_namespace ON {s}.events (namespace, id);
+CREATE INDEX events_user ON {s}.events (username, id);
+CREATE INDEX events_name ON {s}.events (name, id);
+CREATE TABLE {s}.requests (request bytea PRIMARY KEY, id bigint NOT NULL);
+CREATE INDEX requests_id ON {s}.requests (id);
+CREATE TABLE {s}.heads (
+    object bigint PRIMARY KEY,
+    last bigint NOT NULL,
+    count bigint NOT NULL,
+    since_snapshot bigint NOT NULL,
+    broken boolean NOT NULL
+);
+CREATE INDEX heads_count ON {s}.heads (count);
+CREATE TABLE {s}.kinds (alias text NOT NULL, group_resource text NOT NULL,
+    PRIMARY KEY (alias, group_resource));
+CREATE TABLE {s}.policies (name text PRIMARY KEY);
+CREATE TABLE {s}.batches (writer bigint PRIMARY KEY, token bigint NOT NULL, outcomes bytea NOT NULL);
+"#];
+
+/// Brings the schema up to date; returns how many migrations it applied.
+pub(super) async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<usize> {
+    let mut applied = 0;
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        let tx = client.transaction().await.map_err(super::pg_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(super::pg_err)?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {schema}.migrations
+                 (version bigint PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());"
+        ))
+        .await
+        .map_err(super::pg_err)?;
+        let newest: Option<i64> = tx
+            .query_one(
+                &format!("SELECT max(version) FROM {schema}.migrations"),
+                &[],
+            )
+            .await
+            .map_err(super::pg_err)?
+            .get(0);
+        let newest = newest.unwrap_or(0);
+        if newest > MIGRATIONS.len() as i64 {
+            return Err(Error::Usage(format!(
+                "store: schema {schema} is at version {newest}, newer than this histor knows \
+                 ({}); run a histor at least as new as the one that wrote it",
+                MIGRATIONS.len()
+            )));
+        }
+        if newest >= version {
+            continue;
+        }
+        tx.batch_execute(&sql.replace("{s}", schema))
+            .await
+            .map_err(super::pg_err)?;
+        tx.execute(
+            &format!("INSERT INTO {schema}.migrations (version) VALUES ($1)"),
+            &[&version],
+        )
+        .await
+        .map_err(super::pg_err)?;
+        tx.commit().await.map_err(super::pg_err)?;
+        applied += 1;
+    }
+    Ok(applied)
+}

@@ -1,0 +1,189 @@
+//! The PostgreSQL engine against a real server: the contract's conformance suite, and what only
+//! this engine has (migrations at once, several writers, a lost COMMIT answer).
+//!
+//! The server comes from `HISTOR_TEST_POSTGRES` (a URL; `HISTOR_TEST_POSTGRES_PASSWORD_FILE`
+//! for its password), as `scripts/with-postgres.sh` sets them. Without it these tests skip on a
+//! developer's machine and fail when `HISTOR_PG_REQUIRED` is set (CI sets it). Each test gets a
+//! schema of its own, dropped when it ends.
+
+use super::*;
+use super::append::fingerprint;
+use crate::store::conformance::{Obj, T0, deployment, q, recorded};
+use serde_json::json;
+use std::sync::Arc;
+
+/// The test server's settings, `None` when there is none and skipping is allowed.
+pub(crate) fn test_config() -> Option<PgConfig> {
+    match std::env::var("HISTOR_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => {
+            let password = std::env::var_os("HISTOR_TEST_POSTGRES_PASSWORD_FILE")
+                .map(std::path::PathBuf::from);
+            Some(PgConfig::parse(&url, password.as_deref()).expect("HISTOR_TEST_POSTGRES"))
+        }
+        _ => {
+            assert!(
+                std::env::var_os("HISTOR_PG_REQUIRED").is_none(),
+                "HISTOR_PG_REQUIRED is set but HISTOR_TEST_POSTGRES is not: the PostgreSQL \
+                 tests may not skip (run them under scripts/with-postgres.sh)"
+            );
+            eprintln!("skipped: no PostgreSQL (HISTOR_TEST_POSTGRES)");
+            None
+        }
+    }
+}
+
+/// Drops its schema when the test ends.
+pub(crate) struct Schema {
+    config: PgConfig,
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let schema = self.config.schema.clone();
+        // A store of its own, so that the drop does not depend on the test's (maybe panicked)
+        // store; migrations on an existing schema are a no-op.
+        if let Ok(store) = PgStore::open(&self.config)
+            && let Ok(client) = store.client()
+        {
+            let _ = store
+                .block_on(client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")));
+        }
+    }
+}
+
+/// A fresh schema on the test server and a store on it.
+pub(crate) fn fresh() -> Option<(Schema, PgStore)> {
+    let config = test_config()?;
+    let name = format!("t_{:016x}", random_i64() as u64);
+    let config = config.with_schema(&name);
+    let store = PgStore::open(&config).expect("open the test store");
+    Some((Schema { config }, store))
+}
+
+mod contract {
+    crate::store::conformance::conformance_suite!(optional super::fresh);
+}
+
+#[test]
+fn replicas_starting_at_once_migrate_once_and_share_one_history() {
+    let Some(config) = test_config() else { return };
+    let name = format!("t_{:016x}", random_i64() as u64);
+    let config = config.with_schema(&name);
+    let _guard = Schema {
+        config: config.clone(),
+    };
+    let stores: Vec<Arc<PgStore>> = std::thread::scope(|s| {
+        let opens: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| PgStore::open(&config).map(Arc::new)))
+            .collect();
+        opens
+            .into_iter()
+            .map(|h| h.join().unwrap().expect("every replica opens"))
+            .collect()
+    });
+    // Two writers, interleaved, on the same objects: ids stay in commit order and unique,
+    // chains continue across writers, and each sees the other's events.
+    let mut a = Obj::new("prod", "api", 1);
+    let mut batches = vec![vec![a.create(
+        "alice",
+        T0,
+        deployment("prod", "api", &a.uid, 1, json!({})),
+    )]];
+    for i in 1..20u64 {
+        batches.push(vec![a.update("bob", T0 + i as i64, |o| {
+            o["spec"]["replicas"] = json!(i + 1)
+        })]);
+    }
+    let mut ids = Vec::new();
+    for (i, b) in batches.iter().enumerate() {
+        ids.extend(recorded(&stores[i % 2].append(b).unwrap()));
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    for (i, &id) in ids.iter().enumerate() {
+        let reader = &stores[(i + 1) % 4];
+        assert_eq!(
+            reader.state_after(id).unwrap().unwrap()["spec"]["replicas"],
+            json!(i as u64 + 1),
+            "event {i} read from another replica"
+        );
+    }
+    // The other replica's retry of a request is a duplicate there too.
+    assert_eq!(
+        stores[3].append(&batches[5]).unwrap(),
+        vec![AppendOutcome::Duplicate(ids[5])]
+    );
+    assert_eq!(stores[2].query(&q()).unwrap().events.len(), 20);
+    let page = stores[1]
+        .query(&Query {
+            kind: Some("Deployment".into()),
+            name: Some("api".into()),
+            ..q()
+        })
+        .unwrap();
+    assert_eq!(
+        page.events.len(),
+        20,
+        "aliases learnt by one replica serve all"
+    );
+}
+
+#[test]
+fn a_retry_after_a_lost_commit_answer_reports_what_the_commit_did() {
+    let Some((_schema, store)) = fresh() else {
+        return;
+    };
+    let mut a = Obj::new("prod", "api", 1);
+    let batch = vec![
+        a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({}))),
+        a.update("bob", T0 + 1, |o| o["spec"]["replicas"] = json!(2)),
+    ];
+    let first = store.append(&batch).unwrap();
+    // As if that COMMIT's answer had been lost: the writer still holds the batch as pending.
+    {
+        let mut w = store.writer.lock();
+        let client = store.client().unwrap();
+        let token: i64 = store
+            .block_on(client.query_one(
+                &format!(
+                    "SELECT token FROM {}.batches WHERE writer = $1",
+                    store.sql.schema
+                ),
+                &[&store.writer_id],
+            ))
+            .unwrap()
+            .get(0);
+        w.pending = Some((fingerprint(&batch), token));
+    }
+    assert_eq!(
+        store.append(&batch).unwrap(),
+        first,
+        "reported as the commit wrote them"
+    );
+    // Once through, the same batch again is what it is: duplicates.
+    assert_eq!(
+        store.append(&batch).unwrap(),
+        recorded(&first)
+            .into_iter()
+            .map(AppendOutcome::Duplicate)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(store.stats().unwrap().events, 2);
+    assert!(store.stats().unwrap().bytes_on_disk > 0);
+}
+
+#[test]
+fn a_server_that_is_not_there_is_a_clear_error() {
+    let config = PgConfig::parse(
+        "postgres://histor@127.0.0.1:1/histor?sslmode=disable&connect_timeout=2",
+        None,
+    )
+    .unwrap();
+    let err = PgStore::open(&config)
+        .err()
+        .expect("nothing listens on port 1");
+    let text = err.to_string();
+    assert!(
+        text.contains("cannot connect") && text.contains("127.0.0.1:1"),
+        "{text}"
+    );
+}

@@ -94,12 +94,51 @@ app.kubernetes.io/part-of: histor
 {{- $namespaces | uniq | toJson -}}
 {{- end -}}
 
+{{/* The file the store URL's sslrootcert names ("" when none, or libpq's "system"). */}}
+{{- define "histor.storeCaPath" -}}
+{{- $param := regexFind "[?&]sslrootcert=[^&#]*" .Values.store.postgres.url -}}
+{{- $path := regexReplaceAll "^[?&]sslrootcert=" $param "" -}}
+{{- if ne $path "system" -}}{{ $path }}{{- end -}}
+{{- end -}}
+
+{{/* Where the password Secret is mounted; `--store-password-file` names the file in it. */}}
+{{- define "histor.storePasswordDir" -}}/etc/histor/store-password{{- end -}}
+
 {{/* Refuse combinations that cannot work, with a message saying what to change. */}}
 {{- define "histor.validate" -}}
 {{- if and .Values.webhook.clientCA.existingSecret .Values.webhook.clientCA.existingConfigMap -}}
 {{- fail "webhook.clientCA: set existingSecret or existingConfigMap, not both." -}}
 {{- end -}}
-{{- if and .Values.persistence.enabled (gt (int .Values.replicas) 1) -}}
-{{- fail "persistence.enabled=true needs replicas=1: the sled store is a single-writer volume per pod. Set persistence.enabled=false to run more replicas (each keeps what it received)." -}}
+{{- $replicas := int .Values.replicas -}}
+{{- if and (eq .Values.store.engine "sled") (gt $replicas 1) -}}
+{{- fail (printf "replicas=%d needs store.engine=postgres: a sled store belongs to one pod, so each replica would keep its own part of the history. Run one replica with sled, or share one PostgreSQL (README, \"More than one replica\")." $replicas) -}}
+{{- end -}}
+{{- if and (gt $replicas 1) (not .Values.operator.leaderElection.enabled) -}}
+{{- fail "replicas > 1 needs operator.leaderElection.enabled=true: without a leader every replica would write ChangeRecords and send notifications." -}}
+{{- end -}}
+{{- if eq .Values.store.engine "postgres" -}}
+{{- $pg := .Values.store.postgres -}}
+{{- if not $pg.url -}}
+{{- fail "store.engine=postgres needs store.postgres.url (postgres://USER@HOST:PORT/DB?sslmode=verify-full&sslrootcert=/etc/histor/store-ca/ca.crt)." -}}
+{{- end -}}
+{{- if regexMatch "^[a-z]+://[^/@?#]*:[^/@?#]*@" $pg.url -}}
+{{- fail "store.postgres.url holds a password: keep it in the Secret store.postgres.existingSecret instead (it is mounted as a file, not shown in the pod spec)." -}}
+{{- end -}}
+{{- if not $pg.existingSecret -}}
+{{- fail "store.engine=postgres needs store.postgres.existingSecret: a Secret holding the password of the URL's user (key store.postgres.passwordKey)." -}}
+{{- end -}}
+{{- $caPath := include "histor.storeCaPath" . -}}
+{{- if and $pg.caSecret (not $caPath) -}}
+{{- fail "store.postgres.caSecret is set but store.postgres.url names no sslrootcert file: add &sslrootcert=/etc/histor/store-ca/ca.crt (the chart mounts the CA there)." -}}
+{{- end -}}
+{{- if and $caPath (not $pg.caSecret) -}}
+{{- fail (printf "store.postgres.url names sslrootcert=%s but store.postgres.caSecret is empty: name the Secret holding that CA certificate." $caPath) -}}
+{{- end -}}
+{{- if $caPath -}}
+{{- $caDir := dir $caPath -}}
+{{- if or (not (isAbs $caPath)) (eq $caDir "/") (has $caDir (list "/var/lib/histor" "/var/run/histor/tls" "/etc/histor/hmac" "/etc/histor/webhook-client-ca" (include "histor.storePasswordDir" .) "/tmp")) -}}
+{{- fail (printf "store.postgres.url: sslrootcert=%s must be an absolute path in a directory of its own, such as /etc/histor/store-ca/ca.crt (the chart mounts caSecret on that directory)." $caPath) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}

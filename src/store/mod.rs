@@ -14,6 +14,7 @@ use serde_json::Value;
 pub(crate) mod conformance;
 pub mod digest;
 pub mod history;
+mod location;
 pub mod mem;
 mod postgres;
 pub mod query;
@@ -22,6 +23,7 @@ pub mod retention;
 mod sled;
 
 pub use self::history::SNAPSHOT_EVERY;
+pub use self::location::Location;
 pub use self::mem::MemStore;
 pub use self::postgres::{PgConfig, PgStore};
 pub use self::query::MAX_PAGE;

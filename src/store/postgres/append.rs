@@ -12,6 +12,7 @@ use crate::store::{AppendOutcome, DEDUPE_WINDOW, EventId, digest, query};
 use crate::{Error, Result};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Instant;
 use tokio_postgres::types::ToSql;
 
 /// The columns of the rows a batch inserts.
@@ -104,7 +105,10 @@ impl PgStore {
             _ => (random_i64(), false),
         };
         w.pending = Some((fp, token));
-        let outcomes = self.append_tx(&mut w, batch, token, retry)?;
+        let deadline = Instant::now() + self.append_timeout;
+        let outcomes = self.with_client(deadline, |client| {
+            self.append_tx(client, deadline, &mut w, batch, token, retry)
+        })?;
         w.pending = None;
         Ok(outcomes)
     }
@@ -112,18 +116,24 @@ impl PgStore {
     /// One batch in one transaction; see the module docs.
     fn append_tx(
         &self,
+        client: &mut deadpool_postgres::Object,
+        deadline: Instant,
         w: &mut Writer,
         batch: &[Captured],
         token: i64,
         retry: bool,
     ) -> Result<Vec<AppendOutcome>> {
-        let mut client = self.client()?;
-        let tx = self.block_on(client.transaction())?;
+        let tx = self.wait(deadline, client.transaction())?;
         let sql = &self.sql;
-        self.block_on(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]))?;
+        self.wait(
+            deadline,
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]),
+        )?;
         if retry
-            && let Some(row) =
-                self.block_on(tx.query_opt(sql.find_batch.as_str(), &[&self.writer_id, &token]))?
+            && let Some(row) = self.wait(
+                deadline,
+                tx.query_opt(sql.find_batch.as_str(), &[&self.writer_id, &token]),
+            )?
         {
             // The failed attempt did commit: report what it did.
             return decode_outcomes(row.get::<_, &[u8]>(0));
@@ -135,7 +145,7 @@ impl PgStore {
             .collect();
         let objects: Vec<i64> = batch.iter().map(|c| object_key(&c.event)).collect();
         let request_slices: Vec<&[u8]> = requests.iter().map(|r| &r[..]).collect();
-        let (last, found, heads) = self.block_on(async {
+        let (last, found, heads) = self.wait(deadline, async {
             futures::try_join!(
                 tx.query_one(sql.last_id.as_str(), &[]),
                 async {
@@ -174,10 +184,13 @@ impl PgStore {
         let mut stored_policies: HashMap<EventId, Vec<String>> = if stored_ids.is_empty() {
             HashMap::new()
         } else {
-            self.block_on(tx.query(sql.find_policies.as_str(), &[&stored_ids]))?
-                .iter()
-                .map(|r| (id_u64(r.get(0)), r.get(1)))
-                .collect()
+            self.wait(
+                deadline,
+                tx.query(sql.find_policies.as_str(), &[&stored_ids]),
+            )?
+            .iter()
+            .map(|r| (id_u64(r.get(0)), r.get(1)))
+            .collect()
         };
 
         let chain = Chain::new(self, &*tx);
@@ -344,7 +357,7 @@ impl PgStore {
         let p_names: Vec<String> = new_policies.iter().cloned().collect();
         let encoded = encode_outcomes(&outcomes);
         let last = id_i64(last_id);
-        self.block_on(async {
+        self.wait(deadline, async {
             let events: &[&(dyn ToSql + Sync)] = &[
                 &rows.id,
                 &rows.object,
@@ -409,7 +422,7 @@ impl PgStore {
                 },
             )
         })?;
-        self.block_on(tx.commit())?;
+        self.wait(deadline, tx.commit())?;
 
         if w.states.len() + new_states.len() > STATE_CACHE {
             w.states.clear();

@@ -6,6 +6,7 @@
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_postgres::config::SslMode;
 
 /// Schema the tables live in when the URL does not say (`?schema=NAME`).
@@ -15,7 +16,20 @@ pub const DEFAULT_SCHEMA: &str = "histor";
 const POOL_SIZE: usize = 8;
 
 /// Where a connection waits at most, to connect or for a free pooled connection.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Server settings of every session: see `parse`.
+const SESSION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=5s";
+
+/// TCP keepalive after this long idle, so a dead server or link is noticed in seconds.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+
+/// Longest wait for one statement by default: a query or a retention step.
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest time one append takes by default: a batch commits in milliseconds when the server
+/// is well, and the writer has better things to do with a batch than wait longer.
+const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A PostgreSQL store's settings, parsed from its URL.
 #[derive(Clone)]
@@ -27,6 +41,10 @@ pub struct PgConfig {
     pub(super) schema: String,
     /// The URL without its password, for logs.
     shown: String,
+    /// Longest wait for one statement or a connection.
+    pub(super) op_timeout: Duration,
+    /// Longest time one append (a batch's transaction) may take.
+    pub(super) append_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -109,6 +127,15 @@ impl PgConfig {
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(CONNECT_TIMEOUT);
         }
+        // A session that went away mid-transaction (a partition, a killed replica) would hold
+        // the write lock until TCP noticed; the server ends such a transaction itself. Ours
+        // never wait between statements, so a few seconds idle means the client is gone.
+        let options = match pg.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} {SESSION_OPTIONS}"),
+            _ => SESSION_OPTIONS.to_owned(),
+        };
+        pg.options(&options);
+        pg.keepalives_idle(KEEPALIVE_IDLE);
         if pg.get_application_name().is_none() {
             pg.application_name("histor");
         }
@@ -133,12 +160,22 @@ impl PgConfig {
             tls,
             schema,
             shown: shown.to_string(),
+            op_timeout: OP_TIMEOUT,
+            append_timeout: APPEND_TIMEOUT,
         })
     }
 
     /// The same server and credentials with another schema (tests give each store its own).
     pub fn with_schema(mut self, schema: &str) -> PgConfig {
         self.schema = schema.to_owned();
+        self
+    }
+
+    /// Other time limits: for one statement or connection, and for one append (a writer with
+    /// a local spool puts the batch there instead once this passes).
+    pub fn with_timeouts(mut self, op: Duration, append: Duration) -> PgConfig {
+        self.op_timeout = op;
+        self.append_timeout = append;
         self
     }
 

@@ -32,6 +32,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
+use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
@@ -59,6 +60,13 @@ pub(super) fn pg_err(e: tokio_postgres::Error) -> Error {
     Error::Io(std::io::Error::other(format!("postgres: {e}")))
 }
 
+fn timed_out() -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "postgres: no answer in time",
+    ))
+}
+
 fn pool_err(e: deadpool_postgres::PoolError) -> Error {
     Error::Io(std::io::Error::other(format!("postgres: {e}")))
 }
@@ -76,6 +84,11 @@ pub struct PgStore {
     writer: Mutex<Writer>,
     /// One retention pass at a time in this replica.
     retention: Mutex<()>,
+    /// Longest wait for one statement (queries, retention).
+    op_timeout: Duration,
+    /// Longest time one append may take, so that a writer with somewhere else to put a batch
+    /// (a local spool) puts it there while the reviews still wait.
+    append_timeout: Duration,
 }
 
 struct Writer {
@@ -171,6 +184,8 @@ impl PgStore {
                 pending: None,
             }),
             retention: Mutex::new(()),
+            op_timeout: config.op_timeout,
+            append_timeout: config.append_timeout,
         };
         let mut client = store
             .client()
@@ -182,13 +197,55 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Runs a driver future on the engine's runtime, blocking this thread.
+    /// Runs a driver future on the engine's runtime, blocking this thread, for at most the
+    /// operation timeout.
     fn block_on<T>(&self, f: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T> {
-        self.handle.block_on(f).map_err(pg_err)
+        self.wait(Instant::now() + self.op_timeout, f)
+    }
+
+    /// [`block_on`](Self::block_on) until `deadline`: a server that does not answer (down,
+    /// partitioned, locked up) is an error in bounded time, never a writer stuck for ever.
+    fn wait<T>(
+        &self,
+        deadline: Instant,
+        f: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        self.handle
+            .block_on(async { tokio::time::timeout_at(deadline.into(), f).await })
+            .map_err(|_| timed_out())?
+            .map_err(pg_err)
+    }
+
+    /// A pooled connection, waiting at most until `deadline`.
+    fn client_by(&self, deadline: Instant) -> Result<deadpool_postgres::Object> {
+        self.handle
+            .block_on(async { tokio::time::timeout_at(deadline.into(), self.pool.get()).await })
+            .map_err(|_| timed_out())?
+            .map_err(pool_err)
     }
 
     fn client(&self) -> Result<deadpool_postgres::Object> {
-        self.handle.block_on(self.pool.get()).map_err(pool_err)
+        self.client_by(Instant::now() + self.op_timeout)
+    }
+
+    /// Runs `f` on a pooled connection within the operation timeout (see `with_client`).
+    fn pooled<T>(&self, f: impl FnOnce(&tokio_postgres::Client) -> Result<T>) -> Result<T> {
+        self.with_client(Instant::now() + self.op_timeout, |c| f(c))
+    }
+
+    /// Runs `f` on a pooled connection. After an error the connection is closed rather than
+    /// pooled again: a timed-out statement may still be running on it, or a transaction open.
+    fn with_client<T>(
+        &self,
+        deadline: Instant,
+        f: impl FnOnce(&mut deadpool_postgres::Object) -> Result<T>,
+    ) -> Result<T> {
+        let mut client = self.client_by(deadline)?;
+        let result = f(&mut client);
+        if result.is_err() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+        result
     }
 
     /// The aliases `kind` resolves to, from the `kinds` table (other replicas learn too).
@@ -240,9 +297,67 @@ impl EventStore for PgStore {
         let Some((lo, hi)) = query::id_range(q) else {
             return Ok(Page::default());
         };
-        let client = self.client()?;
+        self.pooled(|client| self.query_on(client, q, lo, hi))
+    }
+
+    fn get(&self, id: EventId) -> Result<Option<StoredEvent>> {
+        self.pooled(|client| {
+            let Some(row) =
+                self.block_on(client.query_opt(self.sql.event.as_str(), &[&id_i64(id)]))?
+            else {
+                return Ok(None);
+            };
+            let mut e = event_of(&row)?;
+            e.event.object = history::state_after(&Chain::new(self, client), id)?;
+            Ok(Some(e))
+        })
+    }
+
+    fn state_after(&self, id: EventId) -> Result<Option<Value>> {
+        self.pooled(|client| history::state_after(&Chain::new(self, client), id))
+    }
+
+    fn state_before(&self, id: EventId) -> Result<Option<Value>> {
+        self.pooled(|client| history::state_before(&Chain::new(self, client), id))
+    }
+
+    fn enforce_retention(
+        &self,
+        now: Timestamp,
+        rule: &dyn Fn(&str) -> Option<RetentionRule>,
+        default: RetentionRule,
+    ) -> Result<RetentionReport> {
+        self.retention_pass(now, rule, default)
+    }
+
+    fn stats(&self) -> Result<StoreStats> {
+        self.pooled(|client| {
+            let schema: [&(dyn ToSql + Sync); 1] = [&self.sql.schema];
+            let (count, size) = self.block_on(async {
+                futures::try_join!(
+                    client.query_one(self.sql.count.as_str(), &[]),
+                    client.query_one(self.sql.size.as_str(), &schema),
+                )
+            })?;
+            Ok(StoreStats {
+                events: count.get::<_, i64>(0).max(0) as u64,
+                bytes_on_disk: size.get::<_, i64>(0).max(0) as u64,
+            })
+        })
+    }
+}
+
+impl PgStore {
+    /// One page of `q`, ids in `[lo, hi)`.
+    fn query_on(
+        &self,
+        client: &tokio_postgres::Client,
+        q: &Query,
+        lo: EventId,
+        hi: EventId,
+    ) -> Result<Page> {
         let kinds = match &q.kind {
-            Some(k) => Some(self.resolve_kind(&**client, k)?),
+            Some(k) => Some(self.resolve_kind(client, k)?),
             None => None,
         };
         let limit = query::page_limit(q.limit);
@@ -298,50 +413,5 @@ impl EventStore for PgStore {
             }
         }
         Ok(page.finish())
-    }
-
-    fn get(&self, id: EventId) -> Result<Option<StoredEvent>> {
-        let client = self.client()?;
-        let Some(row) = self.block_on(client.query_opt(self.sql.event.as_str(), &[&id_i64(id)]))?
-        else {
-            return Ok(None);
-        };
-        let mut e = event_of(&row)?;
-        e.event.object = history::state_after(&Chain::new(self, &**client), id)?;
-        Ok(Some(e))
-    }
-
-    fn state_after(&self, id: EventId) -> Result<Option<Value>> {
-        let client = self.client()?;
-        history::state_after(&Chain::new(self, &**client), id)
-    }
-
-    fn state_before(&self, id: EventId) -> Result<Option<Value>> {
-        let client = self.client()?;
-        history::state_before(&Chain::new(self, &**client), id)
-    }
-
-    fn enforce_retention(
-        &self,
-        now: Timestamp,
-        rule: &dyn Fn(&str) -> Option<RetentionRule>,
-        default: RetentionRule,
-    ) -> Result<RetentionReport> {
-        self.retention_pass(now, rule, default)
-    }
-
-    fn stats(&self) -> Result<StoreStats> {
-        let client = self.client()?;
-        let schema: [&(dyn ToSql + Sync); 1] = [&self.sql.schema];
-        let (count, size) = self.block_on(async {
-            futures::try_join!(
-                client.query_one(self.sql.count.as_str(), &[]),
-                client.query_one(self.sql.size.as_str(), &schema),
-            )
-        })?;
-        Ok(StoreStats {
-            events: count.get::<_, i64>(0).max(0) as u64,
-            bytes_on_disk: size.get::<_, i64>(0).max(0) as u64,
-        })
     }
 }

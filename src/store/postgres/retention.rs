@@ -33,8 +33,21 @@ impl PgStore {
         default: RetentionRule,
     ) -> Result<RetentionReport> {
         let _pass = self.retention.lock();
+        // Each statement has the operation timeout; the pass as a whole is bounded by its
+        // budgets, not by a clock.
+        self.with_client(std::time::Instant::now() + self.op_timeout, |client| {
+            self.retention_on(client, now, rule, default)
+        })
+    }
+
+    fn retention_on(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        now: Timestamp,
+        rule: &dyn Fn(&str) -> Option<RetentionRule>,
+        default: RetentionRule,
+    ) -> Result<RetentionReport> {
         let sql = &self.sql;
-        let mut client = self.client()?;
         let policies: Vec<String> = self
             .block_on(client.query(sql.all_policies.as_str(), &[]))?
             .iter()

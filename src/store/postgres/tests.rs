@@ -6,8 +6,8 @@
 //! developer's machine and fail when `HISTOR_PG_REQUIRED` is set (CI sets it). Each test gets a
 //! schema of its own, dropped when it ends.
 
-use super::*;
 use super::append::fingerprint;
+use super::*;
 use crate::store::conformance::{Obj, T0, deployment, q, recorded};
 use serde_json::json;
 use std::sync::Arc;
@@ -186,4 +186,124 @@ fn a_server_that_is_not_there_is_a_clear_error() {
         text.contains("cannot connect") && text.contains("127.0.0.1:1"),
         "{text}"
     );
+}
+
+/// A TCP relay to the test server that can go silent: connections stay open and nothing comes
+/// back, as with a server that hangs or a network that drops packets.
+struct Relay {
+    addr: std::net::SocketAddr,
+    silent: Arc<std::sync::atomic::AtomicBool>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Relay {
+    fn to(upstream: (String, u16)) -> Relay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let silent = Arc::new(AtomicBool::new(false));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let flag = silent.clone();
+        rt.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let flag = flag.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    let pipe = |flag: Arc<AtomicBool>| {
+                        move |mut r: tokio::net::tcp::OwnedReadHalf,
+                              mut w: tokio::net::tcp::OwnedWriteHalf| async move {
+                            let mut buf = vec![0u8; 16 * 1024];
+                            loop {
+                                let n = match r.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                while flag.load(Ordering::SeqCst) {
+                                    tokio::time::sleep(Duration::from_millis(20)).await;
+                                }
+                                if w.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    tokio::spawn(pipe(flag.clone())(cr, sw));
+                    pipe(flag)(sr, cw).await;
+                });
+            }
+        });
+        Relay {
+            addr,
+            silent,
+            _rt: rt,
+        }
+    }
+}
+
+#[test]
+fn a_server_that_stops_answering_fails_appends_in_bounded_time_and_recovers() {
+    use std::sync::atomic::Ordering;
+    let Some(config) = test_config() else { return };
+    let host = match config.pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => panic!("the test server is reached over TCP"),
+    };
+    let port = config.pg.get_ports().first().copied().unwrap_or(5432);
+    let relay = Relay::to((host, port));
+    let name = format!("t_{:016x}", random_i64() as u64);
+    let mut url = url::Url::parse(&std::env::var("HISTOR_TEST_POSTGRES").unwrap()).unwrap();
+    url.set_port(Some(relay.addr.port())).unwrap();
+    let password =
+        std::env::var_os("HISTOR_TEST_POSTGRES_PASSWORD_FILE").map(std::path::PathBuf::from);
+    let relayed = PgConfig::parse(url.as_str(), password.as_deref())
+        .unwrap()
+        .with_schema(&name)
+        .with_timeouts(Duration::from_secs(2), Duration::from_millis(300));
+    let _guard = Schema {
+        config: config.clone().with_schema(&name),
+    };
+    let store = PgStore::open(&relayed).unwrap();
+    let mut a = Obj::new("prod", "api", 1);
+    let create = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
+    store.append(std::slice::from_ref(&create)).unwrap();
+
+    relay.silent.store(true, Ordering::SeqCst);
+    let update = a.update("bob", T0 + 1, |o| o["spec"]["replicas"] = json!(2));
+    let started = Instant::now();
+    let err = store.append(std::slice::from_ref(&update)).err().unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "took {took:?}: {err}");
+    assert!(err.to_string().contains("no answer in time"), "{err}");
+
+    relay.silent.store(false, Ordering::SeqCst);
+    // The connection that timed out was closed, not pooled; the server ends its session (and
+    // the write lock its transaction held) once the close gets through. As the writer does,
+    // try again until the store takes the batch.
+    let started = Instant::now();
+    let out = loop {
+        match store.append(std::slice::from_ref(&update)) {
+            Ok(out) => break out,
+            Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                eprintln!("not yet: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("the store did not recover: {e}"),
+        }
+    };
+    assert!(matches!(out[..], [AppendOutcome::Recorded(_)]), "{out:?}");
+    assert_eq!(store.stats().unwrap().events, 2);
+    let id = recorded(&out)[0];
+    assert_eq!(store.state_after(id).unwrap(), a.state);
 }

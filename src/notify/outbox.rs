@@ -102,7 +102,7 @@ struct Trees {
 fn tx_error(e: TransactionError<Error>) -> Error {
     match e {
         TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => Error::Store(e),
+        TransactionError::Storage(e) => e.into(),
     }
 }
 

@@ -524,7 +524,7 @@ impl SledStore {
             0 => {
                 self.fail_after.store(usize::MAX, Ordering::SeqCst);
                 let io = std::io::Error::from_raw_os_error(28);
-                Err(Error::Store(sled::Error::Io(io)))
+                Err(sled::Error::Io(io).into())
             }
             left => {
                 self.fail_after.store(left - 1, Ordering::SeqCst);
@@ -1655,7 +1655,34 @@ fn open_error(e: sled::Error, path: &Path) -> Error {
     {
         return Error::StoreLocked(PathBuf::from(path));
     }
-    Error::Store(e)
+    e.into()
+}
+
+/// A sled error as the crate's [`Error::Store`]: only this engine names sled.
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::store(SledError(e))
+    }
+}
+
+/// sled's error, with its I/O error as its `source()` (sled's own error has none), so that
+/// [`Error::is_no_space`] finds an ENOSPC inside it.
+#[derive(Debug)]
+struct SledError(sled::Error);
+
+impl std::fmt::Display for SledError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SledError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            sled::Error::Io(io) => Some(io),
+            _ => None,
+        }
+    }
 }
 
 fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

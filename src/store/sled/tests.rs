@@ -489,3 +489,20 @@ fn heads_of_an_interrupted_batch_are_repaired_on_open() {
         3
     );
 }
+
+/// A full disk inside sled's error is still recognised as one once it is an engine-neutral
+/// [`Error::Store`], and the message still says what sled said.
+#[test]
+fn enospc_from_sled_is_no_space() {
+    let full: Error = ::sled::Error::Io(std::io::Error::from_raw_os_error(28)).into();
+    assert!(matches!(full, Error::Store(_)), "{full}");
+    assert!(full.is_no_space(), "{full}");
+    assert!(full.to_string().starts_with("store: IO error: "), "{full}");
+    let storage_full: Error =
+        ::sled::Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull)).into();
+    assert!(storage_full.is_no_space());
+    let other: Error = ::sled::Error::Io(std::io::Error::other("boom")).into();
+    assert!(!other.is_no_space());
+    let corrupt: Error = ::sled::Error::Unsupported("x".into()).into();
+    assert!(!corrupt.is_no_space());
+}

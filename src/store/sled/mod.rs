@@ -14,6 +14,7 @@
 //! - `dict`: id → tagged string, for the strings events repeat (users, resources, policies...).
 //! - `kinds`: alias ‖ 0 ‖ group/resource → empty, so queries accept `Deployment` or `deploy...`.
 //! - `meta`: last id, event count, clean-shutdown flag.
+//! - `notify_outbox`, `notify_digest`, `notify_meta`: the notification outbox ([`outbox`]).
 //!
 //! Objects are stored as deltas (the event's `changes`) with a full snapshot on an object's first
 //! event, when the delta would not reproduce the object exactly, and every
@@ -42,6 +43,7 @@ use super::{
     RetentionRule, StoreStats, StoredEvent,
 };
 use crate::pipeline::{Actor, Captured, ChangeEvent, FieldChange, KindId, ResourceId};
+use crate::store::outbox::OutboxStore;
 use crate::{Error, Result};
 use jiff::Timestamp;
 use parking_lot::{Mutex, MutexGuard};
@@ -54,6 +56,7 @@ use std::sync::{Arc, RwLock};
 
 mod codec;
 mod keys;
+mod outbox;
 #[cfg(test)]
 mod tests;
 
@@ -172,12 +175,11 @@ impl Trees {
     }
 }
 
-/// The store's database as other components reach it (the notification outbox keeps its trees
-/// in it). The store replaces the database when it reopens after a write failure, so a holder
-/// takes it for each use rather than keeping a clone: a kept clone would also keep the old
-/// database's file lock, and the reopen would fail.
+/// The store's database as the outbox ([`outbox`]) reaches it. The store replaces the database
+/// when it reopens after a write failure, so a holder takes it for each use rather than keeping
+/// a clone: a kept clone would also keep the old database's file lock, and the reopen would fail.
 #[derive(Clone)]
-pub struct SharedDb(Arc<parking_lot::RwLock<Option<sled::Db>>>);
+struct SharedDb(Arc<parking_lot::RwLock<Option<sled::Db>>>);
 
 impl SharedDb {
     /// The current database; [`Error::StoreClosed`] while the store is reopening it.
@@ -344,10 +346,16 @@ impl SledStore {
         self.trees.read().clone().ok_or(Error::StoreClosed)
     }
 
-    /// The underlying database, for components that keep their own trees next to the events
-    /// (their writes become durable with the next append's flush, or their own). It changes when
-    /// the store reopens: see [`SharedDb`].
-    pub fn db(&self) -> SharedDb {
+    /// The notification outbox, in three trees of this store's database (its cursor and
+    /// buffered events become durable with the next append's flush, its notifications with
+    /// its own). It follows the store when it reopens after a write failure.
+    pub fn outbox(&self) -> Arc<dyn OutboxStore> {
+        Arc::new(outbox::SledOutbox::new(self.shared.clone()))
+    }
+
+    /// Tests: the database as it is now.
+    #[cfg(test)]
+    fn db(&self) -> SharedDb {
         self.shared.clone()
     }
 

@@ -13,9 +13,10 @@ pub enum Error {
     #[error("not an AdmissionReview: {0}")]
     BadReview(String),
 
-    /// The embedded store failed.
+    /// The store's engine failed (the engine's own error inside; an I/O error from it is
+    /// reachable through `source()`, which [`Error::is_no_space`] relies on).
     #[error("store: {0}")]
-    Store(#[source] sled::Error),
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
 
     /// The store is held by another process (a running `histor serve`).
     #[error(
@@ -136,16 +137,28 @@ impl Error {
         }
     }
 
-    /// True for a full disk (ENOSPC), however it was wrapped (sled wraps it in an error of its
-    /// own of kind `StorageFull`).
+    /// True for a full disk (ENOSPC), however it was wrapped: an I/O error of kind
+    /// `StorageFull` (or errno 28) anywhere in the chain of sources of a store or I/O error (an
+    /// engine wraps it in an error of its own).
     pub fn is_no_space(&self) -> bool {
-        let io = match self {
-            Error::Store(sled::Error::Io(io)) | Error::Io(io) | Error::File { source: io, .. } => {
-                io
+        if !matches!(self, Error::Store(_) | Error::Io(_) | Error::File { .. }) {
+            return false;
+        }
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = next {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && (io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28))
+            {
+                return true;
             }
-            _ => return false,
-        };
-        io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28)
+            next = e.source();
+        }
+        false
+    }
+
+    /// Wraps an engine's error as a [`Error::Store`].
+    pub fn store(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Store(Box::new(e))
     }
 
     /// Wraps an I/O error with the path it concerns.
@@ -154,12 +167,6 @@ impl Error {
             path: path.into(),
             source,
         }
-    }
-}
-
-impl From<sled::Error> for Error {
-    fn from(e: sled::Error) -> Self {
-        Error::Store(e)
     }
 }
 

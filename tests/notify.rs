@@ -9,7 +9,7 @@ use histor::crd::{EmailSink, NotifySink, SecretKeyRef, SecretRef, SlackSink, Web
 use histor::notify::webhook::verify_signature;
 use histor::notify::{Notifier, NotifyConfig, NotifyMetrics, StaticSecrets};
 use histor::pipeline::ChangeEvent;
-use histor::store::StoredEvent;
+use histor::store::{OutboxStore, SledStore, StoredEvent};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
@@ -214,23 +214,27 @@ fn spawn_run(
     (tx, h)
 }
 
-/// Opens the database of a notifier's previous life. sled releases its file lock when the last
+/// Opens the store of a notifier's previous life. sled releases its file lock when the last
 /// handle drops, and the handle a flush lent to sled's I/O pool drops a moment after the flush
 /// returns: a restart in the same process waits for it, as a new process would not need to.
-async fn open_db(path: &Path) -> sled::Db {
+async fn open_store(path: &Path) -> SledStore {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match sled::open(path) {
-            Ok(db) => return db,
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
+        match SledStore::open(path) {
+            Ok(store) => return store,
+            Err(histor::Error::StoreLocked(_)) if std::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => panic!("open {}: {e}", path.display()),
         }
     }
+}
+
+/// The outbox of a fresh store in a temporary directory (kept alive by the returned guard).
+fn temp_outbox() -> (tempfile::TempDir, Arc<dyn OutboxStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path()).unwrap();
+    (dir, store.outbox())
 }
 
 fn json(body: &[u8]) -> Value {
@@ -243,9 +247,9 @@ fn json(body: &[u8]) -> Value {
 async fn slack_and_webhook_posts_arrive_signed() {
     init();
     let rx = Receiver::start().await;
-    let db = sled::Config::new().temporary(true).open().unwrap();
+    let (_dir, outbox) = temp_outbox();
     let n = Notifier::new(
-        db,
+        outbox,
         http_secrets(&rx),
         fast_config(),
         NotifyMetrics::default(),
@@ -258,6 +262,7 @@ async fn slack_and_webhook_posts_arrive_signed() {
         id: 1,
         event: deployment_event("alice", "nginx", (1, 3)),
     }])
+    .await
     .unwrap();
 
     let slack = rx.wait_for("/slack", 1).await;
@@ -280,7 +285,7 @@ async fn slack_and_webhook_posts_arrive_signed() {
 
     stop.send(()).unwrap();
     handle.await.unwrap();
-    assert_eq!(n.pending(), 0);
+    assert_eq!(n.pending().await, 0);
     let health = n.health();
     assert!(
         health.iter().all(|h| h.ready && h.reason == "Delivered"),
@@ -304,11 +309,16 @@ async fn receiver_down_then_up_gets_everything_once_across_a_restart() {
 
     // First life: queue everything, let a few attempts fail, stop in the middle.
     {
-        let db = open_db(dir.path()).await;
-        let n =
-            Notifier::new(db, secrets.clone(), fast_config(), NotifyMetrics::default()).unwrap();
+        let store = open_store(dir.path()).await;
+        let n = Notifier::new(
+            store.outbox(),
+            secrets.clone(),
+            fast_config(),
+            NotifyMetrics::default(),
+        )
+        .unwrap();
         n.set_policy("prod", &[webhook_sink(None)]).unwrap();
-        n.on_recorded(&events).unwrap();
+        n.on_recorded(&events).await.unwrap();
         let (stop, handle) = spawn_run(&n);
         for _ in 0..500 {
             if rx.state.lock().unwrap().attempts >= 5 {
@@ -318,13 +328,16 @@ async fn receiver_down_then_up_gets_everything_once_across_a_restart() {
         }
         stop.send(()).unwrap();
         handle.await.unwrap();
-        assert!(n.pending() > 0, "the restart must happen with work left");
+        assert!(
+            n.pending().await > 0,
+            "the restart must happen with work left"
+        );
     }
 
     // Second life: same database, new notifier.
-    let db = open_db(dir.path()).await;
+    let store = open_store(dir.path()).await;
     let metrics = NotifyMetrics::default();
-    let n = Notifier::new(db, secrets, fast_config(), metrics.clone()).unwrap();
+    let n = Notifier::new(store.outbox(), secrets, fast_config(), metrics.clone()).unwrap();
     n.set_policy("prod", &[webhook_sink(None)]).unwrap();
     let (stop, handle) = spawn_run(&n);
     rx.wait_for("/hook", 10).await;
@@ -352,7 +365,7 @@ async fn receiver_down_then_up_gets_everything_once_across_a_restart() {
     ids.sort();
     assert_eq!(ids, (1..=10).collect::<Vec<_>>());
     assert!(rx.state.lock().unwrap().attempts >= 25);
-    assert_eq!(n.pending(), 0);
+    assert_eq!(n.pending().await, 0);
 
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
@@ -372,9 +385,9 @@ async fn in_flight_at_a_crash_is_sent_again_with_the_same_delivery_id() {
     let secrets = http_secrets(&rx);
     let delivery_id;
     {
-        let db = open_db(dir.path()).await;
+        let store = open_store(dir.path()).await;
         let n = Notifier::new(
-            db.clone(),
+            store.outbox(),
             secrets.clone(),
             fast_config(),
             NotifyMetrics::default(),
@@ -385,17 +398,24 @@ async fn in_flight_at_a_crash_is_sent_again_with_the_same_delivery_id() {
             id: 7,
             event: deployment_event("bob", "api", (3, 0)),
         }])
+        .await
         .unwrap();
         // What a crash right after "mark in flight" leaves behind.
-        let outbox = histor::notify::outbox::Outbox::open(&db).unwrap();
-        let (key, mut entry) = outbox.entries().unwrap().remove(0);
+        let outbox = histor::notify::outbox::Outbox::new(store.outbox());
+        let (key, mut entry) = outbox.entries().await.unwrap().remove(0);
         entry.state = histor::notify::outbox::EntryState::InFlight;
         entry.attempts = 1;
         outbox.update(key, &entry).await.unwrap();
         delivery_id = entry.delivery_id;
     }
-    let db = open_db(dir.path()).await;
-    let n = Notifier::new(db, secrets, fast_config(), NotifyMetrics::default()).unwrap();
+    let store = open_store(dir.path()).await;
+    let n = Notifier::new(
+        store.outbox(),
+        secrets,
+        fast_config(),
+        NotifyMetrics::default(),
+    )
+    .unwrap();
     n.set_policy("prod", &[webhook_sink(None)]).unwrap();
     let (stop, handle) = spawn_run(&n);
     let got = rx.wait_for("/hook", 1).await;
@@ -410,9 +430,9 @@ async fn in_flight_at_a_crash_is_sent_again_with_the_same_delivery_id() {
 async fn burst_of_200_in_one_digest_window_is_one_message_per_sink() {
     init();
     let rx = Receiver::start().await;
-    let db = sled::Config::new().temporary(true).open().unwrap();
+    let (_dir, outbox) = temp_outbox();
     let n = Notifier::new(
-        db,
+        outbox,
         http_secrets(&rx),
         fast_config(),
         NotifyMetrics::default(),
@@ -435,7 +455,7 @@ async fn burst_of_200_in_one_digest_window_is_one_message_per_sink() {
         })
         .collect();
     for chunk in events.chunks(20) {
-        n.on_recorded(chunk).unwrap();
+        n.on_recorded(chunk).await.unwrap();
     }
     let slack = rx.wait_for("/slack", 1).await;
     let hook = rx.wait_for("/hook", 1).await;
@@ -453,7 +473,7 @@ async fn burst_of_200_in_one_digest_window_is_one_message_per_sink() {
     let h = json(&hook[0].body);
     assert_eq!(h["count"], 200);
     assert_eq!(h["events"].as_array().unwrap().len(), 200);
-    assert_eq!(n.buffered(), 0);
+    assert_eq!(n.buffered().await, 0);
 }
 
 fn metrics_text(metrics: &NotifyMetrics) -> String {
@@ -468,13 +488,13 @@ fn metrics_text(metrics: &NotifyMetrics) -> String {
 async fn a_rate_limited_backlog_keeps_only_the_newest_per_sink() {
     init();
     let rx = Receiver::start().await;
-    let db = sled::Config::new().temporary(true).open().unwrap();
+    let (_dir, outbox) = temp_outbox();
     let metrics = NotifyMetrics::default();
     let config = NotifyConfig {
         max_pending_per_sink: 3,
         ..fast_config()
     };
-    let n = Notifier::new(db, http_secrets(&rx), config, metrics.clone()).unwrap();
+    let n = Notifier::new(outbox, http_secrets(&rx), config, metrics.clone()).unwrap();
     let sink = NotifySink {
         rate_limit_per_minute: Some(1),
         ..webhook_sink(None)
@@ -488,8 +508,8 @@ async fn a_rate_limited_backlog_keeps_only_the_newest_per_sink() {
         .collect();
     // Ten queued before the loop starts: the first sweep keeps the newest three, the one token
     // of the minute sends the oldest of those, and the other two wait for the rate limit.
-    n.on_recorded(&events).unwrap();
-    assert_eq!(n.pending(), 10);
+    n.on_recorded(&events).await.unwrap();
+    assert_eq!(n.pending().await, 10);
     let (stop, handle) = spawn_run(&n);
     let got = rx.wait_for("/hook", 1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -497,7 +517,7 @@ async fn a_rate_limited_backlog_keeps_only_the_newest_per_sink() {
     handle.await.unwrap();
     assert_eq!(rx.accepted("/hook").len(), 1);
     assert_eq!(json(&got[0].body)["events"][0]["id"], 8);
-    assert_eq!(n.pending(), 2);
+    assert_eq!(n.pending().await, 2);
     let text = metrics_text(&metrics);
     assert!(
         text.contains("histor_notify_dropped_total{sink=\"webhook\",reason=\"overflow\"} 7"),
@@ -509,38 +529,38 @@ async fn a_rate_limited_backlog_keeps_only_the_newest_per_sink() {
 async fn a_full_digest_window_is_sent_before_its_time() {
     init();
     let rx = Receiver::start().await;
-    let db = sled::Config::new().temporary(true).open().unwrap();
+    let (_dir, outbox) = temp_outbox();
     let config = NotifyConfig {
         max_digest_events: 3,
         ..fast_config()
     };
-    let n = Notifier::new(db, http_secrets(&rx), config, NotifyMetrics::default()).unwrap();
+    let n = Notifier::new(outbox, http_secrets(&rx), config, NotifyMetrics::default()).unwrap();
     n.set_policy("prod", &[webhook_sink(Some("1h"))]).unwrap();
     let (stop, handle) = spawn_run(&n);
     let event = |i: u64| StoredEvent {
         id: i,
         event: deployment_event("alice", &format!("app-{i}"), (1, 2)),
     };
-    n.on_recorded(&[event(1), event(2)]).unwrap();
+    n.on_recorded(&[event(1), event(2)]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
         rx.accepted("/hook").is_empty(),
         "two of three: the window stays open"
     );
-    assert_eq!(n.buffered(), 2);
-    n.on_recorded(&[event(3)]).unwrap();
+    assert_eq!(n.buffered().await, 2);
+    n.on_recorded(&[event(3)]).await.unwrap();
     let got = rx.wait_for("/hook", 1).await;
     stop.send(()).unwrap();
     handle.await.unwrap();
     assert_eq!(json(&got[0].body)["count"], 3);
-    assert_eq!(n.buffered(), 0);
+    assert_eq!(n.buffered().await, 0);
 }
 
 #[tokio::test]
 async fn a_4xx_is_not_retried_and_shows_in_health() {
     init();
     let rx = Receiver::start().await;
-    let db = sled::Config::new().temporary(true).open().unwrap();
+    let (_dir, outbox) = temp_outbox();
     let secrets = StaticSecrets::default();
     secrets.set(
         "histor-system",
@@ -548,7 +568,7 @@ async fn a_4xx_is_not_retried_and_shows_in_health() {
         &[("url", format!("{}/reject", rx.url).as_bytes())],
     );
     let n = Notifier::new(
-        db,
+        outbox,
         Arc::new(secrets),
         fast_config(),
         NotifyMetrics::default(),
@@ -562,6 +582,7 @@ async fn a_4xx_is_not_retried_and_shows_in_health() {
         id: 1,
         event: deployment_event("alice", "nginx", (1, 3)),
     }])
+    .await
     .unwrap();
     for _ in 0..500 {
         if n.health()[0].reason == "DeliveryFailed" {
@@ -575,16 +596,16 @@ async fn a_4xx_is_not_retried_and_shows_in_health() {
     assert!(!h.ready && h.reason == "DeliveryFailed", "{h:?}");
     assert!(h.message.contains("HTTP 400"), "{h:?}");
     assert_eq!(rx.state.lock().unwrap().attempts, 1);
-    assert_eq!(n.pending(), 0);
+    assert_eq!(n.pending().await, 0);
 }
 
 #[tokio::test]
 async fn no_secret_value_reaches_any_receiver() {
     init();
     let rx = Receiver::start().await;
-    let db = sled::Config::new().temporary(true).open().unwrap();
+    let (_dir, outbox) = temp_outbox();
     let n = Notifier::new(
-        db,
+        outbox,
         http_secrets(&rx),
         fast_config(),
         NotifyMetrics::default(),
@@ -601,7 +622,7 @@ async fn no_secret_value_reaches_any_receiver() {
             event,
         })
         .collect();
-    n.on_recorded(&events).unwrap();
+    n.on_recorded(&events).await.unwrap();
     let slack = rx.wait_for("/slack", events.len()).await;
     let hook = rx.wait_for("/hook", events.len()).await;
     stop.send(()).unwrap();
@@ -694,9 +715,9 @@ fn email_sink() -> NotifySink {
 async fn send_mail_and_check(smtp: &Smtp, secret: &[(&str, &[u8])]) {
     let secrets = StaticSecrets::default();
     secrets.set("histor-system", "smtp", secret);
-    let db = sled::Config::new().temporary(true).open().unwrap();
+    let (_dir, outbox) = temp_outbox();
     let n = Notifier::new(
-        db,
+        outbox,
         Arc::new(secrets),
         fast_config(),
         NotifyMetrics::default(),
@@ -711,7 +732,9 @@ async fn send_mail_and_check(smtp: &Smtp, secret: &[(&str, &[u8])]) {
         old: None,
         new: Some("<web & api>".into()),
     });
-    n.on_recorded(&[StoredEvent { id: 1, event: e }]).unwrap();
+    n.on_recorded(&[StoredEvent { id: 1, event: e }])
+        .await
+        .unwrap();
     let mails = wait_for_mail(smtp.maildir.path(), 1).await;
     stop.send(()).unwrap();
     handle.await.unwrap();
@@ -828,9 +851,9 @@ async fn starttls_refuses_an_unknown_ca() {
         "smtp",
         &[("host", b"127.0.0.1"), ("port", port.as_bytes())],
     );
-    let db = sled::Config::new().temporary(true).open().unwrap();
+    let (_dir, outbox) = temp_outbox();
     let n = Notifier::new(
-        db,
+        outbox,
         Arc::new(secrets),
         fast_config(),
         NotifyMetrics::default(),
@@ -842,6 +865,7 @@ async fn starttls_refuses_an_unknown_ca() {
         id: 1,
         event: deployment_event("alice", "nginx", (1, 3)),
     }])
+    .await
     .unwrap();
     for _ in 0..500 {
         if n.health()[0].reason == "Retrying" {
@@ -853,5 +877,5 @@ async fn starttls_refuses_an_unknown_ca() {
     handle.await.unwrap();
     assert_eq!(n.health()[0].reason, "Retrying", "{:?}", n.health());
     assert!(read_maildir(smtp.maildir.path()).is_empty());
-    assert_eq!(n.pending(), 1);
+    assert_eq!(n.pending().await, 1);
 }

@@ -514,7 +514,7 @@ mod tests {
     }
 
     fn no_space() -> Error {
-        Error::Store(sled::Error::Io(std::io::Error::from_raw_os_error(28)))
+        Error::store(std::io::Error::from_raw_os_error(28))
     }
 
     impl EventStore for Flaky {

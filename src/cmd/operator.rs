@@ -63,9 +63,7 @@ impl PolicyRegistry for LivePolicies {
 
     fn remove(&self, name: &str) {
         self.index.remove(name);
-        if let Err(error) = self.notifier.remove_policy(name) {
-            tracing::warn!(%error, policy = %name, "dropping the policy's queued notifications failed");
-        }
+        self.notifier.remove_policy(name);
     }
 }
 
@@ -116,7 +114,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     let (redactor, store) = server::open_data_dir(&args.data_dir, &args.capture)?;
     let policies = Arc::new(PolicyIndex::new());
     let (metrics, registry, notifier) =
-        server::metrics_and_notifier(&store, Arc::new(KubeSecrets::new(client.clone())))?;
+        server::metrics_and_notifier(store.outbox(), Arc::new(KubeSecrets::new(client.clone())))?;
 
     // The query API authenticates users like the apiserver does (front-proxy certificates,
     // TokenReview) and shows each only what SubjectAccessReview allows.

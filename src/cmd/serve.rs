@@ -72,7 +72,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         Some(dir) => Arc::new(FileSecrets::new(dir)),
         None => Arc::new(StaticSecrets::default()),
     };
-    let (metrics, registry, notifier) = server::metrics_and_notifier(&store, secrets)?;
+    let (metrics, registry, notifier) = server::metrics_and_notifier(store.outbox(), secrets)?;
     for policy in policies.all() {
         if let Err(error) = notifier.set_policy(policy.name(), &policy.spec().notify) {
             tracing::warn!(%error, policy = %policy.name(), "some notification sinks are not usable");

@@ -10,7 +10,9 @@ use crate::metrics::Metrics;
 use crate::notify::{Notifier, NotifyConfig, NotifyMetrics, SecretSource};
 use crate::pipeline::Redactor;
 use crate::query::{self, QueryState};
-use crate::store::{EventStore, RetentionReport, RetentionRule, SledStore, StoredEvent};
+use crate::store::{
+    EventStore, OutboxStore, RetentionReport, RetentionRule, SledStore, StoredEvent,
+};
 use crate::{Error, Result};
 use axum_server::Handle;
 use prometheus_client::registry::Registry;
@@ -136,9 +138,9 @@ pub fn open_data_dir(
 }
 
 /// The metrics registry (capture and notification metrics) and the notification hub on the
-/// store's database, reading sink credentials from `secrets`.
+/// store's outbox (its engine's `outbox()`), reading sink credentials from `secrets`.
 pub fn metrics_and_notifier(
-    store: &SledStore,
+    outbox: Arc<dyn OutboxStore>,
     secrets: Arc<dyn SecretSource>,
 ) -> Result<(Arc<Metrics>, Registry, Notifier)> {
     let metrics = Arc::new(Metrics::default());
@@ -146,7 +148,7 @@ pub fn metrics_and_notifier(
     metrics.register(&mut registry);
     let notify_metrics = NotifyMetrics::default();
     notify_metrics.register(&mut registry);
-    let notifier = Notifier::new(store.db(), secrets, NotifyConfig::default(), notify_metrics)?;
+    let notifier = Notifier::new(outbox, secrets, NotifyConfig::default(), notify_metrics)?;
     Ok((metrics, registry, notifier))
 }
 
@@ -309,11 +311,14 @@ pub async fn start(parts: Parts) -> Result<Running> {
     let rustls_config = query::tls::load(&files, &clients)?;
 
     // Catch up on events a crash stored but did not hand to the notifier, before new ones flow.
-    let (n, s) = (notifier.clone(), store.clone());
-    tokio::task::spawn_blocking(move || n.recover_from(s.as_ref()))
-        .await
-        .map_err(|e| Error::Usage(format!("notification recovery failed: {e}")))??;
-    observers.insert(0, Arc::new(NotifyObserver(notifier.clone())));
+    notifier.recover_from(store.clone()).await?;
+    observers.insert(
+        0,
+        Arc::new(NotifyObserver {
+            notifier: notifier.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        }),
+    );
     let (writer, writer_thread) = Writer::spawn(
         store.clone(),
         options.queue_capacity,
@@ -396,12 +401,16 @@ pub async fn start(parts: Parts) -> Result<Running> {
     })
 }
 
-/// Hands each durable batch to the notification outbox.
-struct NotifyObserver(Notifier);
+/// Hands each durable batch to the notification outbox. The writer calls it on its own thread
+/// (not one of the runtime's), which waits here until the outbox's commit is durable.
+struct NotifyObserver {
+    notifier: Notifier,
+    runtime: tokio::runtime::Handle,
+}
 
 impl RecordObserver for NotifyObserver {
     fn on_recorded(&self, events: &[StoredEvent]) {
-        if let Err(error) = self.0.on_recorded(events) {
+        if let Err(error) = self.runtime.block_on(self.notifier.on_recorded(events)) {
             tracing::error!(%error, events = events.len(), "queueing notifications failed; they are recovered at the next start");
         }
     }

@@ -152,8 +152,8 @@ impl SinkId {
         }
     }
 
-    /// Key prefix in the sled trees. Policy and sink names are DNS labels, so `/` cannot occur in
-    /// them and the prefix is unambiguous.
+    /// The sink's name in the store's outbox (a key prefix on sled). Policy and sink names are
+    /// DNS labels, so `/` cannot occur in them and the prefix is unambiguous.
     pub(crate) fn key(&self) -> String {
         format!("{}/{}/", self.policy, self.sink)
     }

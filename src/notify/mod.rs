@@ -3,14 +3,15 @@
 //!
 //! The [`Notifier`] hub takes events right after the store made them durable
 //! ([`Notifier::on_recorded`]), filters them per sink, holds them in a digest window or renders them
-//! at once, and writes the result to a durable outbox in the store's sled database before anything
-//! is sent. [`Notifier::run`] delivers from the outbox with retries, jittered backoff and a per-sink
-//! rate limit; [`Notifier::health`] says how each sink is doing.
+//! at once, and writes the result to a durable outbox (the store's [`OutboxStore`], beside the
+//! events) before anything is sent. [`Notifier::run`] delivers from the outbox with retries,
+//! jittered backoff and a per-sink rate limit; [`Notifier::health`] says how each sink is doing.
 //!
 //! Modules, one job each: `config` (knobs, sink specs, durations), `secrets` (where credentials
-//! come from), `filter`, `digest`, `message`, `retry` and `limits` (pure), `outbox` (durability),
-//! `slack`/`email`/`webhook` (transports behind [`Sink`]), `metrics`. Depends on `crd`,
-//! `pipeline` and `store` types; knows nothing of the controller that wires it.
+//! come from), `filter`, `digest`, `message`, `retry` and `limits` (pure), `outbox` (encoding onto
+//! the store's outbox), `slack`/`email`/`webhook` (transports behind [`Sink`]), `metrics`.
+//! Depends on `crd`, `pipeline` and `store` (types and the outbox contract); knows nothing of the
+//! controller that wires it.
 //!
 //! Queued work is bounded (see `limits`): a notification older than `maxPendingAge` (24 h) or
 //! beyond `maxPendingPerSink` (10,000, oldest first) for its sink is dropped, a digest window is
@@ -44,7 +45,7 @@ pub use secrets::{FileSecrets, KubeSecrets, SecretSource, SecretValues, StaticSe
 pub use sink::{Delivery, Sink};
 
 use crate::crd::NotifySink;
-use crate::store::{EventId, EventStore, Query, StoredEvent};
+use crate::store::{EventId, EventStore, OutboxStore, Page, Query, StoredEvent};
 use crate::{Error, Result};
 use filter::CompiledFilter;
 use jiff::Timestamp;
@@ -54,7 +55,7 @@ use outbox::{BufferedEvent, EntryState, Intake, Outbox, OutboxEntry};
 use ratelimit::TokenBucket;
 use retry::{RetryPolicy, random_u64};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -108,6 +109,11 @@ struct Inner {
     invalid: Mutex<BTreeMap<SinkId, String>>,
     busy: Mutex<HashSet<SinkId>>,
     drops: Mutex<DropLog>,
+    /// Policies whose sinks changed since the delivery loop last dropped what was queued for
+    /// sinks that are gone (`set_policy` is called from sync code; the outbox is async).
+    changed: Mutex<BTreeSet<String>>,
+    /// Notifications waiting per sink, as of the delivery loop's last look at the outbox.
+    pending: Mutex<BTreeMap<SinkId, usize>>,
     wake: Notify,
 }
 
@@ -135,11 +141,11 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Opens the outbox in `db` (the store's database). Pending notifications of an earlier run
-    /// are delivered once [`Notifier::run`] runs and their sinks are set with
+    /// A notifier on `outbox` (the store's, such as `SledStore::outbox`). Pending notifications
+    /// of an earlier run are delivered once [`Notifier::run`] runs and their sinks are set with
     /// [`Notifier::set_policy`]. Needs a rustls crypto provider installed (as `main` does).
     pub fn new(
-        db: impl Into<crate::store::SharedDb>,
+        outbox: Arc<dyn OutboxStore>,
         secrets: Arc<dyn SecretSource>,
         config: NotifyConfig,
         metrics: NotifyMetrics,
@@ -150,7 +156,7 @@ impl Notifier {
             .user_agent(concat!("histor/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Http(e.to_string()))?;
-        let outbox = Outbox::open(db)?;
+        let outbox = Outbox::new(outbox);
         let inner = Inner {
             outbox,
             secrets,
@@ -161,9 +167,10 @@ impl Notifier {
             invalid: Mutex::new(BTreeMap::new()),
             busy: Mutex::new(HashSet::new()),
             drops: Mutex::new(DropLog::default()),
+            changed: Mutex::new(BTreeSet::new()),
+            pending: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
         };
-        inner.update_gauges();
         Ok(Notifier {
             inner: Arc::new(inner),
         })
@@ -171,7 +178,8 @@ impl Notifier {
 
     /// Sets (or replaces) the sinks of policy `policy`. Valid sinks take effect even when others
     /// are invalid; the invalid ones are reported by [`Notifier::health`] and in the returned
-    /// error. Work queued for sinks that are gone is dropped.
+    /// error. Work queued for sinks that are gone is dropped by the delivery loop's next pass
+    /// (never sent meanwhile: nothing is sent to a sink that is not set).
     pub fn set_policy(&self, policy: &str, sinks: &[NotifySink]) -> Result<()> {
         let mut specs = Vec::new();
         let mut errors = BTreeMap::new();
@@ -222,14 +230,7 @@ impl Notifier {
             invalid.retain(|id, _| id.policy != policy);
             invalid.extend(errors.clone());
         }
-        let dropped = self
-            .inner
-            .outbox
-            .retain(|id| id.policy != policy || keep.contains(id))?;
-        if dropped > 0 {
-            info!(policy, dropped, "dropped notifications of removed sinks");
-        }
-        self.inner.update_gauges();
+        lock(&self.inner.changed).insert(policy.to_owned());
         self.inner.wake.notify_one();
         if errors.is_empty() {
             Ok(())
@@ -241,23 +242,21 @@ impl Notifier {
         }
     }
 
-    /// Forgets a deleted policy: its sinks, and everything still queued for them.
-    pub fn remove_policy(&self, policy: &str) -> Result<()> {
+    /// Forgets a deleted policy: its sinks, and (at the delivery loop's next pass) everything
+    /// still queued for them.
+    pub fn remove_policy(&self, policy: &str) {
         lock(&self.inner.sinks).retain(|id, _| id.policy != policy);
         lock(&self.inner.invalid).retain(|id, _| id.policy != policy);
-        let dropped = self.inner.outbox.retain(|id| id.policy != policy)?;
-        if dropped > 0 {
-            info!(policy, dropped, "dropped notifications of a removed policy");
-        }
-        self.inner.update_gauges();
-        Ok(())
+        lock(&self.inner.changed).insert(policy.to_owned());
+        self.inner.wake.notify_one();
     }
 
     /// Hands freshly stored events to the notifier. Call it right after the store's durable
     /// append, from one writer, in id order; each event's `policies` must list only the policies
-    /// it is new to (for an `AppendOutcome::Linked` event: the newly linked policy). Blocks on a
-    /// sled flush: call it from the same blocking thread as the append.
-    pub fn on_recorded(&self, events: &[StoredEvent]) -> Result<()> {
+    /// it is new to (for an `AppendOutcome::Linked` event: the newly linked policy). Returns
+    /// once the notifications are durable (the outbox's commit); the capture writer awaits it
+    /// from its own thread, right after the append's flush.
+    pub async fn on_recorded(&self, events: &[StoredEvent]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
@@ -266,6 +265,8 @@ impl Notifier {
             cursor: events.iter().map(|e| e.id).max(),
             ..Default::default()
         };
+        // Rendered after the sinks' lock is released: keys come from the outbox, which awaits.
+        let mut immediate: Vec<(SinkSpec, StoredEvent)> = Vec::new();
         {
             let sinks = lock(&self.inner.sinks);
             for se in events {
@@ -289,46 +290,59 @@ impl Notifier {
                             event,
                         });
                     } else {
-                        let events = [StoredEvent { id: se.id, event }];
-                        intake
-                            .entries
-                            .push(self.inner.new_entry(&st.spec, &events, now)?);
+                        immediate.push((st.spec.clone(), StoredEvent { id: se.id, event }));
                     }
                 }
             }
         }
-        self.inner.outbox.commit(&intake)?;
+        let keys = self.inner.outbox.next_keys(immediate.len()).await?;
+        for (key, (spec, event)) in keys.into_iter().zip(immediate) {
+            let entry = self
+                .inner
+                .new_entry(key, &spec, std::slice::from_ref(&event), now);
+            intake.entries.push(entry);
+        }
+        self.inner.outbox.commit(&intake).await?;
         debug!(
             events = events.len(),
             queued = intake.entries.len(),
             buffered = intake.buffered.len(),
             "events handed to the notifier"
         );
-        self.inner.update_gauges();
+        // The delivery loop refreshes the gauges on its pass.
         self.inner.wake.notify_one();
         Ok(())
     }
 
     /// Hands over events that were stored but never reached the notifier (a crash between the
     /// store's append and [`Notifier::on_recorded`]). Call once at startup, after
-    /// [`Notifier::set_policy`] for every policy and before new events flow. Blocks on the store.
-    /// Returns how many events it recovered.
-    pub fn recover_from(&self, store: &dyn EventStore) -> Result<usize> {
-        let Some(cursor) = self.inner.outbox.cursor()? else {
+    /// [`Notifier::set_policy`] for every policy and before new events flow. Queries the store
+    /// on the blocking pool. Returns how many events it recovered.
+    pub async fn recover_from(&self, store: Arc<dyn EventStore>) -> Result<usize> {
+        let query = |q: Query| {
+            let store = store.clone();
+            async move {
+                tokio::task::spawn_blocking(move || store.query(&q))
+                    .await
+                    .map_err(Error::store)?
+            }
+        };
+        let Some(cursor) = self.inner.outbox.cursor().await? else {
             // First start: nothing was ever handed over. Start at the newest event instead of
             // notifying about the whole history.
-            let newest = store
-                .query(&Query {
-                    limit: 1,
-                    ..Default::default()
-                })?
-                .events
-                .first()
-                .map(|e| e.id);
-            self.inner.outbox.commit(&Intake {
-                cursor: newest,
+            let page: Page = query(Query {
+                limit: 1,
                 ..Default::default()
-            })?;
+            })
+            .await?;
+            let newest = page.events.first().map(|e| e.id);
+            self.inner
+                .outbox
+                .commit(&Intake {
+                    cursor: newest,
+                    ..Default::default()
+                })
+                .await?;
             return Ok(0);
         };
         // Ids are receipt microseconds bumped to stay unique, so an event's receipt time can be a
@@ -340,12 +354,13 @@ impl Notifier {
         let mut missed: Vec<StoredEvent> = Vec::new();
         let mut after: Option<EventId> = None;
         loop {
-            let page = store.query(&Query {
+            let page = query(Query {
                 since: Some(since),
                 limit: 500,
                 after,
                 ..Default::default()
-            })?;
+            })
+            .await?;
             missed.extend(page.events.into_iter().filter(|e| e.id > cursor));
             match page.next {
                 Some(next) if after != Some(next) => after = Some(next),
@@ -355,7 +370,7 @@ impl Notifier {
         missed.sort_by_key(|e| e.id);
         missed.dedup_by_key(|e| e.id);
         for chunk in missed.chunks(256) {
-            self.on_recorded(chunk)?;
+            self.on_recorded(chunk).await?;
         }
         if !missed.is_empty() {
             info!(
@@ -374,15 +389,19 @@ impl Notifier {
         tokio::pin!(shutdown);
         lock(&self.inner.busy).clear();
         let mut tasks: JoinSet<()> = JoinSet::new();
-        info!(pending = self.inner.outbox.len(), "notifier started");
+        let pending = self.pending().await;
+        info!(pending, "notifier started");
         loop {
-            if let Err(error) = self.inner.close_due_windows(Timestamp::now()) {
+            if let Err(error) = self.inner.drop_removed().await {
+                warn!(%error, "dropping notifications of removed sinks failed");
+            }
+            if let Err(error) = self.inner.close_due_windows(Timestamp::now()).await {
                 warn!(%error, "closing digest windows failed");
             }
             if let Err(error) = self.inner.dispatch(&mut tasks).await {
                 warn!(%error, "reading the outbox failed");
             }
-            self.inner.update_gauges();
+            self.inner.update_gauges().await;
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = self.inner.wake.notified() => {}
@@ -401,17 +420,14 @@ impl Notifier {
             warn!("deliveries still running at shutdown; they will be retried after restart");
             tasks.abort_all();
         }
-        info!(pending = self.inner.outbox.len(), "notifier stopped");
+        let pending = self.pending().await;
+        info!(pending, "notifier stopped");
     }
 
-    /// How each sink is doing, sorted by policy and sink.
+    /// How each sink is doing, sorted by policy and sink; `pending` as of the delivery loop's
+    /// last pass.
     pub fn health(&self) -> Vec<SinkHealth> {
-        let mut pending: BTreeMap<SinkId, usize> = BTreeMap::new();
-        if let Ok(entries) = self.inner.outbox.entries() {
-            for (_, e) in entries {
-                *pending.entry(e.sink).or_default() += 1;
-            }
-        }
+        let pending = lock(&self.inner.pending).clone();
         let mut out: Vec<SinkHealth> = lock(&self.inner.sinks)
             .iter()
             .map(|(id, st)| SinkHealth {
@@ -441,14 +457,14 @@ impl Notifier {
         out
     }
 
-    /// Notifications waiting in the outbox.
-    pub fn pending(&self) -> usize {
-        self.inner.outbox.len()
+    /// Notifications waiting in the outbox (0 while it cannot be read).
+    pub async fn pending(&self) -> usize {
+        self.inner.outbox.counts().await.map_or(0, |c| c.pending)
     }
 
-    /// Events waiting in digest windows.
-    pub fn buffered(&self) -> usize {
-        self.inner.outbox.buffered_len()
+    /// Events waiting in digest windows (0 while the outbox cannot be read).
+    pub async fn buffered(&self) -> usize {
+        self.inner.outbox.counts().await.map_or(0, |c| c.buffered)
     }
 }
 
@@ -461,21 +477,48 @@ impl Inner {
         }
     }
 
-    fn update_gauges(&self) {
-        self.metrics.queue_depth.set(self.outbox.len() as i64);
-        self.metrics
-            .digest_buffered
-            .set(self.outbox.buffered_len() as i64);
+    /// Sets the gauges from the outbox; keeps them as they were while it cannot be read.
+    async fn update_gauges(&self) {
+        if let Ok(counts) = self.outbox.counts().await {
+            self.metrics.queue_depth.set(counts.pending as i64);
+            self.metrics.digest_buffered.set(counts.buffered as i64);
+        }
     }
 
-    /// Renders `events` for `spec` into a new outbox entry (with its key).
+    /// Drops what is queued for sinks that [`Notifier::set_policy`] or
+    /// [`Notifier::remove_policy`] took away since the last pass.
+    async fn drop_removed(&self) -> Result<()> {
+        let changed = std::mem::take(&mut *lock(&self.changed));
+        if changed.is_empty() {
+            return Ok(());
+        }
+        // The sinks as they are now, not as they were when the pass began: a sink set again
+        // meanwhile keeps what was queued for it.
+        let keep =
+            |id: &SinkId| !changed.contains(&id.policy) || lock(&self.sinks).contains_key(id);
+        match self.outbox.retain(keep).await {
+            Ok(dropped) => {
+                if dropped > 0 {
+                    info!(policies = ?changed, dropped, "dropped notifications of removed sinks");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Next pass, then.
+                lock(&self.changed).extend(changed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Renders `events` for `spec` into the outbox entry `key`.
     fn new_entry(
         &self,
+        key: u64,
         spec: &SinkSpec,
         events: &[StoredEvent],
         now: Timestamp,
-    ) -> Result<(u64, OutboxEntry)> {
-        let key = self.outbox.next_key()?;
+    ) -> (u64, OutboxEntry) {
         // The key is unique in this database, the random half across databases (replicas,
         // reinstalls), so receivers can dedupe on it safely.
         let delivery_id = format!("{key:016x}{:016x}", random_u64());
@@ -487,7 +530,7 @@ impl Inner {
             max_listed: self.config.max_listed,
         };
         let kind = spec.target.kind();
-        Ok((
+        (
             key,
             OutboxEntry {
                 delivery_id,
@@ -501,17 +544,18 @@ impl Inner {
                 state: EntryState::Pending,
                 last_error: None,
             },
-        ))
+        )
     }
 
     /// Turns every digest window that is over (or full) into one notification.
-    fn close_due_windows(&self, now: Timestamp) -> Result<()> {
-        for (sink, opened, held) in self.outbox.open_windows()? {
-            let spec = match lock(&self.sinks).get(&sink) {
-                Some(st) => st.spec.clone(),
+    async fn close_due_windows(&self, now: Timestamp) -> Result<()> {
+        for (sink, opened, held) in self.outbox.open_windows().await? {
+            let spec = lock(&self.sinks).get(&sink).map(|st| st.spec.clone());
+            let spec = match spec {
+                Some(spec) => spec,
                 // Its policy is not (yet) set: keep the events until it is, or until they expire.
                 None => {
-                    self.expire_buffered(&sink, opened, now)?;
+                    self.expire_buffered(&sink, opened, now).await?;
                     continue;
                 }
             };
@@ -523,7 +567,7 @@ impl Inner {
             {
                 continue;
             }
-            let buffered = self.outbox.buffered(&sink)?;
+            let buffered = self.outbox.buffered(&sink).await?;
             if buffered.is_empty() {
                 continue;
             }
@@ -535,8 +579,9 @@ impl Inner {
                     event: b.event,
                 })
                 .collect();
-            let (key, entry) = self.new_entry(&spec, &events, now)?;
-            self.outbox.close_window(&sink, &ids, key, &entry)?;
+            let key = self.outbox.next_keys(1).await?[0];
+            let (key, entry) = self.new_entry(key, &spec, &events, now);
+            self.outbox.close_window(&sink, &ids, key, &entry).await?;
             debug!(sink = %sink, events = ids.len(), delivery = %entry.delivery_id, "digest window closed");
             self.wake.notify_one();
         }
@@ -544,19 +589,24 @@ impl Inner {
     }
 
     /// Drops the digest events of unconfigured `sink` that are older than `maxPendingAge`.
-    fn expire_buffered(&self, sink: &SinkId, opened: Timestamp, now: Timestamp) -> Result<()> {
+    async fn expire_buffered(
+        &self,
+        sink: &SinkId,
+        opened: Timestamp,
+        now: Timestamp,
+    ) -> Result<()> {
         let max_age = self.config.max_pending_age;
         if !limits::too_old(opened, now, max_age) {
             // Its oldest event is young enough: so are the others.
             return Ok(());
         }
-        let buffered = self.outbox.buffered(sink)?;
+        let buffered = self.outbox.buffered(sink).await?;
         let gone: Vec<(SinkId, EventId)> =
             limits::buffered_to_drop(&buffered, |_| false, now, max_age)
                 .into_iter()
                 .map(|b| (b.sink.clone(), b.id))
                 .collect();
-        self.outbox.remove_buffered(&gone)?;
+        self.outbox.remove_buffered(&gone).await?;
         self.metrics
             .dropped("unknown", DropReason::Expired.as_str(), gone.len() as u64);
         self.note_drops(gone.len() as u64, 0);
@@ -642,8 +692,13 @@ impl Inner {
         let now_i = tokio::time::Instant::now();
         let mut heads: HashSet<SinkId> = HashSet::new();
         let mut stale = Vec::new();
-        let entries = self.sweep(self.outbox.entries()?, now).await?;
+        let entries = self.sweep(self.outbox.entries().await?, now).await?;
         self.log_drops();
+        let mut pending: BTreeMap<SinkId, usize> = BTreeMap::new();
+        for (_, e) in &entries {
+            *pending.entry(e.sink.clone()).or_default() += 1;
+        }
+        *lock(&self.pending) = pending;
         for (key, entry) in entries {
             // Only each sink's oldest entry is a candidate: messages keep their order and a sink
             // that is down is not hammered with its whole queue.
@@ -774,7 +829,7 @@ impl Inner {
             warn!(%error, sink = %entry.sink, "cannot record a delivery outcome");
         }
         lock(&self.busy).remove(&entry.sink);
-        self.update_gauges();
+        self.update_gauges().await;
         self.wake.notify_one();
     }
 
@@ -802,18 +857,24 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::crd::{SecretKeyRef, WebhookSink};
-    use testutil::{MemStore, event, stored};
+    use crate::store::MemStore;
+    use testutil::{event, stored};
 
-    fn notifier(db: &sled::Db) -> Notifier {
+    fn notifier(store: &MemStore) -> Notifier {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let n = Notifier::new(
-            db.clone(),
+            store.outbox(),
             Arc::new(StaticSecrets::default()),
             NotifyConfig::default(),
             NotifyMetrics::default(),
         )
         .unwrap();
-        let sink = NotifySink {
+        n.set_policy("prod", &[hook_sink()]).unwrap();
+        n
+    }
+
+    fn hook_sink() -> NotifySink {
+        NotifySink {
             name: "hook".into(),
             webhook: Some(WebhookSink {
                 url_secret_ref: SecretKeyRef {
@@ -824,9 +885,7 @@ mod tests {
                 signing_secret_ref: None,
             }),
             ..Default::default()
-        };
-        n.set_policy("prod", &[sink]).unwrap();
-        n
+        }
     }
 
     fn at(id: u64) -> StoredEvent {
@@ -837,37 +896,32 @@ mod tests {
 
     use crate::crd::Operation;
 
-    #[test]
-    fn recover_from_hands_over_what_the_cursor_missed() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let n = notifier(&db);
+    #[tokio::test]
+    async fn recover_from_hands_over_what_the_cursor_missed() {
         let base = 1_800_000_000_000_000u64;
-        let store = MemStore::default();
-        store.0.lock().unwrap().extend((0..5).map(|i| at(base + i)));
+        let store = Arc::new(MemStore::new());
+        let n = notifier(&store);
+        // Older history, to exercise paging (more than one page of `recover_from`'s 500) and
+        // the look-back before the cursor.
+        let older: Vec<StoredEvent> = (0..700).map(|i| at(base - 1_000_000 + i)).collect();
+        store.add(&older);
+        store.add(&(0..5).map(|i| at(base + i)).collect::<Vec<_>>());
         // First start: no cursor, nothing replayed, cursor set to the newest event.
-        assert_eq!(n.recover_from(&store).unwrap(), 0);
-        assert_eq!(n.pending(), 0);
+        assert_eq!(n.recover_from(store.clone()).await.unwrap(), 0);
+        assert_eq!(n.pending().await, 0);
         // Two events handed over normally, then three stored but lost before on_recorded.
-        n.on_recorded(&[at(base + 5), at(base + 6)]).unwrap();
-        store
-            .0
-            .lock()
-            .unwrap()
-            .extend((5..10).map(|i| at(base + i)));
-        // Lots of older history too, to exercise paging.
-        store
-            .0
-            .lock()
-            .unwrap()
-            .extend((0..300).map(|i| at(base - 1_000_000 + i)));
-        assert_eq!(n.pending(), 2);
-        assert_eq!(n.recover_from(&store).unwrap(), 3);
-        assert_eq!(n.pending(), 5);
-        assert_eq!(n.recover_from(&store).unwrap(), 0);
+        store.add(&[at(base + 5), at(base + 6)]);
+        n.on_recorded(&[at(base + 5), at(base + 6)]).await.unwrap();
+        store.add(&(7..10).map(|i| at(base + i)).collect::<Vec<_>>());
+        assert_eq!(n.pending().await, 2);
+        assert_eq!(n.recover_from(store.clone()).await.unwrap(), 3);
+        assert_eq!(n.pending().await, 5);
+        assert_eq!(n.recover_from(store.clone()).await.unwrap(), 0);
         let ids: Vec<u64> = n
             .inner
             .outbox
             .entries()
+            .await
             .unwrap()
             .into_iter()
             .flat_map(|(_, e)| e.event_ids)
@@ -875,18 +929,56 @@ mod tests {
         assert_eq!(ids, (5..10).map(|i| base + i).collect::<Vec<_>>());
     }
 
-    #[test]
-    fn policies_and_filters_route_events() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let n = notifier(&db);
+    #[tokio::test]
+    async fn policies_and_filters_route_events() {
+        let store = MemStore::new();
+        let n = notifier(&store);
         let mut other = at(1);
         other.event.policies = vec!["staging".into()];
-        n.on_recorded(&[other, at(2)]).unwrap();
-        assert_eq!(n.pending(), 1);
-        // Removing the policy drops its queue.
-        n.remove_policy("prod").unwrap();
-        assert_eq!(n.pending(), 0);
+        n.on_recorded(&[other, at(2)]).await.unwrap();
+        assert_eq!(n.pending().await, 1);
+        // Removing the policy drops its queue, at the delivery loop's next pass.
+        n.remove_policy("prod");
         assert!(n.health().is_empty());
+        n.inner.drop_removed().await.unwrap();
+        assert_eq!(n.pending().await, 0);
+    }
+
+    /// A sink taken out of a policy loses its queue (notifications and digest events); the
+    /// policy's other sinks, and other policies, keep theirs.
+    #[tokio::test]
+    async fn queues_of_removed_sinks_are_dropped() {
+        let store = MemStore::new();
+        let n = notifier(&store);
+        let hook = lock(&n.inner.sinks)[&SinkId::new("prod", "hook")]
+            .spec
+            .clone();
+        let mut digest = NotifySink {
+            name: "digest".into(),
+            webhook: hook_sink().webhook,
+            ..Default::default()
+        };
+        digest.digest = Some("1h".into());
+        n.set_policy("prod", &[hook_sink(), digest.clone()])
+            .unwrap();
+        n.set_policy("other", &[hook_sink()]).unwrap();
+        let mut e = at(1);
+        e.event.policies = vec!["prod".into(), "other".into()];
+        n.on_recorded(&[e]).await.unwrap();
+        assert_eq!((n.pending().await, n.buffered().await), (2, 1));
+        n.inner.drop_removed().await.unwrap();
+        assert_eq!((n.pending().await, n.buffered().await), (2, 1));
+        // prod drops its webhook sink, keeps the digest one.
+        n.set_policy("prod", &[digest.clone()]).unwrap();
+        n.inner.drop_removed().await.unwrap();
+        assert_eq!((n.pending().await, n.buffered().await), (1, 1));
+        // Then the digest one goes too; other's notification stays.
+        n.set_policy("prod", &[]).unwrap();
+        n.inner.drop_removed().await.unwrap();
+        assert_eq!((n.pending().await, n.buffered().await), (1, 0));
+        let left = n.inner.outbox.entries().await.unwrap();
+        assert_eq!(left[0].1.sink, SinkId::new("other", "hook"));
+        assert_eq!(left[0].1.kind, hook.target.kind());
     }
 
     fn dropped(m: &NotifyMetrics, kind: &'static str, reason: &'static str) -> u64 {
@@ -897,23 +989,26 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn held_back_notifications_expire_after_the_max_age() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let n = notifier(&db);
+        let store = MemStore::new();
+        let n = notifier(&store);
         let events: Vec<StoredEvent> = (1..=4).map(at).collect();
-        n.on_recorded(&events).unwrap();
+        n.on_recorded(&events).await.unwrap();
         let now = Timestamp::now();
         let day = n.inner.config.max_pending_age;
         // Held back (a rate limit, retries): kept while young, one sweep drops them all once old.
-        let kept = n.inner.sweep(n.inner.outbox.entries().unwrap(), now).await;
+        let kept = n
+            .inner
+            .sweep(n.inner.outbox.entries().await.unwrap(), now)
+            .await;
         assert_eq!(kept.unwrap().len(), 4);
         let later =
             now + jiff::SignedDuration::try_from(day).unwrap() + jiff::SignedDuration::from_secs(1);
         let kept = n
             .inner
-            .sweep(n.inner.outbox.entries().unwrap(), later)
+            .sweep(n.inner.outbox.entries().await.unwrap(), later)
             .await;
         assert!(kept.unwrap().is_empty());
-        assert_eq!(n.pending(), 0);
+        assert_eq!(n.pending().await, 0);
         assert_eq!(dropped(&n.inner.metrics, "webhook", "expired"), 4);
         // One log line for the sweep, then none until a minute has passed.
         n.inner.log_drops();
@@ -926,31 +1021,31 @@ mod tests {
         assert_eq!(lock(&n.inner.drops).expired, 0);
     }
 
-    #[test]
-    fn digest_events_of_a_sink_no_longer_configured_expire() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let n = notifier(&db);
+    #[tokio::test]
+    async fn digest_events_of_a_sink_no_longer_configured_expire() {
+        let store = MemStore::new();
+        let n = notifier(&store);
         let id = SinkId::new("prod", "hook");
         lock(&n.inner.sinks).get_mut(&id).unwrap().spec.digest = Some(Duration::from_secs(60));
-        n.on_recorded(&[at(1), at(2)]).unwrap();
-        assert_eq!(n.buffered(), 2);
+        n.on_recorded(&[at(1), at(2)]).await.unwrap();
+        assert_eq!(n.buffered().await, 2);
         // The policy is not set (yet) in this life: its events wait, until they are too old.
         lock(&n.inner.sinks).clear();
         let now = Timestamp::now();
-        n.inner.close_due_windows(now).unwrap();
-        assert_eq!(n.buffered(), 2);
+        n.inner.close_due_windows(now).await.unwrap();
+        assert_eq!(n.buffered().await, 2);
         n.inner
             .close_due_windows(now + jiff::SignedDuration::from_hours(25))
+            .await
             .unwrap();
-        assert_eq!(n.buffered(), 0);
-        assert_eq!(n.pending(), 0);
+        assert_eq!(n.buffered().await, 0);
+        assert_eq!(n.pending().await, 0);
         assert_eq!(dropped(&n.inner.metrics, "unknown", "expired"), 2);
     }
 
     #[test]
     fn invalid_sinks_show_in_health() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let n = notifier(&db);
+        let n = notifier(&MemStore::new());
         let bad = NotifySink {
             name: "nothing".into(),
             ..Default::default()

@@ -1,26 +1,22 @@
-//! The durable outbox: notifications waiting to be delivered, events waiting in a digest window,
-//! and the cursor of the last event handed over, in three sled trees of the store's database.
+//! The durable outbox as the notifier sees it: notifications waiting to be delivered, events
+//! waiting in a digest window, and the cursor of the last event handed over, encoded (JSON) onto
+//! the store's [`OutboxStore`] contract, which each engine keeps next to its events.
 //!
-//! Every change is flushed before anything is sent, so a restart resumes where the last process
-//! stopped. An entry is marked in-flight (and flushed) before each attempt and removed after a
-//! confirmed delivery: after a crash an in-flight entry is sent again (its outcome is unknown, and
-//! it keeps its delivery id so the receiver can drop the duplicate), a confirmed one never.
-//! Depends on sled and the notify types only.
+//! Every notification is durable before anything is sent, so a restart resumes where the last
+//! process stopped. An entry is marked in-flight (durably) before each attempt and removed after
+//! a confirmed delivery: after a crash an in-flight entry is sent again (its outcome is unknown,
+//! and it keeps its delivery id so the receiver can drop the duplicate), a confirmed one never.
+//! Depends on the store's outbox contract and the notify types only.
 
 use super::config::{SinkId, SinkKind};
 use super::message::Payload;
 use crate::pipeline::ChangeEvent;
-use crate::store::{EventId, SharedDb};
+use crate::store::EventId;
+use crate::store::outbox::{BufferedRecord, OutboxCounts, OutboxIntake, OutboxStore};
 use crate::{Error, Result};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-
-const OUTBOX_TREE: &str = "notify_outbox";
-const DIGEST_TREE: &str = "notify_digest";
-const META_TREE: &str = "notify_meta";
-const CURSOR_KEY: &[u8] = b"cursor";
+use std::sync::Arc;
 
 /// Where an entry is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,7 +72,7 @@ pub struct BufferedEvent {
 /// What one call of the notifier hands to the outbox, written atomically.
 #[derive(Debug, Default)]
 pub struct Intake {
-    /// New notifications, with their keys from [`Outbox::next_key`].
+    /// New notifications, with their keys from [`Outbox::next_keys`].
     pub entries: Vec<(u64, OutboxEntry)>,
     /// Events for digest windows.
     pub buffered: Vec<BufferedEvent>,
@@ -84,26 +80,10 @@ pub struct Intake {
     pub cursor: Option<EventId>,
 }
 
-/// The outbox trees, in the store's database. Each use takes the database afresh from the
-/// [`SharedDb`]: the store replaces it when it reopens after a write failure.
+/// The notifier's typed view of the store's outbox. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
-    db: SharedDb,
-}
-
-/// The trees of one use.
-struct Trees {
-    db: sled::Db,
-    outbox: sled::Tree,
-    digest: sled::Tree,
-    meta: sled::Tree,
-}
-
-fn tx_error(e: TransactionError<Error>) -> Error {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => Error::Store(e),
-    }
+    store: Arc<dyn OutboxStore>,
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -114,162 +94,96 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
 }
 
-fn digest_key(sink: &SinkId, id: EventId) -> Vec<u8> {
-    let mut k = sink.key().into_bytes();
-    k.extend_from_slice(&id.to_be_bytes());
-    k
+fn decode_buffered(records: Vec<BufferedRecord>) -> Result<Vec<BufferedEvent>> {
+    records
+        .iter()
+        .map(|r| decode("digest entry", &r.value))
+        .collect()
 }
 
 impl Outbox {
-    /// Opens (creating if needed) the outbox trees in `db`.
-    pub fn open(db: impl Into<SharedDb>) -> Result<Self> {
-        let outbox = Outbox { db: db.into() };
-        outbox.trees()?;
-        Ok(outbox)
+    /// The notifier's view of `store`.
+    pub fn new(store: Arc<dyn OutboxStore>) -> Self {
+        Outbox { store }
     }
 
-    fn trees(&self) -> Result<Trees> {
-        let db = self.db.get()?;
-        Ok(Trees {
-            outbox: db.open_tree(OUTBOX_TREE)?,
-            digest: db.open_tree(DIGEST_TREE)?,
-            meta: db.open_tree(META_TREE)?,
-            db,
-        })
-    }
-
-    /// A fresh, increasing entry key.
-    pub fn next_key(&self) -> Result<u64> {
-        let t = self.trees()?;
-        Ok(t.db.generate_id()?)
-    }
-
-    /// Writes `intake` in one transaction, flushed to disk when it queues notifications.
-    pub fn commit(&self, intake: &Intake) -> Result<()> {
-        let t = self.trees()?;
-        if intake.entries.is_empty() && intake.buffered.is_empty() && intake.cursor.is_none() {
-            return Ok(());
+    /// `n` fresh, increasing entry keys.
+    pub async fn next_keys(&self, n: usize) -> Result<Vec<u64>> {
+        if n == 0 {
+            return Ok(Vec::new());
         }
-        // Serialise outside the transaction: its closure may run more than once.
-        let entries = intake
-            .entries
-            .iter()
-            .map(|(k, e)| Ok((k.to_be_bytes(), encode(e)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let buffered = intake
-            .buffered
-            .iter()
-            .map(|b| Ok((digest_key(&b.sink, b.id), encode(b)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let cursor = intake.cursor;
-        (&t.outbox, &t.digest, &t.meta)
-            .transaction(|(o, d, m)| {
-                for (k, v) in &entries {
-                    o.insert(&k[..], v.as_slice())?;
-                }
-                for (k, v) in &buffered {
-                    d.insert(k.as_slice(), v.as_slice())?;
-                }
-                if let Some(c) = cursor {
-                    let old = m
-                        .get(CURSOR_KEY)?
-                        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-                        .map(u64::from_be_bytes);
-                    if old.is_none_or(|o| o < c) {
-                        m.insert(CURSOR_KEY, &c.to_be_bytes())?;
-                    }
-                }
-                Ok::<_, ConflictableTransactionError<Error>>(())
-            })
-            .map_err(tx_error)?;
-        // Entries are sent soon: they must be on disk first. A cursor or digest buffer alone
-        // waits for the database's next flush (the store's next group commit); a crash before
-        // it only moves the cursor back, and `Notifier::recover_from` hands those events over
-        // again (buffering is keyed by sink and event id, so that is idempotent).
-        if !intake.entries.is_empty() {
-            t.db.flush()?;
-        }
-        Ok(())
+        self.store.next_keys(n).await
+    }
+
+    /// Writes `intake` atomically, durably when it queues notifications (a cursor or buffered
+    /// events alone may wait for the store's next flush: a crash before it only moves the cursor
+    /// back, and `Notifier::recover_from` hands those events over again, which buffers them
+    /// again under the same sink and event id).
+    pub async fn commit(&self, intake: &Intake) -> Result<()> {
+        // The sink's key: a window's events are read back by it, and the store keeps sinks
+        // apart by it (it is also the key layout earlier versions wrote on sled).
+        let encoded = OutboxIntake {
+            entries: intake
+                .entries
+                .iter()
+                .map(|(k, e)| Ok((*k, encode(e)?)))
+                .collect::<Result<_>>()?,
+            buffered: intake
+                .buffered
+                .iter()
+                .map(|b| {
+                    Ok(BufferedRecord {
+                        sink: b.sink.key(),
+                        event: b.id,
+                        value: encode(b)?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            cursor: intake.cursor,
+        };
+        self.store.commit(encoded).await
     }
 
     /// The last event id handed to the outbox, if any.
-    pub fn cursor(&self) -> Result<Option<EventId>> {
-        Ok(self
-            .trees()?
-            .meta
-            .get(CURSOR_KEY)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes))
+    pub async fn cursor(&self) -> Result<Option<EventId>> {
+        self.store.cursor().await
     }
 
     /// All entries, oldest first.
-    pub fn entries(&self) -> Result<Vec<(u64, OutboxEntry)>> {
-        let t = self.trees()?;
-        t.outbox
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                let key = <[u8; 8]>::try_from(k.as_ref())
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| Error::Corrupt("outbox key".into()))?;
-                Ok((key, decode("outbox entry", &v)?))
-            })
+    pub async fn entries(&self) -> Result<Vec<(u64, OutboxEntry)>> {
+        self.store
+            .entries()
+            .await?
+            .into_iter()
+            .map(|(k, v)| Ok((k, decode("outbox entry", &v)?)))
             .collect()
     }
 
-    /// Number of notifications waiting (0 while the store reopens).
-    pub fn len(&self) -> usize {
-        self.trees().map_or(0, |t| t.outbox.len())
+    /// Notifications waiting and events in digest windows.
+    pub async fn counts(&self) -> Result<OutboxCounts> {
+        self.store.counts().await
     }
 
-    /// True when nothing waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Number of events waiting in digest windows (0 while the store reopens).
-    pub fn buffered_len(&self) -> usize {
-        self.trees().map_or(0, |t| t.digest.len())
-    }
-
-    /// Rewrites an entry (state, attempts, next attempt) and flushes.
+    /// Rewrites an entry (state, attempts, next attempt), durably; one removed meanwhile stays
+    /// removed.
     pub async fn update(&self, key: u64, entry: &OutboxEntry) -> Result<()> {
-        let t = self.trees()?;
-        t.outbox.insert(key.to_be_bytes(), encode(entry)?)?;
-        t.db.flush_async().await?;
-        Ok(())
+        self.store.update(key, encode(entry)?).await
     }
 
-    /// Removes a delivered (or given-up) entry and flushes.
+    /// Removes a delivered (or given-up) entry, durably.
     pub async fn remove(&self, key: u64) -> Result<()> {
-        let t = self.trees()?;
-        t.outbox.remove(key.to_be_bytes())?;
-        t.db.flush_async().await?;
-        Ok(())
+        self.store.remove(&[key]).await
     }
 
-    /// Removes entries (expired or over a bound) and flushes once.
+    /// Removes entries (expired or over a bound) in one durable write.
     pub async fn remove_many(&self, keys: &[u64]) -> Result<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let t = self.trees()?;
-        let mut batch = sled::Batch::default();
-        for key in keys {
-            batch.remove(&key.to_be_bytes()[..]);
-        }
-        t.outbox.apply_batch(batch)?;
-        t.db.flush_async().await?;
-        Ok(())
+        self.store.remove(keys).await
     }
 
     /// Every sink with buffered events, the time its window opened, and how many it holds.
-    pub fn open_windows(&self) -> Result<Vec<(SinkId, Timestamp, usize)>> {
-        let t = self.trees()?;
+    pub async fn open_windows(&self) -> Result<Vec<(SinkId, Timestamp, usize)>> {
         let mut out: Vec<(SinkId, Timestamp, usize)> = Vec::new();
-        for kv in t.digest.iter() {
-            let (_, v) = kv?;
-            let b: BufferedEvent = decode("digest entry", &v)?;
+        for b in decode_buffered(self.store.buffered(None).await?)? {
             match out.iter_mut().find(|(s, _, _)| *s == b.sink) {
                 Some((_, t, n)) => {
                     *t = (*t).min(b.added_at);
@@ -281,76 +195,47 @@ impl Outbox {
         Ok(out)
     }
 
-    /// Removes buffered digest events (of sinks no longer configured) and flushes.
-    pub fn remove_buffered(&self, events: &[(SinkId, EventId)]) -> Result<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let t = self.trees()?;
-        let mut batch = sled::Batch::default();
-        for (sink, id) in events {
-            batch.remove(digest_key(sink, *id));
-        }
-        t.digest.apply_batch(batch)?;
-        t.db.flush()?;
-        Ok(())
+    /// Removes buffered digest events (of sinks no longer configured), durably.
+    pub async fn remove_buffered(&self, events: &[(SinkId, EventId)]) -> Result<()> {
+        let events: Vec<(String, EventId)> = events.iter().map(|(s, id)| (s.key(), *id)).collect();
+        self.store.remove_buffered(&events).await
     }
 
     /// The events buffered for `sink`, oldest first.
-    pub fn buffered(&self, sink: &SinkId) -> Result<Vec<BufferedEvent>> {
-        let t = self.trees()?;
-        t.digest
-            .scan_prefix(sink.key().as_bytes())
-            .map(|kv| {
-                let (_, v) = kv?;
-                decode("digest entry", &v)
-            })
-            .collect()
+    pub async fn buffered(&self, sink: &SinkId) -> Result<Vec<BufferedEvent>> {
+        decode_buffered(self.store.buffered(Some(&sink.key())).await?)
     }
 
-    /// Atomically turns `sink`'s buffered events `ids` into the notification `entry`, and flushes.
-    pub fn close_window(
+    /// Atomically and durably turns `sink`'s buffered events `ids` into the notification `entry`.
+    pub async fn close_window(
         &self,
         sink: &SinkId,
         ids: &[EventId],
         key: u64,
         entry: &OutboxEntry,
     ) -> Result<()> {
-        let value = encode(entry)?;
-        let keys: Vec<Vec<u8>> = ids.iter().map(|id| digest_key(sink, *id)).collect();
-        let t = self.trees()?;
-        (&t.outbox, &t.digest)
-            .transaction(|(o, d)| {
-                for k in &keys {
-                    d.remove(k.as_slice())?;
-                }
-                o.insert(&key.to_be_bytes()[..], value.as_slice())?;
-                Ok::<_, ConflictableTransactionError<Error>>(())
-            })
-            .map_err(tx_error)?;
-        t.db.flush()?;
-        Ok(())
+        self.store
+            .close_window(&sink.key(), ids, key, encode(entry)?)
+            .await
     }
 
-    /// Drops everything queued for sinks that `keep` rejects (a sink or policy was removed).
-    pub fn retain(&self, keep: impl Fn(&SinkId) -> bool) -> Result<usize> {
-        let t = self.trees()?;
-        let mut dropped = 0;
-        for (key, e) in self.entries()? {
-            if !keep(&e.sink) {
-                t.outbox.remove(key.to_be_bytes())?;
-                dropped += 1;
-            }
-        }
-        for kv in t.digest.iter() {
-            let (k, v) = kv?;
-            let b: BufferedEvent = decode("digest entry", &v)?;
-            if !keep(&b.sink) {
-                t.digest.remove(k)?;
-                dropped += 1;
-            }
-        }
-        t.db.flush()?;
-        Ok(dropped)
+    /// Drops everything queued for sinks that `keep` rejects (a sink or policy was removed);
+    /// returns how much went.
+    pub async fn retain(&self, keep: impl Fn(&SinkId) -> bool) -> Result<usize> {
+        let gone: Vec<u64> = self
+            .entries()
+            .await?
+            .into_iter()
+            .filter(|(_, e)| !keep(&e.sink))
+            .map(|(k, _)| k)
+            .collect();
+        self.store.remove(&gone).await?;
+        let buffered: Vec<(String, EventId)> = decode_buffered(self.store.buffered(None).await?)?
+            .into_iter()
+            .filter(|b| !keep(&b.sink))
+            .map(|b| (b.sink.key(), b.id))
+            .collect();
+        self.store.remove_buffered(&buffered).await?;
+        Ok(gone.len() + buffered.len())
     }
 }

@@ -1,8 +1,8 @@
-//! Test helpers: events and a minimal in-memory [`EventStore`].
+//! Test helpers: events. Tests that need a store use the real one, [`crate::store::MemStore`].
 
 use crate::crd::Operation;
 use crate::pipeline::{Actor, ChangeEvent};
-use crate::store::{EventId, EventStore, Page, Query, StoredEvent};
+use crate::store::{EventId, StoredEvent};
 
 pub(crate) mod fixtures {
     #![allow(dead_code)]
@@ -35,53 +35,4 @@ pub(crate) fn event(user: &str, op: Operation, ns: Option<&str>, name: &str) -> 
 
 pub(crate) fn stored(id: EventId, event: ChangeEvent) -> StoredEvent {
     StoredEvent { id, event }
-}
-
-/// Just enough of a store for `recover_from`: `query` by `since`, newest first, paged.
-#[derive(Default)]
-pub(crate) struct MemStore(pub std::sync::Mutex<Vec<StoredEvent>>);
-
-impl EventStore for MemStore {
-    fn append_buffered(
-        &self,
-        _: &[crate::pipeline::Captured],
-    ) -> crate::Result<Vec<crate::store::AppendOutcome>> {
-        unimplemented!()
-    }
-    fn query(&self, q: &Query) -> crate::Result<Page> {
-        let mut all: Vec<StoredEvent> = self
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| q.since.is_none_or(|s| e.event.received_at >= s))
-            .filter(|e| q.after.is_none_or(|a| e.id < a))
-            .cloned()
-            .collect();
-        all.sort_by_key(|e| std::cmp::Reverse(e.id));
-        let limit = q.limit.clamp(1, 100);
-        let next = (all.len() > limit).then(|| all[limit - 1].id);
-        all.truncate(limit);
-        Ok(Page { events: all, next })
-    }
-    fn get(&self, _: EventId) -> crate::Result<Option<StoredEvent>> {
-        unimplemented!()
-    }
-    fn state_after(&self, _: EventId) -> crate::Result<Option<serde_json::Value>> {
-        unimplemented!()
-    }
-    fn state_before(&self, _: EventId) -> crate::Result<Option<serde_json::Value>> {
-        unimplemented!()
-    }
-    fn enforce_retention(
-        &self,
-        _: jiff::Timestamp,
-        _: &dyn Fn(&str) -> Option<crate::store::RetentionRule>,
-        _: crate::store::RetentionRule,
-    ) -> crate::Result<crate::store::RetentionReport> {
-        unimplemented!()
-    }
-    fn stats(&self) -> crate::Result<crate::store::StoreStats> {
-        unimplemented!()
-    }
 }

@@ -6,6 +6,7 @@
 //! Nothing is durable: `sync` and `recover` have nothing to do.
 
 use super::history::{self, ChainPos, Link, RecordSource};
+use super::outbox::{MemOutbox, OutboxStore};
 use super::query::{self, KindAliases, PageBuilder};
 use super::recent::Recent;
 use super::retention::{CountWalk, MAX_REMOVALS_PER_PASS, Rules};
@@ -19,11 +20,13 @@ use jiff::Timestamp;
 use parking_lot::Mutex;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// The in-memory store. Share it behind an `Arc`; every call takes its one lock.
 #[derive(Default)]
 pub struct MemStore {
     inner: Mutex<Inner>,
+    outbox: Arc<MemOutbox>,
 }
 
 /// What names an object: its uid, or without one its resource, namespace and name.
@@ -266,6 +269,11 @@ impl MemStore {
     /// An empty store.
     pub fn new() -> MemStore {
         MemStore::default()
+    }
+
+    /// The notification outbox kept beside the events (the same one on every call).
+    pub fn outbox(&self) -> Arc<dyn OutboxStore> {
+        self.outbox.clone()
     }
 
     /// Tests: stores `events` as they are, under their own ids (as a store that recorded them

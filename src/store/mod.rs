@@ -1,6 +1,7 @@
 //! Event storage: the [`EventStore`] contract the rest of histor speaks, the pure parts every
 //! engine shares ([`history`] delta chains, [`retention`] decisions, [`query`] matching and
-//! paging, the dedupe window), and the engines behind it (`sled/`, one folder per engine).
+//! paging, the dedupe window), the notification outbox's own contract ([`outbox`]), and the
+//! engines behind both (`sled/`, `postgres/`, one folder per engine).
 //! Depends only on pipeline types; knows nothing of HTTP or Kubernetes clients. Nothing outside
 //! an engine's folder names its crate.
 
@@ -16,6 +17,7 @@ pub mod digest;
 pub mod history;
 mod location;
 pub mod mem;
+pub mod outbox;
 mod postgres;
 pub mod query;
 mod recent;
@@ -25,10 +27,11 @@ mod sled;
 pub use self::history::SNAPSHOT_EVERY;
 pub use self::location::Location;
 pub use self::mem::MemStore;
+pub use self::outbox::{MemOutbox, OutboxStore};
 pub use self::postgres::{PgConfig, PgStore};
 pub use self::query::MAX_PAGE;
 pub use self::retention::MAX_REMOVALS_PER_PASS;
-pub use self::sled::{BUCKET_SHIFT, HEADS_CACHE, SharedDb, SledStore};
+pub use self::sled::{BUCKET_SHIFT, HEADS_CACHE, SledStore};
 
 /// How long a request uid is remembered for dedupe, in microseconds of event ids: 2 minutes.
 /// The apiserver calls every webhook of a request, and retries it, within the request's own

@@ -57,18 +57,18 @@ const STATE_CACHE: usize = 4096;
 
 /// Wraps a driver error. (The one place this engine turns its crate's errors into histor's.)
 pub(super) fn pg_err(e: tokio_postgres::Error) -> Error {
-    Error::Io(std::io::Error::other(format!("postgres: {e}")))
+    Error::store(e)
 }
 
 fn timed_out() -> Error {
-    Error::Io(std::io::Error::new(
+    Error::store(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         "postgres: no answer in time",
     ))
 }
 
 fn pool_err(e: deadpool_postgres::PoolError) -> Error {
-    Error::Io(std::io::Error::other(format!("postgres: {e}")))
+    Error::store(e)
 }
 
 /// The PostgreSQL event store. Share it behind an `Arc`; appends serialise on a lock of this

@@ -14,6 +14,7 @@
 //! - `dict`: id → tagged string, for the strings events repeat (users, resources, policies...).
 //! - `kinds`: alias ‖ 0 ‖ group/resource → empty, so queries accept `Deployment` or `deploy...`.
 //! - `meta`: last id, event count, clean-shutdown flag.
+//! - `notify_outbox`, `notify_digest`, `notify_meta`: the notification outbox ([`outbox`]).
 //!
 //! Objects are stored as deltas (the event's `changes`) with a full snapshot on an object's first
 //! event, when the delta would not reproduce the object exactly, and every
@@ -42,6 +43,7 @@ use super::{
     RetentionRule, StoreStats, StoredEvent,
 };
 use crate::pipeline::{Actor, Captured, ChangeEvent, FieldChange, KindId, ResourceId};
+use crate::store::outbox::OutboxStore;
 use crate::{Error, Result};
 use jiff::Timestamp;
 use parking_lot::{Mutex, MutexGuard};
@@ -54,6 +56,7 @@ use std::sync::{Arc, RwLock};
 
 mod codec;
 mod keys;
+mod outbox;
 #[cfg(test)]
 mod tests;
 
@@ -172,12 +175,11 @@ impl Trees {
     }
 }
 
-/// The store's database as other components reach it (the notification outbox keeps its trees
-/// in it). The store replaces the database when it reopens after a write failure, so a holder
-/// takes it for each use rather than keeping a clone: a kept clone would also keep the old
-/// database's file lock, and the reopen would fail.
+/// The store's database as the outbox ([`outbox`]) reaches it. The store replaces the database
+/// when it reopens after a write failure, so a holder takes it for each use rather than keeping
+/// a clone: a kept clone would also keep the old database's file lock, and the reopen would fail.
 #[derive(Clone)]
-pub struct SharedDb(Arc<parking_lot::RwLock<Option<sled::Db>>>);
+struct SharedDb(Arc<parking_lot::RwLock<Option<sled::Db>>>);
 
 impl SharedDb {
     /// The current database; [`Error::StoreClosed`] while the store is reopening it.
@@ -344,10 +346,16 @@ impl SledStore {
         self.trees.read().clone().ok_or(Error::StoreClosed)
     }
 
-    /// The underlying database, for components that keep their own trees next to the events
-    /// (their writes become durable with the next append's flush, or their own). It changes when
-    /// the store reopens: see [`SharedDb`].
-    pub fn db(&self) -> SharedDb {
+    /// The notification outbox, in three trees of this store's database (its cursor and
+    /// buffered events become durable with the next append's flush, its notifications with
+    /// its own). It follows the store when it reopens after a write failure.
+    pub fn outbox(&self) -> Arc<dyn OutboxStore> {
+        Arc::new(outbox::SledOutbox::new(self.shared.clone()))
+    }
+
+    /// Tests: the database as it is now.
+    #[cfg(test)]
+    fn db(&self) -> SharedDb {
         self.shared.clone()
     }
 
@@ -524,7 +532,7 @@ impl SledStore {
             0 => {
                 self.fail_after.store(usize::MAX, Ordering::SeqCst);
                 let io = std::io::Error::from_raw_os_error(28);
-                Err(Error::Store(sled::Error::Io(io)))
+                Err(sled::Error::Io(io).into())
             }
             left => {
                 self.fail_after.store(left - 1, Ordering::SeqCst);
@@ -1655,7 +1663,34 @@ fn open_error(e: sled::Error, path: &Path) -> Error {
     {
         return Error::StoreLocked(PathBuf::from(path));
     }
-    Error::Store(e)
+    e.into()
+}
+
+/// A sled error as the crate's [`Error::Store`]: only this engine names sled.
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::store(SledError(e))
+    }
+}
+
+/// sled's error, with its I/O error as its `source()` (sled's own error has none), so that
+/// [`Error::is_no_space`] finds an ENOSPC inside it.
+#[derive(Debug)]
+struct SledError(sled::Error);
+
+impl std::fmt::Display for SledError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SledError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            sled::Error::Io(io) => Some(io),
+            _ => None,
+        }
+    }
 }
 
 fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

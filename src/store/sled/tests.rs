@@ -489,3 +489,123 @@ fn heads_of_an_interrupted_batch_are_repaired_on_open() {
         3
     );
 }
+
+/// A full disk inside sled's error is still recognised as one once it is an engine-neutral
+/// [`Error::Store`], and the message still says what sled said.
+#[test]
+fn enospc_from_sled_is_no_space() {
+    let full: Error = ::sled::Error::Io(std::io::Error::from_raw_os_error(28)).into();
+    assert!(matches!(full, Error::Store(_)), "{full}");
+    assert!(full.is_no_space(), "{full}");
+    assert!(full.to_string().starts_with("store: IO error: "), "{full}");
+    let storage_full: Error =
+        ::sled::Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull)).into();
+    assert!(storage_full.is_no_space());
+    let other: Error = ::sled::Error::Io(std::io::Error::other("boom")).into();
+    assert!(!other.is_no_space());
+    let corrupt: Error = ::sled::Error::Unsupported("x".into()).into();
+    assert!(!corrupt.is_no_space());
+}
+
+/// The outbox contract's tests on the outbox in a sled store's database.
+mod outbox_contract {
+    crate::store::outbox::conformance::outbox_conformance_suite!(|| {
+        let (dir, store) = super::open();
+        (dir, store.outbox())
+    });
+}
+
+mod outbox {
+    use super::*;
+    use crate::store::outbox::{BufferedRecord, OutboxIntake};
+
+    fn intake(keys: &[u64]) -> OutboxIntake {
+        OutboxIntake {
+            entries: keys.iter().map(|k| (*k, b"note".to_vec())).collect(),
+            buffered: vec![BufferedRecord {
+                sink: "prod/hook/".into(),
+                event: 42,
+                value: b"held".to_vec(),
+            }],
+            cursor: Some(42),
+        }
+    }
+
+    /// What a call returned survives a restart; keys go on increasing after it.
+    #[tokio::test]
+    async fn the_outbox_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let first;
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            let o = store.outbox();
+            let k = o.next_keys(2).await.unwrap();
+            o.commit(intake(&k)).await.unwrap();
+            o.update(k[1], b"attempted".to_vec()).await.unwrap();
+            first = k;
+        }
+        let store = reopen(|| SledStore::open(dir.path()));
+        let o = store.outbox();
+        assert_eq!(
+            o.entries().await.unwrap(),
+            [
+                (first[0], b"note".to_vec()),
+                (first[1], b"attempted".to_vec())
+            ]
+        );
+        assert_eq!(o.cursor().await.unwrap(), Some(42));
+        assert_eq!(o.buffered(None).await.unwrap().len(), 1);
+        let next = o.next_keys(1).await.unwrap()[0];
+        assert!(next > first[1], "{next} after {first:?}");
+    }
+
+    /// The store reopens after a write failure with an outbox handed out and used (the outbox
+    /// keeps no database of its own, whose file lock would make the reopen fail), and the outbox
+    /// works on the new database afterwards.
+    #[tokio::test]
+    async fn the_outbox_follows_the_store_when_it_reopens() {
+        let (_d, store) = open();
+        let o = store.outbox();
+        let k = o.next_keys(1).await.unwrap();
+        o.commit(intake(&k)).await.unwrap();
+        store.reopen().unwrap();
+        assert_eq!(o.entries().await.unwrap().len(), 1);
+        let k2 = o.next_keys(1).await.unwrap();
+        o.commit(intake(&k2)).await.unwrap();
+        assert_eq!(o.counts().await.unwrap().pending, 2);
+    }
+
+    /// The layout an earlier histor wrote (the notifier kept these trees itself): a store
+    /// upgraded in place finds its queued notifications, buffered events and cursor.
+    #[tokio::test]
+    async fn reads_the_trees_an_earlier_version_wrote() {
+        let (_d, store) = open();
+        let db = store.db().get().unwrap();
+        db.open_tree("notify_outbox")
+            .unwrap()
+            .insert(7u64.to_be_bytes(), b"entry".as_slice())
+            .unwrap();
+        let mut k = b"prod/hook/".to_vec();
+        k.extend_from_slice(&9u64.to_be_bytes());
+        db.open_tree("notify_digest")
+            .unwrap()
+            .insert(k, b"event".as_slice())
+            .unwrap();
+        db.open_tree("notify_meta")
+            .unwrap()
+            .insert(b"cursor", &9u64.to_be_bytes())
+            .unwrap();
+        drop(db);
+        let o = store.outbox();
+        assert_eq!(o.entries().await.unwrap(), [(7, b"entry".to_vec())]);
+        assert_eq!(
+            o.buffered(Some("prod/hook/")).await.unwrap(),
+            [BufferedRecord {
+                sink: "prod/hook/".into(),
+                event: 9,
+                value: b"event".to_vec()
+            }]
+        );
+        assert_eq!(o.cursor().await.unwrap(), Some(9));
+    }
+}

@@ -39,6 +39,7 @@ use tokio_postgres::{GenericClient, Row};
 mod append;
 mod chain;
 mod config;
+mod outbox;
 mod retention;
 mod schema;
 mod sql;
@@ -60,14 +61,14 @@ pub(super) fn pg_err(e: tokio_postgres::Error) -> Error {
     Error::store(e)
 }
 
-fn timed_out() -> Error {
+pub(super) fn timed_out() -> Error {
     Error::store(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         "postgres: no answer in time",
     ))
 }
 
-fn pool_err(e: deadpool_postgres::PoolError) -> Error {
+pub(super) fn pool_err(e: deadpool_postgres::PoolError) -> Error {
     Error::store(e)
 }
 

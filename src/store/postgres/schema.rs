@@ -17,7 +17,9 @@
 //!   under (retention resolves their rules).
 //! - `batches`: per writer, the token and outcomes of its last committed batch, so a writer
 //!   that lost the answer to a COMMIT learns whether it happened.
-//! - `meta`: last id, event count.
+//! - `meta`: last id, event count, the outbox's cursor (-1: none yet).
+//! - `outbox`, `outbox_buffered`, sequence `outbox_keys`: the notification outbox (see
+//!   [`outbox`](super::outbox)), shared by every replica's notifier.
 
 use crate::{Error, Result};
 
@@ -25,7 +27,8 @@ use crate::{Error, Result};
 const MIGRATION_LOCK: i64 = 0x6869_7374_6f72;
 
 /// The migrations, in order; never edit one that has shipped, add the next.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE {s}.meta (key text PRIMARY KEY, value bigint NOT NULL);
 INSERT INTO {s}.meta VALUES ('last_id', 0), ('count', 0);
 CREATE TABLE {s}.events (
@@ -62,7 +65,15 @@ CREATE TABLE {s}.kinds (alias text NOT NULL, group_resource text NOT NULL,
     PRIMARY KEY (alias, group_resource));
 CREATE TABLE {s}.policies (name text PRIMARY KEY);
 CREATE TABLE {s}.batches (writer bigint PRIMARY KEY, token bigint NOT NULL, outcomes bytea NOT NULL);
-"#];
+"#,
+    r#"
+CREATE SEQUENCE {s}.outbox_keys;
+CREATE TABLE {s}.outbox (key bigint PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE {s}.outbox_buffered (sink text NOT NULL, event bigint NOT NULL, value bytea NOT NULL,
+    PRIMARY KEY (sink, event));
+INSERT INTO {s}.meta VALUES ('outbox_cursor', -1);
+"#,
+];
 
 /// Brings the schema up to date; returns how many migrations it applied.
 pub(super) async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<usize> {

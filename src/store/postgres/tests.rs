@@ -64,6 +64,18 @@ mod contract {
     crate::store::conformance::conformance_suite!(optional super::fresh);
 }
 
+mod outbox_contract {
+    crate::store::outbox::conformance::outbox_conformance_suite!(
+        optional
+            || super::fresh()
+                .map(|(schema, store)| ((schema, std::sync::Arc::new(store)), ()))
+                .map(|((schema, store), ())| {
+                    let outbox = store.outbox();
+                    ((schema, store), outbox)
+                })
+    );
+}
+
 #[test]
 fn replicas_starting_at_once_migrate_once_and_share_one_history() {
     let Some(config) = test_config() else { return };

@@ -69,6 +69,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let running = start(ServeArgs {
         policy_files: vec![policy_file],
         data_dir: data_dir.clone(),
+        store: Default::default(),
         listen: "127.0.0.1:0"
             .parse()
             .map_err(|_| Error::Usage("bad listen address".into()))?,

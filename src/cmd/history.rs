@@ -2,16 +2,19 @@
 
 use crate::crd::Operation;
 use crate::render;
-use crate::store::{EventStore, Query, SledStore, StoredEvent};
+use crate::store::{EventStore, Query, StoredEvent};
 use crate::{Error, Result};
 use std::path::PathBuf;
 
 /// Options of `histor history`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HistoryArgs {
-    /// Directory given to `histor serve --data-dir`.
-    #[arg(long)]
-    pub data_dir: PathBuf,
+    /// Directory given to `histor serve --data-dir` (its store is DATA_DIR/store).
+    #[arg(long, required_unless_present = "store")]
+    pub data_dir: Option<PathBuf>,
+    /// Or the store itself: `sled:DIR`, or a `postgres://` URL as `histor serve --store` takes.
+    #[command(flatten)]
+    pub store: super::server::StoreArgs,
     /// Only this namespace.
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
@@ -67,7 +70,12 @@ fn collect(store: &dyn EventStore, mut query: Query, limit: usize) -> Result<Vec
 
 /// Prints the matching changes, newest first.
 pub fn run(args: HistoryArgs) -> Result<()> {
-    let store = SledStore::open(args.data_dir.join("store"))?;
+    let location = crate::store::Location::parse(
+        args.store.store.as_deref(),
+        &args.data_dir.clone().unwrap_or_default(),
+        args.store.store_password_file.as_deref(),
+    )?;
+    let store = location.open()?.events;
     let query = Query {
         namespace: args.namespace,
         kind: args.kind,
@@ -79,7 +87,7 @@ pub fn run(args: HistoryArgs) -> Result<()> {
         limit: args.limit,
         ..Query::default()
     };
-    let events = collect(&store, query, args.limit)?;
+    let events = collect(&*store, query, args.limit)?;
     let out = match args.output {
         Output::Table if events.is_empty() => "No changes recorded that match.\n".to_string(),
         Output::Table => render::events_table(&events),

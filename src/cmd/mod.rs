@@ -70,7 +70,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Replay(args) => replay::run(args).await,
-        Command::History(args) => history::run(args),
+        // The store blocks on its I/O: off the runtime's threads.
+        Command::History(args) => tokio::task::spawn_blocking(move || history::run(args))
+            .await
+            .map_err(|e| crate::Error::Usage(format!("history failed: {e}")))?,
         Command::Demo(args) => demo::run(args).await,
         Command::Operator(args) => operator::run(*args).await,
         Command::Usage(args) => usage::run(args),

@@ -30,9 +30,13 @@ pub struct OperatorArgs {
     /// Plain-HTTP address of `/metrics`, `/healthz` and `/readyz`.
     #[arg(long, default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,
-    /// Directory of the store.
+    /// Directory of the store (with a shared store: the local spool), the Secret hasher's key
+    /// unless `--hmac-key-file` names it.
     #[arg(long, default_value = "/var/lib/histor")]
     pub data_dir: PathBuf,
+    /// Where the history is kept (default: in DATA_DIR).
+    #[command(flatten)]
+    pub store: server::StoreArgs,
     /// Deadline, queue and retention settings.
     #[command(flatten)]
     pub capture: CaptureArgs,
@@ -111,10 +115,11 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
             .map_err(|e| Error::Usage(format!("--retention-max-age: {e}")))?,
     };
     let client = kube::Client::try_default().await?;
-    let (redactor, store) = server::open_data_dir(&args.data_dir, &args.capture)?;
+    let (redactor, engine) = server::open_data_dir(&args.data_dir, &args.capture, &args.store)?;
+    let store = engine.events;
     let policies = Arc::new(PolicyIndex::new());
     let (metrics, registry, notifier) =
-        server::metrics_and_notifier(store.outbox(), Arc::new(KubeSecrets::new(client.clone())))?;
+        server::metrics_and_notifier(engine.outbox, Arc::new(KubeSecrets::new(client.clone())))?;
 
     // The query API authenticates users like the apiserver does (front-proxy certificates,
     // TokenReview) and shows each only what SubjectAccessReview allows.
@@ -161,6 +166,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         policies,
         query: Some(query),
         store,
+        shared_store: engine.shared,
         redactor,
         notifier,
         metrics,

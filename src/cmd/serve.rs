@@ -7,7 +7,6 @@ use crate::capture::tls;
 use crate::index::PolicyIndex;
 use crate::notify::{FileSecrets, SecretSource, StaticSecrets};
 use crate::query::{QueryState, auth::StaticTokens};
-use crate::store::EventStore;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,9 +18,13 @@ pub struct ServeArgs {
     /// `/admit/<policy name>`.
     #[arg(long = "policy-file", required = true)]
     pub policy_files: Vec<PathBuf>,
-    /// Directory of the store (created when missing).
+    /// Directory of the store (created when missing), the Secret hasher's key and the
+    /// certificate histor makes.
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// Where the history is kept (default: in DATA_DIR).
+    #[command(flatten)]
+    pub store: server::StoreArgs,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub listen: SocketAddr,
@@ -59,7 +62,8 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         tracing::info!(policy = %policy.name(), "policy loaded");
         policies.apply(policy);
     }
-    let (redactor, store) = server::open_data_dir(&args.data_dir, &args.capture)?;
+    let (redactor, engine) = server::open_data_dir(&args.data_dir, &args.capture, &args.store)?;
+    let store = engine.events;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => tls::CertFiles {
             cert: cert.clone(),
@@ -72,22 +76,18 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         Some(dir) => Arc::new(FileSecrets::new(dir)),
         None => Arc::new(StaticSecrets::default()),
     };
-    let (metrics, registry, notifier) = server::metrics_and_notifier(store.outbox(), secrets)?;
+    let (metrics, registry, notifier) = server::metrics_and_notifier(engine.outbox, secrets)?;
     for policy in policies.all() {
         if let Err(error) = notifier.set_policy(policy.name(), &policy.spec().notify) {
             tracing::warn!(%error, policy = %policy.name(), "some notification sinks are not usable");
         }
     }
-    let query = tokens.map(|tokens| {
-        Arc::new(QueryState::standalone(
-            store.clone() as Arc<dyn EventStore>,
-            tokens,
-        ))
-    });
+    let query = tokens.map(|tokens| Arc::new(QueryState::standalone(store.clone(), tokens)));
     server::start(Parts {
         policies,
         query,
         store,
+        shared_store: engine.shared,
         redactor,
         notifier,
         metrics,

@@ -11,7 +11,7 @@ use crate::notify::{Notifier, NotifyConfig, NotifyMetrics, SecretSource};
 use crate::pipeline::Redactor;
 use crate::query::{self, QueryState};
 use crate::store::{
-    EventStore, OutboxStore, RetentionReport, RetentionRule, SledStore, StoredEvent,
+    Engine, EventStore, Location, OutboxStore, RetentionReport, RetentionRule, StoredEvent,
 };
 use crate::{Error, Result};
 use axum_server::Handle;
@@ -122,19 +122,46 @@ impl CaptureArgs {
     }
 }
 
-/// Opens the store in `data_dir` and the Secret hasher with its key (made once when missing).
+/// Where the history is kept.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StoreArgs {
+    /// The store: a directory or `sled:DIR` (default: DATA_DIR/store, this process only), or
+    /// `postgres://USER@HOST:PORT/DB?sslmode=verify-full&sslrootcert=CA.pem`, one history
+    /// shared by every replica (`schema=NAME` picks the schema, `histor` by default).
+    #[arg(long, env = "HISTOR_STORE")]
+    pub store: Option<String>,
+    /// File holding the PostgreSQL password (a mounted Secret's key), rather than the URL.
+    #[arg(long, env = "HISTOR_STORE_PASSWORD_FILE")]
+    pub store_password_file: Option<PathBuf>,
+}
+
+/// Opens the store `store` names (in `data_dir` by default) and the Secret hasher with its key
+/// (made once in `data_dir` when missing; replicas sharing a store must share the key too, so
+/// that one Secret value hashes the same on each: give them `--hmac-key-file`).
 pub fn open_data_dir(
     data_dir: &Path,
     options: &CaptureArgs,
-) -> Result<(Arc<Redactor>, Arc<SledStore>)> {
+    store: &StoreArgs,
+) -> Result<(Arc<Redactor>, Engine)> {
     std::fs::create_dir_all(data_dir).map_err(|e| Error::file(data_dir, e))?;
     let key_path = options
         .hmac_key_file
         .clone()
         .unwrap_or_else(|| data_dir.join("hmac.key"));
     let redactor = Arc::new(Redactor::new(&load_or_create_key(&key_path)?));
-    let store = Arc::new(SledStore::open(data_dir.join("store"))?);
-    Ok((redactor, store))
+    let location = Location::parse(
+        store.store.as_deref(),
+        data_dir,
+        store.store_password_file.as_deref(),
+    )?;
+    if location.is_shared() && options.hmac_key_file.is_none() {
+        tracing::warn!(
+            "a shared store without --hmac-key-file: each replica hashes Secret values with its own key, so their records of one Secret disagree"
+        );
+    }
+    let engine = location.open()?;
+    tracing::info!(store = %location, "store open");
+    Ok((redactor, engine))
 }
 
 /// The metrics registry (capture and notification metrics) and the notification hub on the
@@ -161,8 +188,11 @@ pub struct Parts {
     pub policies: Arc<PolicyIndex>,
     /// The query API, served on the same port when present.
     pub query: Option<Arc<QueryState>>,
-    /// The store (any engine; the notifier was built on its database beforehand).
+    /// The store (any engine; the notifier was built on its outbox beforehand).
     pub store: Arc<dyn EventStore>,
+    /// Other replicas write the store too: the notifier takes every replica's events from it
+    /// (on the replica that delivers) rather than from this writer.
+    pub shared_store: bool,
     /// Secret value hasher.
     pub redactor: Arc<Redactor>,
     /// Notification hub on the store's database.
@@ -284,6 +314,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
         policies,
         query,
         store,
+        shared_store,
         redactor,
         notifier,
         metrics,
@@ -310,15 +341,21 @@ pub async fn start(parts: Parts) -> Result<Running> {
     };
     let rustls_config = query::tls::load(&files, &clients)?;
 
-    // Catch up on events a crash stored but did not hand to the notifier, before new ones flow.
-    notifier.recover_from(store.clone()).await?;
-    observers.insert(
-        0,
-        Arc::new(NotifyObserver {
-            notifier: notifier.clone(),
-            runtime: tokio::runtime::Handle::current(),
-        }),
-    );
+    if shared_store {
+        // Whichever replica delivers takes every replica's events from the store.
+        notifier.follow(store.clone());
+    } else {
+        // Catch up on events a crash stored but did not hand to the notifier, before new ones
+        // flow; then the writer hands each durable batch over.
+        notifier.recover_from(store.clone()).await?;
+        observers.insert(
+            0,
+            Arc::new(NotifyObserver {
+                notifier: notifier.clone(),
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        );
+    }
     let (writer, writer_thread) = Writer::spawn(
         store.clone(),
         options.queue_capacity,

@@ -23,6 +23,7 @@ pub mod config;
 pub mod digest;
 pub mod email;
 pub mod filter;
+mod follow;
 pub mod limits;
 pub mod message;
 pub mod metrics;
@@ -45,7 +46,7 @@ pub use secrets::{FileSecrets, KubeSecrets, SecretSource, SecretValues, StaticSe
 pub use sink::{Delivery, Sink};
 
 use crate::crd::NotifySink;
-use crate::store::{EventId, EventStore, OutboxStore, Page, Query, StoredEvent};
+use crate::store::{EventId, EventStore, OutboxStore, StoredEvent};
 use crate::{Error, Result};
 use filter::CompiledFilter;
 use jiff::Timestamp;
@@ -114,6 +115,8 @@ struct Inner {
     changed: Mutex<BTreeSet<String>>,
     /// Notifications waiting per sink, as of the delivery loop's last look at the outbox.
     pending: Mutex<BTreeMap<SinkId, usize>>,
+    /// The shared event store the delivering replica takes events from ([`Notifier::follow`]).
+    follow: Mutex<Option<Arc<dyn EventStore>>>,
     wake: Notify,
 }
 
@@ -169,6 +172,7 @@ impl Notifier {
             drops: Mutex::new(DropLog::default()),
             changed: Mutex::new(BTreeSet::new()),
             pending: Mutex::new(BTreeMap::new()),
+            follow: Mutex::new(None),
             wake: Notify::new(),
         };
         Ok(Notifier {
@@ -314,73 +318,6 @@ impl Notifier {
         Ok(())
     }
 
-    /// Hands over events that were stored but never reached the notifier (a crash between the
-    /// store's append and [`Notifier::on_recorded`]). Call once at startup, after
-    /// [`Notifier::set_policy`] for every policy and before new events flow. Queries the store
-    /// on the blocking pool. Returns how many events it recovered.
-    pub async fn recover_from(&self, store: Arc<dyn EventStore>) -> Result<usize> {
-        let query = |q: Query| {
-            let store = store.clone();
-            async move {
-                tokio::task::spawn_blocking(move || store.query(&q))
-                    .await
-                    .map_err(Error::store)?
-            }
-        };
-        let Some(cursor) = self.inner.outbox.cursor().await? else {
-            // First start: nothing was ever handed over. Start at the newest event instead of
-            // notifying about the whole history.
-            let page: Page = query(Query {
-                limit: 1,
-                ..Default::default()
-            })
-            .await?;
-            let newest = page.events.first().map(|e| e.id);
-            self.inner
-                .outbox
-                .commit(&Intake {
-                    cursor: newest,
-                    ..Default::default()
-                })
-                .await?;
-            return Ok(0);
-        };
-        // Ids are receipt microseconds bumped to stay unique, so an event's receipt time can be a
-        // little before its id's time: look back a minute and filter by id.
-        let since_us = i64::try_from(cursor)
-            .unwrap_or(i64::MAX)
-            .saturating_sub(60_000_000);
-        let since = Timestamp::from_microsecond(since_us).unwrap_or(Timestamp::UNIX_EPOCH);
-        let mut missed: Vec<StoredEvent> = Vec::new();
-        let mut after: Option<EventId> = None;
-        loop {
-            let page = query(Query {
-                since: Some(since),
-                limit: 500,
-                after,
-                ..Default::default()
-            })
-            .await?;
-            missed.extend(page.events.into_iter().filter(|e| e.id > cursor));
-            match page.next {
-                Some(next) if after != Some(next) => after = Some(next),
-                _ => break,
-            }
-        }
-        missed.sort_by_key(|e| e.id);
-        missed.dedup_by_key(|e| e.id);
-        for chunk in missed.chunks(256) {
-            self.on_recorded(chunk).await?;
-        }
-        if !missed.is_empty() {
-            info!(
-                events = missed.len(),
-                "recovered events stored but not yet notified"
-            );
-        }
-        Ok(missed.len())
-    }
-
     /// Delivers from the outbox until `shutdown` completes: closes due digest windows, sends due
     /// notifications (one at a time per sink, in order, within its rate limit), retries failures.
     /// Attempts still running at shutdown get `request_timeout` to finish; any cut off stay
@@ -391,7 +328,40 @@ impl Notifier {
         let mut tasks: JoinSet<()> = JoinSet::new();
         let pending = self.pending().await;
         info!(pending, "notifier started");
+        let mut leading = None;
         loop {
+            let lead = match self.inner.outbox.try_lead().await {
+                Ok(lead) => lead,
+                Err(error) => {
+                    warn!(%error, "cannot tell whether this replica delivers; not delivering");
+                    false
+                }
+            };
+            if leading != Some(lead) && self.inner.outbox.is_shared() {
+                info!(
+                    delivering = lead,
+                    "notification delivery {}",
+                    if lead {
+                        "is this replica's: it takes every replica's events from the shared store"
+                    } else {
+                        "is another replica's"
+                    }
+                );
+            }
+            leading = Some(lead);
+            if !lead {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(self.inner.config.poll_interval) => {}
+                }
+                continue;
+            }
+            let follow = lock(&self.inner.follow).clone();
+            if let Some(store) = follow
+                && let Err(error) = self.follow_store(store).await
+            {
+                warn!(%error, "taking new events from the shared store failed");
+            }
             if let Err(error) = self.inner.drop_removed().await {
                 warn!(%error, "dropping notifications of removed sinks failed");
             }

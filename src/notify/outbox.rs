@@ -144,6 +144,16 @@ impl Outbox {
         self.store.commit(encoded).await
     }
 
+    /// Whether this process delivers (see [`OutboxStore::try_lead`]).
+    pub async fn try_lead(&self) -> Result<bool> {
+        self.store.try_lead().await
+    }
+
+    /// Whether other processes share it (see [`OutboxStore::is_shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.store.is_shared()
+    }
+
     /// The last event id handed to the outbox, if any.
     pub async fn cursor(&self) -> Result<Option<EventId>> {
         self.store.cursor().await

@@ -2,7 +2,7 @@
 //! or by default `DATA_DIR/store`) or a PostgreSQL database (`postgres://...`), and opening the
 //! engine it names. The one place that picks an engine.
 
-use super::{EventStore, PgConfig, PgStore, SledStore};
+use super::{EventStore, OutboxStore, PgConfig, PgStore, SledStore};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,13 +53,37 @@ impl Location {
         matches!(self, Location::Postgres(_))
     }
 
-    /// Opens the engine.
-    pub fn open(&self) -> Result<Arc<dyn EventStore>> {
+    /// Opens the engine: its event store and its notification outbox.
+    pub fn open(&self) -> Result<Engine> {
         Ok(match self {
-            Location::Sled(dir) => Arc::new(SledStore::open(dir)?),
-            Location::Postgres(config) => Arc::new(PgStore::open(config)?),
+            Location::Sled(dir) => {
+                let store = SledStore::open(dir)?;
+                Engine {
+                    outbox: store.outbox(),
+                    events: Arc::new(store),
+                    shared: false,
+                }
+            }
+            Location::Postgres(config) => {
+                let store = PgStore::open(config)?;
+                Engine {
+                    outbox: store.outbox(),
+                    events: Arc::new(store),
+                    shared: true,
+                }
+            }
         })
     }
+}
+
+/// An open engine.
+pub struct Engine {
+    /// The events.
+    pub events: Arc<dyn EventStore>,
+    /// The notification outbox, in the same database.
+    pub outbox: Arc<dyn OutboxStore>,
+    /// Other processes may write it too (replicas sharing a database).
+    pub shared: bool,
 }
 
 impl std::fmt::Display for Location {

@@ -25,7 +25,7 @@ pub mod retention;
 mod sled;
 
 pub use self::history::SNAPSHOT_EVERY;
-pub use self::location::Location;
+pub use self::location::{Engine, Location};
 pub use self::mem::MemStore;
 pub use self::outbox::{MemOutbox, OutboxStore};
 pub use self::postgres::{PgConfig, PgStore};

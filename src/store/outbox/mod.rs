@@ -142,4 +142,18 @@ pub trait OutboxStore: Send + Sync + 'static {
 
     /// How much waits.
     async fn counts(&self) -> Result<OutboxCounts>;
+
+    /// Whether this process is the one that delivers. An outbox that several processes share
+    /// (replicas on one database) lets one of them at a time, for as long as it lives and keeps
+    /// asking; the others get `false` until it is gone. An outbox only this process uses is
+    /// always its own.
+    async fn try_lead(&self) -> Result<bool> {
+        Ok(true)
+    }
+
+    /// True when other processes may share this outbox and its event store (so the delivering
+    /// one takes every event from the store, not only those its own writer made).
+    fn is_shared(&self) -> bool {
+        false
+    }
 }

@@ -3,9 +3,7 @@
 //! multi-row statement.
 
 use super::chain::{Chain, F_CHAIN_BREAK, F_UNKNOWN_STATE};
-use super::{
-    Head, PgStore, STATE_CACHE, WRITE_LOCK, Writer, id_i64, id_u64, object_key, op_code, random_i64,
-};
+use super::{Head, PgStore, STATE_CACHE, Writer, id_i64, id_u64, object_key, op_code, random_i64};
 use crate::pipeline::{Captured, ChangeEvent};
 use crate::store::history::{self, ChainPos};
 use crate::store::{AppendOutcome, DEDUPE_WINDOW, EventId, digest, query};
@@ -127,7 +125,7 @@ impl PgStore {
         let sql = &self.sql;
         self.wait(
             deadline,
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]),
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.sql.write_lock]),
         )?;
         if retry
             && let Some(row) = self.wait(

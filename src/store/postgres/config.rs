@@ -206,6 +206,31 @@ impl PgConfig {
     }
 }
 
+impl PgConfig {
+    /// One connection outside the pool (the delivering notifier's, which holds a session lock),
+    /// its driver task spawned on the current runtime.
+    pub(super) async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let client = match &self.tls {
+            None => {
+                let (client, conn) = self
+                    .pg
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(Error::store)?;
+                tokio::spawn(conn);
+                client
+            }
+            Some(tls) => {
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_tls(tls)?);
+                let (client, conn) = self.pg.connect(tls).await.map_err(Error::store)?;
+                tokio::spawn(conn);
+                client
+            }
+        };
+        Ok(client)
+    }
+}
+
 fn client_tls(tls: &Tls) -> Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     match tls {

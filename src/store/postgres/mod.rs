@@ -50,9 +50,6 @@ use self::chain::Chain;
 pub use self::config::PgConfig;
 use self::sql::Sql;
 
-/// Key of the advisory lock a writing transaction holds ("histor w").
-const WRITE_LOCK: i64 = 0x6869_7374_6f72_2077;
-
 /// States kept for the writer; past this the cache is dropped and rebuilt on demand.
 const STATE_CACHE: usize = 4096;
 
@@ -82,6 +79,8 @@ pub struct PgStore {
     sql: Sql,
     /// Who this writer is in `batches`.
     writer_id: i64,
+    /// The settings it was opened with (the outbox's leader connection is made from them).
+    config: PgConfig,
     writer: Mutex<Writer>,
     /// One retention pass at a time in this replica.
     retention: Mutex<()>,
@@ -178,6 +177,7 @@ impl PgStore {
             pool,
             sql: Sql::new(&config.schema),
             writer_id: random_i64(),
+            config: config.clone(),
             writer: Mutex::new(Writer {
                 states: HashMap::new(),
                 policies: HashSet::new(),

@@ -22,6 +22,10 @@ struct Inner {
     handle: tokio::runtime::Handle,
     op_timeout: Duration,
     s: String,
+    config: super::PgConfig,
+    notify_lock: i64,
+    /// The session that holds (or tries for) the delivery lock, and whether it holds it.
+    leader: tokio::sync::Mutex<Option<(tokio_postgres::Client, bool)>>,
 }
 
 impl PgStore {
@@ -33,6 +37,9 @@ impl PgStore {
                 handle: self.handle.clone(),
                 op_timeout: self.op_timeout,
                 s: self.sql.schema.clone(),
+                config: self.config.clone(),
+                notify_lock: self.sql.notify_lock,
+                leader: tokio::sync::Mutex::new(None),
             }),
         })
     }
@@ -271,6 +278,49 @@ impl OutboxStore for PgOutbox {
             (r, c)
         })
         .await
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    /// The delivery lock is a session-level advisory lock on a connection of its own: held
+    /// while this process lives and its connection does, released by the server the moment
+    /// either goes (a crash, a partition once keepalives give up).
+    async fn try_lead(&self) -> Result<bool> {
+        let inner = self.inner.clone();
+        let task = self.inner.handle.spawn(async move {
+            let timeout = inner.op_timeout;
+            let mut slot = inner.leader.lock().await;
+            let attempt = async {
+                if slot.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+                    *slot = Some((inner.config.connect().await?, false));
+                }
+                let Some((client, holding)) = slot.as_mut() else {
+                    return Ok(false);
+                };
+                if *holding {
+                    client.simple_query("SELECT 1").await.map_err(pg_err)?;
+                } else {
+                    *holding = client
+                        .query_one("SELECT pg_try_advisory_lock($1)", &[&inner.notify_lock])
+                        .await
+                        .map_err(pg_err)?
+                        .get(0);
+                }
+                Ok(*holding)
+            };
+            let result = tokio::time::timeout(timeout, attempt)
+                .await
+                .unwrap_or_else(|_| Err(timed_out()));
+            if result.is_err() {
+                // Whatever it held is gone with it (or soon will be, server side).
+                *slot = None;
+            }
+            result
+        });
+        task.await
+            .map_err(|e| Error::store(std::io::Error::other(e.to_string())))?
     }
 
     async fn counts(&self) -> Result<OutboxCounts> {

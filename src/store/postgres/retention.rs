@@ -3,7 +3,7 @@
 //! rules, and pruned a few objects per transaction so the write lock is never held long.
 
 use super::chain::{Chain, F_CHAIN_BREAK, F_UNKNOWN_STATE};
-use super::{Head, PgStore, WRITE_LOCK, event_of, id_i64, id_u64};
+use super::{Head, PgStore, event_of, id_i64, id_u64};
 use crate::Result;
 use crate::store::history::{self, ChainPos, RecordSource};
 use crate::store::retention::{CountWalk, MAX_REMOVALS_PER_PASS, Rules};
@@ -128,7 +128,7 @@ impl PgStore {
         let mut report = RetentionReport::default();
         for chunk in plan.chunks(PRUNE_CHUNK) {
             let tx = self.block_on(client.transaction())?;
-            self.block_on(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]))?;
+            self.block_on(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.sql.write_lock]))?;
             for (object, ids, due) in chunk {
                 self.prune(&tx, *object, ids, due, &mut report)?;
             }

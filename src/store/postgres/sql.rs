@@ -3,6 +3,11 @@
 /// The statements, with the schema filled in.
 pub(super) struct Sql {
     pub(super) schema: String,
+    /// Key of the advisory lock a writing transaction holds: one per schema, so stores in
+    /// other schemas of the same database do not wait on each other.
+    pub(super) write_lock: i64,
+    /// Key of the advisory lock the delivering notifier's session holds.
+    pub(super) notify_lock: i64,
     pub(super) insert_events: String,
     pub(super) upsert_requests: String,
     pub(super) upsert_heads: String,
@@ -38,6 +43,8 @@ impl Sql {
     pub(super) fn new(s: &str) -> Sql {
         Sql {
             schema: s.to_owned(),
+            write_lock: crate::store::digest::hash64(&["histor write", s]) as i64,
+            notify_lock: crate::store::digest::hash64(&["histor notify", s]) as i64,
             insert_events: format!(
                 "INSERT INTO {s}.events (id, object, namespace, name, uid, username, operation, \
                  resource, policies, prev, flags, body, gap, snapshot) \

@@ -282,7 +282,7 @@ fn a_server_that_stops_answering_fails_appends_in_bounded_time_and_recovers() {
     let relayed = PgConfig::parse(url.as_str(), password.as_deref())
         .unwrap()
         .with_schema(&name)
-        .with_timeouts(Duration::from_secs(2), Duration::from_millis(300));
+        .with_timeouts(Duration::from_secs(5), Duration::from_secs(1));
     let _guard = Schema {
         config: config.clone().with_schema(&name),
     };
@@ -296,7 +296,7 @@ fn a_server_that_stops_answering_fails_appends_in_bounded_time_and_recovers() {
     let started = Instant::now();
     let err = store.append(std::slice::from_ref(&update)).err().unwrap();
     let took = started.elapsed();
-    assert!(took < Duration::from_millis(1500), "took {took:?}: {err}");
+    assert!(took < Duration::from_secs(3), "took {took:?}: {err}");
     assert!(err.to_string().contains("no answer in time"), "{err}");
 
     relay.silent.store(false, Ordering::SeqCst);

@@ -52,8 +52,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+pub use self::spool::{DEFAULT_SPOOL_BYTES, Spool, Spooled};
+
 mod codec;
 mod keys;
+mod spool;
 #[cfg(test)]
 mod tests;
 

@@ -176,6 +176,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         on_retention: Some(Arc::new(move |report| {
             retention_ctx.records.on_retention(report)
         })),
+        spool: None,
     })
     .await?;
     tracing::info!(addr = %running.addr, "webhook serving");

@@ -99,6 +99,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         ignored_users: Vec::new(),
         observers: Vec::new(),
         on_retention: None,
+        spool: None,
     })
     .await
 }

@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::notify::{Notifier, NotifyConfig, NotifyMetrics, SecretSource};
 use crate::pipeline::Redactor;
 use crate::query::{self, QueryState};
-use crate::store::{EventStore, RetentionReport, RetentionRule, SledStore, StoredEvent};
+use crate::store::{EventStore, RetentionReport, RetentionRule, SledStore, Spool, StoredEvent};
 use crate::{Error, Result};
 use axum_server::Handle;
 use prometheus_client::registry::Registry;
@@ -183,6 +183,9 @@ pub struct Parts {
     pub observers: Vec<Arc<dyn RecordObserver>>,
     /// Told about every retention pass.
     pub on_retention: Option<RetentionHook>,
+    /// Where events wait on local disk while a shared store (PostgreSQL) is down or slow; `None`
+    /// for a local one (sled), whose failures a spool on the same disk would not survive.
+    pub spool: Option<Arc<Spool>>,
 }
 
 /// A started server.
@@ -293,6 +296,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
         ignored_users,
         mut observers,
         on_retention,
+        spool,
     } = parts;
     // Client certificates are requested (never required by the TLS layer) to authenticate the
     // apiserver: as the webhook client (`/admit`), and as the front proxy of the query API.
@@ -314,11 +318,13 @@ pub async fn start(parts: Parts) -> Result<Running> {
         .await
         .map_err(|e| Error::Usage(format!("notification recovery failed: {e}")))??;
     observers.insert(0, Arc::new(NotifyObserver(notifier.clone())));
-    let (writer, writer_thread) = Writer::spawn(
+    let (writer, writer_thread) = Writer::spawn_with(
         store.clone(),
         options.queue_capacity,
         metrics.clone(),
         observers,
+        capture::Timing::for_deadline(Duration::from_millis(options.deadline_ms)),
+        spool,
     )?;
     let capture = Arc::new(Capture {
         policies: policies.clone(),

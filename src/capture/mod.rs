@@ -15,7 +15,6 @@ use crate::index::PolicyIndex;
 use crate::metrics::{ConditionErrorLabels, Metrics};
 use crate::pipeline::{self, ConditionErrorKind, Outcome, Redactor, SkipReason};
 use crate::store::AppendOutcome;
-use writer::Written as W;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, State};
@@ -26,6 +25,7 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use writer::Written as W;
 
 /// Largest review body accepted. An AdmissionReview carries the object twice (object and
 /// oldObject), each up to etcd's 1.5 MiB default and the apiserver's 3 MiB request limit.

@@ -237,9 +237,8 @@ async fn with_the_shared_store_down_a_review_is_spooled_and_readyz_stays_ready_s
         json!({"resources": [{"apiGroups": ["*"], "resources": ["*"]}]}),
     )]);
     let dir = tempfile::tempdir().unwrap();
-    let spool = Arc::new(
-        crate::store::Spool::open(dir.path(), crate::store::DEFAULT_SPOOL_BYTES).unwrap(),
-    );
+    let spool =
+        Arc::new(crate::store::Spool::open(dir.path(), crate::store::DEFAULT_SPOOL_BYTES).unwrap());
     let (writer, _thread) = Writer::spawn_with(
         Arc::new(Unreachable(Default::default())),
         16,
@@ -275,5 +274,8 @@ async fn with_the_shared_store_down_a_review_is_spooled_and_readyz_stays_ready_s
     assert!(text.contains("spooling"), "{text}");
     let metrics = h.metrics();
     assert!(metrics.contains("histor_spool_batches 1"), "{metrics}");
-    assert!(metrics.contains("histor_spooled_batches_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("histor_spooled_batches_total 1"),
+        "{metrics}"
+    );
 }

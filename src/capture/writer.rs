@@ -313,7 +313,15 @@ impl Writer {
         let handle = std::thread::Builder::new()
             .name("histor-writer".into())
             .spawn(move || {
-                run(rx, store.as_ref(), lane.as_ref(), &m, &h, &observers, timing);
+                run(
+                    rx,
+                    store.as_ref(),
+                    lane.as_ref(),
+                    &m,
+                    &h,
+                    &observers,
+                    timing,
+                );
                 if let Some(lane) = lane {
                     lane.stop();
                 }
@@ -934,7 +942,12 @@ mod tests {
         limit: u64,
         observers: Vec<Arc<dyn RecordObserver>>,
         timing: Timing,
-    ) -> (Writer, std::thread::JoinHandle<()>, Arc<Spool>, Arc<Metrics>) {
+    ) -> (
+        Writer,
+        std::thread::JoinHandle<()>,
+        Arc<Spool>,
+        Arc<Metrics>,
+    ) {
         let spool = Arc::new(Spool::open(dir, limit).unwrap());
         let metrics = Arc::new(Metrics::default());
         let (writer, thread) = Writer::spawn_with(
@@ -957,7 +970,10 @@ mod tests {
     fn assert_heard_once(seen: &Seen, store: &Flaky, events: usize) {
         let heard = seen.0.lock().unwrap().clone();
         assert_eq!(heard.len(), events, "{heard:?}");
-        assert!(heard.windows(2).all(|w| w[0] < w[1]), "in order, once: {heard:?}");
+        assert!(
+            heard.windows(2).all(|w| w[0] < w[1]),
+            "in order, once: {heard:?}"
+        );
         let page = store
             .query(&crate::store::Query {
                 limit: 1000,
@@ -1002,7 +1018,7 @@ mod tests {
         assert_eq!(writer.health().spooling(), Some(batches));
         assert_eq!(metrics.spool_batches.get(), batches);
         assert_eq!(metrics.spool_bytes.get(), spool.bytes());
-        assert_eq!(metrics.spooled_batches.get(), batches as u64);
+        assert_eq!(metrics.spooled_batches.get(), batches);
         assert!(failures(&metrics, "store_error") >= 1);
         assert_eq!(metrics.events_recorded.get(), 0);
 
@@ -1040,8 +1056,13 @@ mod tests {
             stall_after: Duration::from_millis(10),
             ..Timing::default()
         };
-        let (writer, thread, spool, metrics) =
-            spooled(&store, dir.path(), DEFAULT_SPOOL_BYTES, vec![seen.clone()], timing);
+        let (writer, thread, spool, metrics) = spooled(
+            &store,
+            dir.path(),
+            DEFAULT_SPOOL_BYTES,
+            vec![seen.clone()],
+            timing,
+        );
         let first = writer.submit(captured(0)).unwrap();
         assert_eq!(first.blocking_recv().unwrap(), Written::Spooled);
         // The store has the batch and is still flushing it.
@@ -1138,7 +1159,11 @@ mod tests {
         });
         assert!(failures(&metrics, "spool_full") >= 1);
         assert_eq!(spool.len(), 2);
-        assert_eq!(metrics.queue_depth.get(), 0, "the batch is the writer's, in memory");
+        assert_eq!(
+            metrics.queue_depth.get(),
+            0,
+            "the batch is the writer's, in memory"
+        );
 
         store.down.store(false, Ordering::SeqCst);
         let third = third.blocking_recv().unwrap();

@@ -78,7 +78,7 @@ impl Call {
         &self,
         batch: Arc<Vec<Captured>>,
         answer: Result<Vec<AppendOutcome>>,
-    ) -> Option<(u64, Arc<Vec<Captured>>, Result<Vec<AppendOutcome>>)> {
+    ) -> Option<Abandoned> {
         let mut state = self.state.lock();
         if let CallState::Abandoned(seq) = *state {
             return Some((seq, batch, answer));
@@ -90,6 +90,10 @@ impl Call {
         None
     }
 }
+
+/// A call the writer abandoned: the sequence number it spooled the batch under, the batch, and
+/// the store's answer.
+type Abandoned = (u64, Arc<Vec<Captured>>, Result<Vec<AppendOutcome>>);
 
 fn take_done(state: &mut CallState) -> Option<Result<Vec<AppendOutcome>>> {
     match std::mem::replace(state, CallState::Running) {

@@ -355,8 +355,9 @@ mod tests {
     #[test]
     fn a_batch_that_does_not_decode_is_set_aside_and_the_next_one_comes() {
         let dir = tempfile::tempdir().unwrap();
-        let batches: Vec<Vec<Captured>> =
-            (0..3).map(|n| vec![captured("create-configmap", n)]).collect();
+        let batches: Vec<Vec<Captured>> = (0..3)
+            .map(|n| vec![captured("create-configmap", n)])
+            .collect();
         {
             let spool = Spool::open(dir.path(), DEFAULT_SPOOL_BYTES).unwrap();
             for b in &batches {
@@ -372,13 +373,21 @@ mod tests {
         let spool = Spool::open(dir.path(), DEFAULT_SPOOL_BYTES).unwrap();
         assert_eq!(spool.len(), 3);
         let first = spool.peek(10).unwrap().unwrap();
-        assert_eq!((first.first, first.last), (0, 0), "stops before the torn one");
+        assert_eq!(
+            (first.first, first.last),
+            (0, 0),
+            "stops before the torn one"
+        );
         assert_eq!(first.batch, batches[0]);
         spool.remove_through(0).unwrap();
         let next = spool.peek(10).unwrap().unwrap();
         assert_eq!((next.first, next.last), (2, 2));
         assert_eq!(next.batch, batches[2]);
         assert_eq!(spool.len(), 1);
-        assert_eq!(spool.db.open_tree("corrupt").unwrap().len(), 1, "kept aside");
+        assert_eq!(
+            spool.db.open_tree("corrupt").unwrap().len(),
+            1,
+            "kept aside"
+        );
     }
 }

@@ -28,6 +28,12 @@ pub enum Error {
     #[error("store: closed while it reopens after a write failure")]
     StoreClosed,
 
+    /// The local spool (events kept while a shared store cannot take them) is at its bound.
+    #[error(
+        "spool full: it holds {held} bytes of its {limit}-byte bound and the batch needs {needed} more; events wait in memory until the store drains it"
+    )]
+    SpoolFull { held: u64, needed: u64, limit: u64 },
+
     /// Stored bytes that do not decode.
     #[error("corrupt stored record: {0}")]
     Corrupt(String),
@@ -117,6 +123,7 @@ impl Error {
             Error::Policy { .. } => "policy",
             Error::BadReview(_) => "bad_review",
             Error::Store(_) | Error::StoreLocked(_) | Error::StoreClosed => "store",
+            Error::SpoolFull { .. } => "spool_full",
             Error::Corrupt(_) => "corrupt",
             Error::QueueFull => "queue_full",
             Error::Tls(_) => "tls",

@@ -15,7 +15,7 @@ pub struct OutcomeLabels {
     /// `recorded`, `duplicate`, `linked`, `dry_run`, `empty_diff`, `not_matched`, `unknown_policy`,
     /// `uninterpretable`, `bad_request`, `body_timeout`, `unauthenticated`, `forbidden`, `dropped`,
     /// `deadline_exceeded`, `store_error`, `store_unavailable` (answered at once while the store
-    /// could not write), ...
+    /// could not write), `spooled` (durable in the local spool, the shared store down or slow), ...
     pub outcome: &'static str,
 }
 
@@ -30,7 +30,8 @@ pub struct ConditionErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     /// Connections: `per_source`, `full`, `reserved_unauthenticated`, `first_request_timeout`,
-    /// `idle_timeout`. Store writes: `no_space`, `store_error`, `stalled`.
+    /// `idle_timeout`. Store writes: `no_space`, `store_error`, `stalled`, `slow` (past the
+    /// append budget, spooled), `spool_full`.
     pub reason: &'static str,
 }
 
@@ -75,6 +76,12 @@ pub struct Metrics {
     pub store_writable: Gauge,
     /// Failed or stalled store writes, by reason.
     pub store_write_failures: Family<ReasonLabels, Counter>,
+    /// Batches in the local spool, waiting for the shared store.
+    pub spool_batches: Gauge<u64, AtomicU64>,
+    /// Bytes of the batches in the local spool.
+    pub spool_bytes: Gauge<u64, AtomicU64>,
+    /// Batches put in the local spool because the shared store could not take them in time.
+    pub spooled_batches: Counter,
 }
 
 impl Default for Metrics {
@@ -113,6 +120,9 @@ impl Default for Metrics {
                 g
             },
             store_write_failures: Family::default(),
+            spool_batches: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            spooled_batches: Counter::default(),
         }
     }
 }
@@ -215,6 +225,21 @@ impl Metrics {
             "store_write_failures",
             "Failed or stalled store writes, by reason",
             self.store_write_failures.clone(),
+        );
+        r.register(
+            "spool_batches",
+            "Batches in the local spool, waiting for the shared store (0 unless it is down or slow)",
+            self.spool_batches.clone(),
+        );
+        r.register(
+            "spool_bytes",
+            "Bytes of the batches in the local spool",
+            self.spool_bytes.clone(),
+        );
+        r.register(
+            "spooled_batches",
+            "Batches put in the local spool because the shared store could not take them in time",
+            self.spooled_batches.clone(),
         );
     }
 

@@ -13,6 +13,7 @@ fn args(dir: &Path, policy: std::path::PathBuf) -> ServeArgs {
     ServeArgs {
         policy_files: vec![policy],
         data_dir: dir.join("data"),
+        store: Default::default(),
         listen: "127.0.0.1:0".parse().unwrap(),
         tls_cert: None,
         tls_key: None,

@@ -87,6 +87,7 @@ async fn a_full_disk_is_reported_answered_at_once_and_recovered_from_without_a_r
     let args = ServeArgs {
         policy_files: vec![write_policy(dir.path(), "all")],
         data_dir: mnt.join("data"),
+        store: Default::default(),
         listen: "127.0.0.1:0".parse().unwrap(),
         tls_cert: None,
         tls_key: None,

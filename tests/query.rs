@@ -14,6 +14,7 @@ fn args(dir: &Path) -> ServeArgs {
     ServeArgs {
         policy_files: vec![write_policy(dir, "all")],
         data_dir: dir.join("data"),
+        store: Default::default(),
         listen: "127.0.0.1:0".parse().unwrap(),
         tls_cert: None,
         tls_key: None,

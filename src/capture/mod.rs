@@ -9,7 +9,7 @@ pub mod tls;
 mod writer;
 
 pub use ratelog::LogLimiter;
-pub use writer::{Ack, Health, Problem, RecordObserver, Writer};
+pub use writer::{Ack, Health, Problem, RecordObserver, Timing, Writer, Written};
 
 use crate::index::PolicyIndex;
 use crate::metrics::{ConditionErrorLabels, Metrics};
@@ -25,6 +25,7 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use writer::Written as W;
 
 /// Largest review body accepted. An AdmissionReview carries the object twice (object and
 /// oldObject), each up to etcd's 1.5 MiB default and the apiserver's 3 MiB request limit.
@@ -90,13 +91,23 @@ async fn healthz(State(state): State<Arc<Capture>>) -> Response {
     (StatusCode::OK, "ok").into_response()
 }
 
-/// Ready while serving and while the store can write.
+/// Ready while serving and while events can be made durable: in the store, or while a shared
+/// store is down or slow in the local spool (every replica sees that outage; failing them all
+/// would only take the webhook's endpoints away), which the text says.
 async fn readyz(State(state): State<Arc<Capture>>) -> Response {
     if !state.ready.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response();
     }
-    match state.writer.health().problem() {
-        None => (StatusCode::OK, "ready").into_response(),
+    let health = state.writer.health();
+    match health.problem() {
+        None => match health.spooling() {
+            None => (StatusCode::OK, "ready").into_response(),
+            Some(batches) => (
+                StatusCode::OK,
+                format!("ready: spooling: the store cannot take writes; {batches} batches kept on local disk\n"),
+            )
+                .into_response(),
+        },
         Some(problem) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: store cannot write ({})\n", problem.label()),
@@ -252,9 +263,10 @@ async fn review(
         return (answer, "store_unavailable");
     }
     let outcome = match tokio::time::timeout(state.deadline, ack).await {
-        Ok(Ok(AppendOutcome::Recorded(_))) => "recorded",
-        Ok(Ok(AppendOutcome::Linked(_))) => "linked",
-        Ok(Ok(AppendOutcome::Duplicate(_))) => "duplicate",
+        Ok(Ok(W::Stored(AppendOutcome::Recorded(_)))) => "recorded",
+        Ok(Ok(W::Stored(AppendOutcome::Linked(_)))) => "linked",
+        Ok(Ok(W::Stored(AppendOutcome::Duplicate(_)))) => "duplicate",
+        Ok(Ok(W::Spooled)) => "spooled",
         Ok(Err(_)) => "store_error",
         Err(_) => {
             state.metrics.deadline_exceeded.inc();

@@ -192,3 +192,90 @@ async fn oversized_reviews_log_the_field_not_the_value_once_a_minute() {
     assert!(text.contains("bytes=100000"), "{text}");
     assert!(!text.contains("vvvv"), "{text}");
 }
+
+/// A shared store that cannot be reached: every append fails.
+struct Unreachable(crate::store::MemStore);
+
+impl crate::store::EventStore for Unreachable {
+    fn append_buffered(
+        &self,
+        _: &[crate::pipeline::Captured],
+    ) -> crate::Result<Vec<crate::store::AppendOutcome>> {
+        Err(crate::Error::Io(std::io::Error::other(
+            "postgres: connection refused",
+        )))
+    }
+    fn query(&self, q: &crate::store::Query) -> crate::Result<crate::store::Page> {
+        self.0.query(q)
+    }
+    fn get(&self, id: crate::store::EventId) -> crate::Result<Option<crate::store::StoredEvent>> {
+        self.0.get(id)
+    }
+    fn state_after(&self, id: crate::store::EventId) -> crate::Result<Option<Value>> {
+        self.0.state_after(id)
+    }
+    fn state_before(&self, id: crate::store::EventId) -> crate::Result<Option<Value>> {
+        self.0.state_before(id)
+    }
+    fn enforce_retention(
+        &self,
+        now: jiff::Timestamp,
+        rule: &dyn Fn(&str) -> Option<crate::store::RetentionRule>,
+        default: crate::store::RetentionRule,
+    ) -> crate::Result<crate::store::RetentionReport> {
+        self.0.enforce_retention(now, rule, default)
+    }
+    fn stats(&self) -> crate::Result<crate::store::StoreStats> {
+        self.0.stats()
+    }
+}
+
+#[tokio::test]
+async fn with_the_shared_store_down_a_review_is_spooled_and_readyz_stays_ready_saying_so() {
+    let h = Harness::new(&[(
+        "all",
+        json!({"resources": [{"apiGroups": ["*"], "resources": ["*"]}]}),
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let spool =
+        Arc::new(crate::store::Spool::open(dir.path(), crate::store::DEFAULT_SPOOL_BYTES).unwrap());
+    let (writer, _thread) = Writer::spawn_with(
+        Arc::new(Unreachable(Default::default())),
+        16,
+        h.state.metrics.clone(),
+        Vec::new(),
+        Timing::default(),
+        Some(spool.clone()),
+    )
+    .unwrap();
+    let state = Arc::new(Capture {
+        policies: h.state.policies.clone(),
+        redactor: h.state.redactor.clone(),
+        writer,
+        metrics: h.state.metrics.clone(),
+        registry: h.state.registry.clone(),
+        deadline: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(10),
+        client_ca: None,
+        ignored_users: Vec::new(),
+        ready: AtomicBool::new(true),
+        warnings: LogLimiter::default(),
+    });
+    let body = testdata::fixture("update-deployment").as_bytes();
+    let (_, outcome) = review(&state, "all", body, jiff::Timestamp::now()).await;
+    assert_eq!(outcome, "spooled");
+    assert_eq!(spool.len(), 1);
+    let response = readyz(State(state.clone())).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("spooling"), "{text}");
+    let metrics = h.metrics();
+    assert!(metrics.contains("histor_spool_batches 1"), "{metrics}");
+    assert!(
+        metrics.contains("histor_spooled_batches_total 1"),
+        "{metrics}"
+    );
+}

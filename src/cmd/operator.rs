@@ -115,7 +115,8 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
             .map_err(|e| Error::Usage(format!("--retention-max-age: {e}")))?,
     };
     let client = kube::Client::try_default().await?;
-    let (redactor, engine) = server::open_data_dir(&args.data_dir, &args.capture, &args.store)?;
+    let (redactor, engine, spool) =
+        server::open_data_dir(&args.data_dir, &args.capture, &args.store)?;
     let store = engine.events;
     let policies = Arc::new(PolicyIndex::new());
     let (metrics, registry, notifier) =
@@ -180,6 +181,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         on_retention: Some(Arc::new(move |report| {
             retention_ctx.records.on_retention(report)
         })),
+        spool,
     })
     .await?;
     tracing::info!(addr = %running.addr, "webhook serving");

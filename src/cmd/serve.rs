@@ -62,7 +62,8 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         tracing::info!(policy = %policy.name(), "policy loaded");
         policies.apply(policy);
     }
-    let (redactor, engine) = server::open_data_dir(&args.data_dir, &args.capture, &args.store)?;
+    let (redactor, engine, spool) =
+        server::open_data_dir(&args.data_dir, &args.capture, &args.store)?;
     let store = engine.events;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => tls::CertFiles {
@@ -99,6 +100,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         ignored_users: Vec::new(),
         observers: Vec::new(),
         on_retention: None,
+        spool,
     })
     .await
 }

@@ -11,7 +11,8 @@ use crate::notify::{Notifier, NotifyConfig, NotifyMetrics, SecretSource};
 use crate::pipeline::Redactor;
 use crate::query::{self, QueryState};
 use crate::store::{
-    Engine, EventStore, Location, OutboxStore, RetentionReport, RetentionRule, StoredEvent,
+    DEFAULT_SPOOL_BYTES, Engine, EventStore, Location, OutboxStore, RetentionReport, RetentionRule,
+    Spool, StoredEvent,
 };
 use crate::{Error, Result};
 use axum_server::Handle;
@@ -135,14 +136,15 @@ pub struct StoreArgs {
     pub store_password_file: Option<PathBuf>,
 }
 
-/// Opens the store `store` names (in `data_dir` by default) and the Secret hasher with its key
+/// Opens the store `store` names (in `data_dir` by default), for a shared store the local spool
+/// (`data_dir/spool`) that keeps batches while it cannot take them, and the Secret hasher with its key
 /// (made once in `data_dir` when missing; replicas sharing a store must share the key too, so
 /// that one Secret value hashes the same on each: give them `--hmac-key-file`).
 pub fn open_data_dir(
     data_dir: &Path,
     options: &CaptureArgs,
     store: &StoreArgs,
-) -> Result<(Arc<Redactor>, Engine)> {
+) -> Result<(Arc<Redactor>, Engine, Option<Arc<Spool>>)> {
     std::fs::create_dir_all(data_dir).map_err(|e| Error::file(data_dir, e))?;
     let key_path = options
         .hmac_key_file
@@ -161,7 +163,14 @@ pub fn open_data_dir(
     }
     let engine = location.open()?;
     tracing::info!(store = %location, "store open");
-    Ok((redactor, engine))
+    // A store across the network can be down or slow; batches wait on local disk meanwhile.
+    let spool = if engine.shared {
+        let path = data_dir.join("spool");
+        Some(Arc::new(Spool::open(&path, DEFAULT_SPOOL_BYTES)?))
+    } else {
+        None
+    };
+    Ok((redactor, engine, spool))
 }
 
 /// The metrics registry (capture and notification metrics) and the notification hub on the
@@ -215,6 +224,9 @@ pub struct Parts {
     pub observers: Vec<Arc<dyn RecordObserver>>,
     /// Told about every retention pass.
     pub on_retention: Option<RetentionHook>,
+    /// Where events wait on local disk while a shared store (PostgreSQL) is down or slow; `None`
+    /// for a local one (sled), whose failures a spool on the same disk would not survive.
+    pub spool: Option<Arc<Spool>>,
 }
 
 /// A started server.
@@ -326,6 +338,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
         ignored_users,
         mut observers,
         on_retention,
+        spool,
     } = parts;
     // Client certificates are requested (never required by the TLS layer) to authenticate the
     // apiserver: as the webhook client (`/admit`), and as the front proxy of the query API.
@@ -356,11 +369,13 @@ pub async fn start(parts: Parts) -> Result<Running> {
             }),
         );
     }
-    let (writer, writer_thread) = Writer::spawn(
+    let (writer, writer_thread) = Writer::spawn_with(
         store.clone(),
         options.queue_capacity,
         metrics.clone(),
         observers,
+        capture::Timing::for_deadline(Duration::from_millis(options.deadline_ms)),
+        spool,
     )?;
     let capture = Arc::new(Capture {
         policies: policies.clone(),

@@ -13,7 +13,7 @@ pub enum Location {
     /// An embedded sled database in this directory: one process at a time.
     Sled(PathBuf),
     /// A PostgreSQL database, shared by every replica.
-    Postgres(PgConfig),
+    Postgres(Box<PgConfig>),
 }
 
 impl Location {
@@ -27,7 +27,10 @@ impl Location {
         let location = match store.map(str::trim) {
             None | Some("") => Location::Sled(data_dir.join("store")),
             Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
-                return Ok(Location::Postgres(PgConfig::parse(s, password_file)?));
+                return Ok(Location::Postgres(Box::new(PgConfig::parse(
+                    s,
+                    password_file,
+                )?)));
             }
             Some(s) => match s.strip_prefix("sled:") {
                 Some(dir) if !dir.is_empty() => Location::Sled(PathBuf::from(dir)),

@@ -31,7 +31,7 @@ pub use self::outbox::{MemOutbox, OutboxStore};
 pub use self::postgres::{PgConfig, PgStore};
 pub use self::query::MAX_PAGE;
 pub use self::retention::MAX_REMOVALS_PER_PASS;
-pub use self::sled::{BUCKET_SHIFT, HEADS_CACHE, SledStore};
+pub use self::sled::{BUCKET_SHIFT, DEFAULT_SPOOL_BYTES, HEADS_CACHE, SledStore, Spool, Spooled};
 
 /// How long a request uid is remembered for dedupe, in microseconds of event ids: 2 minutes.
 /// The apiserver calls every webhook of a request, and retries it, within the request's own

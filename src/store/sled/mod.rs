@@ -54,9 +54,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+pub use self::spool::{DEFAULT_SPOOL_BYTES, Spool, Spooled};
+
 mod codec;
 mod keys;
 mod outbox;
+mod spool;
 #[cfg(test)]
 mod tests;
 

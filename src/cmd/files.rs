@@ -68,18 +68,30 @@ pub fn load_or_create_key(path: &Path) -> Result<Vec<u8>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     }
+    // Written whole under a name of its own, then linked into place: a process that starts at
+    // the same time (another replica on the same directory) either wins the link or reads the
+    // winner's complete key, never half of one.
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp-{}-{:x}", std::process::id(), key[0]));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     options.mode(0o600);
-    let mut file = options.open(path).map_err(|e| Error::file(path, e))?;
+    let mut file = options.open(&tmp).map_err(|e| Error::file(&tmp, e))?;
     file.write_all(&key)
         .and_then(|_| file.sync_all())
-        .map_err(|e| Error::file(path, e))?;
-    Ok(key)
+        .map_err(|e| Error::file(&tmp, e))?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::read(path).map_err(|e| Error::file(path, e))
+        }
+        Err(e) => Err(Error::file(path, e)),
+    }
 }
 
 #[cfg(test)]
@@ -100,5 +112,29 @@ mod tests {
         let b = load_or_create_key(&path).unwrap();
         assert_eq!(a.len(), 32);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn processes_starting_at_once_end_up_with_one_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("hmac.key");
+            let keys: Vec<Vec<u8>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| load_or_create_key(&path).unwrap()))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(
+                keys.windows(2).all(|w| w[0] == w[1]),
+                "every starter got the one key"
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), keys[0]);
+            assert_eq!(
+                std::fs::read_dir(dir.path()).unwrap().count(),
+                1,
+                "no temporary left"
+            );
+        }
     }
 }

@@ -116,7 +116,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     };
     let client = kube::Client::try_default().await?;
     let (redactor, engine, spool) =
-        server::open_data_dir(&args.data_dir, &args.capture, &args.store)?;
+        server::open_data_dir(&args.data_dir, &args.capture, &args.store).await?;
     let store = engine.events;
     let policies = Arc::new(PolicyIndex::new());
     let (metrics, registry, notifier) =

@@ -63,7 +63,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         policies.apply(policy);
     }
     let (redactor, engine, spool) =
-        server::open_data_dir(&args.data_dir, &args.capture, &args.store)?;
+        server::open_data_dir(&args.data_dir, &args.capture, &args.store).await?;
     let store = engine.events;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => tls::CertFiles {

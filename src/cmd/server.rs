@@ -140,7 +140,7 @@ pub struct StoreArgs {
 /// (`data_dir/spool`) that keeps batches while it cannot take them, and the Secret hasher with its key
 /// (made once in `data_dir` when missing; replicas sharing a store must share the key too, so
 /// that one Secret value hashes the same on each: give them `--hmac-key-file`).
-pub fn open_data_dir(
+pub async fn open_data_dir(
     data_dir: &Path,
     options: &CaptureArgs,
     store: &StoreArgs,
@@ -161,7 +161,13 @@ pub fn open_data_dir(
             "a shared store without --hmac-key-file: each replica hashes Secret values with its own key, so their records of one Secret disagree"
         );
     }
-    let engine = location.open()?;
+    // Opening may block on the network (PostgreSQL) or the disk: off the runtime's threads.
+    let engine = {
+        let location = location.clone();
+        tokio::task::spawn_blocking(move || location.open())
+            .await
+            .map_err(|e| Error::Usage(format!("opening the store failed: {e}")))??
+    };
     tracing::info!(store = %location, "store open");
     // A store across the network can be down or slow; batches wait on local disk meanwhile.
     let spool = if engine.shared {
@@ -356,7 +362,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
 
     if shared_store {
         // Whichever replica delivers takes every replica's events from the store.
-        notifier.follow(store.clone());
+        notifier.follow(store.clone()).await?;
     } else {
         // Catch up on events a crash stored but did not hand to the notifier, before new ones
         // flow; then the writer hands each durable batch over.

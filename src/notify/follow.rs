@@ -55,9 +55,25 @@ impl Notifier {
     /// Makes the delivery loop take events from `store`, a store other replicas write too,
     /// whenever this replica delivers ([`OutboxStore::try_lead`](crate::store::OutboxStore)).
     /// The writer then does not hand its events over itself.
-    pub fn follow(&self, store: Arc<dyn EventStore>) {
+    /// Call before this replica's writer starts: on a first start the cursor is set at the
+    /// store's newest event then, so that nothing recorded after it is skipped.
+    pub async fn follow(&self, store: Arc<dyn EventStore>) -> Result<()> {
+        if self.inner.outbox.cursor().await?.is_none() {
+            let newest = query(
+                &store,
+                Query {
+                    limit: 1,
+                    ..Query::default()
+                },
+            )
+            .await?
+            .first()
+            .map_or(0, |e| e.id);
+            self.inner.outbox.init_cursor(newest).await?;
+        }
         *super::lock(&self.inner.follow) = Some(store);
         self.inner.wake.notify_one();
+        Ok(())
     }
 
     /// One pass of following: what arrived since the last one (up to a bound).
@@ -85,16 +101,11 @@ impl Notifier {
         .await?
         .first()
         .map(|e| e.id);
-        let Some(cursor) = outbox.cursor().await? else {
+        let cursor = match outbox.cursor().await? {
+            Some(cursor) => cursor,
             // First start: nothing was ever handed over. Start at the newest event instead of
-            // notifying about the whole history.
-            outbox
-                .commit(&Intake {
-                    cursor: newest,
-                    ..Intake::default()
-                })
-                .await?;
-            return Ok((0, false));
+            // notifying about the whole history (an empty store: from the beginning).
+            None => outbox.init_cursor(newest.unwrap_or(0)).await?,
         };
         let Some(newest) = newest.filter(|&n| n > cursor) else {
             return Ok((0, false));

@@ -154,6 +154,11 @@ impl Outbox {
         self.store.is_shared()
     }
 
+    /// Sets the cursor to `at` unless it was ever set; the cursor as it then is.
+    pub async fn init_cursor(&self, at: EventId) -> Result<EventId> {
+        self.store.init_cursor(at).await
+    }
+
     /// The last event id handed to the outbox, if any.
     pub async fn cursor(&self) -> Result<Option<EventId>> {
         self.store.cursor().await

@@ -25,6 +25,7 @@ macro_rules! outbox_conformance_suite {
             keys_increase_and_are_never_handed_out_twice,
             a_commit_writes_notifications_buffered_events_and_cursor,
             the_cursor_only_moves_forward,
+            the_first_cursor_set_wins,
             buffering_an_event_twice_holds_it_once,
             buffered_events_read_back_by_sink_in_id_order,
             update_rewrites_a_queued_entry_and_never_revives_a_removed_one,
@@ -149,6 +150,24 @@ pub(crate) async fn the_cursor_only_moves_forward(o: Arc<dyn OutboxStore>) {
     o.commit(cursor(Some(1 << 40))).await.unwrap();
     o.commit(cursor(Some((1 << 40) - 1))).await.unwrap();
     assert_eq!(o.cursor().await.unwrap(), Some(1 << 40));
+}
+
+pub(crate) async fn the_first_cursor_set_wins(o: Arc<dyn OutboxStore>) {
+    assert_eq!(o.init_cursor(7).await.unwrap(), 7);
+    assert_eq!(o.init_cursor(3).await.unwrap(), 7, "set once, by the first");
+    assert_eq!(o.init_cursor(9).await.unwrap(), 7);
+    assert_eq!(o.cursor().await.unwrap(), Some(7));
+    o.commit(OutboxIntake {
+        cursor: Some(12),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        o.init_cursor(1).await.unwrap(),
+        12,
+        "a moved cursor is not set back"
+    );
 }
 
 pub(crate) async fn buffering_an_event_twice_holds_it_once(o: Arc<dyn OutboxStore>) {

@@ -54,6 +54,10 @@ impl OutboxStore for MemOutbox {
         Ok(self.inner.lock().cursor)
     }
 
+    async fn init_cursor(&self, at: EventId) -> Result<EventId> {
+        Ok(*self.inner.lock().cursor.get_or_insert(at))
+    }
+
     async fn entries(&self) -> Result<Vec<(OutboxKey, Vec<u8>)>> {
         Ok(self
             .inner

@@ -113,6 +113,11 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// The cursor, `None` until a commit first sets it.
     async fn cursor(&self) -> Result<Option<EventId>>;
 
+    /// Sets the cursor to `at` only if nothing ever set it, atomically (replicas starting at
+    /// once: the first one's start wins, and none skips what another already recorded), and
+    /// durably; returns the cursor as it then is.
+    async fn init_cursor(&self, at: EventId) -> Result<EventId>;
+
     /// Every queued notification, in key order.
     async fn entries(&self) -> Result<Vec<(OutboxKey, Vec<u8>)>>;
 

@@ -169,6 +169,24 @@ impl OutboxStore for PgOutbox {
         .await
     }
 
+    async fn init_cursor(&self, at: EventId) -> Result<EventId> {
+        let at = at as i64;
+        self.run(move |i, c| async move {
+            // One statement: set when unset (-1), and read back what it then is.
+            let sql = format!(
+                "UPDATE {s}.meta SET value = CASE WHEN value < 0 THEN $1 ELSE value END \
+                 WHERE key = 'outbox_cursor' RETURNING value",
+                s = i.s
+            );
+            let r = c
+                .query_one(sql.as_str(), &[&at])
+                .await
+                .map(|row| row.get::<_, i64>(0) as u64);
+            (r, c)
+        })
+        .await
+    }
+
     async fn entries(&self) -> Result<Vec<(OutboxKey, Vec<u8>)>> {
         self.run(|i, c| async move {
             let sql = format!("SELECT key, value FROM {}.outbox ORDER BY key", i.s);

@@ -245,6 +245,24 @@ impl OutboxStore for SledOutbox {
         blocking(move || Ok(cursor_of(this.trees()?.meta.get(CURSOR_KEY)?))).await
     }
 
+    async fn init_cursor(&self, at: EventId) -> Result<EventId> {
+        let this = self.clone();
+        blocking(move || {
+            let t = this.trees()?;
+            let set = t.meta.compare_and_swap(
+                CURSOR_KEY,
+                None as Option<&[u8]>,
+                Some(&at.to_be_bytes()[..]),
+            )?;
+            t.db.flush()?;
+            match set {
+                Ok(()) => Ok(at),
+                Err(_) => Ok(cursor_of(t.meta.get(CURSOR_KEY)?).unwrap_or(at)),
+            }
+        })
+        .await
+    }
+
     async fn entries(&self) -> Result<Vec<(OutboxKey, Vec<u8>)>> {
         let this = self.clone();
         blocking(move || this.entries_now()).await

@@ -2,7 +2,7 @@
 //! or by default `DATA_DIR/store`) or a PostgreSQL database (`postgres://...`), and opening the
 //! engine it names. The one place that picks an engine.
 
-use super::{EventStore, PgConfig, PgStore, SledStore};
+use super::{EventStore, OutboxStore, PgConfig, PgStore, SledStore};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,9 +55,22 @@ impl Location {
 
     /// Opens the engine.
     pub fn open(&self) -> Result<Arc<dyn EventStore>> {
+        Ok(self.open_with_outbox()?.0)
+    }
+
+    /// Opens the engine with its notification outbox.
+    pub fn open_with_outbox(&self) -> Result<(Arc<dyn EventStore>, Arc<dyn OutboxStore>)> {
         Ok(match self {
-            Location::Sled(dir) => Arc::new(SledStore::open(dir)?),
-            Location::Postgres(config) => Arc::new(PgStore::open(config)?),
+            Location::Sled(dir) => {
+                let store = SledStore::open(dir)?;
+                let outbox = store.outbox();
+                (Arc::new(store), outbox)
+            }
+            Location::Postgres(config) => {
+                let store = PgStore::open(config)?;
+                let outbox = store.outbox();
+                (Arc::new(store), outbox)
+            }
         })
     }
 }

@@ -294,6 +294,10 @@ impl EventStore for PgStore {
         self.append_batch(batch)
     }
 
+    fn append_copied(&self, batch: &[(EventId, Captured)]) -> Result<()> {
+        self.append_copied_batch(batch)
+    }
+
     fn query(&self, q: &Query) -> Result<Page> {
         let Some((lo, hi)) = query::id_range(q) else {
             return Ok(Page::default());

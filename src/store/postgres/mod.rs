@@ -44,7 +44,7 @@ mod retention;
 mod schema;
 mod sql;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use self::chain::Chain;
 pub use self::config::PgConfig;

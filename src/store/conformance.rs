@@ -1323,7 +1323,7 @@ pub(crate) fn copies_read_back_as_in_the_source(store: &dyn EventStore) {
         now + 1,
         deployment("prod", "late", &h.uid, 1, json!({})),
     );
-    recorded(&src.append(&[late.clone()]).unwrap());
+    recorded(&src.append(std::slice::from_ref(&late)).unwrap());
     let resume = CopyOptions {
         into_nonempty: true,
         ..options
@@ -1334,8 +1334,8 @@ pub(crate) fn copies_read_back_as_in_the_source(store: &dyn EventStore) {
     assert_same_history(&src, store);
 
     assert_eq!(
-        store.append(&[late.clone()]).unwrap(),
-        src.append(&[late.clone()]).unwrap(),
+        store.append(std::slice::from_ref(&late)).unwrap(),
+        src.append(std::slice::from_ref(&late)).unwrap(),
         "a retry of a copied request is a duplicate"
     );
     let err = store.append_copied(&[(T0 as u64, late)]).unwrap_err();

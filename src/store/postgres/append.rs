@@ -130,6 +130,8 @@ impl PgStore {
     }
 
     /// One batch in one transaction; see the module docs.
+    // The batch, its copied ids and the attempt's token travel together only here.
+    #[allow(clippy::too_many_arguments)]
     fn append_tx(
         &self,
         client: &mut deadpool_postgres::Object,

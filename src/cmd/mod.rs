@@ -8,6 +8,7 @@ mod operator;
 mod replay;
 mod serve;
 mod server;
+mod store_copy;
 mod usage;
 
 pub use demo::REVIEWS as RECORDED_REVIEWS;
@@ -52,6 +53,13 @@ pub enum Command {
     /// API usage from audit log files: which endpoints, at which level, by which clients;
     /// deprecated APIs still called, and the release that removes them.
     Usage(usage::UsageArgs),
+    /// Store maintenance: `histor store copy` moves a history (a sled directory to
+    /// PostgreSQL, say) with every id and state.
+    Store {
+        /// What to do.
+        #[command(subcommand)]
+        command: store_copy::StoreCommand,
+    },
 }
 
 impl Cli {
@@ -77,5 +85,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => demo::run(args).await,
         Command::Operator(args) => operator::run(*args).await,
         Command::Usage(args) => usage::run(args),
+        Command::Store { command } => store_copy::run(command).await,
     }
 }

@@ -39,6 +39,7 @@ macro_rules! conformance_suite {
             unknown_states_are_none_until_a_full_object_comes,
             linked_policies_keep_their_events,
             pages_do_not_shift_while_events_arrive,
+            copies_read_back_as_in_the_source,
         );
     };
     (@tests always $open:expr; $($name:ident),* $(,)?) => {
@@ -1101,4 +1102,242 @@ pub(crate) fn pages_do_not_shift_while_events_arrive(store: &dyn EventStore) {
     assert_eq!(ids(&second), vec![all[2], all[1], all[0]]);
     assert_eq!(second.next, None);
     assert_eq!(store.query(&q()).unwrap().events[0].id, late);
+}
+
+/// A history with every shape a store keeps, appended to `store` and then pruned by one
+/// retention pass: deltas past a snapshot, subresource changes, an unseen change (a gap), a
+/// delete, a request linked to a second policy, a request uid stored again past its dedupe
+/// window, a subresource change to a state the store never saw, two events in one microsecond
+/// of which retention removes the first (so the second's id was bumped past a gone event), and
+/// a chain whose middle retention removed with a subresource change as the first kept event.
+/// Returns the time of the retention pass; later events go after it.
+pub(crate) fn varied_history(store: &dyn EventStore) -> i64 {
+    let hour = 3_600_000_000i64;
+    let mut a = Obj::new("prod", "api", 1);
+    let first = a.create(
+        "alice",
+        T0,
+        deployment("prod", "api", &a.uid, 1, json!({"app": "api"})),
+    );
+    let mut batch = vec![first.clone()];
+    for i in 1..20u64 {
+        batch.push(a.update("bob", T0 + i as i64, |o| {
+            o["spec"]["replicas"] = json!(i + 1)
+        }));
+    }
+    batch.push(a.scale("hpa", T0 + 30, 7));
+    batch.push(a.scale("hpa", T0 + 31, 8));
+    let mut seen = a.state.clone().unwrap();
+    seen["metadata"]["labels"]["tier"] = json!("web");
+    let mut after = seen.clone();
+    after["spec"]["replicas"] = json!(9);
+    batch.push(a.update_from("carol", T0 + 40, seen, after));
+    batch.push(a.delete("alice", T0 + 50));
+
+    let mut b = Obj::new("prod", "web", 2);
+    let create = b.create(
+        "alice",
+        T0 + 60,
+        deployment("prod", "web", &b.uid, 1, json!({})),
+    );
+    let mut linked = create.clone();
+    linked.event.policies = vec!["p2".into()];
+    batch.push(create);
+    batch.push(linked);
+    batch.push(b.update("bob", T0 + 61, |o| {
+        o["metadata"]["labels"]["v"] = json!("1")
+    }));
+
+    let mut d = Obj::new("dev", "tmp", 3);
+    let mut brief = d.create(
+        "dave",
+        T0 + 70,
+        deployment("dev", "tmp", &d.uid, 1, json!({})),
+    );
+    brief.event.policies = vec!["brief".into()];
+    let mut e = Obj::new("dev", "keep", 4);
+    let mut bumped = e.create(
+        "erin",
+        T0 + 70,
+        deployment("dev", "keep", &e.uid, 1, json!({})),
+    );
+    bumped.event.policies = vec!["long".into()];
+    batch.push(brief);
+    batch.push(bumped);
+
+    let mut f = Obj::new("prod", "batch", 5);
+    let mut create = f.create(
+        "alice",
+        T0 + 80,
+        deployment("prod", "batch", &f.uid, 1, json!({})),
+    );
+    create.event.policies = vec!["long".into()];
+    batch.push(create);
+    for i in 1..3u64 {
+        let mut u = f.update("bob", T0 + 80 + i as i64, |o| {
+            o["metadata"]["labels"]["step"] = json!(i)
+        });
+        u.event.policies = vec!["short".into()];
+        batch.push(u);
+    }
+    let mut scale = f.scale("hpa", T0 + 83, 4);
+    scale.event.policies = vec!["short".into()];
+    batch.push(scale);
+
+    let mut g = Obj::new("prod", "unseen", 6);
+    g.state = Some(deployment("prod", "unseen", &g.uid, 1, json!({})));
+    batch.push(g.scale("hpa", T0 + 90, 3));
+    batch.push(g.update("bob", T0 + 91, |o| {
+        o["metadata"]["labels"]["v"] = json!("2")
+    }));
+    let outcomes = store.append(&batch).unwrap();
+    assert_eq!(outcomes[25], AppendOutcome::Linked(T0 as u64 + 60));
+    assert_eq!(
+        ids_of(store, &e.uid),
+        vec![T0 as u64 + 71],
+        "bumped past the brief event"
+    );
+
+    // Once later traffic moved the dedupe window past it, the same request uid is a new event.
+    let far = T0 + 3 * DEDUPE_WINDOW as i64;
+    let moved = b.update("bob", far, |o| o["spec"]["replicas"] = json!(2));
+    let mut again = first;
+    again.event.received_at = ts(far + 1);
+    recorded(&store.append(&[moved]).unwrap());
+    recorded(&store.append(&[again]).unwrap());
+
+    let rules = |p: &str| match p {
+        "long" => Some(rule(100, 1000)),
+        "short" => Some(rule(1, 1000)),
+        "brief" => Some(rule(100, 1)),
+        _ => None,
+    };
+    let now = T0 + 2 * hour;
+    let report = store
+        .enforce_retention(ts(now), &rules, rule(100, 1000))
+        .unwrap();
+    assert_eq!(
+        report.removed, 3,
+        "the brief event and the middle of the batch chain"
+    );
+    let kept = ids_of(store, &f.uid);
+    assert_eq!(store.state_before(kept[1]).unwrap(), None);
+    assert_eq!(store.state_after(kept[1]).unwrap(), f.state);
+    now
+}
+
+/// Every page of `query` (small pages, to compare continue tokens too).
+pub(crate) fn all_pages(store: &dyn EventStore, query: &Query) -> Vec<Page> {
+    let mut pages = Vec::new();
+    let mut query = Query {
+        limit: 7,
+        ..query.clone()
+    };
+    loop {
+        let page = store.query(&query).unwrap();
+        let next = page.next;
+        pages.push(page);
+        match next {
+            Some(after) => query.after = Some(after),
+            None => return pages,
+        }
+    }
+}
+
+/// `dst` answers everything as `src` does: pages of several queries, and every event's `get`,
+/// `state_after` and `state_before`.
+pub(crate) fn assert_same_history(src: &dyn EventStore, dst: &dyn EventStore) {
+    let queries = [
+        Query::default(),
+        Query {
+            kind: Some("deployment".into()),
+            ..Query::default()
+        },
+        Query {
+            user: Some("hpa".into()),
+            ..Query::default()
+        },
+        Query {
+            namespace: Some("dev".into()),
+            ..Query::default()
+        },
+        Query {
+            uid: Some(uid(1)),
+            ..Query::default()
+        },
+    ];
+    for query in &queries {
+        assert_eq!(all_pages(src, query), all_pages(dst, query), "{query:?}");
+    }
+    let mut n = 0;
+    for page in all_pages(src, &Query::default()) {
+        for e in page.events {
+            n += 1;
+            assert_eq!(
+                src.get(e.id).unwrap(),
+                dst.get(e.id).unwrap(),
+                "get {}",
+                e.id
+            );
+            assert_eq!(
+                src.state_after(e.id).unwrap(),
+                dst.state_after(e.id).unwrap(),
+                "state after {}",
+                e.id
+            );
+            assert_eq!(
+                src.state_before(e.id).unwrap(),
+                dst.state_before(e.id).unwrap(),
+                "state before {}",
+                e.id
+            );
+        }
+    }
+    assert_eq!(dst.stats().unwrap().events, n);
+}
+
+/// A history copied in ([`copy::copy_events`] through `append_copied`) reads back as it did in
+/// the source, ids included; a second copy is refused unless it resumes, and then copies only
+/// what is newer; the dedupe window came across; an id not newer than the store's is refused.
+pub(crate) fn copies_read_back_as_in_the_source(store: &dyn EventStore) {
+    use super::copy::{CopyOptions, copy_events};
+    let src = MemStore::new();
+    let now = varied_history(&src);
+    // One batch holds the two events of one request uid.
+    let options = CopyOptions {
+        batch: 100,
+        verify: true,
+        ..CopyOptions::default()
+    };
+    let mut seen = Vec::new();
+    let report = copy_events(&src, store, options, &mut |n| seen.push(n)).unwrap();
+    assert_eq!(report.copied, src.stats().unwrap().events);
+    assert_eq!(seen, vec![report.copied]);
+    assert_same_history(&src, store);
+
+    let err = copy_events(&src, store, options, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("--into-nonempty"), "{err}");
+    let mut h = Obj::new("prod", "late", 7);
+    let late = h.create(
+        "alice",
+        now + 1,
+        deployment("prod", "late", &h.uid, 1, json!({})),
+    );
+    recorded(&src.append(std::slice::from_ref(&late)).unwrap());
+    let resume = CopyOptions {
+        into_nonempty: true,
+        ..options
+    };
+    let report = copy_events(&src, store, resume, &mut |_| {}).unwrap();
+    assert_eq!(report.copied, 1);
+    assert!(report.resumed_after.is_some());
+    assert_same_history(&src, store);
+
+    assert_eq!(
+        store.append(std::slice::from_ref(&late)).unwrap(),
+        src.append(std::slice::from_ref(&late)).unwrap(),
+        "a retry of a copied request is a duplicate"
+    );
+    let err = store.append_copied(&[(T0 as u64, late)]).unwrap_err();
+    assert!(err.to_string().contains("not newer"), "{err}");
 }

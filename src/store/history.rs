@@ -201,6 +201,77 @@ pub fn extend(
     step
 }
 
+/// Decides how an event copied from another store (see `EventStore::append_copied`) extends its
+/// object's chain so that the copy rebuilds what the source did. `event.object` is the source's
+/// state after the event (its `get`), `before` the source's state before it, `previous` the
+/// state after the object's previous event here (`has_prior`: there is one).
+///
+/// A full object chains like a live append ([`extend`]); what a live append cannot say is that
+/// the state before is unknown although the object has an earlier event (retention removed the
+/// one in between), so a `before` of `None` then breaks the chain. A subresource change keeps
+/// its changes as the delta when they rebuild the source's state, and otherwise takes that state
+/// as a snapshot (or, when the source did not know it either, stays unknown).
+pub fn extend_copied(
+    pos: ChainPos,
+    previous: Option<Value>,
+    has_prior: bool,
+    before: Option<&Value>,
+    event: &ChangeEvent,
+) -> Step {
+    if event.resource.subresource.is_none() && event.object.is_some() {
+        let mut step = extend(pos, previous, before, event);
+        if before.is_none() && has_prior {
+            step.chain_break = true;
+            step.gap.clear();
+        }
+        return step;
+    }
+    let mut step = Step {
+        state: None,
+        snapshot: false,
+        gap: Vec::new(),
+        chain_break: false,
+        unknown_state: false,
+        pos,
+    };
+    step.pos.since_snapshot = pos.since_snapshot + 1;
+    // Where the source's chain stood before the event, relative to ours.
+    let start = match (previous, before) {
+        (Some(previous), Some(before)) if previous == *before => Some(previous),
+        (Some(mut previous), Some(before)) => {
+            step.chain_break = true;
+            let gap = diff(&previous, before);
+            if apply_changes(&mut previous, &gap) && previous == *before {
+                step.gap = gap;
+                Some(previous)
+            } else {
+                None
+            }
+        }
+        (_, None) => {
+            step.chain_break = has_prior;
+            None
+        }
+        (None, Some(_)) => None,
+    };
+    let Some(after) = &event.object else {
+        step.unknown_state = true;
+        step.pos.broken = true;
+        return step;
+    };
+    let rebuilt = start.and_then(|mut s| {
+        let _ = apply_changes(&mut s, &event.changes);
+        (s == *after).then_some(s)
+    });
+    if rebuilt.is_none() || step.pos.since_snapshot >= SNAPSHOT_EVERY {
+        step.snapshot = true;
+        step.pos.since_snapshot = 0;
+    }
+    step.pos.broken = false;
+    step.state = Some(rebuilt.unwrap_or_else(|| after.clone()));
+    step
+}
+
 /// Continues an object's chain of deltas to `state`, its object after `event`: from `previous`
 /// (the state after the object's previous stored event) through `before` (the state the
 /// apiserver saw before this change) and the event's changes.

@@ -91,10 +91,17 @@ fn request_key(uid: &str) -> u128 {
 }
 
 impl Inner {
-    fn append_one(&mut self, captured: &Captured, id: Option<EventId>) -> Result<AppendOutcome> {
+    /// Appends one event; `copied`: as [`EventStore::append_copied`] does (under `id`, no
+    /// dedupe, its states as the source had them).
+    fn append_one(
+        &mut self,
+        captured: &Captured,
+        id: Option<EventId>,
+        copied: bool,
+    ) -> Result<AppendOutcome> {
         let event = &captured.event;
         let request = request_key(&event.request_uid);
-        if let Some(id) = self.recent.get(request) {
+        if !copied && let Some(id) = self.recent.get(request) {
             return Ok(self.link_policies(id, &event.policies));
         }
         let received_us = event.received_at.as_microsecond().max(0) as u64;
@@ -110,12 +117,13 @@ impl Inner {
             Some(h) if !h.pos.broken => history::state_after(self, h.last)?,
             _ => None,
         };
-        let step = history::extend(
-            prior.map_or(ChainPos::default(), |h| h.pos),
-            previous,
-            captured.before.as_ref(),
-            event,
-        );
+        let pos = prior.map_or(ChainPos::default(), |h| h.pos);
+        let before = captured.before.as_ref();
+        let step = if copied {
+            history::extend_copied(pos, previous, prior.is_some(), before, event)
+        } else {
+            history::extend(pos, previous, before, event)
+        };
         if step.snapshot {
             let snapshot = match (&event.resource.subresource, &event.object) {
                 (None, Some(object)) => Some(object.clone()),
@@ -287,7 +295,7 @@ impl MemStore {
                 before: None,
             };
             inner
-                .append_one(&captured, Some(e.id))
+                .append_one(&captured, Some(e.id), false)
                 .expect("an in-memory append does not fail");
         }
     }
@@ -307,7 +315,19 @@ impl MemStore {
 impl EventStore for MemStore {
     fn append_buffered(&self, batch: &[Captured]) -> Result<Vec<AppendOutcome>> {
         let mut inner = self.inner.lock();
-        batch.iter().map(|c| inner.append_one(c, None)).collect()
+        batch
+            .iter()
+            .map(|c| inner.append_one(c, None, false))
+            .collect()
+    }
+
+    fn append_copied(&self, batch: &[(EventId, Captured)]) -> Result<()> {
+        let mut inner = self.inner.lock();
+        super::check_copied_ids(inner.last_id, batch.iter().map(|(id, _)| *id))?;
+        for (id, captured) in batch {
+            inner.append_one(captured, Some(*id), true)?;
+        }
+        Ok(())
     }
 
     fn query(&self, q: &Query) -> Result<Page> {

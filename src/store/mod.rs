@@ -13,6 +13,7 @@ use serde_json::Value;
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod copy;
 pub mod digest;
 pub mod history;
 mod location;
@@ -222,6 +223,32 @@ pub trait EventStore: Send + Sync + 'static {
     /// was a true duplicate (an apiserver retry) stays a `Duplicate`.
     fn append_buffered(&self, batch: &[Captured]) -> Result<Vec<AppendOutcome>>;
 
+    /// Stores events copied from another store (`histor store copy`), under their own ids and
+    /// as they were there: each pair is an event's id in the source and a [`Captured`] whose
+    /// event is the source's [`get`](EventStore::get) of it (policies complete, `object` the
+    /// state after it) and whose `before` is the source's
+    /// [`state_before`](EventStore::state_before). Copied oldest first into a store that holds
+    /// no object's later events, every copied event then reads back here as it did there:
+    /// `get`, `state_after` and `state_before` (also `None` where retention removed its
+    /// predecessor there), and query pages.
+    ///
+    /// Plain [`append`](EventStore::append) cannot do this: it assigns ids by receipt time
+    /// (an id the source bumped past an event retention later removed comes out different),
+    /// links policies instead of taking them, and has no way to say that the state before an
+    /// event is unknown, nor to anchor a subresource change on a state it did not see.
+    ///
+    /// Ids must increase and be greater than every id this store has given (else
+    /// [`Error::Usage`](crate::Error::Usage), nothing of the batch written); no dedupe happens,
+    /// but each request uid enters the dedupe window as if appended. Durable once a later
+    /// [`sync`](EventStore::sync) returns, like [`append_buffered`](EventStore::append_buffered).
+    /// Every engine implements it; the default serves test doubles that never take copies.
+    fn append_copied(&self, batch: &[(EventId, Captured)]) -> Result<()> {
+        let _ = batch;
+        Err(crate::Error::Usage(
+            "this store does not take copied events".into(),
+        ))
+    }
+
     /// Makes everything appended so far durable.
     fn sync(&self) -> Result<()> {
         Ok(())
@@ -263,6 +290,25 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Size figures.
     fn stats(&self) -> Result<StoreStats>;
+}
+
+/// Checks a batch for [`EventStore::append_copied`]: ids increasing and past `last`, the
+/// store's last id.
+pub(crate) fn check_copied_ids(
+    last: EventId,
+    ids: impl IntoIterator<Item = EventId>,
+) -> Result<()> {
+    let mut floor = last;
+    for id in ids {
+        if id <= floor {
+            return Err(crate::Error::Usage(format!(
+                "copied event {id} is not newer than event {floor} already in the store: \
+                 events are copied oldest first into a store whose events are all older"
+            )));
+        }
+        floor = id;
+    }
+    Ok(())
 }
 
 impl Default for RetentionRule {

@@ -93,6 +93,22 @@ pub(super) fn body_of(e: &ChangeEvent) -> Result<Vec<u8>> {
 impl PgStore {
     /// [`EventStore::append_buffered`]: commits the batch (there is nothing left for `sync`).
     pub(super) fn append_batch(&self, batch: &[Captured]) -> Result<Vec<AppendOutcome>> {
+        self.append_batch_as(batch, None)
+    }
+
+    /// [`EventStore::append_copied`](crate::store::EventStore::append_copied): `batch` under
+    /// `ids`, committed.
+    pub(super) fn append_copied_batch(&self, batch: &[(EventId, Captured)]) -> Result<()> {
+        let (ids, batch): (Vec<EventId>, Vec<Captured>) = batch.iter().cloned().unzip();
+        self.append_batch_as(&batch, Some(&ids)).map(drop)
+    }
+
+    /// Appends `batch`; with `copied`, under those ids and as copies (see `append_copied`).
+    fn append_batch_as(
+        &self,
+        batch: &[Captured],
+        copied: Option<&[EventId]>,
+    ) -> Result<Vec<AppendOutcome>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -105,19 +121,22 @@ impl PgStore {
         w.pending = Some((fp, token));
         let deadline = Instant::now() + self.append_timeout;
         let outcomes = self.with_client(deadline, |client| {
-            self.append_tx(client, deadline, &mut w, batch, token, retry)
+            self.append_tx(client, deadline, &mut w, batch, copied, token, retry)
         })?;
         w.pending = None;
         Ok(outcomes)
     }
 
     /// One batch in one transaction; see the module docs.
+    // The batch, its copied ids and the attempt's token travel together only here.
+    #[allow(clippy::too_many_arguments)]
     fn append_tx(
         &self,
         client: &mut deadpool_postgres::Object,
         deadline: Instant,
         w: &mut Writer,
         batch: &[Captured],
+        copied: Option<&[EventId]>,
         token: i64,
         retry: bool,
     ) -> Result<Vec<AppendOutcome>> {
@@ -154,6 +173,9 @@ impl PgStore {
             )
         })?;
         let mut last_id = id_u64(last.get(0));
+        if let Some(ids) = copied {
+            crate::store::check_copied_ids(last_id, ids.iter().copied())?;
+        }
         let mut seen: HashMap<[u8; 16], EventId> = HashMap::new();
         for row in &found {
             let key: &[u8] = row.get(0);
@@ -201,10 +223,15 @@ impl PgStore {
         let mut new_kinds: Vec<(String, String)> = Vec::new();
         let mut new_policies: BTreeSet<String> = BTreeSet::new();
         let mut outcomes = Vec::with_capacity(batch.len());
-        for ((captured, request), &object) in batch.iter().zip(&requests).zip(&objects) {
+        for (i, ((captured, request), &object)) in
+            batch.iter().zip(&requests).zip(&objects).enumerate()
+        {
             let event = &captured.event;
             let floor = last_id.saturating_sub(DEDUPE_WINDOW);
-            if let Some(&id) = seen.get(request).filter(|&&id| id >= floor) {
+            let copied_id = copied.map(|ids| ids[i]);
+            if copied_id.is_none()
+                && let Some(&id) = seen.get(request).filter(|&&id| id >= floor)
+            {
                 let policies = match in_batch.get(&id) {
                     Some(&i) => Some(&mut rows.policies[i]),
                     None => stored_policies.get_mut(&id),
@@ -236,7 +263,7 @@ impl PgStore {
             }
 
             let received_us = event.received_at.as_microsecond().max(0) as u64;
-            let id = received_us.max(last_id + 1);
+            let id = copied_id.unwrap_or(received_us.max(last_id + 1));
             last_id = id;
             let prior = heads.get(&object).copied();
             if event.resource.subresource.is_none() {
@@ -258,12 +285,12 @@ impl PgStore {
                 },
                 _ => None,
             };
-            let step = history::extend(
-                prior.map_or(ChainPos::default(), |h| h.pos),
-                previous,
-                captured.before.as_ref(),
-                event,
-            );
+            let pos = prior.map_or(ChainPos::default(), |h| h.pos);
+            let before = captured.before.as_ref();
+            let step = match copied_id {
+                Some(_) => history::extend_copied(pos, previous, prior.is_some(), before, event),
+                None => history::extend(pos, previous, before, event),
+            };
             let snapshot = if step.snapshot {
                 match (&event.resource.subresource, &event.object) {
                     (None, Some(object)) => Some(serde_json::to_vec(object)?),
@@ -327,6 +354,10 @@ impl PgStore {
 
         let recorded = rows.id.len() as i64;
         let joined: Vec<String> = rows.policies.iter().map(|p| p.join("\n")).collect();
+        // One row per request: a request uid stored again past its dedupe window (a copy holds
+        // such pairs) would otherwise make the upsert touch a row twice, which PostgreSQL
+        // refuses. The newer id wins, as the window does.
+        let new_requests: HashMap<Vec<u8>, i64> = new_requests.into_iter().collect();
         let (req_keys, req_ids): (Vec<Vec<u8>>, Vec<i64>) = new_requests.into_iter().unzip();
         let touched: Vec<i64> = rows
             .object

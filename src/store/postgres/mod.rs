@@ -44,7 +44,7 @@ mod retention;
 mod schema;
 mod sql;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use self::chain::Chain;
 pub use self::config::PgConfig;
@@ -292,6 +292,10 @@ fn random_i64() -> i64 {
 impl EventStore for PgStore {
     fn append_buffered(&self, batch: &[Captured]) -> Result<Vec<AppendOutcome>> {
         self.append_batch(batch)
+    }
+
+    fn append_copied(&self, batch: &[(EventId, Captured)]) -> Result<()> {
+        self.append_copied_batch(batch)
     }
 
     fn query(&self, q: &Query) -> Result<Page> {

@@ -749,15 +749,24 @@ impl SledStore {
 
     // ---------- append ----------
 
-    fn append_one(&self, w: &mut Writer, captured: &Captured) -> Result<AppendOutcome> {
+    /// Appends one event; `copied`: under this id, as [`EventStore::append_copied`] does (no
+    /// dedupe, its states as the source had them).
+    fn append_one(
+        &self,
+        w: &mut Writer,
+        captured: &Captured,
+        copied: Option<EventId>,
+    ) -> Result<AppendOutcome> {
         let event = &captured.event;
         let request = request_key(&event.request_uid);
-        if let Some(id) = w.recent.get(request) {
+        if copied.is_none()
+            && let Some(id) = w.recent.get(request)
+        {
             return self.link(id, &event.policies);
         }
 
         let received_us = event.received_at.as_microsecond().max(0) as u64;
-        let id = received_us.max(w.last_id + 1);
+        let id = copied.unwrap_or(received_us.max(w.last_id + 1));
         w.last_id = id;
 
         let gr = event.resource.group_resource();
@@ -776,15 +785,15 @@ impl SledStore {
             },
             _ => None,
         };
-        let step = history::extend(
-            ChainPos {
-                since_snapshot: head.since_snapshot,
-                broken: head.broken,
-            },
-            previous,
-            captured.before.as_ref(),
-            event,
-        );
+        let pos = ChainPos {
+            since_snapshot: head.since_snapshot,
+            broken: head.broken,
+        };
+        let before = captured.before.as_ref();
+        let step = match copied {
+            Some(_) => history::extend_copied(pos, previous, prior.is_some(), before, event),
+            None => history::extend(pos, previous, before, event),
+        };
         head.since_snapshot = step.pos.since_snapshot;
         head.broken = step.pos.broken;
         let mut flags = 0u8;
@@ -1216,7 +1225,7 @@ impl EventStore for SledStore {
         let mut done = Vec::with_capacity(batch.len());
         let mut result = Ok(());
         for captured in batch {
-            let mut outcome = match self.append_one(&mut w, captured) {
+            let mut outcome = match self.append_one(&mut w, captured, None) {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     result = Err(e);
@@ -1248,6 +1257,21 @@ impl EventStore for SledStore {
         earlier.extend(done);
         w.unsynced = earlier;
         result.map(|()| outcomes)
+    }
+
+    fn append_copied(&self, batch: &[(EventId, Captured)]) -> Result<()> {
+        let mut w = self.lock_writer();
+        super::check_copied_ids(w.last_id, batch.iter().map(|(id, _)| *id))?;
+        let mut result = Ok(());
+        for (id, captured) in batch {
+            if let Err(e) = self.append_one(&mut w, captured, Some(*id)) {
+                result = Err(e);
+                break;
+            }
+        }
+        result
+            .and_then(|()| self.persist_heads(&mut w))
+            .and_then(|()| self.persist_counters(&w))
     }
 
     fn recover(&self) -> Result<()> {

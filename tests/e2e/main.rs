@@ -10,6 +10,7 @@
 //! (`--policy-selector`), so two operators never rewrite each other's webhook configurations.
 
 mod day_one;
+mod postgres;
 mod query;
 mod receivers;
 

@@ -93,6 +93,11 @@ impl PgConfig {
                 _ => rest.push((k.into_owned(), v.into_owned())),
             }
         }
+        if schema.starts_with("pg_") {
+            return Err(bad(format!(
+                "schema {schema:?}: names starting with pg_ are PostgreSQL's own"
+            )));
+        }
         if schema.is_empty()
             || schema.len() > 63
             || !schema
@@ -313,6 +318,7 @@ mod tests {
             ("mysql://u@h/d", "expected postgres://"),
             ("postgres://u@h/d?schema=Robert%27);DROP", "lower-case"),
             ("postgres://h/d", "no user"),
+            ("postgres://u@h/d?schema=pg_x", "PostgreSQL's own"),
         ] {
             let err = PgConfig::parse(url, None).err().unwrap().to_string();
             assert!(err.contains(says), "{url}: {err}");

@@ -55,7 +55,16 @@ const STATE_CACHE: usize = 4096;
 
 /// Wraps a driver error. (The one place this engine turns its crate's errors into histor's.)
 pub(super) fn pg_err(e: tokio_postgres::Error) -> Error {
-    Error::store(e)
+    // The driver's own text of a server error is only "db error": say what the server said.
+    match e.as_db_error() {
+        Some(db) => Error::store(std::io::Error::other(format!(
+            "postgres: {} {}: {}",
+            db.severity(),
+            db.code().code(),
+            db.message()
+        ))),
+        None => Error::store(e),
+    }
 }
 
 pub(super) fn timed_out() -> Error {

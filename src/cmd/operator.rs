@@ -158,6 +158,9 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
                     .collect()
             })),
     );
+    if engine.shared {
+        ctx.records.follow_shared_store();
+    }
     let controller = tokio::spawn(controller::run(ctx.clone()));
 
     // Self-managed certificates are written by the certificate loop; cert-manager's are mounted.

@@ -324,6 +324,10 @@ pub struct ChangeRecordWriter {
     max_written: usize,
     leading: AtomicBool,
     state: Mutex<State>,
+    /// Other replicas write the store too ([`ChangeRecordWriter::follow_shared_store`]).
+    shared: AtomicBool,
+    /// The newest event the leader has taken from a shared store.
+    followed: Mutex<Option<EventId>>,
 }
 
 impl ChangeRecordWriter {
@@ -344,7 +348,81 @@ impl ChangeRecordWriter {
             max_written: MAX_WRITTEN,
             leading: AtomicBool::new(false),
             state: Mutex::new(State::default()),
+            shared: AtomicBool::new(false),
+            followed: Mutex::new(None),
         }
+    }
+
+    /// The store is shared with other replicas, whose writers report their batches only to
+    /// themselves: the leader also takes every new event from the store, each tick.
+    pub fn follow_shared_store(&self) {
+        self.shared.store(true, Ordering::SeqCst);
+    }
+
+    /// One step of following a shared store: marks the records of events stored since the last
+    /// step (by any replica) dirty. The first step after taking over starts at the newest event
+    /// (events of this replica's own writer it did not track are caught up from `behind`; those
+    /// of others before the takeover were the previous leader's). More new events than
+    /// [`CATCH_UP_PAGES`] pages go to the catch-up pass. Returns how many records it marked.
+    pub async fn follow_step(&self) -> Result<usize> {
+        if !self.leading.load(Ordering::SeqCst) || !self.shared.load(Ordering::SeqCst) {
+            return Ok(0);
+        }
+        let from = *self.followed.lock().unwrap_or_else(|e| e.into_inner());
+        let query = |since: Option<EventId>, after: Option<EventId>, limit: usize| {
+            let store = self.store.clone();
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    store.query(&Query {
+                        since: since.and_then(|s| {
+                            jiff::Timestamp::from_microsecond(i64::try_from(s).unwrap_or(i64::MAX))
+                                .ok()
+                        }),
+                        limit,
+                        after,
+                        ..Query::default()
+                    })
+                })
+                .await
+                .map_err(|e| Error::Usage(format!("store reader task failed: {e}")))?
+            }
+        };
+        let Some(from) = from else {
+            let newest = query(None, None, 1)
+                .await?
+                .events
+                .first()
+                .map_or(0, |e| e.id);
+            *self.followed.lock().unwrap_or_else(|e| e.into_inner()) = Some(newest);
+            return Ok(0);
+        };
+        let since = from + 1;
+        let mut newest = from;
+        let mut after = None;
+        let mut marked = 0;
+        for page_number in 0..CATCH_UP_PAGES {
+            let page = query(Some(since), after, PAGE).await?;
+            let now = Instant::now();
+            let mut state = self.state();
+            let dirty_before = state.dirty.len();
+            for stored in &page.events {
+                newest = newest.max(stored.id);
+                self.mark(&mut state, Target::of(&stored.event), now, stored.id);
+            }
+            marked += state.dirty.len().saturating_sub(dirty_before);
+            match page.next {
+                Some(next) if Some(next) != after => {
+                    if page_number + 1 == CATCH_UP_PAGES {
+                        // More than a step takes: the catch-up pass reads the rest.
+                        state.fell_behind(since);
+                    }
+                    after = Some(next);
+                }
+                _ => break,
+            }
+        }
+        *self.followed.lock().unwrap_or_else(|e| e.into_inner()) = Some(newest);
+        Ok(marked)
     }
 
     /// The same writer with other bounds than [`MAX_DIRTY`] and [`MAX_WRITTEN`].
@@ -362,6 +440,8 @@ impl ChangeRecordWriter {
         if self.leading.swap(leading, Ordering::SeqCst) == leading {
             return;
         }
+        // A new term follows a shared store from its newest event on.
+        *self.followed.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let mut state = self.state();
         if !leading {
             state.written.clear();
@@ -669,6 +749,9 @@ impl ChangeRecordWriter {
             let is_leader = *leading.borrow();
             self.set_leading(is_leader);
             if is_leader {
+                if let Err(error) = self.follow_step().await {
+                    warn!(%error, "taking new events from the shared store failed; will retry");
+                }
                 if let Err(error) = self.catch_up().await {
                     warn!(%error, "ChangeRecord catch-up failed; will retry");
                 }
@@ -829,6 +912,56 @@ mod tests {
 
     fn path(name: &str) -> String {
         format!("/apis/histor.dev/v1alpha1/namespaces/prod/changerecords/deployments.apps-{name}")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_a_shared_store_the_leader_takes_other_replicas_events_from_it() {
+        let (writer, store, server) = writer();
+        writer.follow_shared_store();
+        // Another replica's event, before this one took over: the previous leader's.
+        let other = |id: u64, name: &str| {
+            let mut e = event(id, Operation::Update, "bob", &[("/spec/replicas", 1, 2)]);
+            e.event.name = name.into();
+            e.event.object_uid = Some(format!("uid-{name}"));
+            store.add(std::slice::from_ref(&e));
+        };
+        other(5, "before");
+        assert_eq!(
+            writer.follow_step().await.expect("follow"),
+            0,
+            "starts at the newest"
+        );
+        other(10, "api");
+        other(11, "web");
+        other(12, "api");
+        assert_eq!(writer.follow_step().await.expect("follow"), 2);
+        assert_eq!(
+            writer.follow_step().await.expect("follow"),
+            0,
+            "each event once"
+        );
+        assert_eq!(
+            writer
+                .flush_due(Instant::now() + Duration::from_secs(5))
+                .await,
+            2
+        );
+        // A store this replica alone writes is not followed: its writer reports every batch.
+        let (alone, alone_store, alone_server) = self::writer();
+        let mut e = event(20, Operation::Update, "bob", &[("/spec/replicas", 1, 2)]);
+        e.event.object_uid = Some("uid-x".into());
+        alone_store.add(std::slice::from_ref(&e));
+        assert_eq!(alone.follow_step().await.expect("follow"), 0);
+        drop((writer, alone));
+        let mut writes = fixtures::summary(&server.await.expect("server"));
+        writes.sort();
+        let mut want = Vec::new();
+        for name in ["api", "web"] {
+            want.push(format!("PATCH {}", path(name)));
+            want.push(format!("PATCH {}/status", path(name)));
+        }
+        assert_eq!(writes, want);
+        assert!(fixtures::summary(&alone_server.await.expect("server")).is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -378,7 +378,6 @@ impl EventStore for MemStore {
     ) -> Result<RetentionReport> {
         let mut inner = self.inner.lock();
         let rules = Rules::new(now, inner.policies.iter().cloned(), rule, default);
-        let floor = rules.age_floor();
         let mut budget = MAX_REMOVALS_PER_PASS;
         // Every object, every pass: the reference does not defer.
         let mut objects: Vec<(ObjectKey, Head)> =
@@ -391,17 +390,7 @@ impl EventStore for MemStore {
             let mut due = BTreeSet::new();
             for &id in ids.iter().rev() {
                 let policies = &inner.events[&id].event.policies;
-                let limits: Vec<(Option<&str>, u32)> = if policies.is_empty() {
-                    vec![(None, rules.of(None).max_events_per_object)]
-                } else {
-                    policies
-                        .iter()
-                        .map(|p| (Some(p.as_str()), rules.of(Some(p)).max_events_per_object))
-                        .collect()
-                };
-                let kept_by_count = walk.keeps(limits);
-                let by_age = id < floor && rules.due_by_age(id, policies);
-                if (by_age || !kept_by_count) && budget > 0 {
+                if rules.due(&mut walk, id, policies) && budget > 0 {
                     due.insert(id);
                     budget -= 1;
                 }

@@ -78,6 +78,27 @@ impl Rules {
             .unwrap_or(self.default.max_events_per_object)
     }
 
+    /// Whether event `id` of an object goes: outside the newest `max_events_per_object` of every
+    /// one of its `policies` (`walk` has seen the object's newer events; call this for every
+    /// event, newest first), or older than every policy's `max_age`.
+    pub fn due<'a>(
+        &self,
+        walk: &mut CountWalk<Option<&'a str>>,
+        id: EventId,
+        policies: &'a [String],
+    ) -> bool {
+        let limits: Vec<(Option<&str>, u32)> = if policies.is_empty() {
+            vec![(None, self.of(None).max_events_per_object)]
+        } else {
+            policies
+                .iter()
+                .map(|p| (Some(p.as_str()), self.of(Some(p)).max_events_per_object))
+                .collect()
+        };
+        // (Past every policy's age implies older than the age floor: no need to check that.)
+        !walk.keeps(limits) || self.due_by_age(id, policies)
+    }
+
     /// Whether event `id` is past the max age of every one of its policies.
     pub fn due_by_age<S: AsRef<str>>(&self, id: EventId, policies: &[S]) -> bool {
         if policies.is_empty() {

@@ -92,7 +92,6 @@ impl PgStore {
                 events.push((id_u64(row.get(1)), row.get(2)));
             }
         }
-        let age_floor = rules.age_floor();
         let mut budget = MAX_REMOVALS_PER_PASS;
         let mut plan = Vec::new();
         for (object, events) in by_object {
@@ -100,17 +99,7 @@ impl PgStore {
             let mut due = BTreeSet::new();
             // Newest first, as the walk counts.
             for (id, policies) in &events {
-                let limits: Vec<(Option<&str>, u32)> = if policies.is_empty() {
-                    vec![(None, rules.of(None).max_events_per_object)]
-                } else {
-                    policies
-                        .iter()
-                        .map(|p| (Some(p.as_str()), rules.of(Some(p)).max_events_per_object))
-                        .collect()
-                };
-                let kept_by_count = walk.keeps(limits);
-                let by_age = *id < age_floor && rules.due_by_age(*id, policies);
-                if by_age || !kept_by_count {
+                if rules.due(&mut walk, *id, policies) {
                     if budget == 0 {
                         more = true;
                         break;

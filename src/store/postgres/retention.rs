@@ -16,7 +16,7 @@ use tokio_postgres::types::ToSql;
 const RETENTION_OBJECTS: i64 = 2_000;
 
 /// Objects pruned per transaction (each holds the write lock for a few round trips).
-const PRUNE_CHUNK: usize = 32;
+const PRUNE_CHUNK: usize = 8;
 
 /// Request rows deleted per retention pass once they are past the dedupe window.
 const REQUEST_ROWS_PER_PASS: i64 = 50_000;

@@ -57,7 +57,7 @@ trap 'exit 130' INT TERM
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 # psql against the benchmark's server, as histor's user; the URL carries the TLS settings.
-pg_sql() { PGPASSWORD=$pg_password psql -X -q -At -v ON_ERROR_STOP=1 "$pg_url" -c "$1"; }
+pg_sql() { PGPASSWORD=$pg_password PGOPTIONS="-c client_min_messages=warning" psql -X -q -At -v ON_ERROR_STOP=1 "$pg_url" -c "$1"; }
 # The value of one Prometheus sample (0 when absent).
 sample() { awk -v name="$2" '$1 == name { v = $2 } END { print v + 0 }' <<<"$1"; }
 

@@ -1,6 +1,10 @@
 //! Appending a batch: one transaction under the write lock (see the engine's docs), dedupe by
 //! the `requests` table, chains extended by [`history`], and every table written with one
 //! multi-row statement.
+//!
+//! Round trips are what a batch costs (the lock is held for all of them), so the statements are
+//! prepared once per connection and each step's statements are pipelined: BEGIN, then the lock
+//! with the reads, then every write, then COMMIT; four round trips when no request links.
 
 use super::chain::{Chain, F_CHAIN_BREAK, F_UNKNOWN_STATE};
 use super::{Head, PgStore, STATE_CACHE, Writer, id_i64, id_u64, object_key, op_code, random_i64};
@@ -11,7 +15,86 @@ use crate::{Error, Result};
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Instant;
+use tokio_postgres::Statement;
 use tokio_postgres::types::ToSql;
+
+/// The statements of an append, prepared once per connection (deadpool's statement cache). A
+/// statement given as text is prepared again at every call: a round trip of its own before it
+/// runs, and one that keeps pipelined statements from being sent in a known order.
+struct Prepared {
+    lock: Statement,
+    find_batch: Statement,
+    last_id: Statement,
+    find_requests: Statement,
+    find_heads: Statement,
+    find_policies: Statement,
+    insert_events: Statement,
+    upsert_requests: Statement,
+    upsert_heads: Statement,
+    link_policies: Statement,
+    insert_kinds: Statement,
+    insert_policies: Statement,
+    bump_meta: Statement,
+    upsert_batch: Statement,
+}
+
+const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock($1)";
+
+impl Prepared {
+    /// Looks the statements up in the connection's cache, preparing (all at once) those missing.
+    async fn get(
+        tx: &deadpool_postgres::Transaction<'_>,
+        sql: &super::Sql,
+    ) -> Result<Prepared, tokio_postgres::Error> {
+        let (
+            lock,
+            find_batch,
+            last_id,
+            find_requests,
+            find_heads,
+            find_policies,
+            insert_events,
+            upsert_requests,
+            upsert_heads,
+            link_policies,
+            insert_kinds,
+            insert_policies,
+            bump_meta,
+            upsert_batch,
+        ) = futures::try_join!(
+            tx.prepare_cached(WRITE_LOCK),
+            tx.prepare_cached(&sql.find_batch),
+            tx.prepare_cached(&sql.last_id),
+            tx.prepare_cached(&sql.find_requests),
+            tx.prepare_cached(&sql.find_heads),
+            tx.prepare_cached(&sql.find_policies),
+            tx.prepare_cached(&sql.insert_events),
+            tx.prepare_cached(&sql.upsert_requests),
+            tx.prepare_cached(&sql.upsert_heads),
+            tx.prepare_cached(&sql.link_policies),
+            tx.prepare_cached(&sql.insert_kinds),
+            tx.prepare_cached(&sql.insert_policies),
+            tx.prepare_cached(&sql.bump_meta),
+            tx.prepare_cached(&sql.upsert_batch),
+        )?;
+        Ok(Prepared {
+            lock,
+            find_batch,
+            last_id,
+            find_requests,
+            find_heads,
+            find_policies,
+            insert_events,
+            upsert_requests,
+            upsert_heads,
+            link_policies,
+            insert_kinds,
+            insert_policies,
+            bump_meta,
+            upsert_batch,
+        })
+    }
+}
 
 /// The columns of the rows a batch inserts.
 #[derive(Default)]
@@ -141,20 +224,7 @@ impl PgStore {
         retry: bool,
     ) -> Result<Vec<AppendOutcome>> {
         let tx = self.wait(deadline, client.transaction())?;
-        let sql = &self.sql;
-        self.wait(
-            deadline,
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&self.sql.write_lock]),
-        )?;
-        if retry
-            && let Some(row) = self.wait(
-                deadline,
-                tx.query_opt(sql.find_batch.as_str(), &[&self.writer_id, &token]),
-            )?
-        {
-            // The failed attempt did commit: report what it did.
-            return decode_outcomes(row.get::<_, &[u8]>(0));
-        }
+        let st = self.wait(deadline, Prepared::get(&tx, &self.sql))?;
 
         let requests: Vec<[u8; 16]> = batch
             .iter()
@@ -162,16 +232,30 @@ impl PgStore {
             .collect();
         let objects: Vec<i64> = batch.iter().map(|c| object_key(&c.event)).collect();
         let request_slices: Vec<&[u8]> = requests.iter().map(|r| &r[..]).collect();
-        let (last, found, heads) = self.wait(deadline, async {
+        // One round trip: the server runs pipelined statements in the order they are sent, which
+        // is the order `try_join!` first polls them (each sends on its first poll, its statement
+        // being prepared), so the reads run under the lock.
+        let (_, committed, last, found, heads) = self.wait(deadline, async {
             futures::try_join!(
-                tx.query_one(sql.last_id.as_str(), &[]),
+                async { tx.execute(&st.lock, &[&self.sql.write_lock]).await },
                 async {
-                    tx.query(sql.find_requests.as_str(), &[&request_slices])
-                        .await
+                    match retry {
+                        true => {
+                            tx.query_opt(&st.find_batch, &[&self.writer_id, &token])
+                                .await
+                        }
+                        false => Ok(None),
+                    }
                 },
-                async { tx.query(sql.find_heads.as_str(), &[&objects]).await },
+                tx.query_one(&st.last_id, &[]),
+                async { tx.query(&st.find_requests, &[&request_slices]).await },
+                async { tx.query(&st.find_heads, &[&objects]).await },
             )
         })?;
+        if let Some(row) = committed {
+            // The failed attempt did commit: report what it did.
+            return decode_outcomes(row.get::<_, &[u8]>(0));
+        }
         let mut last_id = id_u64(last.get(0));
         if let Some(ids) = copied {
             crate::store::check_copied_ids(last_id, ids.iter().copied())?;
@@ -204,13 +288,10 @@ impl PgStore {
         let mut stored_policies: HashMap<EventId, Vec<String>> = if stored_ids.is_empty() {
             HashMap::new()
         } else {
-            self.wait(
-                deadline,
-                tx.query(sql.find_policies.as_str(), &[&stored_ids]),
-            )?
-            .iter()
-            .map(|r| (id_u64(r.get(0)), r.get(1)))
-            .collect()
+            self.wait(deadline, tx.query(&st.find_policies, &[&stored_ids]))?
+                .iter()
+                .map(|r| (id_u64(r.get(0)), r.get(1)))
+                .collect()
         };
 
         let chain = Chain::new(self, &*tx);
@@ -403,51 +484,58 @@ impl PgStore {
                 &rows.gap,
                 &rows.snapshot,
             ];
-            let write_events = async {
-                if recorded > 0 {
-                    tx.execute(sql.insert_events.as_str(), events).await?;
-                    tx.execute(sql.upsert_requests.as_str(), &[&req_keys, &req_ids])
-                        .await?;
-                    tx.execute(
-                        sql.upsert_heads.as_str(),
-                        &[&h_obj, &h_last, &h_count, &h_since, &h_broken],
-                    )
-                    .await?;
-                }
-                Ok::<_, tokio_postgres::Error>(())
-            };
-            let write_links = async {
-                if !link_ids.is_empty() {
-                    tx.execute(sql.link_policies.as_str(), &[&link_ids, &link_policies])
-                        .await?;
-                }
-                Ok(())
-            };
-            let write_names = async {
-                if !k_alias.is_empty() {
-                    tx.execute(sql.insert_kinds.as_str(), &[&k_alias, &k_gr])
-                        .await?;
-                }
-                if !p_names.is_empty() {
-                    tx.execute(sql.insert_policies.as_str(), &[&p_names])
-                        .await?;
-                }
-                Ok(())
-            };
+            // One round trip, every statement pipelined (none reads what another writes).
             futures::try_join!(
-                write_events,
-                write_links,
-                write_names,
                 async {
-                    tx.execute(sql.bump_meta.as_str(), &[&last, &recorded])
-                        .await
+                    match recorded > 0 {
+                        true => tx.execute(&st.insert_events, events).await,
+                        false => Ok(0),
+                    }
                 },
                 async {
-                    tx.execute(
-                        sql.upsert_batch.as_str(),
-                        &[&self.writer_id, &token, &encoded],
-                    )
-                    .await
+                    match recorded > 0 {
+                        true => {
+                            tx.execute(&st.upsert_requests, &[&req_keys, &req_ids])
+                                .await
+                        }
+                        false => Ok(0),
+                    }
+                },
+                async {
+                    match recorded > 0 {
+                        true => {
+                            let heads: &[&(dyn ToSql + Sync)] =
+                                &[&h_obj, &h_last, &h_count, &h_since, &h_broken];
+                            tx.execute(&st.upsert_heads, heads).await
+                        }
+                        false => Ok(0),
+                    }
+                },
+                async {
+                    match link_ids.is_empty() {
+                        false => {
+                            tx.execute(&st.link_policies, &[&link_ids, &link_policies])
+                                .await
+                        }
+                        true => Ok(0),
+                    }
+                },
+                async {
+                    match k_alias.is_empty() {
+                        false => tx.execute(&st.insert_kinds, &[&k_alias, &k_gr]).await,
+                        true => Ok(0),
+                    }
+                },
+                async {
+                    match p_names.is_empty() {
+                        false => tx.execute(&st.insert_policies, &[&p_names]).await,
+                        true => Ok(0),
+                    }
+                },
+                async { tx.execute(&st.bump_meta, &[&last, &recorded]).await },
+                async {
+                    tx.execute(&st.upsert_batch, &[&self.writer_id, &token, &encoded])
+                        .await
                 },
             )
         })?;

@@ -662,6 +662,11 @@ impl Inner {
         let now_i = tokio::time::Instant::now();
         let mut heads: HashSet<SinkId> = HashSet::new();
         let mut stale = Vec::new();
+        // Sinks busy before the outbox is read: a task that ends while it is read may have
+        // written its entry's outcome after the read saw the entry in flight, and would be sent
+        // again as if a restart had cut it off. A sink idle by now was idle before its entries
+        // were read, so what was read of it is current.
+        let busy_before: HashSet<SinkId> = lock(&self.busy).clone();
         let entries = self.sweep(self.outbox.entries().await?, now).await?;
         self.log_drops();
         let mut pending: BTreeMap<SinkId, usize> = BTreeMap::new();
@@ -675,7 +680,10 @@ impl Inner {
             if !heads.insert(entry.sink.clone()) {
                 continue;
             }
-            if entry.next_attempt_at > now || lock(&self.busy).contains(&entry.sink) {
+            if entry.next_attempt_at > now
+                || busy_before.contains(&entry.sink)
+                || lock(&self.busy).contains(&entry.sink)
+            {
                 continue;
             }
             let target = {

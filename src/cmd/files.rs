@@ -74,7 +74,9 @@ pub fn load_or_create_key(path: &Path) -> Result<Vec<u8>> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp-{}-{:x}", std::process::id(), key[0]));
+    // Unique to this process and call: the pid, and random bits of the new key itself.
+    let nonce: String = key[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_extension(format!("tmp-{}-{nonce}", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

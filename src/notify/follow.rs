@@ -11,7 +11,7 @@
 
 use super::Notifier;
 use super::outbox::Intake;
-use crate::store::{EventId, EventStore, Query, StoredEvent};
+use crate::store::{EventId, EventStore, Page, Query, StoredEvent};
 use crate::{Error, Result};
 use jiff::Timestamp;
 use std::sync::Arc;
@@ -58,19 +58,8 @@ impl Notifier {
     /// Call before this replica's writer starts: on a first start the cursor is set at the
     /// store's newest event then, so that nothing recorded after it is skipped.
     pub async fn follow(&self, store: Arc<dyn EventStore>) -> Result<()> {
-        if self.inner.outbox.cursor().await?.is_none() {
-            let newest = query(
-                &store,
-                Query {
-                    limit: 1,
-                    ..Query::default()
-                },
-            )
-            .await?
-            .first()
-            .map_or(0, |e| e.id);
-            self.inner.outbox.init_cursor(newest).await?;
-        }
+        let newest = newest_id(&store).await?;
+        self.cursor_or_start_at(newest).await?;
         *super::lock(&self.inner.follow) = Some(store);
         self.inner.wake.notify_one();
         Ok(())
@@ -91,22 +80,8 @@ impl Notifier {
         until: Option<Timestamp>,
     ) -> Result<(usize, bool)> {
         let outbox = &self.inner.outbox;
-        let newest = query(
-            store,
-            Query {
-                limit: 1,
-                ..Query::default()
-            },
-        )
-        .await?
-        .first()
-        .map(|e| e.id);
-        let cursor = match outbox.cursor().await? {
-            Some(cursor) => cursor,
-            // First start: nothing was ever handed over. Start at the newest event instead of
-            // notifying about the whole history (an empty store: from the beginning).
-            None => outbox.init_cursor(newest.unwrap_or(0)).await?,
-        };
+        let newest = newest_id(store).await?;
+        let cursor = self.cursor_or_start_at(newest).await?;
         let Some(newest) = newest.filter(|&n| n > cursor) else {
             return Ok((0, false));
         };
@@ -146,6 +121,31 @@ impl Notifier {
     }
 }
 
+impl Notifier {
+    /// The cursor; on a first start (nothing ever handed over) set at `newest`, the store's
+    /// newest event, instead of notifying about the whole history (an empty store: from the
+    /// beginning). Set once, by whichever replica comes first.
+    async fn cursor_or_start_at(&self, newest: Option<EventId>) -> Result<EventId> {
+        match self.inner.outbox.cursor().await? {
+            Some(cursor) => Ok(cursor),
+            None => self.inner.outbox.init_cursor(newest.unwrap_or(0)).await,
+        }
+    }
+}
+
+/// The id of the store's newest event.
+async fn newest_id(store: &Arc<dyn EventStore>) -> Result<Option<EventId>> {
+    let page = query(
+        store,
+        Query {
+            limit: 1,
+            ..Query::default()
+        },
+    )
+    .await?;
+    Ok(page.events.first().map(|e| e.id))
+}
+
 /// Every event with an id in `[from, to)`.
 async fn window_events(
     store: &Arc<dyn EventStore>,
@@ -163,10 +163,7 @@ async fn window_events(
             after,
             ..Query::default()
         };
-        let store = store.clone();
-        let page = tokio::task::spawn_blocking(move || store.query(&q))
-            .await
-            .map_err(Error::store)??;
+        let page = query(store, q).await?;
         events.extend(page.events);
         match page.next {
             Some(next) if after != Some(next) => after = Some(next),
@@ -175,10 +172,10 @@ async fn window_events(
     }
 }
 
-async fn query(store: &Arc<dyn EventStore>, q: Query) -> Result<Vec<StoredEvent>> {
+/// One page of `q`, queried on the blocking pool (the store blocks on its I/O).
+async fn query(store: &Arc<dyn EventStore>, q: Query) -> Result<Page> {
     let store = store.clone();
-    let page = tokio::task::spawn_blocking(move || store.query(&q))
+    tokio::task::spawn_blocking(move || store.query(&q))
         .await
-        .map_err(Error::store)??;
-    Ok(page.events)
+        .map_err(Error::store)?
 }

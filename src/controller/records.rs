@@ -801,6 +801,9 @@ mod tests {
                     .collect(),
                 object: None,
                 redacted: false,
+                state: Default::default(),
+                commit: None,
+                inferred: None,
             },
         }
     }

@@ -30,6 +30,9 @@ pub(crate) fn event(user: &str, op: Operation, ns: Option<&str>, name: &str) -> 
         changes: vec![],
         object: None,
         redacted: false,
+        state: Default::default(),
+        commit: None,
+        inferred: None,
     }
 }
 

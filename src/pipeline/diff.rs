@@ -174,6 +174,9 @@ mod tests {
             changes,
             object: None,
             redacted: false,
+            state: Default::default(),
+            commit: None,
+            inferred: None,
         };
         let mut v = old.clone();
         json_patch::patch(&mut v, &ev.json_patch()).unwrap();

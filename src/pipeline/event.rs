@@ -43,6 +43,125 @@ pub struct ChangeEvent {
     /// True when Secret values were replaced by keyed hashes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub redacted: bool,
+    /// What the witnesses know of the change: was it committed?
+    #[serde(default)]
+    pub state: ChangeState,
+    /// The commit a witness saw (`confirmed` and `observed` changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<Commit>,
+    /// For an `observed` change, which no review announced: who made it as the object's
+    /// `managedFields` tell it. `user` is then empty: the actor is inferred, not authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inferred: Option<InferredActor>,
+}
+
+/// What the witnesses know of a change. Admission (the webhook) sees a request before the
+/// apiserver stores it, so it alone cannot tell whether the change happened; the watch (and the
+/// audit log) see what was committed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum ChangeState {
+    /// Announced by a review; no witness has told yet whether it was committed.
+    Received,
+    /// Announced by a review and seen committed (same object, same cleaned state; for a DELETE,
+    /// the deletion).
+    Confirmed,
+    /// Announced by a review and not committed: not seen within the confirmation window while
+    /// the watch was healthy (a later webhook, a quota, a conflict or storage refused it, an
+    /// attempt superseded by a conflict retry, or a forged review).
+    NotApplied,
+    /// Committed, seen by a witness, announced by no review (made while the webhook was
+    /// unreachable, say): the actor is inferred from `managedFields`.
+    Observed,
+    /// No witness could tell: standalone mode, a witness down past the window, or recorded
+    /// before histor had witnesses.
+    #[default]
+    Unconfirmed,
+}
+
+impl ChangeState {
+    /// The name used in the API and on the command line (`notApplied`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeState::Received => "received",
+            ChangeState::Confirmed => "confirmed",
+            ChangeState::NotApplied => "notApplied",
+            ChangeState::Observed => "observed",
+            ChangeState::Unconfirmed => "unconfirmed",
+        }
+    }
+
+    /// Every state, in the order above.
+    pub const ALL: [ChangeState; 5] = [
+        ChangeState::Received,
+        ChangeState::Confirmed,
+        ChangeState::NotApplied,
+        ChangeState::Observed,
+        ChangeState::Unconfirmed,
+    ];
+
+    /// False only for `notApplied`: a change that did not happen is not counted or announced.
+    pub fn may_have_happened(self) -> bool {
+        self != ChangeState::NotApplied
+    }
+}
+
+impl std::fmt::Display for ChangeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ChangeState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ChangeState::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                format!("unknown state {s:?}: one of received, confirmed, notApplied, observed, unconfirmed")
+            })
+    }
+}
+
+/// A commit as a witness saw it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Commit {
+    /// The resourceVersion the object got (for a DELETE, that of the deletion).
+    pub resource_version: String,
+    /// When the witness saw it (a watch event carries no commit time).
+    pub seen_at: Timestamp,
+    /// Which witness.
+    pub witness: Witness,
+}
+
+/// A witness of commits.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum Witness {
+    /// A watch of the resource (list, then watch).
+    Watch,
+    /// The apiserver's audit log.
+    Audit,
+}
+
+/// The author of an observed change as the object's `managedFields` tell it: the entry whose
+/// time is newest (the one that changed last). Inferred, never authenticated.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InferredActor {
+    /// Field manager, such as `kubectl-edit` or `kube-controller-manager`.
+    pub manager: String,
+    /// `Update` or `Apply`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operation: String,
+    /// The entry's time (second precision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Timestamp>,
+    /// The subresource the entry was written through (`status`, `scale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subresource: Option<String>,
 }
 
 /// The authenticated user behind a request.
@@ -179,11 +298,34 @@ impl ChangeEvent {
 }
 
 /// What the pipeline hands to the store: the event, plus the cleaned old object so the store can
-/// tell whether its delta chain for the object is unbroken.
+/// tell whether its delta chain for the object is unbroken, and the key the store dedupes by.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Captured {
     /// The event to record.
     pub event: ChangeEvent,
     /// The cleaned (and redacted) old object, for UPDATE and DELETE.
     pub before: Option<Value>,
+    /// What makes two webhook calls the same change (see [`Captured::new`] and
+    /// [`Captured::with_fingerprint`]); the store dedupes and links by it.
+    pub dedupe: [u8; 16],
+}
+
+impl Captured {
+    /// An event to store, deduped by its request uid.
+    pub fn new(event: ChangeEvent, before: Option<Value>) -> Self {
+        let dedupe = crate::store::digest::request_digest(&event.request_uid);
+        Captured {
+            event,
+            before,
+            dedupe,
+        }
+    }
+
+    /// Dedupes by `fingerprint` instead of the request uid: the apiserver gives every webhook
+    /// call its own uid (two policies matching one request see two), so the pipeline keys a
+    /// change by what the calls of one request share (see `review::Request::fingerprint`).
+    pub fn with_fingerprint(mut self, fingerprint: [u8; 16]) -> Self {
+        self.dedupe = fingerprint;
+        self
+    }
 }

@@ -142,8 +142,11 @@ pub fn process(
         changes,
         object,
         redacted,
+        state: Default::default(),
+        commit: None,
+        inferred: None,
     };
-    Outcome::Record(Captured { event, before })
+    Outcome::Record(Captured::new(event, before))
 }
 
 fn metadata_str<'a>(obj: Option<&'a Value>, field: &str) -> Option<&'a str> {

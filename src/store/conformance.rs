@@ -153,6 +153,9 @@ impl Obj {
             changes: vec![],
             object: None,
             redacted: false,
+            state: Default::default(),
+            commit: None,
+            inferred: None,
         }
     }
 
@@ -160,10 +163,7 @@ impl Obj {
         let mut e = self.base(Operation::Create, user, at);
         e.object = Some(obj.clone());
         self.state = Some(obj);
-        Captured {
-            event: e,
-            before: None,
-        }
+        Captured::new(e, None)
     }
 
     pub(crate) fn update(&mut self, user: &str, at: i64, f: impl FnOnce(&mut Value)) -> Captured {
@@ -185,10 +185,7 @@ impl Obj {
         e.changes = diff(&before, &after);
         e.object = Some(after.clone());
         self.state = Some(after);
-        Captured {
-            event: e,
-            before: Some(before),
-        }
+        Captured::new(e, Some(before))
     }
 
     pub(crate) fn scale(&mut self, user: &str, at: i64, replicas: u64) -> Captured {
@@ -213,20 +210,14 @@ impl Obj {
         let mut after = before;
         after["spec"]["replicas"] = json!(replicas);
         self.state = Some(after);
-        Captured {
-            event: e,
-            before: Some(scale_before),
-        }
+        Captured::new(e, Some(scale_before))
     }
 
     pub(crate) fn delete(&mut self, user: &str, at: i64) -> Captured {
         let last = self.state.clone().unwrap();
         let mut e = self.base(Operation::Delete, user, at);
         e.object = Some(last.clone());
-        Captured {
-            event: e,
-            before: Some(last),
-        }
+        Captured::new(e, Some(last))
     }
 }
 

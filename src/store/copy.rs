@@ -114,13 +114,7 @@ pub fn copy_events(
                 continue;
             };
             let before = src.state_before(found.id)?;
-            batch.push((
-                found.id,
-                Captured {
-                    event: stored.event,
-                    before,
-                },
-            ));
+            batch.push((found.id, Captured::new(stored.event, before)));
             if batch.len() >= batch_size {
                 flush(src, dst, &mut batch, options, &mut report)?;
                 progress(report.copied);

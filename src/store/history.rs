@@ -353,6 +353,9 @@ mod tests {
             changes,
             object,
             redacted: false,
+            state: Default::default(),
+            commit: None,
+            inferred: None,
         }
     }
 

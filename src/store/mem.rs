@@ -290,10 +290,7 @@ impl MemStore {
     pub(crate) fn add(&self, events: &[StoredEvent]) {
         let mut inner = self.inner.lock();
         for e in events {
-            let captured = Captured {
-                event: e.event.clone(),
-                before: None,
-            };
+            let captured = Captured::new(e.event.clone(), None);
             inner
                 .append_one(&captured, Some(e.id), false)
                 .expect("an in-memory append does not fail");

@@ -7,7 +7,7 @@
 
 use crate::Result;
 use crate::crd::Operation;
-use crate::pipeline::{Captured, ChangeEvent};
+use crate::pipeline::{Captured, ChangeEvent, ChangeState, Commit};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
@@ -90,6 +90,33 @@ pub struct Query {
     pub limit: usize,
     /// Continue from a previous page (its `next`).
     pub after: Option<EventId>,
+    /// Only events in this state.
+    pub state: Option<ChangeState>,
+}
+
+/// A witness's verdict on a received change, for [`EventStore::resolve`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolution {
+    /// The event.
+    pub id: EventId,
+    /// Its new state: `confirmed`, `notApplied` or `unconfirmed`.
+    pub state: ChangeState,
+    /// The commit a witness saw (for `confirmed`).
+    pub commit: Option<Commit>,
+}
+
+/// The newest stored event of an object that the store believes exists (its last event is not
+/// a DELETE), for [`EventStore::live_objects`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectHead {
+    /// Object uid.
+    pub uid: String,
+    /// Namespace; `None` for cluster-scoped objects.
+    pub namespace: Option<String>,
+    /// Object name.
+    pub name: String,
+    /// Its newest event.
+    pub last: EventId,
 }
 
 /// One page of results, newest first.
@@ -290,6 +317,42 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Size figures.
     fn stats(&self) -> Result<StoreStats>;
+
+    /// Sets the state of received events, as a witness decided: only an event still
+    /// `received` changes (the first witness decides; a later verdict is not applied), its
+    /// `commit` set with it. Returns, for each resolution, whether it was applied; an id the
+    /// store does not hold (retention removed it) is `false`. Durable when it returns. On a
+    /// shared store every replica reads the new state.
+    fn resolve(&self, resolutions: &[Resolution]) -> Result<Vec<bool>> {
+        let _ = resolutions;
+        Err(crate::Error::Usage(
+            "this store does not take resolutions".into(),
+        ))
+    }
+
+    /// The objects of `resource` (`deployments.apps`, `configmaps`) the store believes exist,
+    /// with their newest event: those whose newest event is not a DELETE, keyed by uid
+    /// (events without an object uid are left out). Subresource events count as the parent's.
+    /// A relist compares them with what the apiserver holds.
+    fn live_objects(&self, resource: &str) -> Result<Vec<ObjectHead>> {
+        let _ = resource;
+        Err(crate::Error::Usage(
+            "this store does not list objects".into(),
+        ))
+    }
+
+    /// A small durable value by key, such as a watch's resourceVersion; `None` when never set.
+    /// Shared by replicas on a shared store.
+    fn cursor(&self, key: &str) -> Result<Option<String>> {
+        let _ = key;
+        Err(crate::Error::Usage("this store keeps no cursors".into()))
+    }
+
+    /// Sets [`cursor`](EventStore::cursor) `key` (durable when it returns).
+    fn set_cursor(&self, key: &str, value: &str) -> Result<()> {
+        let _ = (key, value);
+        Err(crate::Error::Usage("this store keeps no cursors".into()))
+    }
 }
 
 /// Checks a batch for [`EventStore::append_copied`]: ids increasing and past `last`, the

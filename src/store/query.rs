@@ -170,6 +170,9 @@ mod tests {
             changes: vec![],
             object: None,
             redacted: false,
+            state: Default::default(),
+            commit: None,
+            inferred: None,
         }
     }
 

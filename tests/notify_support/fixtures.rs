@@ -151,6 +151,9 @@ pub fn event_from_review(review: &serde_json::Value, policy: &str) -> ChangeEven
         changes,
         object: object.or(old),
         redacted,
+        state: Default::default(),
+        commit: None,
+        inferred: None,
     }
 }
 

@@ -722,6 +722,9 @@ impl SledStore {
                 changes,
                 object: None,
                 redacted: flags & F_REDACTED != 0,
+                state: Default::default(),
+                commit: None,
+                inferred: None,
             },
         })
     }

@@ -243,10 +243,7 @@ fn decode(seq: u64, value: &[u8]) -> Result<Vec<Captured>> {
                 serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))?;
             Ok(entries
                 .into_iter()
-                .map(|e| Captured {
-                    event: e.event,
-                    before: e.before,
-                })
+                .map(|e| Captured::new(e.event, e.before))
                 .collect())
         }
         Some((format, _)) => Err(corrupt(format!("unknown format {format}"))),

@@ -356,6 +356,9 @@ fn measure_bytes_and_throughput() {
         changes,
         object: Some(object),
         redacted: false,
+        state: Default::default(),
+        commit: None,
+        inferred: None,
     };
     let mut t = T0;
     let creates: Vec<Captured> = states
@@ -363,10 +366,10 @@ fn measure_bytes_and_throughput() {
         .enumerate()
         .map(|(i, s)| {
             t += 1;
-            Captured {
-                event: event(i as u64, Operation::Create, vec![], s.clone(), t),
-                before: None,
-            }
+            Captured::new(
+                event(i as u64, Operation::Create, vec![], s.clone(), t),
+                None,
+            )
         })
         .collect();
     store.append(&creates).unwrap();
@@ -391,10 +394,10 @@ fn measure_bytes_and_throughput() {
         after["metadata"]["labels"]["histor-bench"] = json!(format!("v{n}"));
         let changes = diff(&before, &after);
         t += 80;
-        batch.push(Captured {
-            event: event(i, Operation::Update, changes, after.clone(), t),
-            before: Some(before),
-        });
+        batch.push(Captured::new(
+            event(i, Operation::Update, changes, after.clone(), t),
+            Some(before),
+        ));
         states[i as usize] = after;
         if batch.len() == 64 {
             batches.push(std::mem::take(&mut batch));

@@ -35,6 +35,21 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Label of a witness counter: which resource's watch (`deployments.apps`), a handful per
+/// cluster, never an object name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    /// Resource, such as `deployments.apps`.
+    pub resource: String,
+}
+
+/// Label of the verdict counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `confirmed`, `notApplied`, `observed`, `unconfirmed`.
+    pub state: &'static str,
+}
+
 /// Every metric histor exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -82,6 +97,19 @@ pub struct Metrics {
     pub spool_bytes: Gauge<u64, AtomicU64>,
     /// Batches put in the local spool because the shared store could not take them in time.
     pub spooled_batches: Counter,
+    /// Witness verdicts, by state: `notApplied` counts changes that did not happen, `observed`
+    /// commits no review announced (what the webhook missed).
+    pub witness_verdicts: Family<StateLabels, Counter>,
+    /// Time from a review to its confirmation by the watch, in seconds.
+    pub witness_confirm_lag: Histogram,
+    /// Watch failures (then retried with backoff), by resource.
+    pub witness_restarts: Family<ResourceLabels, Counter>,
+    /// Relists after `410 Gone`, by resource.
+    pub witness_relists: Family<ResourceLabels, Counter>,
+    /// Received changes awaiting a verdict.
+    pub witness_pending: Gauge,
+    /// Resources watched now.
+    pub witness_watches: Gauge,
 }
 
 impl Default for Metrics {
@@ -123,6 +151,15 @@ impl Default for Metrics {
             spool_batches: Gauge::default(),
             spool_bytes: Gauge::default(),
             spooled_batches: Counter::default(),
+            witness_verdicts: Family::default(),
+            // 1 ms .. ~65 s.
+            witness_confirm_lag: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17),
+            ),
+            witness_restarts: Family::default(),
+            witness_relists: Family::default(),
+            witness_pending: Gauge::default(),
+            witness_watches: Gauge::default(),
         }
     }
 }
@@ -241,6 +278,45 @@ impl Metrics {
             "Batches put in the local spool because the shared store could not take them in time",
             self.spooled_batches.clone(),
         );
+        r.register(
+            "witness_verdicts",
+            "Witness verdicts on changes, by state (notApplied: did not happen; observed: committed without a review)",
+            self.witness_verdicts.clone(),
+        );
+        r.register(
+            "witness_confirmation_lag_seconds",
+            "Time from a review to its confirmation by the watch",
+            self.witness_confirm_lag.clone(),
+        );
+        r.register(
+            "witness_watch_restarts",
+            "Watch failures, retried with backoff, by resource",
+            self.witness_restarts.clone(),
+        );
+        r.register(
+            "witness_relists",
+            "Relists after 410 Gone, by resource",
+            self.witness_relists.clone(),
+        );
+        r.register(
+            "witness_pending",
+            "Received changes awaiting a witness verdict",
+            self.witness_pending.clone(),
+        );
+        r.register(
+            "witness_watches",
+            "Resources watched now",
+            self.witness_watches.clone(),
+        );
+    }
+
+    /// Counts one witness verdict.
+    pub fn witness_verdict(&self, state: crate::pipeline::ChangeState) {
+        self.witness_verdicts
+            .get_or_create(&StateLabels {
+                state: state.as_str(),
+            })
+            .inc();
     }
 
     /// Counts one review outcome.

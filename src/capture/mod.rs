@@ -13,7 +13,7 @@ pub use writer::{Ack, Health, Problem, RecordObserver, Timing, Writer, Written};
 
 use crate::index::PolicyIndex;
 use crate::metrics::{ConditionErrorLabels, Metrics};
-use crate::pipeline::{self, ConditionErrorKind, Outcome, Redactor, SkipReason};
+use crate::pipeline::{self, ChangeState, ConditionErrorKind, Outcome, Redactor, SkipReason};
 use crate::store::AppendOutcome;
 use axum::Router;
 use axum::body::Bytes;
@@ -56,6 +56,9 @@ pub struct Capture {
     /// ChangeRecord writes must not loop back (also pushed down as matchConditions where the
     /// apiserver supports them).
     pub ignored_users: Vec<String>,
+    /// A witness (the operator's watch) will tell whether each change was committed: events
+    /// start `received`. Without one (standalone `serve`) they are `unconfirmed`.
+    pub witnessed: bool,
     /// False until the server is ready to record (and after shutdown starts).
     pub ready: AtomicBool,
     /// Keeps warnings that every review can trigger to one line per minute and cause.
@@ -233,7 +236,7 @@ async fn review(
         tracing::debug!(policy = %policy, "review for an unknown policy");
         return (answer, "unknown_policy");
     };
-    let captured = match pipeline::process(request, &compiled, &state.redactor, received_at) {
+    let mut captured = match pipeline::process(request, &compiled, &state.redactor, received_at) {
         Outcome::Record(captured) => captured,
         Outcome::Skip(reason) => {
             match &reason {
@@ -248,6 +251,11 @@ async fn review(
             }
             return (answer, reason.metric_label());
         }
+    };
+    captured.event.state = if state.witnessed {
+        ChangeState::Received
+    } else {
+        ChangeState::Unconfirmed
     };
     let ack = match state.writer.submit(captured) {
         Ok(ack) => ack,

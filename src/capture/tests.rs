@@ -68,6 +68,7 @@ impl Harness {
             body_timeout: Duration::from_secs(10),
             client_ca: None,
             ignored_users: Vec::new(),
+            witnessed: false,
             ready: AtomicBool::new(true),
             warnings: LogLimiter::default(),
         });
@@ -258,6 +259,7 @@ async fn with_the_shared_store_down_a_review_is_spooled_and_readyz_stays_ready_s
         body_timeout: Duration::from_secs(10),
         client_ca: None,
         ignored_users: Vec::new(),
+        witnessed: false,
         ready: AtomicBool::new(true),
         warnings: LogLimiter::default(),
     });

@@ -10,6 +10,8 @@ use crate::notify::{KubeSecrets, Notifier};
 use crate::pipeline::CompiledPolicy;
 use crate::query::{QueryState, auth::refresh_request_header};
 use crate::store::{EventStore, StoredEvent};
+use crate::witness::reconcile::Windows;
+use crate::witness::{Settings as WitnessSettings, Witness};
 use crate::{Error, Result};
 use jiff::Timestamp;
 use std::collections::HashMap;
@@ -46,6 +48,14 @@ pub struct OperatorArgs {
     /// Retention of events whose policies are gone: most kept per object.
     #[arg(long, default_value_t = 100)]
     pub retention_max_events_per_object: u32,
+    /// Do not watch tracked resources: changes stay `unconfirmed`, and what the webhook misses
+    /// is not recorded.
+    #[arg(long)]
+    pub no_watch: bool,
+    /// A change not seen committed within this window, while the watch is healthy, is
+    /// `notApplied`.
+    #[arg(long, default_value = "30s")]
+    pub confirm_window: String,
 }
 
 /// The live policy set: compiled for capture, sinks for the notifier. Reconcile calls it.
@@ -114,6 +124,16 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         max_age: crate::pipeline::parse_duration(&args.retention_max_age)
             .map_err(|e| Error::Usage(format!("--retention-max-age: {e}")))?,
     };
+    let confirm = crate::pipeline::parse_duration(&args.confirm_window)
+        .map_err(|e| Error::Usage(format!("--confirm-window: {e}")))?;
+    let witness = (!args.no_watch).then(|| {
+        Witness::new(WitnessSettings {
+            windows: Windows {
+                confirm,
+                ..Windows::default()
+            },
+        })
+    });
     let client = kube::Client::try_default().await?;
     let (redactor, engine, spool) =
         server::open_data_dir(&args.data_dir, &args.capture, &args.store).await?;
@@ -161,6 +181,32 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     if engine.shared {
         ctx.records.follow_shared_store();
     }
+    // The witness starts on leading, once the capture side (its writer) is up.
+    let (capture_tx, capture_rx) = tokio::sync::watch::channel(None);
+    let ctx = match &witness {
+        Some(w) => {
+            let (w, client, store) = (w.clone(), ctx.client.clone(), store.clone());
+            let work: controller::LeaderWork = Arc::new(move || {
+                let (w, client, store) = (w.clone(), client.clone(), store.clone());
+                let mut capture_rx = capture_rx.clone();
+                Box::pin(async move {
+                    let capture = match capture_rx.wait_for(Option::is_some).await {
+                        Ok(capture) => capture.clone(),
+                        Err(_) => return,
+                    };
+                    if let Some(capture) = capture {
+                        w.run(client, capture, store).await
+                    }
+                })
+            });
+            Arc::new(
+                Arc::into_inner(ctx)
+                    .expect("not shared yet")
+                    .with_leader_work(work),
+            )
+        }
+        None => ctx,
+    };
     let controller = tokio::spawn(controller::run(ctx.clone()));
 
     // Self-managed certificates are written by the certificate loop; cert-manager's are mounted.
@@ -180,7 +226,16 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         options: args.capture,
         default_retention,
         ignored_users,
-        observers: vec![stats, Arc::new(Records(ctx.clone()))],
+        witnessed: witness.is_some(),
+        observers: {
+            let mut o: Vec<Arc<dyn RecordObserver>> = vec![stats, Arc::new(Records(ctx.clone()))];
+            o.extend(
+                witness
+                    .as_ref()
+                    .map(|w| w.feed() as Arc<dyn RecordObserver>),
+            );
+            o
+        },
         on_retention: Some(Arc::new(move |report| {
             retention_ctx.records.on_retention(report)
         })),
@@ -188,6 +243,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     })
     .await?;
     tracing::info!(addr = %running.addr, "webhook serving");
+    let _ = capture_tx.send(Some(running.capture.clone()));
     // From here the certificate loop can check what the server serves before it publishes a
     // caBundle, and with it Ready.
     ctx.set_serving(running.addr);

@@ -98,6 +98,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         options: args.capture,
         default_retention: crate::store::RetentionRule::default(),
         ignored_users: Vec::new(),
+        witnessed: false,
         observers: Vec::new(),
         on_retention: None,
         spool,

@@ -226,6 +226,8 @@ pub struct Parts {
     pub default_retention: RetentionRule,
     /// Users whose requests are never recorded (the operator's own service account).
     pub ignored_users: Vec<String>,
+    /// A witness will confirm changes (events start `received`, else `unconfirmed`).
+    pub witnessed: bool,
     /// Told about every durable batch, besides the notifier.
     pub observers: Vec<Arc<dyn RecordObserver>>,
     /// Told about every retention pass.
@@ -342,6 +344,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
         options,
         default_retention,
         ignored_users,
+        witnessed,
         mut observers,
         on_retention,
         spool,
@@ -393,6 +396,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
         body_timeout: Duration::from_millis(options.body_timeout_ms),
         client_ca: client_ca.clone(),
         ignored_users,
+        witnessed,
         ready: Default::default(),
         warnings: Default::default(),
     });

@@ -150,7 +150,12 @@ pub struct Context {
     ca_bundle: watch::Sender<Option<Vec<u8>>>,
     serving: watch::Sender<Option<SocketAddr>>,
     failures: Mutex<HashMap<String, u32>>,
+    leader_work: Option<LeaderWork>,
 }
+
+/// More work for the leader (the witness), started on leading and cancelled on losing it.
+pub type LeaderWork =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
 
 impl Context {
     /// A context over `client`, reporting to `registry` and reading history from `store`.
@@ -182,7 +187,14 @@ impl Context {
             ca_bundle: watch::channel(None).0,
             serving: watch::channel(None).0,
             failures: Mutex::new(HashMap::new()),
+            leader_work: None,
         }
+    }
+
+    /// Runs `work` while this replica leads (the witness).
+    pub fn with_leader_work(mut self, work: LeaderWork) -> Context {
+        self.leader_work = Some(work);
+        self
     }
 
     /// Reports `eventsRecorded` and `lastEventTime` in policy status.
@@ -274,11 +286,23 @@ pub async fn run(ctx: Arc<Context>) -> Result<()> {
 
     let certs = cert_loop(ctx.clone(), leading.clone());
     let records = ctx.records.clone().run(leading.clone());
+    let work = leader::while_leader(leading.clone(), {
+        let work = ctx.leader_work.clone();
+        move || {
+            let work = work.clone();
+            async move {
+                match work {
+                    Some(w) => w().await,
+                    None => std::future::pending().await,
+                }
+            }
+        }
+    });
     let controller = leader::while_leader(leading, {
         let ctx = ctx.clone();
         move || policy::run_controller(ctx.clone())
     });
-    tokio::join!(certs, records, controller);
+    tokio::join!(certs, records, controller, work);
     Ok(())
 }
 

@@ -379,6 +379,19 @@ impl CompiledPolicy {
             .and_then(|(_, d)| *d)
     }
 
+    /// Whether a rule covers the resource itself (not a subresource) in this group and version,
+    /// whatever the operation: what a watch of it can witness.
+    pub fn covers(&self, group: &str, version: &str, resource: &str) -> bool {
+        let any_or = |list: &[String], v: &str| list.iter().any(|x| x == "*" || x == v);
+        self.rules.iter().any(|r| {
+            any_or(&r.groups, group)
+                && (r.versions.is_empty() || any_or(&r.versions, version))
+                && r.resources.iter().any(|(res, sub)| {
+                    (res == "*" || res == resource) && matches!(sub.as_deref(), None | Some("*"))
+                })
+        })
+    }
+
     /// Whether the request is one this policy records (see the module docs for the order).
     /// `redactor` hides a Secret's values from the CEL conditions.
     pub fn matches(&self, req: &Request, redactor: &Redactor) -> Result<(), NotMatched> {

@@ -1,0 +1,538 @@
+//! The witnesses of commits. A validating webhook sees a request before the apiserver stores
+//! it, so admission alone cannot tell whether a change happened. While this replica leads, a
+//! watch of every resource a TrackingPolicy tracks sees what was committed; the driver here
+//! reconciles the two ([`reconcile`], pure) and writes the verdicts to the store: received
+//! changes become `confirmed`, `notApplied` or `unconfirmed`, and commits no review announced
+//! are recorded as `observed` ([`observed`]), their actor inferred from `managedFields`.
+//!
+//! Received changes reach the driver two ways: at once from the capture writer on this replica
+//! ([`Feed`]), and by reading the store's `received` events every second (another replica's
+//! reviews on a shared store, and any the feed dropped when its queue was full). Either way,
+//! the store applies only the first verdict on an event.
+
+pub mod observed;
+pub mod reconcile;
+pub mod watch;
+
+use crate::capture::{Capture, RecordObserver};
+use crate::crd::Operation;
+use crate::index::PolicyIndex;
+use crate::pipeline::{ChangeState, Commit, Witness as WitnessKind};
+use crate::store::{EventId, EventStore, Query, StoredEvent};
+use jiff::{SignedDuration, Timestamp};
+use kube::discovery::ApiResource;
+use reconcile::{Received, Reconciler, Seen, Verdict, Windows};
+use serde_json::Value;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Inputs of the driver queue.
+const QUEUE: usize = 10_000;
+/// How often the store is read for received changes.
+const POLL_EVERY: Duration = Duration::from_secs(1);
+/// How often policies are checked for resources to watch.
+const TARGETS_EVERY: Duration = Duration::from_secs(10);
+/// Recently resolved events remembered, so a poll that reads one before its verdict is written
+/// does not make it pending again.
+const RESOLVED_MEMORY: usize = 20_000;
+
+/// What the driver hears.
+#[derive(Debug)]
+pub enum Input {
+    /// Changes reviews announced, durable in the store.
+    Received(Vec<Received>),
+    /// A watched or listed object.
+    Commit {
+        /// `deployments.apps`.
+        resource: String,
+        /// Its API.
+        api: ApiResource,
+        /// Gone, or being deleted.
+        deleted: bool,
+        /// The object.
+        object: Value,
+        /// When it arrived.
+        seen_at: Timestamp,
+        /// `Some(relist)` when it came from a list.
+        listed: Option<bool>,
+    },
+    /// A list ended; these uids exist.
+    Listed {
+        /// `deployments.apps`.
+        resource: String,
+        /// Every listed object's uid.
+        uids: Vec<String>,
+        /// The first list of this resource: unknown objects are the baseline, not changes.
+        baseline: bool,
+    },
+    /// A watch's continuity: since when it has seen every commit, or `None`.
+    Health(String, Option<Timestamp>),
+}
+
+/// Hands the capture writer's durable events to the driver (the fast path).
+pub struct Feed(mpsc::Sender<Input>);
+
+impl RecordObserver for Feed {
+    fn on_recorded(&self, events: &[StoredEvent]) {
+        let received: Vec<Received> = events.iter().filter_map(received_of).collect();
+        if !received.is_empty() {
+            // Full: the next poll of the store picks them up.
+            let _ = self.0.try_send(Input::Received(received));
+        }
+    }
+}
+
+/// A stored event as a received change to reconcile, when it is one.
+pub fn received_of(e: &StoredEvent) -> Option<Received> {
+    let ev = &e.event;
+    if ev.state != ChangeState::Received {
+        return None;
+    }
+    let digest = match ev.resource.subresource {
+        // The subresource object (a Scale) is not the committed object: any commit of the
+        // parent after the review confirms it.
+        Some(_) => None,
+        None if ev.operation == Operation::Delete => None,
+        None => ev.object.as_ref().map(reconcile::state_digest),
+    };
+    Some(Received {
+        id: e.id,
+        uid: ev.object_uid.clone()?,
+        resource: ev.resource.group_resource(),
+        policy: ev.policies.first()?.clone(),
+        operation: ev.operation,
+        digest,
+        received_at: ev.received_at,
+    })
+}
+
+/// The witness's settings.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settings {
+    /// Confirmation window and grace.
+    pub windows: Windows,
+}
+
+/// The witness: made on every replica (its [`feed`](Witness::feed) goes to the capture
+/// writer), run on the leader.
+pub struct Witness {
+    tx: mpsc::Sender<Input>,
+    rx: tokio::sync::Mutex<mpsc::Receiver<Input>>,
+    settings: Settings,
+}
+
+impl Witness {
+    /// A witness with these settings.
+    pub fn new(settings: Settings) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Arc::new(Witness {
+            tx,
+            rx: tokio::sync::Mutex::new(rx),
+            settings,
+        })
+    }
+
+    /// The observer to give the capture writer.
+    pub fn feed(&self) -> Arc<Feed> {
+        Arc::new(Feed(self.tx.clone()))
+    }
+
+    /// Watches and reconciles until cancelled (leadership lost) or the client fails for good.
+    pub async fn run(
+        self: Arc<Self>,
+        client: kube::Client,
+        capture: Arc<Capture>,
+        store: Arc<dyn EventStore>,
+    ) {
+        let mut rx = self.rx.lock().await;
+        // Left over from a previous term: verdicts would be decided on stale health.
+        while rx.try_recv().is_ok() {}
+        let mut driver = Driver {
+            reconciler: Reconciler::new(self.settings.windows),
+            store: store.clone(),
+            capture: capture.clone(),
+            resolved: VecDeque::new(),
+            resolved_set: HashSet::new(),
+            polled_until: Timestamp::now() - self.settings.windows.confirm * 2,
+            apis: HashMap::new(),
+        };
+        let mut watches: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut poll = tokio::time::interval(POLL_EVERY);
+        let mut targets = tokio::time::interval(TARGETS_EVERY);
+        tracing::info!("witness started: watching what policies track");
+        loop {
+            tokio::select! {
+                Some(input) = rx.recv() => {
+                    let verdicts = driver.input(input).await;
+                    driver.apply(verdicts).await;
+                }
+                _ = tick.tick() => {
+                    let verdicts = driver.reconciler.tick(Timestamp::now());
+                    driver.apply(verdicts).await;
+                    capture.metrics.witness_pending.set(driver.reconciler.pending() as i64);
+                }
+                _ = poll.tick() => {
+                    let verdicts = driver.poll().await;
+                    driver.apply(verdicts).await;
+                }
+                _ = targets.tick() => {
+                    match discover(&client, &capture.policies).await {
+                        Ok(found) => {
+                            let wanted: HashMap<String, watch::Target> = found
+                                .into_iter()
+                                .map(|t| (t.resource.clone(), t))
+                                .collect();
+                            watches.retain(|resource, task| {
+                                let keep = wanted.contains_key(resource) && !task.is_finished();
+                                if !keep {
+                                    task.abort();
+                                    driver.reconciler.set_health(resource, None);
+                                }
+                                keep
+                            });
+                            for (resource, target) in wanted {
+                                if watches.contains_key(&resource) {
+                                    continue;
+                                }
+                                tracing::info!(%resource, version = %target.api.version, "watching");
+                                driver.apis.insert(resource.clone(), target.api.clone());
+                                let task = tokio::spawn(watch::run(client.clone(), target, store.clone(), self.tx.clone(), capture.metrics.clone()));
+                                watches.insert(resource, task);
+                            }
+                            capture.metrics.witness_watches.set(watches.len() as i64);
+                        }
+                        Err(error) => tracing::warn!(%error, "discovering the resources to watch failed"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The resources the policies track, as the apiserver serves them (preferred versions, unless a
+/// rule names versions), that can be listed and watched.
+pub async fn discover(
+    client: &kube::Client,
+    policies: &PolicyIndex,
+) -> crate::Result<Vec<watch::Target>> {
+    use kube::discovery::{Discovery, verbs};
+    let policies = policies.all();
+    if policies.is_empty() {
+        return Ok(Vec::new());
+    }
+    let discovery = Discovery::new(client.clone()).run().await?;
+    let mut out = Vec::new();
+    for group in discovery.groups() {
+        for (api, caps) in group.recommended_resources() {
+            if !(caps.supports_operation(verbs::LIST) && caps.supports_operation(verbs::WATCH)) {
+                continue;
+            }
+            if policies
+                .iter()
+                .any(|p| p.covers(&api.group, &api.version, &api.plural))
+            {
+                out.push(watch::Target::new(api));
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct Driver {
+    reconciler: Reconciler,
+    store: Arc<dyn EventStore>,
+    capture: Arc<Capture>,
+    resolved: VecDeque<EventId>,
+    resolved_set: HashSet<EventId>,
+    polled_until: Timestamp,
+    apis: HashMap<String, ApiResource>,
+}
+
+impl Driver {
+    async fn input(&mut self, input: Input) -> Vec<Verdict> {
+        match input {
+            Input::Received(list) => list
+                .into_iter()
+                .filter(|r| !self.resolved_set.contains(&r.id))
+                .flat_map(|r| self.reconciler.received(r))
+                .collect(),
+            Input::Commit {
+                resource,
+                api,
+                deleted,
+                object,
+                seen_at,
+                listed,
+            } => {
+                let Some(uid) = watch::uid_of(&object) else {
+                    return Vec::new();
+                };
+                let op = if deleted {
+                    Operation::Delete
+                } else {
+                    Operation::Update
+                };
+                let req = observed::synthetic_request(&api, &object, op, "");
+                let digests =
+                    observed::digests(&self.capture.policies.all(), &self.capture.redactor, &req);
+                if digests.is_empty() {
+                    return Vec::new(); // no policy covers it (another namespace, say)
+                }
+                let seen = Seen {
+                    uid,
+                    resource,
+                    resource_version: watch::rv_of(&object).unwrap_or_default(),
+                    deleted,
+                    digests,
+                    seen_at,
+                    object,
+                    baseline: listed == Some(false),
+                };
+                if listed.is_some() && !self.reconciler.has_pending(&seen.uid) {
+                    // A listed object's review, if any, came long before: no need to wait.
+                    return vec![Verdict::Unannounced(seen)];
+                }
+                self.reconciler.committed(seen)
+            }
+            Input::Listed {
+                resource,
+                uids,
+                baseline: _,
+            } => {
+                self.vanished(&resource, uids).await;
+                Vec::new()
+            }
+            Input::Health(resource, since) => {
+                self.reconciler.set_health(&resource, since);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Received changes in the store since the last poll (another replica's, or dropped).
+    async fn poll(&mut self) -> Vec<Verdict> {
+        let store = self.store.clone();
+        let since = self.polled_until;
+        let now = Timestamp::now();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store.query(&Query {
+                    state: Some(ChangeState::Received),
+                    since: Some(since),
+                    limit: crate::store::MAX_PAGE,
+                    after,
+                    ..Query::default()
+                })?;
+                out.extend(page.events.iter().filter_map(received_of));
+                match page.next {
+                    Some(n) if out.len() < 100_000 => after = Some(n),
+                    _ => break,
+                }
+            }
+            Ok::<_, crate::Error>(out)
+        })
+        .await;
+        match read {
+            Ok(Ok(list)) => {
+                // Overlap by the grace: an event appended just before `now` may commit late.
+                self.polled_until = now - SignedDuration::from_secs(5);
+                let mut out = Vec::new();
+                for r in list.into_iter().rev() {
+                    if !self.resolved_set.contains(&r.id) {
+                        out.extend(self.reconciler.received(r));
+                    }
+                }
+                out
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "reading received changes from the store failed");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    async fn apply(&mut self, verdicts: Vec<Verdict>) {
+        if verdicts.is_empty() {
+            return;
+        }
+        let mut resolutions = Vec::new();
+        for v in verdicts {
+            match v {
+                Verdict::Resolve(r) => resolutions.push(r),
+                Verdict::Unannounced(seen) => self.unannounced(seen).await,
+            }
+        }
+        if resolutions.is_empty() {
+            return;
+        }
+        for r in &resolutions {
+            self.remember(r.id);
+            self.capture.metrics.witness_verdict(r.state);
+        }
+        let store = self.store.clone();
+        let rs = resolutions.clone();
+        match tokio::task::spawn_blocking(move || store.resolve(&rs)).await {
+            Ok(Ok(applied)) => {
+                for (r, applied) in resolutions.iter().zip(applied) {
+                    if applied {
+                        tracing::debug!(id = r.id, state = %r.state, "change resolved");
+                    }
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, n = resolutions.len(), "writing verdicts failed; the changes stay received")
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn remember(&mut self, id: EventId) {
+        if self.resolved_set.insert(id) {
+            self.resolved.push_back(id);
+            if self.resolved.len() > RESOLVED_MEMORY
+                && let Some(old) = self.resolved.pop_front()
+            {
+                self.resolved_set.remove(&old);
+            }
+        }
+    }
+
+    /// A commit no review announced: recorded as observed unless the store has it already.
+    async fn unannounced(&mut self, seen: Seen) {
+        let Some(api) = self.apis.get(&seen.resource).cloned() else {
+            return;
+        };
+        let store = self.store.clone();
+        let uid = seen.uid.clone();
+        let rv = seen.resource_version.clone();
+        let head = tokio::task::spawn_blocking(move || head_of(&*store, &uid, Some(&rv))).await;
+        let head = match head {
+            Ok(Ok(HeadLookup::Known)) => return,
+            Ok(Ok(HeadLookup::Head(h))) => h,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "reading an object's history failed; commit not recorded");
+                return;
+            }
+            Err(_) => return,
+        };
+        let commit = Commit {
+            resource_version: seen.resource_version.clone(),
+            seen_at: seen.seen_at,
+            witness: WitnessKind::Watch,
+        };
+        let inferred = None;
+        let Some(captured) = observed::observed_event(
+            &self.capture.policies.all(),
+            &self.capture.redactor,
+            &api,
+            &seen.object,
+            seen.deleted,
+            seen.baseline,
+            head.as_ref(),
+            commit,
+            inferred,
+        ) else {
+            return;
+        };
+        self.capture.metrics.witness_verdict(ChangeState::Observed);
+        tracing::info!(
+            resource = %seen.resource,
+            name = %captured.event.name,
+            operation = ?captured.event.operation,
+            resource_version = %seen.resource_version,
+            "change committed without a review: recorded as observed"
+        );
+        self.record(captured).await;
+    }
+
+    async fn record(&self, captured: crate::pipeline::Captured) {
+        match self.capture.writer.submit(captured) {
+            Ok(ack) => {
+                let _ = ack.await;
+            }
+            Err(_) => tracing::warn!("event queue full: an observed change was not recorded"),
+        }
+    }
+
+    /// After a list: objects the store believes alive that the list did not show were deleted
+    /// while histor could not see it.
+    async fn vanished(&mut self, resource: &str, uids: Vec<String>) {
+        let store = self.store.clone();
+        let resource_owned = resource.to_owned();
+        let listed: HashSet<String> = uids.into_iter().collect();
+        let found = tokio::task::spawn_blocking(move || {
+            let mut gone = Vec::new();
+            for head in store.live_objects(&resource_owned)? {
+                if listed.contains(&head.uid) {
+                    continue;
+                }
+                if let HeadLookup::Head(Some(h)) = head_of(&*store, &head.uid, None)? {
+                    gone.push(h);
+                }
+            }
+            Ok::<_, crate::Error>(gone)
+        })
+        .await;
+        let gone = match found {
+            Ok(Ok(g)) => g,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, %resource, "finding deleted objects failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        let now = Timestamp::now();
+        for head in gone {
+            if let Some(c) = observed::vanished_event(&head, now) {
+                tracing::info!(%resource, name = %c.event.name, "object gone while unwatched: recorded as an observed DELETE");
+                self.capture.metrics.witness_verdict(ChangeState::Observed);
+                self.record(c).await;
+            }
+        }
+    }
+}
+
+enum HeadLookup {
+    /// The store already has this commit.
+    Known,
+    /// The newest event that may have happened, if any.
+    Head(Option<observed::Head>),
+}
+
+/// The store's newest event of `uid` that may have happened (not `notApplied`), and its state;
+/// `Known` when an event of it already carries commit `rv`.
+fn head_of(store: &dyn EventStore, uid: &str, rv: Option<&str>) -> crate::Result<HeadLookup> {
+    let page = store.query(&Query {
+        uid: Some(uid.to_owned()),
+        limit: 20,
+        ..Query::default()
+    })?;
+    if let Some(rv) = rv
+        && page.events.iter().any(|e| {
+            e.event
+                .commit
+                .as_ref()
+                .is_some_and(|c| c.resource_version == rv)
+        })
+    {
+        return Ok(HeadLookup::Known);
+    }
+    let Some(newest) = page
+        .events
+        .into_iter()
+        .find(|e| e.event.state.may_have_happened())
+    else {
+        return Ok(HeadLookup::Head(None));
+    };
+    let state = store.state_after(newest.id)?;
+    Ok(HeadLookup::Head(Some(observed::Head {
+        event: newest,
+        state,
+    })))
+}

@@ -1,0 +1,313 @@
+//! One watch of one resource, cluster-wide: resume from the resourceVersion kept in the store,
+//! else list (paged) and watch from the list's version, with bookmarks; `410 Gone` relists.
+//! Every commit goes to the driver as an [`Input`]; nothing is cached here (memory stays flat
+//! whatever the number of objects). The driver owns comparison and verdicts.
+
+use super::Input;
+use crate::store::EventStore;
+use futures::TryStreamExt;
+use jiff::Timestamp;
+use kube::api::{Api, DynamicObject, ListParams, WatchEvent, WatchParams};
+use kube::discovery::ApiResource;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Objects per LIST page.
+const LIST_PAGE: u32 = 500;
+/// Seconds the apiserver keeps one watch request open (it then ends it; we resume).
+const WATCH_TIMEOUT_SECS: u32 = 290;
+/// The cursor is written at most this often (and on every bookmark).
+const CURSOR_EVERY: Duration = Duration::from_secs(1);
+
+/// What is watched.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Group, version, kind and plural.
+    pub api: ApiResource,
+    /// `deployments.apps`, `configmaps`.
+    pub resource: String,
+}
+
+impl Target {
+    /// A target for `api`.
+    pub fn new(api: ApiResource) -> Self {
+        let resource = if api.group.is_empty() {
+            api.plural.clone()
+        } else {
+            format!("{}.{}", api.plural, api.group)
+        };
+        Target { api, resource }
+    }
+
+    fn cursor_key(&self) -> String {
+        format!("watch/{}/{}", self.resource, self.api.version)
+    }
+}
+
+/// The stored position of a watch: its resourceVersion, and since when the watch has seen every
+/// commit up to it (so that a resumed watch is known to have missed nothing).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Cursor {
+    /// resourceVersion to watch from.
+    pub rv: String,
+    /// Since when the watch has been continuous.
+    pub since: Timestamp,
+}
+
+/// Runs the watch of `target` until the driver goes away. Errors are retried with backoff; the
+/// driver hears of every loss of continuity (`Health(None)`) and every regain.
+pub async fn run(
+    client: kube::Client,
+    target: Target,
+    store: Arc<dyn EventStore>,
+    inputs: mpsc::Sender<Input>,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
+    let labels = crate::metrics::ResourceLabels {
+        resource: target.resource.clone(),
+    };
+    let api: Api<DynamicObject> = Api::all_with(client, &target.api);
+    let mut backoff = Duration::from_millis(500);
+    let mut cursor = load_cursor(&store, &target).await;
+    loop {
+        let outcome = match cursor.clone() {
+            Some(c) => watch_from(&api, &target, &store, &inputs, c).await,
+            None => list(&api, &target, &inputs, false).await.map(Step::Resume),
+        };
+        if inputs.is_closed() {
+            return;
+        }
+        match outcome {
+            Ok(Step::Resume(c)) => {
+                save_cursor(&store, &target, &c).await;
+                cursor = Some(c);
+                backoff = Duration::from_millis(500);
+            }
+            Ok(Step::Relist) => {
+                tracing::info!(resource = %target.resource, "watch expired (410 Gone): relisting");
+                metrics.witness_relists.get_or_create(&labels).inc();
+                let _ = inputs
+                    .send(Input::Health(target.resource.clone(), None))
+                    .await;
+                match list(&api, &target, &inputs, true).await {
+                    Ok(c) => {
+                        save_cursor(&store, &target, &c).await;
+                        cursor = Some(c);
+                    }
+                    Err(error) => {
+                        tracing::warn!(resource = %target.resource, %error, "relist failed");
+                        cursor = None;
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(resource = %target.resource, %error, retry_in = ?backoff, "watch failed");
+                metrics.witness_restarts.get_or_create(&labels).inc();
+                let _ = inputs
+                    .send(Input::Health(target.resource.clone(), None))
+                    .await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                // Continuity is lost: a resumed watch no longer vouches for the time before.
+                if let Some(c) = cursor.as_mut() {
+                    c.since = Timestamp::now();
+                }
+            }
+        }
+    }
+}
+
+enum Step {
+    /// Watch again from here (the server ended the watch, or a list finished).
+    Resume(Cursor),
+    /// The version is too old: list again.
+    Relist,
+}
+
+/// Lists every object, hands each to the driver as a commit, then the list's end with the uids
+/// seen (the driver finds what disappeared). `relist`: after a 410 (objects the store does
+/// not know are changes histor missed); else the first list (they are the baseline).
+async fn list(
+    api: &Api<DynamicObject>,
+    target: &Target,
+    inputs: &mpsc::Sender<Input>,
+    relist: bool,
+) -> crate::Result<Cursor> {
+    let started = Timestamp::now();
+    let mut params = ListParams::default().limit(LIST_PAGE);
+    let mut uids = Vec::new();
+    let version = loop {
+        let page = api.list(&params).await?;
+        for obj in page.items {
+            let value = to_value(&target.api, obj)?;
+            if let Some(uid) = uid_of(&value) {
+                uids.push(uid);
+            }
+            let commit = commit_input(target, value, false, Some(relist));
+            if inputs.send(commit).await.is_err() {
+                return Err(crate::Error::Usage("witness stopped".into()));
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break page.metadata.resource_version.unwrap_or_default(),
+        }
+    };
+    let _ = inputs
+        .send(Input::Listed {
+            resource: target.resource.clone(),
+            uids,
+            baseline: !relist,
+        })
+        .await;
+    let _ = inputs
+        .send(Input::Health(target.resource.clone(), Some(started)))
+        .await;
+    Ok(Cursor {
+        rv: version,
+        since: started,
+    })
+}
+
+async fn watch_from(
+    api: &Api<DynamicObject>,
+    target: &Target,
+    store: &Arc<dyn EventStore>,
+    inputs: &mpsc::Sender<Input>,
+    mut cursor: Cursor,
+) -> crate::Result<Step> {
+    let params = WatchParams {
+        bookmarks: true,
+        timeout: Some(WATCH_TIMEOUT_SECS),
+        ..WatchParams::default()
+    };
+    let stream = api.watch(&params, &cursor.rv).await?;
+    let _ = inputs
+        .send(Input::Health(target.resource.clone(), Some(cursor.since)))
+        .await;
+    let mut stream = std::pin::pin!(stream);
+    let mut saved = std::time::Instant::now();
+    let mut dirty = false;
+    while let Some(event) = stream.try_next().await? {
+        let (value, deleted) = match event {
+            WatchEvent::Added(o) | WatchEvent::Modified(o) => (to_value(&target.api, o)?, false),
+            WatchEvent::Deleted(o) => (to_value(&target.api, o)?, true),
+            WatchEvent::Bookmark(b) => {
+                cursor.rv = b.metadata.resource_version;
+                save_cursor(store, target, &cursor).await;
+                saved = std::time::Instant::now();
+                dirty = false;
+                continue;
+            }
+            WatchEvent::Error(status) if status.code == 410 => return Ok(Step::Relist),
+            WatchEvent::Error(status) => {
+                return Err(crate::Error::Usage(format!(
+                    "watch of {} failed: {} ({})",
+                    target.resource, status.message, status.code
+                )));
+            }
+        };
+        if let Some(rv) = rv_of(&value) {
+            cursor.rv = rv;
+        }
+        if inputs
+            .send(commit_input(target, value, deleted, None))
+            .await
+            .is_err()
+        {
+            return Ok(Step::Resume(cursor));
+        }
+        dirty = true;
+        if saved.elapsed() >= CURSOR_EVERY {
+            save_cursor(store, target, &cursor).await;
+            saved = std::time::Instant::now();
+            dirty = false;
+        }
+    }
+    if dirty {
+        save_cursor(store, target, &cursor).await;
+    }
+    Ok(Step::Resume(cursor))
+}
+
+/// A watched or listed object as a commit for the driver. `listed`: `Some(relist)` for a
+/// list's object.
+fn commit_input(target: &Target, object: Value, deleted: bool, listed: Option<bool>) -> Input {
+    Input::Commit {
+        resource: target.resource.clone(),
+        api: target.api.clone(),
+        deleted: deleted || object.pointer("/metadata/deletionTimestamp").is_some(),
+        object,
+        seen_at: Timestamp::now(),
+        listed,
+    }
+}
+
+fn to_value(api: &ApiResource, obj: DynamicObject) -> crate::Result<Value> {
+    let mut value = serde_json::to_value(obj)
+        .map_err(|e| crate::Error::Usage(format!("watched object: {e}")))?;
+    // Lists give items without apiVersion and kind.
+    if let Value::Object(map) = &mut value {
+        map.entry("apiVersion")
+            .or_insert_with(|| Value::String(api.api_version.clone()));
+        map.entry("kind")
+            .or_insert_with(|| Value::String(api.kind.clone()));
+    }
+    Ok(value)
+}
+
+pub(crate) fn uid_of(v: &Value) -> Option<String> {
+    v.pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+pub(crate) fn rv_of(v: &Value) -> Option<String> {
+    v.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+async fn load_cursor(store: &Arc<dyn EventStore>, target: &Target) -> Option<Cursor> {
+    let store = store.clone();
+    let key = target.cursor_key();
+    let read = tokio::task::spawn_blocking(move || store.cursor(&key)).await;
+    match read {
+        Ok(Ok(Some(text))) => serde_json::from_str(&text).ok(),
+        Ok(Ok(None)) => None,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, resource = %target.resource, "reading the watch position failed: listing");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+async fn save_cursor(store: &Arc<dyn EventStore>, target: &Target, cursor: &Cursor) {
+    let Ok(text) = serde_json::to_string(cursor) else {
+        return;
+    };
+    let store = store.clone();
+    let key = target.cursor_key();
+    let write = tokio::task::spawn_blocking(move || store.set_cursor(&key, &text)).await;
+    if let Ok(Err(error)) = write {
+        tracing::warn!(%error, resource = %target.resource, "saving the watch position failed");
+    }
+}
+
+/// Parses a recorded watch stream (one `{"type","object"}` per line), for tests and offline
+/// witnesses: the events with their type.
+pub fn parse_stream(text: &str) -> Vec<(String, Value)> {
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|mut v| {
+            let kind = v.get("type")?.as_str()?.to_owned();
+            Some((kind, v.get_mut("object")?.take()))
+        })
+        .collect()
+}

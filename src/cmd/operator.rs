@@ -116,6 +116,19 @@ impl RecordObserver for Records {
     }
 }
 
+/// Forwards verdicts to the ChangeRecord writer, once the context that holds it exists (the
+/// witness is made before it).
+struct LateRecords(Arc<Mutex<Option<Arc<Context>>>>);
+
+impl RecordObserver for LateRecords {
+    fn on_recorded(&self, events: &[StoredEvent]) {
+        let ctx = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(ctx) = ctx {
+            ctx.records.on_recorded(events);
+        }
+    }
+}
+
 /// Runs the operator until SIGTERM.
 pub async fn run(args: OperatorArgs) -> Result<()> {
     let settings = args.operator.settings(&args.data_dir)?;
@@ -126,12 +139,14 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     };
     let confirm = crate::pipeline::parse_duration(&args.confirm_window)
         .map_err(|e| Error::Usage(format!("--confirm-window: {e}")))?;
+    let records_hook: Arc<Mutex<Option<Arc<Context>>>> = Arc::default();
     let witness = (!args.no_watch).then(|| {
         Witness::new(WitnessSettings {
             windows: Windows {
                 confirm,
                 ..Windows::default()
             },
+            on_not_applied: Some(Arc::new(LateRecords(records_hook.clone()))),
         })
     });
     let client = kube::Client::try_default().await?;
@@ -207,6 +222,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         }
         None => ctx,
     };
+    *records_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.clone());
     let controller = tokio::spawn(controller::run(ctx.clone()));
 
     // Self-managed certificates are written by the certificate loop; cert-manager's are mounted.

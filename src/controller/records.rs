@@ -663,7 +663,9 @@ impl ChangeRecordWriter {
         written
     }
 
-    /// Reads the object's retained events back, newest first.
+    /// Reads the object's retained events back, newest first: those that may have happened (a
+    /// change the witness found `notApplied` is not counted or shown; an object with only
+    /// those has no record).
     async fn events_of(&self, target: &Target) -> Result<Vec<StoredEvent>> {
         let store = self.store.clone();
         let t = target.clone();
@@ -679,7 +681,11 @@ impl ChangeRecordWriter {
                     after,
                     ..Query::default()
                 })?;
-                out.extend(page.events.into_iter().filter(|e| t.matches(&e.event)));
+                out.extend(
+                    page.events
+                        .into_iter()
+                        .filter(|e| t.matches(&e.event) && e.event.state.may_have_happened()),
+                );
                 match page.next {
                     Some(next) if out.len() < MAX_SCAN => after = Some(next),
                     _ => break,

@@ -109,10 +109,13 @@ pub fn received_of(e: &StoredEvent) -> Option<Received> {
 }
 
 /// The witness's settings.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Settings {
     /// Confirmation window and grace.
     pub windows: Windows,
+    /// Told of every change found `notApplied`, once the store holds the verdict (the
+    /// ChangeRecord writer, which then stops counting it).
+    pub on_not_applied: Option<Arc<dyn RecordObserver>>,
 }
 
 /// The witness: made on every replica (its [`feed`](Witness::feed) goes to the capture
@@ -151,6 +154,7 @@ impl Witness {
         while rx.try_recv().is_ok() {}
         let mut driver = Driver {
             reconciler: Reconciler::new(self.settings.windows),
+            on_not_applied: self.settings.on_not_applied.clone(),
             store: store.clone(),
             capture: capture.clone(),
             resolved: VecDeque::new(),
@@ -243,6 +247,7 @@ pub async fn discover(
 
 struct Driver {
     reconciler: Reconciler,
+    on_not_applied: Option<Arc<dyn RecordObserver>>,
     store: Arc<dyn EventStore>,
     capture: Arc<Capture>,
     resolved: VecDeque<EventId>,
@@ -377,11 +382,37 @@ impl Driver {
         }
         let store = self.store.clone();
         let rs = resolutions.clone();
-        match tokio::task::spawn_blocking(move || store.resolve(&rs)).await {
+        let observer = self.on_not_applied.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let applied = store.resolve(&rs)?;
+            let mut refused = Vec::new();
+            for (r, applied) in rs.iter().zip(&applied) {
+                if *applied && r.state == ChangeState::NotApplied {
+                    refused.extend(store.get(r.id)?);
+                }
+            }
+            if let Some(o) = observer
+                && !refused.is_empty()
+            {
+                o.on_recorded(&refused);
+            }
+            Ok::<_, crate::Error>(applied)
+        })
+        .await;
+        match written {
             Ok(Ok(applied)) => {
+                let now = Timestamp::now();
                 for (r, applied) in resolutions.iter().zip(applied) {
-                    if applied {
-                        tracing::debug!(id = r.id, state = %r.state, "change resolved");
+                    if !applied {
+                        continue;
+                    }
+                    tracing::debug!(id = r.id, state = %r.state, "change resolved");
+                    if r.state == ChangeState::Confirmed
+                        && let Ok(received) = Timestamp::from_microsecond(r.id as i64)
+                    {
+                        // Ids are receipt times in µs.
+                        let lag = now.duration_since(received).as_secs_f64().max(0.0);
+                        self.capture.metrics.witness_confirm_lag.observe(lag);
                     }
                 }
             }
@@ -510,7 +541,7 @@ enum HeadLookup {
 fn head_of(store: &dyn EventStore, uid: &str, rv: Option<&str>) -> crate::Result<HeadLookup> {
     let page = store.query(&Query {
         uid: Some(uid.to_owned()),
-        limit: 20,
+        limit: 100,
         ..Query::default()
     })?;
     if let Some(rv) = rv

@@ -13,6 +13,7 @@ mod day_one;
 mod postgres;
 mod query;
 mod receivers;
+mod witness;
 
 use histor::crd::TrackingPolicy;
 use k8s_openapi::api::core::v1::Namespace;
@@ -145,6 +146,8 @@ pub struct Operator {
     child: Child,
     /// Port of its HTTPS endpoint (webhook and query API).
     pub port: u16,
+    /// Port of its plain-HTTP `/metrics`.
+    pub metrics_port: u16,
 }
 
 impl Drop for Operator {
@@ -266,7 +269,11 @@ pub fn start_operator(
         .stderr(Stdio::inherit())
         .spawn()
         .expect("operator starts");
-    Operator { child, port }
+    Operator {
+        child,
+        port,
+        metrics_port,
+    }
 }
 
 /// The CA of the client certificate the apiserver presents to webhooks, when it has one.

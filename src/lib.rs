@@ -21,6 +21,7 @@ pub mod render;
 pub mod store;
 pub mod telemetry;
 pub mod usage;
+pub mod witness;
 
 mod error;
 pub use error::{Error, Result};

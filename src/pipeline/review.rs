@@ -99,7 +99,7 @@ impl Parsed {
 /// What histor keeps of an AdmissionRequest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
-    /// `request.uid`: unique per request, shared by every webhook it is sent to.
+    /// `request.uid`: unique per webhook call (two webhooks, or a conflict retry, get new ones).
     pub uid: String,
     /// Kind of `object` (for `scale`, `autoscaling/v1 Scale`).
     pub kind: KindId,
@@ -121,6 +121,108 @@ pub struct Request {
     pub dry_run: bool,
     /// Create/Update/Delete options, as sent.
     pub options: Option<Value>,
+    /// What every webhook call of one attempt at a change shares, where `uid` differs per call
+    /// (see [`Request::compute_fingerprint`]); computed once, when the review is parsed.
+    pub fingerprint: [u8; 16],
+}
+
+impl Request {
+    /// 128 bits of the SHA-256 of what identifies one attempt at a change, whichever webhook it
+    /// was sent to: operation, resource group, resource, subresource, namespace, name, object uid,
+    /// `oldObject.metadata.resourceVersion` (empty for CREATE), `userInfo.username` and `object`
+    /// (as JSON; `null` for DELETE), separated by NUL.
+    ///
+    /// Why not `uid`: measured on v1.33, the apiserver gives each webhook call its own `uid`, so
+    /// two policies (two webhooks) matching one request see two uids for one change. Why the old
+    /// resourceVersion: a conflict retry calls the webhooks again with a new uid *and* a newer
+    /// `oldObject`, and only the last attempt is committed, so each attempt must stay apart.
+    /// `object` is as parsed (its `managedFields` skipped), which every call of one attempt shares.
+    ///
+    /// Call it again after changing a field of a parsed request; [`parse`] sets
+    /// [`fingerprint`](Self::fingerprint) with it.
+    pub fn compute_fingerprint(&self) -> [u8; 16] {
+        let object_uid = [self.object.as_ref(), self.old_object.as_ref()]
+            .into_iter()
+            .find_map(|o| o?.get("metadata")?.get("uid")?.as_str())
+            .unwrap_or_default();
+        let old_version = self
+            .old_object
+            .as_ref()
+            .and_then(|o| o.get("metadata")?.get("resourceVersion")?.as_str())
+            .unwrap_or_default();
+        let mut ctx = DigestWriter::new();
+        for part in [
+            self.operation.as_str(),
+            &self.resource.group,
+            &self.resource.resource,
+            self.resource.subresource.as_deref().unwrap_or_default(),
+            self.namespace.as_deref().unwrap_or_default(),
+            &self.name,
+            object_uid,
+            old_version,
+            &self.user.username,
+        ] {
+            ctx.put(part.as_bytes());
+            ctx.put(&[0]);
+        }
+        // Writing into a digest cannot fail, nor can serialising a Value (its keys are strings).
+        let _ = serde_json::to_writer(&mut ctx, &self.object);
+        ctx.finish()
+    }
+}
+
+/// Feeds what serde_json writes straight into a SHA-256 context, without building the JSON text:
+/// a small buffer gathers serde_json's many tiny writes into fewer digest updates.
+struct DigestWriter {
+    ctx: ring::digest::Context,
+    buf: [u8; 1024],
+    len: usize,
+}
+
+impl DigestWriter {
+    fn new() -> Self {
+        DigestWriter {
+            ctx: ring::digest::Context::new(&ring::digest::SHA256),
+            buf: [0; 1024],
+            len: 0,
+        }
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        if self.len + bytes.len() > self.buf.len() {
+            self.drain();
+            if bytes.len() >= self.buf.len() {
+                self.ctx.update(bytes);
+                return;
+            }
+        }
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn drain(&mut self) {
+        self.ctx.update(&self.buf[..self.len]);
+        self.len = 0;
+    }
+
+    fn finish(mut self) -> [u8; 16] {
+        self.drain();
+        let d = self.ctx.finish();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&d.as_ref()[..16]);
+        out
+    }
+}
+
+impl std::io::Write for DigestWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.put(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Parses an AdmissionReview body. Never panics, whatever the bytes.
@@ -430,7 +532,7 @@ fn interpret(mut r: Map<String, Value>) -> Result<Request, String> {
         None | Some(Value::Null) => None,
         Some(v) => Some(v),
     };
-    Ok(Request {
+    let mut request = Request {
         uid,
         kind,
         resource,
@@ -442,7 +544,10 @@ fn interpret(mut r: Map<String, Value>) -> Result<Request, String> {
         old_object,
         dry_run: dry_run.unwrap_or(false),
         options,
-    })
+        fingerprint: [0; 16],
+    };
+    request.fingerprint = request.compute_fingerprint();
+    Ok(request)
 }
 
 /// A small typed field, deserialised from a borrowed value (no copy of the body). `null` and
@@ -687,6 +792,148 @@ mod tests {
         // Trailing garbage is not JSON.
         let body = format!("{} x", testdata::fixture("create-configmap"));
         assert!(parse(body.as_bytes()).is_err());
+    }
+
+    /// The fingerprint as its definition spells it: SHA-256 over the NUL-terminated parts and the
+    /// object's JSON text, built the slow way.
+    fn fingerprint_by_definition(req: &Request, object_uid: &str, old_version: &str) -> [u8; 16] {
+        let mut text = Vec::new();
+        for part in [
+            req.operation.as_str(),
+            &req.resource.group,
+            &req.resource.resource,
+            req.resource.subresource.as_deref().unwrap_or(""),
+            req.namespace.as_deref().unwrap_or(""),
+            &req.name,
+            object_uid,
+            old_version,
+            &req.user.username,
+        ] {
+            text.extend_from_slice(part.as_bytes());
+            text.push(0);
+        }
+        text.extend_from_slice(&serde_json::to_vec(&req.object).unwrap());
+        let d = ring::digest::digest(&ring::digest::SHA256, &text);
+        d.as_ref()[..16].try_into().unwrap()
+    }
+
+    #[test]
+    fn fingerprint_is_the_digest_of_its_parts() {
+        // 001 (a CREATE), 010 (an UPDATE), 012 (a DELETE: object null, uid and resourceVersion
+        // from oldObject), 002 (a subresource: a Scale), 021 (a CREATE of a ConfigMap).
+        for (prefix, uid, old_version) in [
+            ("001-", "1f9ce3af-adf2-46e9-8fe0-f298c36ccbe2", ""),
+            ("010-", "126abc3c-1dfa-4ffb-8806-e55fe8ada607", "234"),
+            ("012-", "126abc3c-1dfa-4ffb-8806-e55fe8ada607", "236"),
+            ("002-", "1f9ce3af-adf2-46e9-8fe0-f298c36ccbe2", "225"),
+            ("021-", "0f97c163-c2c9-43f0-b35e-2dac1d34391f", ""),
+        ] {
+            let req = testdata::v133_request(prefix);
+            let want = fingerprint_by_definition(&req, uid, old_version);
+            assert_eq!(req.fingerprint, want, "{prefix}");
+            assert_eq!(req.compute_fingerprint(), want, "{prefix}");
+        }
+        // Objects longer than the writer's buffer, written in pieces smaller and larger than it.
+        let mut req = testdata::v133_request("001-");
+        for (i, len) in [700, 300, 3000, 10, 1023, 1024, 1025]
+            .into_iter()
+            .enumerate()
+        {
+            req.object.as_mut().unwrap()["metadata"]["labels"][format!("l{i}")] =
+                "x".repeat(len).into();
+            let uid = "1f9ce3af-adf2-46e9-8fe0-f298c36ccbe2";
+            assert_eq!(
+                req.compute_fingerprint(),
+                fingerprint_by_definition(&req, uid, ""),
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_request_sent_to_two_webhooks_has_one_fingerprint() {
+        // 021 went to validate.kapi.test, 022 to deny.kapi.test: one user request, two uids.
+        let a = testdata::v133_request("021-");
+        let b = testdata::v133_request("022-");
+        assert_ne!(a.uid, b.uid);
+        assert_eq!(a.fingerprint, b.fingerprint);
+        // Stored in dedupe keys, so it must not drift between builds.
+        assert_eq!(a.fingerprint[..4], [0x8a, 0xe1, 0x44, 0xcd]);
+    }
+
+    #[test]
+    fn every_conflict_retry_attempt_has_its_own_fingerprint() {
+        let attempts: Vec<(String, [u8; 16])> = testdata::v133_reviews()
+            .into_iter()
+            .filter(|(name, _)| name.contains("-race-k") && name.contains("-attempt-"))
+            .map(|(name, body)| {
+                (
+                    name,
+                    parse(body.as_bytes()).unwrap().request.unwrap().fingerprint,
+                )
+            })
+            .collect();
+        // 6 PATCHes, 18 webhook calls: every attempt saw a newer oldObject.
+        assert_eq!(attempts.len(), 18);
+        let distinct: std::collections::HashSet<_> = attempts.iter().map(|(_, f)| f).collect();
+        assert_eq!(distinct.len(), 18, "{attempts:?}");
+    }
+
+    #[test]
+    fn distinct_recorded_requests_have_distinct_fingerprints() {
+        let mut seen = std::collections::HashMap::new();
+        for (name, body) in testdata::v133_reviews() {
+            let req = parse(body.as_bytes()).unwrap().request.unwrap();
+            if let Some(other) = seen.insert(req.fingerprint, name.clone()) {
+                // The only pair: the denied create, sent to both webhooks.
+                assert!(
+                    other.starts_with("021-") && name.starts_with("022-"),
+                    "{other} and {name}"
+                );
+            }
+        }
+        assert_eq!(seen.len(), 49);
+    }
+
+    #[test]
+    fn each_part_of_the_fingerprint_counts_and_the_uid_does_not() {
+        let base = testdata::v133_request("010-");
+        type Edit = fn(&mut Request);
+        let edits: [(&str, Edit); 10] = [
+            ("operation", |r| r.operation = Operation::Delete),
+            ("group", |r| r.resource.group = "apps".into()),
+            ("resource", |r| r.resource.resource = "secrets".into()),
+            ("subresource", |r| {
+                r.resource.subresource = Some("status".into())
+            }),
+            ("namespace", |r| r.namespace = Some("team-a".into())),
+            ("name", |r| r.name = "other".into()),
+            ("object uid", |r| {
+                r.object.as_mut().unwrap()["metadata"]["uid"] = "u2".into();
+                r.old_object.as_mut().unwrap()["metadata"]["uid"] = "u2".into();
+            }),
+            ("old resourceVersion", |r| {
+                r.old_object.as_mut().unwrap()["metadata"]["resourceVersion"] = "1".into()
+            }),
+            ("username", |r| r.user.username = "alice".into()),
+            ("object", |r| {
+                r.object.as_mut().unwrap()["data"]["mode"] = "x".into()
+            }),
+        ];
+        for (what, edit) in edits {
+            let mut r = base.clone();
+            edit(&mut r);
+            assert_ne!(r.compute_fingerprint(), base.fingerprint, "{what}");
+        }
+        // Moving a byte between two parts changes it too (the NUL keeps parts apart).
+        let mut r = base.clone();
+        r.namespace = Some("dem".into());
+        r.name = format!("o{}", r.name);
+        assert_ne!(r.compute_fingerprint(), base.fingerprint);
+        let mut r = base.clone();
+        r.uid = "another-call".into();
+        r.user.groups.push("extra".into());
+        assert_eq!(r.compute_fingerprint(), base.fingerprint);
     }
 
     #[test]

@@ -97,3 +97,32 @@ pub fn deployment_kind() -> super::KindId {
         kind: "Deployment".into(),
     }
 }
+
+/// The recorded v1.33 AdmissionReviews (`tests/fixtures/v1.33/admission/`): `(file name, body)`,
+/// in order of arrival.
+pub fn v133_reviews() -> Vec<(String, String)> {
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/v1.33/admission"
+    );
+    let mut files: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The parsed request of the v1.33 review whose file name starts with `prefix` (`021-`).
+pub fn v133_request(prefix: &str) -> Request {
+    let (_, body) = v133_reviews()
+        .into_iter()
+        .find(|(n, _)| n.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no v1.33 review {prefix}*"));
+    parse(body.as_bytes()).unwrap().request.unwrap()
+}

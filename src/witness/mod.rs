@@ -10,6 +10,7 @@
 //! reviews on a shared store, and any the feed dropped when its queue was full). Either way,
 //! the store applies only the first verdict on an event.
 
+pub mod managed;
 pub mod observed;
 pub mod reconcile;
 pub mod watch;
@@ -457,7 +458,7 @@ impl Driver {
             seen_at: seen.seen_at,
             witness: WitnessKind::Watch,
         };
-        let inferred = None;
+        let inferred = managed::infer_actor(&seen.object);
         let Some(captured) = observed::observed_event(
             &self.capture.policies.all(),
             &self.capture.redactor,

@@ -2,7 +2,8 @@
 //! every user-controlled string goes through before a terminal sees it. Pure: events in, strings
 //! out.
 
-use crate::pipeline::{self, ChangeEvent};
+use crate::crd::Operation;
+use crate::pipeline::{self, ChangeEvent, ChangeState, Witness};
 use crate::store::StoredEvent;
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -10,11 +11,19 @@ use std::fmt::Write as _;
 /// Widest CHANGES cell before it is shortened.
 const MAX_CHANGES_WIDTH: usize = 72;
 
-/// A table with aligned columns: TIME, NAMESPACE, USER, OP, TARGET, CHANGES.
+/// A table with aligned columns: TIME, NAMESPACE, USER, OP, STATE, TARGET, CHANGES.
 pub fn events_table(events: &[StoredEvent]) -> String {
-    let header = ["TIME", "NAMESPACE", "USER", "OP", "TARGET", "CHANGES"]
-        .map(String::from)
-        .to_vec();
+    let header = [
+        "TIME",
+        "NAMESPACE",
+        "USER",
+        "OP",
+        "STATE",
+        "TARGET",
+        "CHANGES",
+    ]
+    .map(String::from)
+    .to_vec();
     let rows: Vec<Vec<String>> = events.iter().map(|e| row(&e.event)).collect();
     table(&header, &rows)
 }
@@ -23,11 +32,98 @@ fn row(e: &ChangeEvent) -> Vec<String> {
     vec![
         e.received_at.strftime("%Y-%m-%d %H:%M:%S").to_string(),
         e.namespace.clone().unwrap_or_else(|| "-".into()),
-        e.user.username.clone(),
+        actor(e),
         e.operation.to_string(),
+        e.state.to_string(),
         target(e),
-        shorten(&pipeline::summarize(e), MAX_CHANGES_WIDTH),
+        shorten(&summary(e), MAX_CHANGES_WIDTH),
     ]
+}
+
+/// Who made the change, as text shows it: the authenticated user, or for an `observed` change
+/// the field manager its `managedFields` name, marked `(inferred)` (and `(unknown)` when they
+/// name none, as for an object that vanished while histor was away). An inferred actor is
+/// never shown as if it were an authenticated user. Not escaped: the caller escapes.
+pub fn actor(e: &ChangeEvent) -> String {
+    actor_cut(e, usize::MAX)
+}
+
+/// [`actor`] with the name cut to `max` characters; the `(inferred)` mark is kept whole.
+pub fn actor_cut(e: &ChangeEvent, max: usize) -> String {
+    match &e.inferred {
+        Some(i) if !i.manager.is_empty() => format!("{} (inferred)", shorten(&i.manager, max)),
+        _ if e.state == ChangeState::Observed => "(unknown)".to_owned(),
+        _ => shorten(&e.user.username, max),
+    }
+}
+
+/// One line saying what changed ([`pipeline::summarize`]); for a change the apiserver did not
+/// commit, worded so that it does not claim to have happened, the words that say so first so
+/// that a cut summary keeps them.
+pub fn summary(e: &ChangeEvent) -> String {
+    if e.state.may_have_happened() {
+        return pipeline::summarize(e);
+    }
+    match e.operation {
+        Operation::Create => "create not applied".to_owned(),
+        Operation::Delete => "delete not applied".to_owned(),
+        Operation::Connect => "connect not applied".to_owned(),
+        Operation::Update if e.changes.is_empty() => "update not applied".to_owned(),
+        Operation::Update => format!("not applied: {}", pipeline::summarize(e)),
+    }
+}
+
+/// What the witnesses know of the change, in words, for the line under a change's heading:
+/// `confirmed: committed at resourceVersion 4242 (seen by the watch)`. Not escaped (the
+/// manager and resourceVersion come from objects): the caller escapes.
+pub fn state_note(e: &ChangeEvent) -> String {
+    let commit = e.commit.as_ref().map(|c| {
+        let witness = match c.witness {
+            Witness::Watch => "the watch",
+            Witness::Audit => "the audit log",
+        };
+        format!(
+            "committed at resourceVersion {} (seen by {witness})",
+            c.resource_version
+        )
+    });
+    let state = e.state.as_str();
+    match e.state {
+        ChangeState::Received => {
+            format!("{state}: announced by the webhook, not yet confirmed by a witness")
+        }
+        ChangeState::Confirmed => match commit {
+            Some(commit) => format!("{state}: {commit}"),
+            None => format!("{state}: committed"),
+        },
+        ChangeState::NotApplied => format!(
+            "{state}: the apiserver did not commit this change (refused after admission, \
+             superseded by a retry, or a forged review)"
+        ),
+        ChangeState::Observed => {
+            let commit = commit.unwrap_or_else(|| "committed".to_owned());
+            let who = match &e.inferred {
+                Some(i) if !i.manager.is_empty() => {
+                    let mut who = format!("field manager {}", i.manager);
+                    if !i.operation.is_empty() {
+                        who.push_str(&format!(", {}", i.operation));
+                    }
+                    if let Some(sub) = &i.subresource {
+                        who.push_str(&format!(" of {sub}"));
+                    }
+                    if let Some(t) = i.time {
+                        who.push_str(&format!(" at {t}"));
+                    }
+                    format!("actor inferred from managedFields ({who}), not authenticated")
+                }
+                _ => "actor unknown".to_owned(),
+            };
+            format!("{state}: {commit}, announced by no review; {who}")
+        }
+        ChangeState::Unconfirmed => {
+            format!("{state}: no witness could tell whether it was committed")
+        }
+    }
 }
 
 /// `deployments.apps/nginx`, with the subresource as `deployments.apps/nginx (scale)`.

@@ -18,6 +18,7 @@ use std::path::PathBuf;
         kubectl blame deploy api -n prod -o blame       # its YAML, each line with who last changed it\n  \
         kubectl blame deploy api -n prod -o diff        # what each change did\n  \
         kubectl blame cm --user alice --operation DELETE\n  \
+        kubectl blame -A --state notApplied             # changes the apiserver did not commit\n  \
         kubectl blame --server https://localhost:8443 --token-file token --certificate-authority ca.crt"
 )]
 pub struct BlameArgs {
@@ -45,6 +46,9 @@ pub struct BlameArgs {
     /// Only this operation: CREATE, UPDATE, DELETE.
     #[arg(long, value_parser = ["CREATE", "UPDATE", "DELETE", "CONNECT", "create", "update", "delete", "connect"])]
     pub operation: Option<String>,
+    /// Only changes in this state: received, confirmed, notApplied, observed, unconfirmed.
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<crate::pipeline::ChangeState>,
     /// Most changes to show (blame always reads the whole history).
     #[arg(long, default_value_t = 50)]
     pub limit: usize,

@@ -11,6 +11,8 @@
 //!   so `spec:` tells when anything under `spec` last changed.
 //!
 //! The state shown is the newest change's `after`, or for a deleted object the DELETE's `before`.
+//! A change the apiserver did not commit (`notApplied`) is listed in the header but claims no
+//! line, and its state is never the one shown: the object never looked like that.
 //! Pure: changes in, lines out; [`super::output`] owns time and colour.
 
 use super::api::Change;
@@ -18,7 +20,7 @@ use super::output::{View, bold, dim, short_uid};
 use super::yaml;
 use crate::crd::Operation;
 use crate::pipeline::{ChangeOp, FieldChange};
-use crate::render::{escape_controls, shorten};
+use crate::render::{self, escape_controls, shorten};
 use serde_json::Value;
 
 /// Who a line is attributed to: an index into the history, or `None` for the state before the
@@ -40,6 +42,9 @@ pub enum BlameError {
     /// No changes at all.
     #[error("no changes recorded")]
     Empty,
+    /// Every recorded change was refused: the object never had a recorded state.
+    #[error("no recorded change was applied (see -o table)")]
+    NothingApplied,
     /// The newest change does not carry the object (fetched without `include=objects`, or the
     /// store could not rebuild it).
     #[error("the state of the object after change {0} is unknown")]
@@ -49,28 +54,34 @@ pub enum BlameError {
 /// The annotated lines of the object whose `history` (oldest → newest, one object; the last
 /// change fetched with `include=objects`) is given.
 pub fn blame(history: &[Change]) -> Result<Vec<BlameLine>, BlameError> {
-    let (first, last) = match (history.first(), history.last()) {
-        (Some(f), Some(l)) => (f, l),
-        _ => return Err(BlameError::Empty),
+    if history.is_empty() {
+        return Err(BlameError::Empty);
+    }
+    // Only changes that may have happened own lines; the ones refused are history, not state.
+    let applied: Vec<usize> = (0..history.len())
+        .filter(|&i| history[i].event.state.may_have_happened())
+        .collect();
+    let (Some(&first), Some(&last)) = (applied.first(), applied.last()) else {
+        return Err(BlameError::NothingApplied);
     };
-    let state = final_state(last).ok_or_else(|| BlameError::NoState(last.id().to_owned()))?;
+    let state = final_state(&history[last])
+        .ok_or_else(|| BlameError::NoState(history[last].id().to_owned()))?;
     // A recorded CREATE is the baseline and owns every line nobody changed since. Without it,
     // the oldest change's own diff says exactly which fields it set, so everything else
     // predates the history (rather than being pinned on whoever happened to be recorded first).
-    let (baseline, claims_from) = if first.event.operation == Operation::Create {
-        (Some(0), 1)
+    let (baseline, claims) = if history[first].event.operation == Operation::Create {
+        (Some(first), &applied[1..])
     } else {
-        (None, 0)
+        (None, &applied[..])
     };
     let lines = yaml::lines(state);
     let own: Vec<Attribution> = lines
         .iter()
         .map(|line| {
-            history
+            claims
                 .iter()
-                .enumerate()
-                .skip(claims_from)
                 .rev()
+                .map(|&i| (i, &history[i]))
                 .find(|(_, c)| {
                     c.event
                         .changes
@@ -88,6 +99,14 @@ pub fn blame(history: &[Change]) -> Result<Vec<BlameLine>, BlameError> {
             text: line.text.clone(),
         })
         .collect())
+}
+
+/// The newest change of `history` (oldest → newest) that may have happened: the one whose state
+/// the blame view shows, and so the one to fetch with its objects.
+pub fn shown(history: &[Change]) -> Option<usize> {
+    history
+        .iter()
+        .rposition(|c| c.event.state.may_have_happened())
 }
 
 /// The object as last known: after the newest change, or before it when it was a DELETE.
@@ -118,7 +137,8 @@ const MAX_USER: usize = 16;
 const MAX_LISTED: usize = 10;
 
 /// The blame view as text: a header (the object, how many changes by whom over what span, the
-/// newest changes, whether it was deleted) and the annotated lines. Every user-controlled string
+/// newest changes with their states, what the witnesses know of the change shown, whether it
+/// was deleted) and the annotated lines. Every user-controlled string
 /// (names, users, uids, summaries) goes through [`escape_controls`]; the YAML lines are escaped
 /// by their writer. `history` is the one given
 /// to [`blame`]; `earlier` counts changes to earlier objects of the same name left out.
@@ -132,10 +152,11 @@ pub fn render(history: &[Change], lines: &[BlameLine], earlier: usize, view: &Vi
         None => last.event.target(),
     };
     let target = escape_controls(&target);
-    let mut users: Vec<&str> = Vec::new();
+    let mut users: Vec<String> = Vec::new();
     for c in history {
-        if !users.contains(&c.event.user.username.as_str()) {
-            users.push(&c.event.user.username);
+        let actor = render::actor(&c.event);
+        if !users.contains(&actor) {
+            users.push(actor);
         }
     }
     let users = escape_controls(&users.join(", ")).into_owned();
@@ -158,8 +179,8 @@ pub fn render(history: &[Change], lines: &[BlameLine], earlier: usize, view: &Vi
     ));
     out.push('\n');
 
-    // Escaped before it is cut and measured, so the gutter stays aligned.
-    let user = |c: &Change| shorten(&escape_controls(&c.event.user.username), MAX_USER);
+    // Cut before it is escaped (an escape is never cut in two), measured after.
+    let user = |c: &Change| escape_controls(&render::actor_cut(&c.event, MAX_USER)).into_owned();
     let user_width = history
         .iter()
         .map(|c| user(c).chars().count())
@@ -182,12 +203,22 @@ pub fn render(history: &[Change], lines: &[BlameLine], earlier: usize, view: &Vi
             plural(skipped, "older change")
         ));
     }
-    for c in &history[skipped..] {
+    let listed = &history[skipped..];
+    let state_width = listed
+        .iter()
+        .map(|c| c.event.state.as_str().len())
+        .max()
+        .unwrap_or(0);
+    for c in listed {
         out.push_str(&format!(
-            "#   {}  {}\n",
+            "#   {}  {:<state_width$}  {}\n",
             gutter(c),
-            shorten(&escape_controls(&crate::pipeline::summarize(&c.event)), 72)
+            c.event.state.as_str(),
+            shorten(&escape_controls(&render::summary(&c.event)), 72)
         ));
+    }
+    if history.iter().any(|c| !c.event.state.may_have_happened()) {
+        out.push_str("#   notApplied: the apiserver did not commit it, so it owns no line\n");
     }
     let before_history = lines.iter().any(|l| l.attribution.is_none());
     if before_history {
@@ -199,13 +230,20 @@ pub fn render(history: &[Change], lines: &[BlameLine], earlier: usize, view: &Vi
             plural(earlier, "change")
         ));
     }
-    if last.event.operation == Operation::Delete {
+    // The change whose state is shown: the newest that may have happened.
+    let shown = shown(history).and_then(|i| history.get(i)).unwrap_or(last);
+    out.push_str(&format!(
+        "# state of {} (the change shown): {}\n",
+        short_uid(&escape_controls(&shown.event.request_uid)).trim_end(),
+        escape_controls(&render::state_note(&shown.event)),
+    ));
+    if shown.event.operation == Operation::Delete {
         out.push_str(&bold(
             &format!(
                 "# deleted by {} at {} ({} ago): showing its last state",
-                escape_controls(&last.event.user.username),
-                view.minute(last.event.received_at),
-                view.age(last.event.received_at),
+                escape_controls(&render::actor(&shown.event)),
+                view.minute(shown.event.received_at),
+                view.age(shown.event.received_at),
             ),
             view.color,
         ));

@@ -55,6 +55,8 @@ pub struct ListParams {
     pub since: Option<String>,
     /// RFC 3339 time or relative duration.
     pub until: Option<String>,
+    /// `received`, `confirmed`, `notApplied`, `observed`, `unconfirmed`.
+    pub state: Option<String>,
 }
 
 impl ListParams {
@@ -73,6 +75,7 @@ impl ListParams {
             ("operation", self.operation.as_deref()),
             ("since", self.since.as_deref()),
             ("until", self.until.as_deref()),
+            ("state", self.state.as_deref()),
             ("limit", Some(limit.as_str())),
             ("continue", continue_),
         ];

@@ -230,6 +230,7 @@ pub async fn execute(
         operation: args.operation.as_ref().map(|o| o.to_uppercase()),
         since: args.since.clone(),
         until: args.until.clone(),
+        state: args.state.map(|s| s.as_str().to_owned()),
         ..ListParams::default()
     };
     let what = || {
@@ -300,9 +301,10 @@ pub async fn execute(
         }
         Format::Blame => {
             let (mut history, earlier) = one_object(changes);
-            // Attribution needs only each change's paths (in the list) and the final state.
-            if let Some(last) = history.last_mut() {
-                *last = detailed(true)(last.clone()).await.map_err(fetch)?;
+            // Attribution needs only each change's paths (in the list) and the final state: the
+            // state after the newest change that may have happened (a refused one never was).
+            if let Some(shown) = blame::shown(&history).and_then(|i| history.get_mut(i)) {
+                *shown = detailed(true)(shown.clone()).await.map_err(fetch)?;
             }
             let lines = blame::blame(&history)?;
             blame::render(&history, &lines, earlier, view)

@@ -8,7 +8,6 @@
 
 use super::api::{Change, ChangeList};
 use super::yaml;
-use crate::pipeline;
 use crate::render::{self, escape_controls, shorten, table};
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, Zoned};
@@ -17,7 +16,7 @@ use serde_json::Value;
 /// Output formats of `kubectl blame -o`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// TIME, USER, OP, TARGET, CHANGES.
+    /// TIME, USER, OP, STATE, TARGET, CHANGES.
     Table,
     /// The table with absolute times, groups and request uids.
     Wide,
@@ -160,7 +159,7 @@ pub fn changes_table(changes: &[Change], wide: bool, view: &View) -> String {
     if wide {
         header.push("GROUPS");
     }
-    header.extend(["OP", "TARGET", "CHANGES"]);
+    header.extend(["OP", "STATE", "TARGET", "CHANGES"]);
     if wide {
         header.push("REQUEST-UID");
     }
@@ -178,9 +177,9 @@ pub fn changes_table(changes: &[Change], wide: bool, view: &View) -> String {
                 row.push(view.second(e.received_at));
             }
             row.push(if wide {
-                e.user.username.clone()
+                render::actor(e)
             } else {
-                shorten(&e.user.username, USER_WIDTH)
+                render::actor_cut(e, USER_WIDTH)
             });
             if wide {
                 let groups = e.user.groups.join(",");
@@ -191,13 +190,14 @@ pub fn changes_table(changes: &[Change], wide: bool, view: &View) -> String {
                 });
             }
             row.push(e.operation.to_string());
+            row.push(e.state.to_string());
             row.push(render::target(e));
             let width = if wide {
                 WIDE_CHANGES_WIDTH
             } else {
                 CHANGES_WIDTH
             };
-            row.push(shorten(&pipeline::summarize(e), width));
+            row.push(shorten(&render::summary(e), width));
             if wide {
                 row.push(e.request_uid.clone());
             }
@@ -221,19 +221,30 @@ pub fn yaml(changes: &[Change]) -> Result<String, serde_json::Error> {
 }
 
 /// `# change 1763777269000000  2026-11-22 02:07:49 (5m ago)  admin  UPDATE  deployments.apps/nginx`
+/// and under it `# state: confirmed: committed at resourceVersion 4242 (seen by the watch)`.
 fn heading(c: &Change, view: &View) -> String {
     let e = &c.event;
-    bold(
-        &format!(
-            "# change {}  {} ({} ago)  {}  {}  {}",
-            escape_controls(c.id()),
-            view.second(e.received_at),
-            view.age(e.received_at),
-            escape_controls(&e.user.username),
-            e.operation,
-            escape_controls(&render::target(e)),
-        ),
-        view.color,
+    let state = format!("# state: {}", escape_controls(&render::state_note(e)));
+    // A change that did not happen stands out on a terminal.
+    let state = if e.state.may_have_happened() {
+        state
+    } else {
+        paint(&state, "33", view.color)
+    };
+    format!(
+        "{}\n{state}",
+        bold(
+            &format!(
+                "# change {}  {} ({} ago)  {}  {}  {}",
+                escape_controls(c.id()),
+                view.second(e.received_at),
+                view.age(e.received_at),
+                escape_controls(&render::actor(e)),
+                e.operation,
+                escape_controls(&render::target(e)),
+            ),
+            view.color,
+        )
     )
 }
 
@@ -256,6 +267,8 @@ pub fn patches(changes: &[Change], view: &View) -> String {
         };
         if ops.is_empty() {
             let what = match c.event.operation {
+                // A refused change did nothing: the heading's state line says why.
+                _ if !c.event.state.may_have_happened() => "not applied: no field changes",
                 crate::crd::Operation::Create => "created: no field changes (see -o diff)",
                 crate::crd::Operation::Delete => "deleted: no field changes (see -o diff)",
                 _ => "no field changes",

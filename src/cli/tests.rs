@@ -644,7 +644,7 @@ fn change_json_matches_the_contract() {
 /// names except the renderer's own line breaks, after removing the renderer's own colours.
 fn raw_controls(text: &str) -> Vec<char> {
     let mut own = text.to_owned();
-    for code in ["0", "1", "2", "31", "32", "36"] {
+    for code in ["0", "1", "2", "31", "32", "33", "36"] {
         own = own.replace(&format!("\x1b[{code}m"), "");
     }
     own.chars()
@@ -778,4 +778,275 @@ fn history_table_escapes_control_characters() {
     assert_safe("histor history", &text);
     assert_eq!(text.lines().count(), events.len() + 1, "{text}");
     assert!(text.contains("mallory\\u001b[8m"), "{text}");
+}
+
+/// The recorded history as the witnesses would have left it: the app-config ConfigMap created
+/// (confirmed at resourceVersion 4242), edited while no review announced it (observed, its
+/// actor inferred from managedFields as `manager`), deleted (received, not yet confirmed); the
+/// denied create notApplied; everything else unconfirmed.
+fn witnessed(manager: &'static str) -> (tempfile::TempDir, FakeApi) {
+    use crate::crd::Operation;
+    use crate::pipeline::{ChangeState, Commit, InferredActor, Witness};
+    let (dir, store) = store_with(&fixture_requests());
+    let api = FakeApi::edited(store, move |e| match (e.name.as_str(), e.operation) {
+        ("denied-cm", _) => e.state = ChangeState::NotApplied,
+        ("app-config", Operation::Create) => {
+            e.state = ChangeState::Confirmed;
+            e.commit = Some(Commit {
+                resource_version: "4242".into(),
+                seen_at: e.received_at,
+                witness: Witness::Watch,
+            });
+        }
+        ("app-config", Operation::Update) => {
+            e.state = ChangeState::Observed;
+            e.user = Default::default();
+            e.commit = Some(Commit {
+                resource_version: "4243".into(),
+                seen_at: e.received_at,
+                witness: Witness::Audit,
+            });
+            e.inferred = Some(InferredActor {
+                manager: manager.into(),
+                operation: "Update".into(),
+                time: Some(at(0)),
+                subresource: None,
+            });
+        }
+        ("app-config", Operation::Delete) => e.state = ChangeState::Received,
+        _ => {}
+    });
+    (dir, api)
+}
+
+#[tokio::test]
+async fn every_state_shows_in_the_table() {
+    let (_dir, api) = witnessed("kubectl-edit");
+    let text = run_fake(&api, &["cm"]).await.unwrap();
+    assert_eq!(
+        text,
+        "\
+TIME    USER                      OP       STATE         TARGET                  CHANGES
+4h57m   alice                     DELETE   unconfirmed   configmaps/alice-cm     deleted
+4h57m   alice                     CREATE   unconfirmed   configmaps/alice-cm     created
+4h58m   admin                     CREATE   notApplied    configmaps/denied-cm    create not applied
+4h59m   admin                     DELETE   received      configmaps/app-config   deleted
+4h59m   kubectl-edit (inferred)   UPDATE   observed      configmaps/app-config   data.greeting: hello → bonjour
+4h59m   admin                     CREATE   confirmed     configmaps/app-config   created
+"
+    );
+    let wide = run_fake(&api, &["cm/app-config", "-o", "wide"])
+        .await
+        .unwrap();
+    let observed = wide.lines().find(|l| l.contains("UPDATE")).unwrap();
+    // No groups: nobody authenticated.
+    assert!(
+        observed.contains("   kubectl-edit (inferred)   -   ")
+            && observed.contains("   UPDATE   observed   "),
+        "{wide}"
+    );
+}
+
+/// A long manager name is cut, its `(inferred)` mark never.
+#[tokio::test]
+async fn an_inferred_actor_keeps_its_mark_when_cut() {
+    let (_dir, api) = witnessed("a-very-long-field-manager-name-of-a-controller");
+    let text = run_fake(&api, &["cm/app-config"]).await.unwrap();
+    assert!(
+        text.contains("   a-very-long-field-manager-name-… (inferred)   UPDATE"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn patch_and_diff_headings_say_the_state() {
+    let (_dir, api) = witnessed("kubectl-edit");
+    let headings = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with('#'))
+            .map(String::from)
+            .collect()
+    };
+    let patch = run_fake(&api, &["cm/app-config", "-o", "patch"])
+        .await
+        .unwrap();
+    assert_eq!(
+        headings(&patch),
+        [
+            "# change 1795313325000000  2026-11-22 02:08:45 (4h59m ago)  admin  DELETE  configmaps/app-config",
+            "# state: received: announced by the webhook, not yet confirmed by a witness",
+            "# change 1795313311000000  2026-11-22 02:08:31 (4h59m ago)  kubectl-edit (inferred)  UPDATE  configmaps/app-config",
+            "# state: observed: committed at resourceVersion 4243 (seen by the audit log), announced by no review; \
+             actor inferred from managedFields (field manager kubectl-edit, Update at 2026-11-22T02:07:49Z), not authenticated",
+            "# change 1795313304000000  2026-11-22 02:08:24 (4h59m ago)  admin  CREATE  configmaps/app-config",
+            "# state: confirmed: committed at resourceVersion 4242 (seen by the watch)",
+        ]
+    );
+    let diff = run_fake(&api, &["cm/denied-cm", "-o", "diff"])
+        .await
+        .unwrap();
+    assert_eq!(
+        headings(&diff)[1],
+        "# state: notApplied: the apiserver did not commit this change (refused after admission, \
+         superseded by a retry, or a forged review)"
+    );
+    let patch = run_fake(&api, &["cm/denied-cm", "-o", "patch"])
+        .await
+        .unwrap();
+    assert!(
+        patch.ends_with("[]  # not applied: no field changes\n"),
+        "{patch}"
+    );
+    let patch = run_fake(&api, &["cm/alice-cm", "-o", "patch"])
+        .await
+        .unwrap();
+    assert_eq!(
+        headings(&patch)[1],
+        "# state: unconfirmed: no witness could tell whether it was committed"
+    );
+    // On a terminal, a change that did not happen stands out.
+    let changes = list(&api.store);
+    let mut refused = detailed(&api.store, changes[0].id().parse().unwrap());
+    refused.event.state = crate::pipeline::ChangeState::NotApplied;
+    let mut v = view(false);
+    v.color = true;
+    assert!(
+        output::patches(&[refused], &v).contains("\x1b[33m# state: notApplied"),
+        "yellow"
+    );
+}
+
+/// JSON and YAML carry `state`, `commit` and `inferred` as the API serves them.
+#[tokio::test]
+async fn json_and_yaml_say_the_state() {
+    let (_dir, api) = witnessed("kubectl-edit");
+    let json: ChangeList =
+        serde_json::from_str(&run_fake(&api, &["cm", "-o", "json"]).await.unwrap()).unwrap();
+    let states: Vec<&str> = json.items.iter().map(|c| c.event.state.as_str()).collect();
+    assert_eq!(
+        states,
+        [
+            "unconfirmed",
+            "unconfirmed",
+            "notApplied",
+            "received",
+            "observed",
+            "confirmed"
+        ]
+    );
+    let yaml = run_fake(&api, &["cm/app-config", "-o", "yaml"])
+        .await
+        .unwrap();
+    for line in [
+        "    state: received",
+        "    state: observed",
+        "    state: confirmed",
+        "    inferred:\n      manager: kubectl-edit\n      operation: Update",
+        "      resourceVersion: \"4242\"",
+    ] {
+        assert!(yaml.contains(line), "{line:?} not in\n{yaml}");
+    }
+}
+
+/// `--state` asks the server for one state; an unknown one is refused before any request.
+#[tokio::test]
+async fn the_state_flag_filters() {
+    let (_dir, api) = witnessed("kubectl-edit");
+    let text = run_fake(&api, &["-A", "--state", "notapplied"])
+        .await
+        .unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains("configmaps/denied-cm"), "{text}");
+    let requests = api.requests.lock().unwrap().clone();
+    assert!(requests[0].contains("?state=notApplied&"), "{requests:?}");
+    let err = BlameArgs::try_parse_from(["kubectl-blame", "--state", "applied"]).unwrap_err();
+    assert!(
+        err.to_string().contains("unknown state \"applied\""),
+        "{err}"
+    );
+}
+
+/// A change the apiserver refused is listed in the blame header but owns no line, and the
+/// state shown is the one before it: carol's edit never happened, so bob's scale is the last
+/// word and the image is still `nginx`.
+#[tokio::test]
+async fn blame_leaves_out_what_was_not_applied() {
+    let (_dir, store) = store_with(&three_users());
+    let api = FakeApi::edited(store, |e| {
+        if e.user.username == "carol" {
+            e.state = crate::pipeline::ChangeState::NotApplied;
+        }
+    });
+    let text = run_fake(&api, &["deploy/nginx", "-o", "blame"])
+        .await
+        .unwrap();
+    let header: Vec<&str> = text.lines().take_while(|l| l.starts_with('#')).collect();
+    assert_eq!(
+        header,
+        [
+            "# deployments.apps/nginx in namespace demo: 3 changes by alice, bob, carol from 2026-11-22 02:07 to 2026-11-22 05:07",
+            "#   55951b6c alice  2026-11-22 02:07  CREATE  unconfirmed  created",
+            "#   505b55a1 bob    2026-11-22 02:09  UPDATE  unconfirmed  spec.replicas: 1 → 3",
+            "#   5f7c0deb carol  2026-11-22 05:07  UPDATE  notApplied   not applied: metadata.labels.tier: + web, spec.strategy.rollingUpdate.m…",
+            "#   notApplied: the apiserver did not commit it, so it owns no line",
+            "# state of 505b55a1 (the change shown): unconfirmed: no witness could tell whether it was committed",
+        ]
+    );
+    let body = &text[text.find("\n\n").unwrap()..];
+    assert!(!body.contains("carol"), "{body}");
+    assert!(
+        body.contains("55951b6c alice  2026-11-22 02:07  CREATE │       - image: nginx\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("505b55a1 bob    2026-11-22 02:09  UPDATE │   replicas: 3\n"),
+        "{body}"
+    );
+    // Only the state after bob's change was fetched whole.
+    let fetched: Vec<String> = api
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| p.contains("include=objects"))
+        .cloned()
+        .collect();
+    assert_eq!(fetched.len(), 1, "{fetched:?}");
+
+    // Nothing applied: nothing to show.
+    let (_dir, api) = witnessed("kubectl-edit");
+    let err = run_fake(&api, &["cm/denied-cm", "-o", "blame"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no recorded change was applied (see -o table)"
+    );
+}
+
+/// An observed change's manager comes from the object: escaped in every text format.
+#[tokio::test]
+async fn inferred_managers_are_escaped() {
+    let (_dir, api) = witnessed("kubectl\x1b[8m\r\nFAKE LINE");
+    for cmd in [
+        vec!["cm"],
+        vec!["cm", "-o", "wide"],
+        vec!["cm/app-config", "-o", "patch"],
+        vec!["cm/app-config", "-o", "diff"],
+    ] {
+        let text = run_fake(&api, &cmd).await.unwrap();
+        assert_safe(&format!("{cmd:?}"), &text);
+        assert!(
+            text.contains("kubectl\\u001b[8m\\r\\nFAKE LINE (inferred)"),
+            "{cmd:?}: {text}"
+        );
+    }
+    let blame = run_fake(&api, &["cm/app-config", "-o", "blame"])
+        .await
+        .unwrap();
+    assert_safe("blame", &blame);
+    assert!(
+        blame.contains("kubectl\\u001b[8m\\r\\nFA… (inferred)"),
+        "{blame}"
+    );
 }

@@ -173,7 +173,7 @@ pub fn detailed(store: &SledStore, id: u64) -> Change {
 }
 
 /// A fake query server over a store, answering the contract's paths (filters `kind`, `name`,
-/// `user`, `operation`, pages of `limit` with `continue`), or always `error` when set.
+/// `user`, `operation`, `state`, pages of `limit` with `continue`), or always `error` when set.
 pub struct FakeApi {
     /// The store served.
     pub store: SledStore,
@@ -181,7 +181,13 @@ pub struct FakeApi {
     pub requests: std::sync::Mutex<Vec<String>>,
     /// The answer to every request, when set.
     pub error: Option<FetchError>,
+    /// Applied to every event served: how tests give events the states, commits and inferred
+    /// actors the witnesses would have set (the store keeps what it is given).
+    pub edit: Option<EventEdit>,
 }
+
+/// A change to the events a [`FakeApi`] serves.
+pub type EventEdit = Box<dyn Fn(&mut crate::pipeline::ChangeEvent) + Send + Sync>;
 
 impl FakeApi {
     /// Serves `store`.
@@ -190,7 +196,28 @@ impl FakeApi {
             store,
             requests: Default::default(),
             error: None,
+            edit: None,
         }
+    }
+
+    /// Serves `store` with `edit` applied to every event.
+    pub fn edited(
+        store: SledStore,
+        edit: impl Fn(&mut crate::pipeline::ChangeEvent) + Send + Sync + 'static,
+    ) -> FakeApi {
+        FakeApi {
+            edit: Some(Box::new(edit)),
+            ..FakeApi::new(store)
+        }
+    }
+
+    /// `change` as this server serves it: edited, its summary worded from the result.
+    fn serve(&self, mut change: Change) -> Change {
+        if let Some(edit) = &self.edit {
+            edit(&mut change.event);
+            change.summary = crate::render::summary(&change.event);
+        }
+        change
     }
 
     fn answer(&self, path: &str) -> Result<String, FetchError> {
@@ -213,7 +240,7 @@ impl FakeApi {
         };
         if let Some(id) = rest.strip_prefix("/changes/") {
             let id: u64 = id.parse().map_err(|_| not_found(path))?;
-            let mut c = detailed(&self.store, id);
+            let mut c = self.serve(detailed(&self.store, id));
             if param("include").as_deref() != Some("objects") {
                 c.before = None;
                 c.after = None;
@@ -224,6 +251,7 @@ impl FakeApi {
         let kind = param("kind");
         let all: Vec<Change> = list(&self.store)
             .into_iter()
+            .map(|c| self.serve(c))
             .filter(|c| namespace.is_none() || c.event.namespace == namespace)
             .filter(|c| {
                 kind.as_deref().is_none_or(|k| {
@@ -235,6 +263,7 @@ impl FakeApi {
             .filter(|c| param("name").is_none_or(|n| n == c.event.name))
             .filter(|c| param("user").is_none_or(|u| u == c.event.user.username))
             .filter(|c| param("operation").is_none_or(|o| o == c.event.operation.as_str()))
+            .filter(|c| param("state").is_none_or(|s| s == c.event.state.as_str()))
             .collect();
         let start: usize = param("continue").map_or(0, |c| c.parse().unwrap());
         let limit: usize = param("limit").map_or(100, |l| l.parse().unwrap());

@@ -38,7 +38,7 @@ pub struct Change {
     pub metadata: ChangeMeta,
     /// The event, without its `object`.
     pub event: ChangeEvent,
-    /// One line saying what changed ([`pipeline::summarize`]).
+    /// One line saying what changed ([`render::summary`]: worded as not applied when it was not).
     #[serde(default)]
     pub summary: String,
     /// RFC 6902 operations with values (GET one only).
@@ -111,7 +111,8 @@ impl Change {
                 namespace: event.namespace.clone(),
                 creation_timestamp: rfc3339(&event),
             },
-            summary: pipeline::summarize(&event),
+            // Worded from the state: a refused change is not summarised as done.
+            summary: render::summary(&event),
             event,
             patch: None,
             diff: None,
@@ -263,7 +264,7 @@ pub fn wants_table(accept: &str) -> bool {
     })
 }
 
-/// A `meta.k8s.io/v1` Table of `changes`: TIME, USER, OP, TARGET, CHANGES (ID when wide).
+/// A `meta.k8s.io/v1` Table of `changes`: TIME, USER, OP, STATE, TARGET, CHANGES (ID when wide).
 pub fn table(changes: &[Change], next: Option<u64>, include: IncludeObject) -> Value {
     let column = |name: &str, ty: &str, format: &str, priority: u8, description: &str| json!({"name": name, "type": ty, "format": format, "priority": priority, "description": description});
     let rows: Vec<Value> = changes
@@ -273,8 +274,9 @@ pub fn table(changes: &[Change], next: Option<u64>, include: IncludeObject) -> V
             // row's `object` stays exact).
             let cells = json!([
                 c.metadata.creation_timestamp,
-                render::escape_controls(&c.event.user.username),
+                render::escape_controls(&render::actor(&c.event)),
                 c.event.operation.to_string(),
+                c.event.state.as_str(),
                 render::escape_controls(&render::target(&c.event)),
                 render::escape_controls(&render::shorten(&c.summary, MAX_CHANGES_WIDTH)),
                 c.metadata.name,
@@ -305,8 +307,9 @@ pub fn table(changes: &[Change], next: Option<u64>, include: IncludeObject) -> V
         "metadata": metadata,
         "columnDefinitions": [
             column("Time", "string", "date-time", 0, "When histor received the change."),
-            column("User", "string", "", 0, "Who made the change."),
+            column("User", "string", "", 0, "Who made the change; `(inferred)` when only managedFields tell it."),
             column("Op", "string", "", 0, "CREATE, UPDATE, DELETE or CONNECT."),
+            column("State", "string", "", 0, "received, confirmed, notApplied, observed or unconfirmed."),
             column("Target", "string", "", 0, "The changed object (and subresource)."),
             column("Changes", "string", "", 0, "What changed."),
             column("Id", "string", "", 1, "The change's id: kubectl get changes ID shows it whole."),
@@ -406,6 +409,7 @@ mod tests {
             .find(|r| r["object"]["event"]["user"]["username"] == MALLORY)
             .expect("the row object keeps the exact user name");
         assert_eq!(mallory["cells"][1], "mallory\\u001b[8m");
+        assert_eq!(mallory["cells"][3], "unconfirmed");
         assert_eq!(mallory["object"]["event"]["name"], EVIL_NAME);
 
         let update = stored

@@ -44,6 +44,14 @@ pub fn list_params(pairs: &[(String, String)], now: Timestamp) -> Result<ListPar
                     ))
                 })?)
             }
+            "state" if !value.is_empty() => {
+                out.query.state = Some(value.parse().map_err(|_| {
+                    Error::BadRequest(format!(
+                        "state {} is not received, confirmed, notApplied, observed or unconfirmed",
+                        quoted(value)
+                    ))
+                })?)
+            }
             "since" if !value.is_empty() => out.query.since = Some(time("since", value, now)?),
             "until" if !value.is_empty() => out.query.until = Some(time("until", value, now)?),
             "limit" if !value.is_empty() => limit = page_size(value)?,
@@ -190,6 +198,24 @@ mod tests {
     }
 
     #[test]
+    fn every_state_is_a_filter_and_an_unknown_one_a_400() {
+        use crate::pipeline::ChangeState;
+        for state in ChangeState::ALL {
+            let p = list_params(&pairs(&[("state", state.as_str())]), now()).unwrap();
+            assert_eq!(p.query.state, Some(state));
+        }
+        // As the CLI and kubectl users may type it.
+        let p = list_params(&pairs(&[("state", "notapplied")]), now()).unwrap();
+        assert_eq!(p.query.state, Some(ChangeState::NotApplied));
+        let p = list_params(&pairs(&[("state", "")]), now()).unwrap();
+        assert_eq!(p.query.state, None);
+        assert_eq!(
+            bad_request(&[("state", "applied")]),
+            "state \"applied\" is not received, confirmed, notApplied, observed or unconfirmed"
+        );
+    }
+
+    #[test]
     fn defaults_and_days() {
         let p = list_params(&pairs(&[("since", "2d"), ("limit", "0")]), now()).unwrap();
         assert_eq!(p.query.limit, DEFAULT_LIMIT);
@@ -205,6 +231,8 @@ mod tests {
             ("operation", "PATCH"),
             ("continue", "abc"),
             ("watch", "true"),
+            ("state", "applied"),
+            ("state", "not-applied"),
         ] {
             let r = list_params(&pairs(&[bad]), now());
             assert!(matches!(r, Err(Error::BadRequest(_))), "{bad:?}: {r:?}");
@@ -295,6 +323,7 @@ mod tests {
             ("until", &huge),
             ("limit", &junk),
             ("operation", &junk),
+            ("state", &junk),
         ] {
             let m = bad_request(&[(k, v)]);
             assert!(m.len() < 300, "{k}: a {} byte message", m.len());
@@ -313,7 +342,7 @@ mod tests {
         #[test]
         fn any_value_of_any_parameter_is_ok_or_a_400(
             key in proptest::sample::select(vec![
-                "kind", "name", "uid", "user", "operation", "since", "until", "limit",
+                "kind", "name", "uid", "user", "operation", "state", "since", "until", "limit",
                 "continue", "includeObject", "watch", "include", "other",
             ]),
             value in proptest::prop_oneof![

@@ -629,11 +629,15 @@ async fn kubectl_gets_a_table() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["Time", "User", "Op", "Target", "Changes", "Id"]);
+    assert_eq!(
+        names,
+        ["Time", "User", "Op", "State", "Target", "Changes", "Id"]
+    );
     let row = &table["rows"][0];
-    assert_eq!(row["cells"].as_array().unwrap().len(), 6);
+    assert_eq!(row["cells"].as_array().unwrap().len(), 7);
     assert_eq!(row["cells"][1], "alice");
     assert_eq!(row["cells"][2], "DELETE");
+    assert_eq!(row["cells"][3], "unconfirmed");
     assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
     assert_eq!(row["object"]["metadata"]["namespace"], "dev");
 
@@ -812,4 +816,140 @@ async fn front_proxy_certificate_over_real_tls() {
             .is_err()
     );
     handle.shutdown();
+}
+
+/// A history whose witnesses have spoken: the recorded ConfigMap created (confirmed at
+/// resourceVersion 4242), changed by `kubectl edit` while no review announced it (observed, its
+/// actor inferred), and the recorded create another webhook denied (notApplied).
+fn witnessed() -> Arc<crate::store::MemStore> {
+    use crate::pipeline::{ChangeState, Commit, InferredActor, Witness};
+    let store = Arc::new(crate::store::MemStore::new());
+    let t0: jiff::Timestamp = "2026-01-01T10:00:00Z".parse().unwrap();
+    let mut batch = Vec::new();
+    for (i, name) in [
+        "create-configmap",
+        "update-configmap",
+        "create-configmap-denied",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let at = t0 + jiff::SignedDuration::from_secs(i as i64);
+        let mut c = captured(name, "dev", at).unwrap();
+        let commit = Commit {
+            resource_version: format!("424{}", i + 2),
+            seen_at: at + jiff::SignedDuration::from_millis(80),
+            witness: Witness::Watch,
+        };
+        match i {
+            0 => {
+                c.event.state = ChangeState::Confirmed;
+                c.event.commit = Some(commit);
+            }
+            1 => {
+                c.event.state = ChangeState::Observed;
+                c.event.commit = Some(commit);
+                c.event.user = Default::default();
+                c.event.inferred = Some(InferredActor {
+                    manager: "kubectl-edit".into(),
+                    operation: "Update".into(),
+                    time: Some(at),
+                    subresource: None,
+                });
+            }
+            _ => c.event.state = ChangeState::NotApplied,
+        }
+        batch.push(c);
+    }
+    store.append(&batch).unwrap();
+    store
+}
+
+/// Every change says its state (the five values, `unconfirmed` when no witness told), with its
+/// commit and inferred actor when set; the Table says it too, marks an inferred actor as such,
+/// and does not word a refused create as done; `state=` is a filter, an unknown one a 400.
+#[tokio::test]
+async fn changes_say_their_state_commit_and_inferred_actor() {
+    let tokens = StaticTokens::parse("secret\n");
+    let app = router(Arc::new(QueryState::standalone(witnessed(), tokens)));
+    let auth = ("authorization", "Bearer secret");
+    let (status, list) = call(&app, &changes_url("/changes"), &[auth]).await;
+    assert_eq!(status, 200, "{list}");
+    let items = list["items"].as_array().unwrap();
+    let states: Vec<&str> = items
+        .iter()
+        .map(|c| c["event"]["state"].as_str().unwrap())
+        .collect();
+    // Newest first.
+    assert_eq!(states, ["notApplied", "observed", "confirmed"]);
+    let (refused, observed, confirmed) = (&items[0], &items[1], &items[2]);
+    assert_eq!(refused["summary"], "create not applied");
+    assert!(refused["event"].get("commit").is_none(), "{refused}");
+    assert_eq!(observed["event"]["user"]["username"], "");
+    assert_eq!(observed["event"]["inferred"]["manager"], "kubectl-edit");
+    assert_eq!(observed["event"]["inferred"]["operation"], "Update");
+    assert_eq!(observed["event"]["commit"]["resourceVersion"], "4243");
+    assert_eq!(confirmed["event"]["commit"]["resourceVersion"], "4242");
+    assert_eq!(confirmed["event"]["commit"]["witness"], "watch");
+    assert!(confirmed["event"].get("inferred").is_none());
+
+    let id = observed["metadata"]["name"].as_str().unwrap();
+    let (_, one) = call(
+        &app,
+        &changes_url(&format!("/namespaces/dev/changes/{id}")),
+        &[auth],
+    )
+    .await;
+    assert_eq!(one["event"]["state"], "observed", "{one}");
+    assert_eq!(one["event"]["inferred"]["manager"], "kubectl-edit");
+
+    let accept = "application/json;as=Table;v=v1;g=meta.k8s.io";
+    let (_, table) = call(&app, &changes_url("/changes"), &[auth, ("accept", accept)]).await;
+    let cells: Vec<Vec<&str>> = table["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["cells"].as_array().unwrap()[1..=4]
+                .iter()
+                .map(|c| c.as_str().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        cells,
+        [
+            ["admin", "CREATE", "notApplied", "configmaps/denied-cm"],
+            [
+                "kubectl-edit (inferred)",
+                "UPDATE",
+                "observed",
+                "configmaps/app-config"
+            ],
+            ["admin", "CREATE", "confirmed", "configmaps/app-config"],
+        ]
+    );
+    assert_eq!(table["rows"][0]["cells"][5], "create not applied");
+
+    for state in [
+        "notApplied",
+        "observed",
+        "confirmed",
+        "received",
+        "unconfirmed",
+    ] {
+        let (status, doc) = call(
+            &app,
+            &changes_url(&format!("/changes?state={state}")),
+            &[auth],
+        )
+        .await;
+        assert_eq!(status, 200, "{state}: {doc}");
+    }
+    let (status, doc) = call(&app, &changes_url("/changes?state=applied"), &[auth]).await;
+    assert_eq!((status, doc["reason"].as_str()), (400, Some("BadRequest")));
+    assert_eq!(
+        doc["message"],
+        "state \"applied\" is not received, confirmed, notApplied, observed or unconfirmed"
+    );
 }

@@ -568,3 +568,6 @@ fn head_of(store: &dyn EventStore, uid: &str, rv: Option<&str>) -> crate::Result
         state,
     })))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,363 @@
+//! The witness's logic end to end on what a real kube-apiserver v1.33 sent
+//! (`tests/fixtures/v1.33/`): its AdmissionReviews through the pipeline, its watch streams
+//! through the reconciler, and each verdict checked against what the apiserver committed
+//! (`index.json`: `committed`, `resource_version`).
+
+use super::observed::{self, Head};
+use super::reconcile::{Reconciler, Seen, Verdict, Windows};
+use super::{received_of, watch};
+use crate::crd::{Operation, ResourceRule, TrackingPolicySpec};
+use crate::pipeline::{self, ChangeState, CompiledPolicy, Outcome, Redactor, testdata};
+use crate::store::StoredEvent;
+use jiff::{SignedDuration, Timestamp};
+use kube::discovery::ApiResource;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+fn fixture(path: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/v1.33/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn policy(resources: &[&str]) -> Arc<CompiledPolicy> {
+    let spec = TrackingPolicySpec {
+        resources: vec![ResourceRule {
+            api_groups: vec!["*".into()],
+            api_versions: vec![],
+            resources: resources.iter().map(|r| r.to_string()).collect(),
+            operations: vec![Operation::Create, Operation::Update, Operation::Delete],
+        }],
+        ..Default::default()
+    };
+    Arc::new(CompiledPolicy::compile("p", &spec).unwrap())
+}
+
+fn redactor() -> Redactor {
+    Redactor::new(b"0123456789abcdef0123456789abcdef")
+}
+
+fn configmaps() -> ApiResource {
+    ApiResource {
+        group: String::new(),
+        version: "v1".into(),
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        plural: "configmaps".into(),
+    }
+}
+
+fn t0() -> Timestamp {
+    "2026-12-01T21:22:00Z".parse().unwrap()
+}
+
+/// The recorded reviews of `resource` sent to histor's kind of webhook (the allowing one), as
+/// stored events (id = order of arrival), with each one's index entry.
+fn received_reviews(resource: &str) -> Vec<(StoredEvent, Value)> {
+    let index: Value = serde_json::from_str(&fixture("index.json")).unwrap();
+    let entries = index["admission_reviews"].as_array().unwrap();
+    let (policy, redactor) = (policy(&[resource]), redactor());
+    let mut out = Vec::new();
+    for (i, (name, body)) in testdata::v133_reviews().into_iter().enumerate() {
+        let entry = entries
+            .iter()
+            .find(|e| e["file"] == format!("admission/{name}"))
+            .unwrap_or_else(|| panic!("{name} in index.json"));
+        if entry["webhook"] != "validate.kapi.test" || entry["resource"] != resource {
+            continue;
+        }
+        let req = pipeline::parse(body.as_bytes()).unwrap().request.unwrap();
+        let at = t0() + SignedDuration::from_millis(i as i64);
+        let Outcome::Record(mut captured) = pipeline::process(&req, &policy, &redactor, at) else {
+            continue; // dry runs
+        };
+        captured.event.state = ChangeState::Received;
+        out.push((
+            StoredEvent {
+                id: i as u64 + 1,
+                event: captured.event,
+            },
+            entry.clone(),
+        ));
+    }
+    out
+}
+
+/// Runs the recorded watch stream of `resource` through the reconciler after its reviews,
+/// and returns the verdict of every review by id, with the unannounced commits.
+fn reconcile(
+    resource: &str,
+    api: &ApiResource,
+    reviews: &[(StoredEvent, Value)],
+) -> (HashMap<u64, (ChangeState, Option<String>)>, Vec<Seen>) {
+    let (policies, redactor) = (vec![policy(&[resource])], redactor());
+    let mut r = Reconciler::new(Windows {
+        confirm: SignedDuration::from_secs(30),
+        grace: SignedDuration::from_secs(2),
+    });
+    r.set_health(resource, Some(t0() - SignedDuration::from_secs(1)));
+    let mut verdicts = Vec::new();
+    for (e, _) in reviews {
+        verdicts.extend(r.received(received_of(e).expect("a received change")));
+    }
+    let seen_at = t0() + SignedDuration::from_secs(1);
+    for (kind, object) in watch::parse_stream(&fixture(&format!("watch/{resource}.jsonl"))) {
+        if kind == "BOOKMARK" {
+            continue;
+        }
+        let deleted = kind == "DELETED";
+        let op = if deleted {
+            Operation::Delete
+        } else {
+            Operation::Update
+        };
+        let req = observed::synthetic_request(api, &object, op, "");
+        verdicts.extend(r.committed(Seen {
+            uid: watch::uid_of(&object).unwrap(),
+            resource: resource.into(),
+            resource_version: watch::rv_of(&object).unwrap(),
+            deleted,
+            digests: observed::digests(&policies, &redactor, &req),
+            seen_at,
+            object,
+            baseline: false,
+        }));
+    }
+    verdicts.extend(r.tick(t0() + SignedDuration::from_secs(60)));
+    let mut states = HashMap::new();
+    let mut unannounced = Vec::new();
+    for v in verdicts {
+        match v {
+            Verdict::Resolve(res) => {
+                let rv = res.commit.map(|c| c.resource_version);
+                assert!(
+                    states.insert(res.id, (res.state, rv)).is_none(),
+                    "one verdict each"
+                );
+            }
+            Verdict::Unannounced(seen) => unannounced.push(seen),
+        }
+    }
+    (states, unannounced)
+}
+
+#[test]
+fn every_recorded_configmap_review_gets_the_verdict_the_apiserver_commit_gives() {
+    let reviews = received_reviews("configmaps");
+    assert!(reviews.len() > 30, "{}", reviews.len());
+    let (states, unannounced) = reconcile("configmaps", &configmaps(), &reviews);
+    let mut not_applied = Vec::new();
+    for (e, entry) in &reviews {
+        let name = entry["file"].as_str().unwrap();
+        let got = states
+            .get(&e.id)
+            .unwrap_or_else(|| panic!("no verdict on {name}"));
+        if entry["committed"] == true {
+            let rv = entry["resource_version"].as_str().map(str::to_owned);
+            assert_eq!(got, &(ChangeState::Confirmed, rv), "{name}");
+        } else {
+            assert_eq!(got.0, ChangeState::NotApplied, "{name}");
+            not_applied.push(name.rsplit('/').next().unwrap().to_owned());
+        }
+    }
+    // The denied create, the create over quota, and the 12 superseded race attempts.
+    assert!(
+        not_applied.iter().any(|n| n.starts_with("021-")),
+        "{not_applied:?}"
+    );
+    assert!(
+        not_applied.iter().any(|n| n.starts_with("025-")),
+        "{not_applied:?}"
+    );
+    assert_eq!(
+        not_applied.iter().filter(|n| n.contains("-race-")).count(),
+        12,
+        "{not_applied:?}"
+    );
+    // Every commit of the stream was announced by a review (the webhook saw them all) except
+    // the quota status writes' objects, which are not ConfigMaps: so none is left over.
+    assert!(
+        unannounced.is_empty(),
+        "{:?}",
+        unannounced
+            .iter()
+            .map(|s| (
+                s.object["metadata"]["name"].clone(),
+                s.resource_version.clone()
+            ))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn every_recorded_deployment_review_including_the_scale_is_confirmed() {
+    let api = ApiResource {
+        group: "apps".into(),
+        version: "v1".into(),
+        api_version: "apps/v1".into(),
+        kind: "Deployment".into(),
+        plural: "deployments".into(),
+    };
+    let reviews = received_reviews("deployments");
+    let (states, _) = reconcile("deployments", &api, &reviews);
+    for (e, entry) in &reviews {
+        let name = entry["file"].as_str().unwrap();
+        let got = &states[&e.id];
+        assert_eq!(entry["committed"], true, "{name}");
+        assert_eq!(got.0, ChangeState::Confirmed, "{name}");
+        assert_eq!(
+            got.1.as_deref(),
+            entry["resource_version"].as_str(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_commit_no_review_announced_becomes_an_observed_change_with_its_field_manager() {
+    // The kubectl edit of app-config as if the webhook had missed it: the store holds the
+    // state before it (the patch's commit, the line before).
+    let stream = watch::parse_stream(&fixture("watch/configmaps.jsonl"));
+    let i = stream
+        .iter()
+        .position(|(_, o)| o["data"]["mode"] == "edited-by-kubectl-edit")
+        .unwrap();
+    let (before, after) = (&stream[i - 1].1, &stream[i].1);
+    assert_eq!(after["data"]["mode"], "edited-by-kubectl-edit");
+    let (policies, redactor) = (vec![policy(&["configmaps"])], redactor());
+    let req = observed::synthetic_request(&configmaps(), before, Operation::Update, "");
+    let (head_state, _) = observed::clean_under(&policies[0], &redactor, &req).unwrap();
+    let head_event = observed::observed_event(
+        &policies,
+        &redactor,
+        &configmaps(),
+        before,
+        false,
+        false,
+        None,
+        commit("230"),
+        None,
+    )
+    .unwrap();
+    let head = Head {
+        event: StoredEvent {
+            id: 1,
+            event: head_event.event,
+        },
+        state: Some(head_state),
+    };
+    let inferred = super::managed::infer_actor(after);
+    let c = observed::observed_event(
+        &policies,
+        &redactor,
+        &configmaps(),
+        after,
+        false,
+        false,
+        Some(&head),
+        commit("231"),
+        inferred,
+    )
+    .expect("an observed change");
+    let e = &c.event;
+    assert_eq!(
+        (e.operation, e.state),
+        (Operation::Update, ChangeState::Observed)
+    );
+    assert_eq!(e.user.username, "", "no authenticated user");
+    assert_eq!(e.inferred.as_ref().unwrap().manager, "kubectl-edit");
+    assert_eq!(e.changes.len(), 1, "{:?}", e.changes);
+    assert_eq!(e.changes[0].path, "/data/mode");
+    assert_eq!(
+        e.request_uid,
+        format!("watch:{}:231", e.object_uid.as_deref().unwrap())
+    );
+    assert!(c.before.is_some());
+
+    // The same state again (a status or noise-only commit): nothing to record.
+    let head = Head {
+        state: c.event.object.clone(),
+        event: StoredEvent {
+            id: 2,
+            event: c.event.clone(),
+        },
+    };
+    assert!(
+        observed::observed_event(
+            &policies,
+            &redactor,
+            &configmaps(),
+            after,
+            false,
+            false,
+            Some(&head),
+            commit("232"),
+            None
+        )
+        .is_none()
+    );
+    // A deletion of an object the store never knew, and a baseline object: nothing either.
+    for (deleted, baseline) in [(true, false), (false, true)] {
+        assert!(
+            observed::observed_event(
+                &policies,
+                &redactor,
+                &configmaps(),
+                after,
+                deleted,
+                baseline,
+                None,
+                commit("233"),
+                None
+            )
+            .is_none()
+        );
+    }
+}
+
+#[test]
+fn secret_values_are_compared_and_recorded_only_as_keyed_hashes() {
+    let stream = watch::parse_stream(&fixture("watch/secrets.jsonl"));
+    let (_, object) = stream
+        .iter()
+        .find(|(k, o)| k == "ADDED" && o["metadata"]["name"] == "alice-db")
+        .unwrap();
+    let api = ApiResource {
+        group: String::new(),
+        version: "v1".into(),
+        api_version: "v1".into(),
+        kind: "Secret".into(),
+        plural: "secrets".into(),
+    };
+    let policies = vec![policy(&["secrets"])];
+    let c = observed::observed_event(
+        &policies,
+        &redactor(),
+        &api,
+        object,
+        false,
+        false,
+        None,
+        commit("300"),
+        None,
+    )
+    .unwrap();
+    let text = serde_json::to_string(&c.event).unwrap();
+    assert!(c.event.redacted);
+    assert!(
+        !text.contains("czNjcjN0LXYxMzM="),
+        "the value reached the event: {text}"
+    );
+    assert!(!text.contains("s3cr3t-v133"), "{text}");
+}
+
+fn commit(rv: &str) -> crate::pipeline::Commit {
+    crate::pipeline::Commit {
+        resource_version: rv.into(),
+        seen_at: t0(),
+        witness: crate::pipeline::Witness::Watch,
+    }
+}

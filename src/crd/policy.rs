@@ -263,6 +263,21 @@ pub struct NotifySink {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1").message("rateLimitPerMinute must be positive"))]
     pub rate_limit_per_minute: Option<u32>,
+    /// When a change is sent: `Confirmed` (the default) once the watch saw it committed, so a
+    /// change that a later admission step refused is never announced; `Received` as soon as the
+    /// webhook recorded it, for speed, before anyone knows whether it will be committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_on: Option<NotifyOn>,
+}
+
+/// When a notification sink is told of a change.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NotifyOn {
+    /// Once a witness saw the change committed (or could not tell: `unconfirmed`).
+    #[default]
+    Confirmed,
+    /// As soon as the webhook recorded it.
+    Received,
 }
 
 /// A key of a Secret.

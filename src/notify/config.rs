@@ -208,6 +208,8 @@ pub struct SinkSpec {
     pub digest: Option<Duration>,
     /// Messages per minute; `None` for no limit.
     pub rate_limit_per_minute: Option<u32>,
+    /// Sent when the webhook records a change, not when the witness confirms it.
+    pub on_receipt: bool,
 }
 
 impl SinkSpec {
@@ -262,6 +264,7 @@ impl SinkSpec {
             when: sink.when.clone(),
             digest: digest.filter(|d| !d.is_zero()),
             rate_limit_per_minute: sink.rate_limit_per_minute,
+            on_receipt: sink.notify_on == Some(crate::crd::NotifyOn::Received),
         })
     }
 }

@@ -45,6 +45,7 @@ pub use retry::DeliveryResult;
 pub use secrets::{FileSecrets, KubeSecrets, SecretSource, SecretValues, StaticSecrets};
 pub use sink::{Delivery, Sink};
 
+use crate::pipeline::ChangeState;
 use crate::crd::NotifySink;
 use crate::store::{EventId, EventStore, OutboxStore, StoredEvent};
 use crate::{Error, Result};
@@ -260,13 +261,34 @@ impl Notifier {
     /// it is new to (for an `AppendOutcome::Linked` event: the newly linked policy). Returns
     /// once the notifications are durable (the outbox's commit); the capture writer awaits it
     /// from its own thread, right after the append's flush.
+    ///
+    /// A `received` change (a witness will tell whether it was committed) goes only to sinks
+    /// that notify on receipt; the others hear of it from [`on_resolved`](Notifier::on_resolved).
+    /// A `notApplied` change is never sent.
     pub async fn on_recorded(&self, events: &[StoredEvent]) -> Result<()> {
+        self.take(events, false).await
+    }
+
+    /// Hands over changes a witness has just resolved (`confirmed`, or `unconfirmed` when it
+    /// could not tell), with their new state: they go to the sinks that notify on
+    /// confirmation, which [`on_recorded`](Notifier::on_recorded) left out. Call it before
+    /// the verdict is written, so a crash in between sends twice rather than never.
+    pub async fn on_resolved(&self, events: &[StoredEvent]) -> Result<()> {
+        self.take(events, true).await
+    }
+
+    async fn take(&self, events: &[StoredEvent], resolved: bool) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
         let now = Timestamp::now();
         let mut intake = Intake {
-            cursor: events.iter().map(|e| e.id).max(),
+            // Resolved events are older than the cursor already is.
+            cursor: if resolved {
+                None
+            } else {
+                events.iter().map(|e| e.id).max()
+            },
             ..Default::default()
         };
         // Rendered after the sinks' lock is released: keys come from the outbox, which awaits.
@@ -276,6 +298,15 @@ impl Notifier {
             for se in events {
                 for (id, st) in sinks.iter() {
                     if !se.event.policies.contains(&id.policy) {
+                        continue;
+                    }
+                    let wanted = match se.event.state {
+                        ChangeState::NotApplied => false,
+                        ChangeState::Received => st.spec.on_receipt && !resolved,
+                        _ if resolved => !st.spec.on_receipt,
+                        _ => true,
+                    };
+                    if !wanted {
                         continue;
                     }
                     if let Some(f) = &st.filter

@@ -229,6 +229,18 @@ impl crate::store::EventStore for Unreachable {
     fn stats(&self) -> crate::Result<crate::store::StoreStats> {
         self.0.stats()
     }
+    fn resolve(&self, r: &[crate::store::Resolution]) -> crate::Result<Vec<bool>> {
+        self.0.resolve(r)
+    }
+    fn live_objects(&self, resource: &str) -> crate::Result<Vec<crate::store::ObjectHead>> {
+        self.0.live_objects(resource)
+    }
+    fn cursor(&self, key: &str) -> crate::Result<Option<String>> {
+        self.0.cursor(key)
+    }
+    fn set_cursor(&self, key: &str, value: &str) -> crate::Result<()> {
+        self.0.set_cursor(key, value)
+    }
 }
 
 #[tokio::test]

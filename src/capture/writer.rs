@@ -768,6 +768,22 @@ mod tests {
         fn stats(&self) -> Result<crate::store::StoreStats> {
             self.store.stats()
         }
+
+        fn resolve(&self, r: &[crate::store::Resolution]) -> Result<Vec<bool>> {
+            self.store.resolve(r)
+        }
+
+        fn live_objects(&self, resource: &str) -> Result<Vec<crate::store::ObjectHead>> {
+            self.store.live_objects(resource)
+        }
+
+        fn cursor(&self, key: &str) -> Result<Option<String>> {
+            self.store.cursor(key)
+        }
+
+        fn set_cursor(&self, key: &str, value: &str) -> Result<()> {
+            self.store.set_cursor(key, value)
+        }
     }
 
     /// Waits (at most 10 s) until `cond` holds: for a state another thread reaches.

@@ -7,7 +7,10 @@
 
 use super::*;
 use crate::crd::Operation;
-use crate::pipeline::{Actor, Captured, ChangeEvent, ChangeOp, FieldChange, KindId, ResourceId};
+use crate::pipeline::{
+    Actor, Captured, ChangeEvent, ChangeOp, ChangeState, Commit, FieldChange, InferredActor,
+    KindId, ResourceId, Witness,
+};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
@@ -40,6 +43,12 @@ macro_rules! conformance_suite {
             linked_policies_keep_their_events,
             pages_do_not_shift_while_events_arrive,
             copies_read_back_as_in_the_source,
+            calls_with_one_dedupe_key_are_one_change,
+            states_commits_and_inferred_actors_round_trip,
+            queries_filter_by_state,
+            resolutions_apply_once_and_only_to_received_events,
+            live_objects_follow_the_heads,
+            cursors_are_kept_by_key,
         );
     };
     (@tests always $open:expr; $($name:ident),* $(,)?) => {
@@ -1331,4 +1340,453 @@ pub(crate) fn copies_read_back_as_in_the_source(store: &dyn EventStore) {
     );
     let err = store.append_copied(&[(T0 as u64, late)]).unwrap_err();
     assert!(err.to_string().contains("not newer"), "{err}");
+}
+
+/// Two webhook calls of one change (different request uids, one dedupe key, as the pipeline's
+/// fingerprint gives them) are one event: linked when they add a policy, a duplicate when
+/// not; and one request uid with two keys is two events, so the uid is not what dedupes.
+pub(crate) fn calls_with_one_dedupe_key_are_one_change(store: &dyn EventStore) {
+    let mut a = Obj::new("prod", "api", 1);
+    let first = a
+        .create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})))
+        .with_fingerprint([7; 16]);
+    let mut second = first.clone();
+    second.event.request_uid = "other-call".into();
+    second.event.policies = vec!["p2".into()];
+    let id = T0 as u64;
+    assert_eq!(
+        store.append(&[first.clone(), second]).unwrap(),
+        vec![AppendOutcome::Recorded(id), AppendOutcome::Linked(id)]
+    );
+    let mut third = first.clone();
+    third.event.request_uid = "a-conflict-retry".into();
+    third.event.received_at = ts(T0 + 5);
+    assert_eq!(
+        store.append(&[third]).unwrap(),
+        vec![AppendOutcome::Duplicate(id)]
+    );
+    // The same request uid under another key: another change.
+    let mut other = first.with_fingerprint([8; 16]);
+    other.event.received_at = ts(T0 + 10);
+    assert_eq!(
+        store.append(&[other]).unwrap(),
+        vec![AppendOutcome::Recorded(T0 as u64 + 10)]
+    );
+    let e = store.get(id).unwrap().unwrap();
+    assert_eq!(e.event.policies, vec!["p1".to_string(), "p2".to_string()]);
+    assert_eq!(e.event.request_uid, a.uid.clone() + "-req-1");
+    assert_eq!(store.stats().unwrap().events, 2);
+}
+
+/// A commit as a witness reports it: nanoseconds in the time, as a clock gives them.
+pub(crate) fn commit(rv: &str, at: i64) -> Commit {
+    Commit {
+        resource_version: rv.into(),
+        seen_at: Timestamp::from_nanosecond(i128::from(at) * 1000 + 123).unwrap(),
+        witness: Witness::Watch,
+    }
+}
+
+/// Creates of objects `n..`, one per state, with and without a commit and an inferred actor:
+/// 20 captured events from `at` on, a microsecond apart.
+pub(crate) fn stateful_events(at: i64, n: u64) -> Vec<Captured> {
+    let mut out = Vec::new();
+    for (i, state) in ChangeState::ALL.into_iter().enumerate() {
+        for (j, (with_commit, with_inferred)) in
+            [(false, false), (true, false), (false, true), (true, true)]
+                .into_iter()
+                .enumerate()
+        {
+            let k = n + (i * 4 + j) as u64;
+            let name = format!("s{k}");
+            let mut o = Obj::new("prod", &name, k);
+            let t = at + (i * 4 + j) as i64;
+            let mut c = o.create("alice", t, deployment("prod", &name, &o.uid, 1, json!({})));
+            c.event.state = state;
+            if with_commit {
+                c.event.commit = Some(commit(&format!("{}", 1000 + k), t + 7));
+            }
+            if with_inferred {
+                c.event.inferred = Some(InferredActor {
+                    manager: "kubectl-edit".into(),
+                    operation: "Update".into(),
+                    time: Some(ts(t - 1_000_000)),
+                    subresource: (j == 3).then(|| "status".into()),
+                });
+                c.event.user = Actor::default();
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Every state, with and without a commit and an inferred actor, reads back as appended
+/// (`get` and `query`), and as copied in through `append_copied`.
+pub(crate) fn states_commits_and_inferred_actors_round_trip(store: &dyn EventStore) {
+    use super::copy::{CopyOptions, copy_events};
+    // Copied in first (a copy goes into a store that holds nothing newer).
+    let src = MemStore::new();
+    let copied = stateful_events(T0, 1);
+    recorded(&src.append(&copied).unwrap());
+    let options = CopyOptions {
+        batch: 7,
+        verify: true,
+        ..CopyOptions::default()
+    };
+    copy_events(&src, store, options, &mut |_| {}).unwrap();
+    assert_same_history(&src, store);
+    for (i, c) in copied.iter().enumerate() {
+        let got = store.get(T0 as u64 + i as u64).unwrap().unwrap().event;
+        assert_eq!(
+            (got.state, &got.commit, &got.inferred),
+            (c.event.state, &c.event.commit, &c.event.inferred),
+            "copied event {i}"
+        );
+    }
+
+    let at = T0 + 1_000;
+    let batch = stateful_events(at, 100);
+    let ids = recorded(&store.append(&batch).unwrap());
+    let page = store
+        .query(&Query {
+            since: Some(ts(at)),
+            ..q()
+        })
+        .unwrap();
+    assert_eq!(page.events.len(), batch.len());
+    for (c, id) in batch.iter().zip(&ids) {
+        let got = store.get(*id).unwrap().unwrap();
+        assert_eq!(got.event, c.event, "event {id}");
+        let mut listed = c.event.clone();
+        listed.object = None;
+        let in_page = page.events.iter().find(|e| e.id == *id).unwrap();
+        assert_eq!(in_page.event, listed, "event {id} in a page");
+    }
+}
+
+/// `Query::state` keeps only events in that state, with every other filter (each engine's
+/// indexes pick the candidates), and follows resolutions.
+pub(crate) fn queries_filter_by_state(store: &dyn EventStore) {
+    let batch = stateful_events(T0, 1);
+    let ids = recorded(&store.append(&batch).unwrap());
+    let by_state = |state: ChangeState, base: Query| {
+        let mut got = ids_of_all(
+            store,
+            &Query {
+                state: Some(state),
+                limit: 3,
+                ..base
+            },
+        );
+        got.sort_unstable();
+        got
+    };
+    let expect = |state: ChangeState| -> Vec<EventId> {
+        batch
+            .iter()
+            .zip(&ids)
+            .filter(|(c, _)| c.event.state == state)
+            .map(|(_, id)| *id)
+            .collect()
+    };
+    for state in ChangeState::ALL {
+        assert_eq!(by_state(state, q()), expect(state), "{state}");
+        let ns = Query {
+            namespace: Some("prod".into()),
+            ..q()
+        };
+        assert_eq!(by_state(state, ns), expect(state), "{state} in prod");
+        let kind = Query {
+            kind: Some("deployment".into()),
+            ..q()
+        };
+        assert_eq!(by_state(state, kind), expect(state), "{state} deployments");
+        let user = Query {
+            user: Some("alice".into()),
+            ..q()
+        };
+        let alice: Vec<EventId> = expect(state)
+            .into_iter()
+            .filter(|id| {
+                batch[ids.iter().position(|i| i == id).unwrap()]
+                    .event
+                    .user
+                    .username
+                    == "alice"
+            })
+            .collect();
+        assert_eq!(by_state(state, user), alice, "{state} by alice");
+    }
+    let one = &batch[1];
+    let uid = Query {
+        uid: one.event.object_uid.clone(),
+        ..q()
+    };
+    assert_eq!(by_state(ChangeState::Received, uid.clone()), vec![ids[1]]);
+    assert_eq!(
+        by_state(ChangeState::Confirmed, uid.clone()),
+        Vec::<EventId>::new()
+    );
+    let done = store
+        .resolve(&[Resolution {
+            id: ids[1],
+            state: ChangeState::Confirmed,
+            commit: Some(commit("9", T0 + 9)),
+        }])
+        .unwrap();
+    assert_eq!(done, vec![true]);
+    assert_eq!(
+        by_state(ChangeState::Received, uid.clone()),
+        Vec::<EventId>::new()
+    );
+    assert_eq!(by_state(ChangeState::Confirmed, uid), vec![ids[1]]);
+    let mut confirmed = expect(ChangeState::Confirmed);
+    confirmed.push(ids[1]);
+    confirmed.sort_unstable();
+    assert_eq!(by_state(ChangeState::Confirmed, q()), confirmed);
+}
+
+/// The ids of every page of `query`, newest first.
+pub(crate) fn ids_of_all(store: &dyn EventStore, query: &Query) -> Vec<EventId> {
+    let mut query = query.clone();
+    let mut out = Vec::new();
+    loop {
+        let page = store.query(&query).unwrap();
+        out.extend(ids(&page));
+        match page.next {
+            Some(after) => query.after = Some(after),
+            None => return out,
+        }
+    }
+}
+
+/// `resolve` changes only events still `received`, each once (the first verdict stands, also
+/// within one call), says which it applied, and keeps the rest of the event; a link of the
+/// same change afterwards keeps the verdict.
+pub(crate) fn resolutions_apply_once_and_only_to_received_events(store: &dyn EventStore) {
+    let mut objs: Vec<Obj> = (1..=4)
+        .map(|n| Obj::new("prod", &format!("o{n}"), n))
+        .collect();
+    let mut batch: Vec<Captured> = objs
+        .iter_mut()
+        .enumerate()
+        .map(|(i, o)| {
+            let state = deployment("prod", &o.name, &o.uid, 1, json!({}));
+            let mut c = o
+                .create("alice", T0 + i as i64, state)
+                .with_fingerprint([i as u8 + 1; 16]);
+            c.event.state = ChangeState::Received;
+            c
+        })
+        .collect();
+    batch[3].event.state = ChangeState::Unconfirmed;
+    let ids = recorded(&store.append(&batch).unwrap());
+    let confirmed = Resolution {
+        id: ids[0],
+        state: ChangeState::Confirmed,
+        commit: Some(commit("41", T0 + 100)),
+    };
+    let refused = Resolution {
+        id: ids[1],
+        state: ChangeState::NotApplied,
+        commit: None,
+    };
+    let late = Resolution {
+        id: ids[0],
+        state: ChangeState::NotApplied,
+        commit: None,
+    };
+    let unknown = Resolution {
+        id: T0 as u64 + 999_999,
+        state: ChangeState::Confirmed,
+        commit: None,
+    };
+    let not_received = Resolution {
+        id: ids[3],
+        state: ChangeState::Confirmed,
+        commit: Some(commit("43", T0 + 100)),
+    };
+    assert_eq!(
+        store
+            .resolve(&[
+                confirmed.clone(),
+                refused,
+                late.clone(),
+                unknown,
+                not_received
+            ])
+            .unwrap(),
+        vec![true, true, false, false, false]
+    );
+    assert_eq!(store.resolve(&[late]).unwrap(), vec![false]);
+    assert_eq!(store.resolve(&[]).unwrap(), Vec::<bool>::new());
+
+    let got = |i: usize| store.get(ids[i]).unwrap().unwrap().event;
+    let mut want = batch[0].event.clone();
+    want.state = ChangeState::Confirmed;
+    want.commit = confirmed.commit.clone();
+    assert_eq!(got(0), want, "only state and commit change");
+    assert_eq!(
+        (got(1).state, got(1).commit),
+        (ChangeState::NotApplied, None)
+    );
+    assert_eq!(got(2).state, ChangeState::Received);
+    assert_eq!(
+        (got(3).state, got(3).commit),
+        (ChangeState::Unconfirmed, None)
+    );
+    let listed = store.query(&q()).unwrap();
+    assert_eq!(listed.events[3].event.state, ChangeState::Confirmed);
+    assert_eq!(listed.events[3].event.commit, confirmed.commit);
+
+    // Another policy's call of the first change links to it, verdict kept.
+    let mut call = batch[0].clone();
+    call.event.request_uid = "second-webhook".into();
+    call.event.policies = vec!["p2".into()];
+    call.event.state = ChangeState::Received;
+    assert_eq!(
+        store.append(&[call]).unwrap(),
+        vec![AppendOutcome::Linked(ids[0])]
+    );
+    want.policies.push("p2".into());
+    assert_eq!(got(0), want);
+    // The third is still open.
+    let third = Resolution {
+        id: ids[2],
+        state: ChangeState::Unconfirmed,
+        commit: None,
+    };
+    assert_eq!(store.resolve(&[third]).unwrap(), vec![true]);
+    assert_eq!(got(2).state, ChangeState::Unconfirmed);
+}
+
+/// `live_objects`: per resource, the objects whose newest event is not a DELETE, with that
+/// event; a subresource change counts for its parent; events without an object uid are left
+/// out; an object retention emptied is gone.
+pub(crate) fn live_objects_follow_the_heads(store: &dyn EventStore) {
+    let hour = 3_600_000_000i64;
+    let mut a = Obj::new("prod", "api", 1);
+    let mut b = Obj::new("prod", "gone", 2);
+    let mut c = Obj::new("dev", "scaled", 3);
+    let mut old = Obj::new("dev", "old", 4);
+    let mut cm = Obj::new("prod", "settings", 5);
+    let mut anon = Obj::new("prod", "anon", 6);
+    let mut aged = old.create(
+        "alice",
+        T0,
+        deployment("dev", "old", &old.uid, 1, json!({})),
+    );
+    aged.event.policies = vec!["brief".into()];
+    let later = T0 + 10 * hour;
+    let mut config = cm.create(
+        "alice",
+        later + 5,
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "settings", "namespace": "prod", "uid": cm.uid}}),
+    );
+    config.event.resource = ResourceId {
+        group: String::new(),
+        version: "v1".into(),
+        resource: "configmaps".into(),
+        subresource: None,
+    };
+    config.event.kind = KindId {
+        group: String::new(),
+        version: "v1".into(),
+        kind: "ConfigMap".into(),
+    };
+    let mut no_uid = anon.create(
+        "alice",
+        later + 6,
+        deployment("prod", "anon", "", 1, json!({})),
+    );
+    no_uid.event.object_uid = None;
+    let batch = vec![
+        aged,
+        a.create(
+            "alice",
+            later,
+            deployment("prod", "api", &a.uid, 1, json!({})),
+        ),
+        b.create(
+            "alice",
+            later + 1,
+            deployment("prod", "gone", &b.uid, 1, json!({})),
+        ),
+        c.create(
+            "alice",
+            later + 2,
+            deployment("dev", "scaled", &c.uid, 1, json!({})),
+        ),
+        a.update("bob", later + 3, |o| o["spec"]["replicas"] = json!(2)),
+        b.delete("bob", later + 4),
+        config,
+        no_uid,
+        c.scale("hpa", later + 7, 5),
+    ];
+    let ids = recorded(&store.append(&batch).unwrap());
+    let live = |resource: &str| {
+        let mut l = store.live_objects(resource).unwrap();
+        l.sort_by(|x, y| x.uid.cmp(&y.uid));
+        l
+    };
+    let head = |o: &Obj, last: EventId| ObjectHead {
+        uid: o.uid.clone(),
+        namespace: Some(o.ns.clone()),
+        name: o.name.clone(),
+        last,
+    };
+    assert_eq!(
+        live("deployments.apps"),
+        vec![head(&a, ids[4]), head(&c, ids[8]), head(&old, ids[0])]
+    );
+    assert_eq!(live("configmaps"), vec![head(&cm, ids[6])]);
+    assert_eq!(live("deployments"), vec![]);
+    assert_eq!(live("secrets"), vec![]);
+
+    let report = store
+        .enforce_retention(
+            ts(later + 8),
+            &|p| (p == "brief").then(|| rule(100, 1)),
+            rule(100, 100_000),
+        )
+        .unwrap();
+    assert_eq!(report.objects_emptied.len(), 1, "{report:?}");
+    assert_eq!(
+        live("deployments.apps"),
+        vec![head(&a, ids[4]), head(&c, ids[8])]
+    );
+    // A new change to a deleted object's uid brings it back (recreated under its uid).
+    let back = b.create(
+        "carol",
+        later + 9,
+        deployment("prod", "gone", &b.uid, 1, json!({})),
+    );
+    let back = recorded(&store.append(&[back]).unwrap());
+    assert_eq!(
+        live("deployments.apps"),
+        vec![head(&a, ids[4]), head(&b, back[0]), head(&c, ids[8])]
+    );
+}
+
+/// Cursors: `None` until set, the last value set after, one per key.
+pub(crate) fn cursors_are_kept_by_key(store: &dyn EventStore) {
+    assert_eq!(store.cursor("watch/deployments.apps").unwrap(), None);
+    store.set_cursor("watch/deployments.apps", "1200").unwrap();
+    store.set_cursor("watch/configmaps", "77").unwrap();
+    store.set_cursor("watch/deployments.apps", "1305").unwrap();
+    assert_eq!(
+        store.cursor("watch/deployments.apps").unwrap().as_deref(),
+        Some("1305")
+    );
+    assert_eq!(
+        store.cursor("watch/configmaps").unwrap().as_deref(),
+        Some("77")
+    );
+    assert_eq!(store.cursor("watch/secrets").unwrap(), None);
+    // Any text, as a resourceVersion is opaque.
+    let odd = "ünïcode\n\"quoted\" and long ".repeat(20);
+    store.set_cursor("odd", &odd).unwrap();
+    assert_eq!(store.cursor("odd").unwrap(), Some(odd));
 }

@@ -11,11 +11,12 @@ use super::query::{self, KindAliases, PageBuilder};
 use super::recent::Recent;
 use super::retention::{CountWalk, MAX_REMOVALS_PER_PASS, Rules};
 use super::{
-    AppendOutcome, DEDUPE_WINDOW, EmptiedObject, EventId, EventStore, Page, Query, RetentionReport,
-    RetentionRule, StoreStats, StoredEvent,
+    AppendOutcome, DEDUPE_WINDOW, EmptiedObject, EventId, EventStore, ObjectHead, Page, Query,
+    Resolution, RetentionReport, RetentionRule, StoreStats, StoredEvent,
 };
 use crate::Result;
-use crate::pipeline::{Captured, ChangeEvent};
+use crate::crd::Operation;
+use crate::pipeline::{Captured, ChangeEvent, ChangeState};
 use jiff::Timestamp;
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -73,6 +74,8 @@ struct Inner {
     kinds: KindAliases,
     /// Every policy an event was ever stored under (retention resolves their rules).
     policies: BTreeSet<String>,
+    /// [`EventStore::cursor`]s.
+    cursors: HashMap<String, String>,
 }
 
 impl RecordSource for Inner {
@@ -85,9 +88,9 @@ impl RecordSource for Inner {
     }
 }
 
-/// A request uid as the dedupe window keys it.
-fn request_key(uid: &str) -> u128 {
-    u128::from_be_bytes(super::digest::request_digest(uid))
+/// A captured event's dedupe key as the dedupe window keys it.
+fn request_key(captured: &Captured) -> u128 {
+    u128::from_be_bytes(captured.dedupe)
 }
 
 impl Inner {
@@ -100,7 +103,7 @@ impl Inner {
         copied: bool,
     ) -> Result<AppendOutcome> {
         let event = &captured.event;
-        let request = request_key(&event.request_uid);
+        let request = request_key(captured);
         if !copied && let Some(id) = self.recent.get(request) {
             return Ok(self.link_policies(id, &event.policies));
         }
@@ -411,6 +414,57 @@ impl EventStore for MemStore {
             events: self.inner.lock().events.len() as u64,
             bytes_on_disk: 0,
         })
+    }
+
+    fn resolve(&self, resolutions: &[Resolution]) -> Result<Vec<bool>> {
+        let mut inner = self.inner.lock();
+        Ok(resolutions
+            .iter()
+            .map(|r| match inner.events.get_mut(&r.id) {
+                Some(e) if e.event.state == ChangeState::Received => {
+                    e.event.state = r.state;
+                    e.event.commit.clone_from(&r.commit);
+                    true
+                }
+                _ => false,
+            })
+            .collect())
+    }
+
+    fn live_objects(&self, resource: &str) -> Result<Vec<ObjectHead>> {
+        let inner = self.inner.lock();
+        let mut live: Vec<ObjectHead> = inner
+            .heads
+            .iter()
+            .filter_map(|(key, head)| {
+                let ObjectKey::Uid(uid) = key else {
+                    return None;
+                };
+                let e = &inner.events.get(&head.last)?.event;
+                (e.operation != Operation::Delete && e.resource.group_resource() == resource).then(
+                    || ObjectHead {
+                        uid: uid.clone(),
+                        namespace: e.namespace.clone(),
+                        name: e.name.clone(),
+                        last: head.last,
+                    },
+                )
+            })
+            .collect();
+        live.sort_by_key(|h| h.last);
+        Ok(live)
+    }
+
+    fn cursor(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.inner.lock().cursors.get(key).cloned())
+    }
+
+    fn set_cursor(&self, key: &str, value: &str) -> Result<()> {
+        self.inner
+            .lock()
+            .cursors
+            .insert(key.to_owned(), value.to_owned());
+        Ok(())
     }
 }
 

@@ -178,23 +178,25 @@ pub struct StoreStats {
 /// a restart, whatever the clock does) and are never reused, and an id range is a time range to
 /// within a few µs. Every ordering the store offers (pages, chains) is id order.
 ///
-/// **Dedupe and linking.** An event is one admission request (its `request_uid`). When a request
-/// uid was stored within the dedupe window ([`DEDUPE_WINDOW`], measured back from the newest
-/// id; an engine may remember a little longer, never shorter, and the window survives a restart)
-/// a new event with it is not stored again: if every one of its policies is already on the stored
+/// **Dedupe and linking.** An event is one change, named by its dedupe key
+/// ([`Captured::dedupe`]: the request uid's digest unless the pipeline gives a fingerprint that
+/// every webhook call of one request shares). When a dedupe key was stored within the dedupe
+/// window ([`DEDUPE_WINDOW`], measured back from the newest id; an engine may remember a little
+/// longer, never shorter, and the window survives a restart) a new event with it is not stored again: if every one of its policies is already on the stored
 /// event it is a [`Duplicate`](AppendOutcome::Duplicate) of it (an apiserver retry); otherwise
 /// its new policies are added to the stored event (in order, after the existing ones) and it is
 /// [`Linked`](AppendOutcome::Linked) to it (another webhook of the same request). Both outcomes
 /// carry the stored event's id; a request whose event retention already removed is a
 /// `Duplicate`. This holds inside one batch too.
 ///
-/// **What is kept.** An event reads back as it was appended, except that `object` is rebuilt
+/// **What is kept.** An event reads back as it was appended (its `state`, `commit` and
+/// `inferred` too, until [`resolve`](EventStore::resolve) changes the first two), except that `object` is rebuilt
 /// (below) and the user's `extra` is dropped (it names the credential and pod of a token, so it
 /// would grow the store with every pod, and nothing reads it).
 ///
 /// **Queries.** [`query`](EventStore::query) returns matching events newest first, `object`
-/// left `None`. Every set field of [`Query`] must match: namespace, name, uid, user name and
-/// operation exactly; `since` inclusive and `until` exclusive, compared as ids. `kind` matches
+/// left `None`. Every set field of [`Query`] must match: namespace, name, uid, user name,
+/// operation and state exactly; `since` inclusive and `until` exclusive, compared as ids. `kind` matches
 /// through aliases learnt from stored events other than subresource ones: for kind `Deployment`
 /// of `deployments.apps`, any case of `deployment`, `deployments`, `deployments.apps`,
 /// `deployment.apps` and `apps/deployment` (core kinds: `configmap`, `configmaps`); an unknown
@@ -323,36 +325,20 @@ pub trait EventStore: Send + Sync + 'static {
     /// `commit` set with it. Returns, for each resolution, whether it was applied; an id the
     /// store does not hold (retention removed it) is `false`. Durable when it returns. On a
     /// shared store every replica reads the new state.
-    fn resolve(&self, resolutions: &[Resolution]) -> Result<Vec<bool>> {
-        let _ = resolutions;
-        Err(crate::Error::Usage(
-            "this store does not take resolutions".into(),
-        ))
-    }
+    fn resolve(&self, resolutions: &[Resolution]) -> Result<Vec<bool>>;
 
     /// The objects of `resource` (`deployments.apps`, `configmaps`) the store believes exist,
     /// with their newest event: those whose newest event is not a DELETE, keyed by uid
     /// (events without an object uid are left out). Subresource events count as the parent's.
     /// A relist compares them with what the apiserver holds.
-    fn live_objects(&self, resource: &str) -> Result<Vec<ObjectHead>> {
-        let _ = resource;
-        Err(crate::Error::Usage(
-            "this store does not list objects".into(),
-        ))
-    }
+    fn live_objects(&self, resource: &str) -> Result<Vec<ObjectHead>>;
 
     /// A small durable value by key, such as a watch's resourceVersion; `None` when never set.
     /// Shared by replicas on a shared store.
-    fn cursor(&self, key: &str) -> Result<Option<String>> {
-        let _ = key;
-        Err(crate::Error::Usage("this store keeps no cursors".into()))
-    }
+    fn cursor(&self, key: &str) -> Result<Option<String>>;
 
     /// Sets [`cursor`](EventStore::cursor) `key` (durable when it returns).
-    fn set_cursor(&self, key: &str, value: &str) -> Result<()> {
-        let _ = (key, value);
-        Err(crate::Error::Usage("this store keeps no cursors".into()))
-    }
+    fn set_cursor(&self, key: &str, value: &str) -> Result<()>;
 }
 
 /// Checks a batch for [`EventStore::append_copied`]: ids increasing and past `last`, the

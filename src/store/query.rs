@@ -47,6 +47,7 @@ pub fn matches(q: &Query, kinds: Option<&BTreeSet<String>>, e: &ChangeEvent) -> 
         && q.user.as_ref().is_none_or(|u| &e.user.username == u)
         && q.operation.is_none_or(|op| e.operation == op)
         && kinds.is_none_or(|set| set.contains(&e.resource.group_resource()))
+        && q.state.is_none_or(|st| e.state == st)
 }
 
 /// The aliases a query may name a resource by: the kind, the resource, `resource.group`, and

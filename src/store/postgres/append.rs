@@ -7,7 +7,10 @@
 //! with the reads, then every write, then COMMIT; four round trips when no request links.
 
 use super::chain::{Chain, F_CHAIN_BREAK, F_UNKNOWN_STATE};
-use super::{Head, PgStore, STATE_CACHE, Writer, id_i64, id_u64, object_key, op_code, random_i64};
+use super::{
+    Head, PgStore, STATE_CACHE, Writer, committed_of, id_i64, id_u64, object_key, op_code,
+    random_i64, state_code,
+};
 use crate::pipeline::{Captured, ChangeEvent};
 use crate::store::history::{self, ChainPos};
 use crate::store::{AppendOutcome, DEDUPE_WINDOW, EventId, digest, query};
@@ -113,6 +116,8 @@ struct EventRows {
     body: Vec<Vec<u8>>,
     gap: Vec<Option<Vec<u8>>>,
     snapshot: Vec<Option<Vec<u8>>>,
+    state: Vec<i16>,
+    committed: Vec<Option<Vec<u8>>>,
 }
 
 /// Outcomes as `batches` keeps them: a tag byte and the id, per event.
@@ -160,7 +165,8 @@ pub(super) fn fingerprint(batch: &[Captured]) -> u64 {
 }
 
 /// The event as `body` keeps it: without what has a column of its own (those are the truth:
-/// linking updates `policies`), its object, and the user's `extra` (see the contract).
+/// linking updates `policies`, a witness `state` and `committed`), its object, and the user's
+/// `extra` (see the contract).
 pub(super) fn body_of(e: &ChangeEvent) -> Result<Vec<u8>> {
     let mut stored = e.clone();
     stored.object = None;
@@ -170,6 +176,8 @@ pub(super) fn body_of(e: &ChangeEvent) -> Result<Vec<u8>> {
     stored.name.clear();
     stored.object_uid = None;
     stored.policies.clear();
+    stored.state = Default::default();
+    stored.commit = None;
     Ok(serde_json::to_vec(&stored)?)
 }
 
@@ -226,10 +234,7 @@ impl PgStore {
         let tx = self.wait(deadline, client.transaction())?;
         let st = self.wait(deadline, Prepared::get(&tx, &self.sql))?;
 
-        let requests: Vec<[u8; 16]> = batch
-            .iter()
-            .map(|c| digest::request_digest(&c.event.request_uid))
-            .collect();
+        let requests: Vec<[u8; 16]> = batch.iter().map(|c| c.dedupe).collect();
         let objects: Vec<i64> = batch.iter().map(|c| object_key(&c.event)).collect();
         let request_slices: Vec<&[u8]> = requests.iter().map(|r| &r[..]).collect();
         // One round trip: the server runs pipelined statements in the order they are sent, which
@@ -406,6 +411,8 @@ impl PgStore {
                 Some(serde_json::to_vec(&step.gap)?)
             });
             rows.snapshot.push(snapshot);
+            rows.state.push(state_code(event.state));
+            rows.committed.push(committed_of(&event.commit)?);
             heads.insert(
                 object,
                 Head {
@@ -483,6 +490,8 @@ impl PgStore {
                 &rows.body,
                 &rows.gap,
                 &rows.snapshot,
+                &rows.state,
+                &rows.committed,
             ];
             // One round trip, every statement pipelined (none reads what another writes).
             futures::try_join!(

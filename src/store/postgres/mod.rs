@@ -21,11 +21,11 @@
 use super::history::{self, ChainPos};
 use super::query::{self, PageBuilder};
 use super::{
-    AppendOutcome, EventId, EventStore, Page, Query, RetentionReport, RetentionRule, StoreStats,
-    StoredEvent, digest,
+    AppendOutcome, EventId, EventStore, ObjectHead, Page, Query, Resolution, RetentionReport,
+    RetentionRule, StoreStats, StoredEvent, digest,
 };
 use crate::crd::Operation;
-use crate::pipeline::{Captured, ChangeEvent};
+use crate::pipeline::{Captured, ChangeEvent, ChangeState, Commit};
 use crate::{Error, Result};
 use jiff::Timestamp;
 use parking_lot::Mutex;
@@ -141,6 +141,29 @@ fn op_code(op: Operation) -> i16 {
     }
 }
 
+/// A change state as the `state` column holds it.
+fn state_code(s: ChangeState) -> i16 {
+    match s {
+        ChangeState::Received => 0,
+        ChangeState::Confirmed => 1,
+        ChangeState::NotApplied => 2,
+        ChangeState::Observed => 3,
+        ChangeState::Unconfirmed => 4,
+    }
+}
+
+fn state_of(code: i16) -> Result<ChangeState> {
+    ChangeState::ALL
+        .into_iter()
+        .find(|s| state_code(*s) == code)
+        .ok_or_else(|| Error::Corrupt(format!("unknown change state {code}")))
+}
+
+/// A commit as the `committed` column holds it.
+fn committed_of(commit: &Option<Commit>) -> Result<Option<Vec<u8>>> {
+    Ok(commit.as_ref().map(serde_json::to_vec).transpose()?)
+}
+
 fn id_i64(id: EventId) -> i64 {
     id as i64
 }
@@ -149,16 +172,23 @@ fn id_u64(id: i64) -> EventId {
     id as u64
 }
 
-/// An event read back (columns `id, namespace, name, uid, username, policies, body`).
+/// An event read back (columns [`sql::EVENT_COLUMNS`]).
 fn event_of(row: &Row) -> Result<StoredEvent> {
+    let id: i64 = row.get(0);
     let body: &[u8] = row.get(6);
-    let mut event: ChangeEvent = serde_json::from_slice(body)
-        .map_err(|e| Error::Corrupt(format!("event {}: {e}", row.get::<_, i64>(0))))?;
+    let mut event: ChangeEvent =
+        serde_json::from_slice(body).map_err(|e| Error::Corrupt(format!("event {id}: {e}")))?;
     event.namespace = row.get(1);
     event.name = row.get(2);
     event.object_uid = row.get(3);
     event.user.username = row.get(4);
     event.policies = row.get(5);
+    event.state = state_of(row.get(7))?;
+    event.commit = row
+        .get::<_, Option<&[u8]>>(8)
+        .map(serde_json::from_slice)
+        .transpose()
+        .map_err(|e| Error::Corrupt(format!("event {id}: commit: {e}")))?;
     Ok(StoredEvent {
         id: id_u64(row.get(0)),
         event,
@@ -359,6 +389,70 @@ impl EventStore for PgStore {
             })
         })
     }
+
+    fn resolve(&self, resolutions: &[Resolution]) -> Result<Vec<bool>> {
+        // The first verdict on an id stands, also within one call: only it is sent.
+        let mut first: HashMap<EventId, usize> = HashMap::new();
+        for (i, r) in resolutions.iter().enumerate() {
+            first.entry(r.id).or_insert(i);
+        }
+        if first.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut ids, mut states, mut commits) = (Vec::new(), Vec::new(), Vec::new());
+        for &i in first.values() {
+            let r = &resolutions[i];
+            ids.push(id_i64(r.id));
+            states.push(state_code(r.state));
+            commits.push(committed_of(&r.commit)?);
+        }
+        let received = state_code(ChangeState::Received);
+        // One statement, its own transaction: durable, and seen by every replica, once it
+        // returns. Nothing here caches events, so no copy goes stale.
+        let changed: HashSet<EventId> = self.pooled(|client| {
+            let rows = self.block_on(client.query(
+                self.sql.resolve.as_str(),
+                &[&ids, &states, &commits, &received],
+            ))?;
+            Ok(rows.iter().map(|r| id_u64(r.get(0))).collect())
+        })?;
+        Ok(resolutions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| first[&r.id] == i && changed.contains(&r.id))
+            .collect())
+    }
+
+    fn live_objects(&self, resource: &str) -> Result<Vec<ObjectHead>> {
+        let delete = op_code(Operation::Delete);
+        self.pooled(|client| {
+            let rows =
+                self.block_on(client.query(self.sql.live_objects.as_str(), &[&resource, &delete]))?;
+            Ok(rows
+                .iter()
+                .map(|r| ObjectHead {
+                    uid: r.get(0),
+                    namespace: r.get(1),
+                    name: r.get(2),
+                    last: id_u64(r.get(3)),
+                })
+                .collect())
+        })
+    }
+
+    fn cursor(&self, key: &str) -> Result<Option<String>> {
+        self.pooled(|client| {
+            let row = self.block_on(client.query_opt(self.sql.cursor.as_str(), &[&key]))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn set_cursor(&self, key: &str, value: &str) -> Result<()> {
+        self.pooled(|client| {
+            self.block_on(client.execute(self.sql.set_cursor.as_str(), &[&key, &value]))?;
+            Ok(())
+        })
+    }
 }
 
 impl PgStore {
@@ -378,8 +472,8 @@ impl PgStore {
         let (lo, hi) = (id_i64(lo), id_i64(hi.min(i64::MAX as u64)));
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&lo, &hi];
         let mut sql = format!(
-            "SELECT id, namespace, name, uid, username, policies, body FROM {}.events \
-             WHERE id >= $1 AND id < $2",
+            "SELECT {} FROM {}.events WHERE id >= $1 AND id < $2",
+            sql::EVENT_COLUMNS,
             self.sql.schema
         );
         let object = q
@@ -387,6 +481,7 @@ impl PgStore {
             .as_ref()
             .map(|uid| digest::hash64(&["uid", uid]) as i64);
         let op = q.operation.map(op_code);
+        let state = q.state.map(state_code);
         let kinds_vec: Option<Vec<String>> = kinds.map(|k| k.into_iter().collect());
         let lim = limit as i64 + 1;
         if let Some(o) = &object {
@@ -406,6 +501,9 @@ impl PgStore {
         }
         if let Some(op) = &op {
             and(&mut sql, &mut params, "operation =", op);
+        }
+        if let Some(state) = &state {
+            and(&mut sql, &mut params, "state =", state);
         }
         if let Some(k) = &kinds_vec {
             params.push(k);

@@ -18,6 +18,12 @@
 //! - `batches`: per writer, the token and outcomes of its last committed batch, so a writer
 //!   that lost the answer to a COMMIT learns whether it happened.
 //! - `meta`: last id, event count, the outbox's cursor (-1: none yet).
+//! - `events.state`, `events.committed` (migration 3): what the witnesses know of a change (its
+//!   state as a small code, the commit they saw as JSON); the truth, not `body`, since a
+//!   witness changes them after the row is written. `cursors`: key → value, the small durable
+//!   values of [`EventStore::cursor`](crate::store::EventStore::cursor).
+//! - `requests` is keyed by each event's dedupe key (`Captured::dedupe`; for events of
+//!   earlier versions, the digest of their request uid, which is what that key defaults to).
 //! - `outbox`, `outbox_buffered`, sequence `outbox_keys`: the notification outbox (see
 //!   [`outbox`](super::outbox)), shared by every replica's notifier.
 
@@ -73,12 +79,28 @@ CREATE TABLE {s}.outbox_buffered (sink text NOT NULL, event bigint NOT NULL, val
     PRIMARY KEY (sink, event));
 INSERT INTO {s}.meta VALUES ('outbox_cursor', -1);
 "#,
+    // What the witnesses know of each change; rows written before are unconfirmed (4), and
+    // adding a column with a constant default rewrites no row.
+    r#"
+ALTER TABLE {s}.events ADD COLUMN state smallint NOT NULL DEFAULT 4, ADD COLUMN committed bytea;
+CREATE INDEX events_state ON {s}.events (state, id);
+CREATE TABLE {s}.cursors (key text PRIMARY KEY, value text NOT NULL);
+"#,
 ];
 
 /// Brings the schema up to date; returns how many migrations it applied.
 pub(super) async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<usize> {
+    migrate_through(client, schema, MIGRATIONS.len()).await
+}
+
+/// Applies the migrations up to number `last` (tests: a schema as an earlier histor left it).
+pub(super) async fn migrate_through(
+    client: &mut tokio_postgres::Client,
+    schema: &str,
+    last: usize,
+) -> Result<usize> {
     let mut applied = 0;
-    for (i, sql) in MIGRATIONS.iter().enumerate() {
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(last) {
         let version = i as i64 + 1;
         let tx = client.transaction().await.map_err(super::pg_err)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])

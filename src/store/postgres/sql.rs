@@ -37,7 +37,15 @@ pub(super) struct Sql {
     pub(super) old_requests: String,
     pub(super) count: String,
     pub(super) size: String,
+    pub(super) resolve: String,
+    pub(super) live_objects: String,
+    pub(super) cursor: String,
+    pub(super) set_cursor: String,
 }
+
+/// The columns [`event_of`](super::event_of) reads, in its order.
+pub(super) const EVENT_COLUMNS: &str =
+    "id, namespace, name, uid, username, policies, body, state, committed";
 
 impl Sql {
     pub(super) fn new(s: &str) -> Sql {
@@ -47,14 +55,15 @@ impl Sql {
             notify_lock: crate::store::digest::hash64(&["histor notify", s]) as i64,
             insert_events: format!(
                 "INSERT INTO {s}.events (id, object, namespace, name, uid, username, operation, \
-                 resource, policies, prev, flags, body, gap, snapshot) \
+                 resource, policies, prev, flags, body, gap, snapshot, state, committed) \
                  SELECT u.id, u.object, u.namespace, u.name, u.uid, u.username, u.operation, \
                  u.resource, string_to_array(u.policies, E'\\n'), u.prev, u.flags, u.body, u.gap, \
-                 u.snapshot FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
-                 $5::text[], $6::text[], $7::smallint[], $8::text[], $9::text[], $10::bigint[], \
-                 $11::smallint[], $12::bytea[], $13::bytea[], $14::bytea[]) AS u(id, object, \
-                 namespace, name, uid, username, operation, resource, policies, prev, flags, \
-                 body, gap, snapshot)"
+                 u.snapshot, u.state, u.committed FROM unnest($1::bigint[], $2::bigint[], \
+                 $3::text[], $4::text[], $5::text[], $6::text[], $7::smallint[], $8::text[], \
+                 $9::text[], $10::bigint[], $11::smallint[], $12::bytea[], $13::bytea[], \
+                 $14::bytea[], $15::smallint[], $16::bytea[]) AS u(id, object, namespace, name, \
+                 uid, username, operation, resource, policies, prev, flags, body, gap, snapshot, \
+                 state, committed)"
             ),
             upsert_requests: format!(
                 "INSERT INTO {s}.requests (request, id) SELECT * FROM unnest($1::bytea[], \
@@ -106,9 +115,7 @@ impl Sql {
                  max(x.id) FROM {s}.events x WHERE x.object = o.object AND x.id <= $1 \
                  AND x.snapshot IS NOT NULL), 0) ORDER BY e.id"
             ),
-            event: format!(
-                "SELECT id, namespace, name, uid, username, policies, body FROM {s}.events WHERE id = $1"
-            ),
+            event: format!("SELECT {EVENT_COLUMNS} FROM {s}.events WHERE id = $1"),
             kinds_of: format!("SELECT group_resource FROM {s}.kinds WHERE alias = $1"),
             all_policies: format!("SELECT name FROM {s}.policies"),
             // Objects with events past the max age of each of their policies ($2: the
@@ -133,7 +140,7 @@ impl Sql {
             ),
             delete_events: format!(
                 "DELETE FROM {s}.events WHERE id = ANY($1) \
-                 RETURNING id, namespace, name, uid, username, policies, body"
+                 RETURNING {EVENT_COLUMNS}"
             ),
             reanchor: format!(
                 "UPDATE {s}.events SET snapshot = $2, prev = $3, gap = NULL, flags = $4 \
@@ -149,6 +156,24 @@ impl Sql {
                  WHERE id < $1 LIMIT $2)"
             ),
             count: format!("SELECT value FROM {s}.meta WHERE key = 'count'"),
+            // Only events still received change; the rows changed come back.
+            resolve: format!(
+                "UPDATE {s}.events e SET state = u.state, committed = u.committed \
+                 FROM unnest($1::bigint[], $2::smallint[], $3::bytea[]) AS u(id, state, committed) \
+                 WHERE e.id = u.id AND e.state = $4 RETURNING e.id"
+            ),
+            // Heads whose newest event is of the resource (its subresources included: the
+            // column holds the parent's), not a DELETE, with an object uid.
+            live_objects: format!(
+                "SELECT e.uid, e.namespace, e.name, e.id FROM {s}.heads h \
+                 JOIN {s}.events e ON e.id = h.last \
+                 WHERE e.resource = $1 AND e.operation <> $2 AND e.uid IS NOT NULL"
+            ),
+            cursor: format!("SELECT value FROM {s}.cursors WHERE key = $1"),
+            set_cursor: format!(
+                "INSERT INTO {s}.cursors (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+            ),
             size: "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint \
                    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                    WHERE n.nspname = $1 AND c.relkind = 'r'"

@@ -319,3 +319,142 @@ fn a_server_that_stops_answering_fails_appends_in_bounded_time_and_recovers() {
     let id = recorded(&out)[0];
     assert_eq!(store.state_after(id).unwrap(), a.state);
 }
+
+/// A verdict, a cursor and a dedupe key written through one replica are what another replica
+/// of the same schema reads (nothing stale in either's caches); two replicas resolving one
+/// event at once apply exactly one verdict.
+#[test]
+fn verdicts_cursors_and_dedupe_keys_are_shared_by_replicas() {
+    use crate::pipeline::ChangeState;
+    use crate::store::Resolution;
+    let Some((schema, one)) = fresh() else { return };
+    let other = PgStore::open(&schema.config).unwrap();
+    let mut a = Obj::new("prod", "api", 1);
+    let mut c = a
+        .create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})))
+        .with_fingerprint([3; 16]);
+    c.event.state = ChangeState::Received;
+    let mut u = a.update("bob", T0 + 1, |o| o["spec"]["replicas"] = json!(2));
+    u.event.state = ChangeState::Received;
+    let ids = recorded(&one.append(&[c.clone(), u]).unwrap());
+    // Read once on `one`, so that anything it cached would be the old state.
+    assert_eq!(
+        one.get(ids[0]).unwrap().unwrap().event.state,
+        ChangeState::Received
+    );
+    let commit = Some(crate::store::conformance::commit("5", T0 + 2));
+    let verdict = Resolution {
+        id: ids[0],
+        state: ChangeState::Confirmed,
+        commit: commit.clone(),
+    };
+    assert_eq!(other.resolve(&[verdict]).unwrap(), [true]);
+    let e = one.get(ids[0]).unwrap().unwrap().event;
+    assert_eq!((e.state, e.commit), (ChangeState::Confirmed, commit));
+    let confirmed = Query {
+        state: Some(ChangeState::Confirmed),
+        ..q()
+    };
+    assert_eq!(
+        crate::store::conformance::ids(&one.query(&confirmed).unwrap()),
+        [ids[0]]
+    );
+
+    other.set_cursor("watch/deployments.apps", "88").unwrap();
+    assert_eq!(
+        one.cursor("watch/deployments.apps").unwrap().as_deref(),
+        Some("88")
+    );
+    let mut call = c.clone();
+    call.event.request_uid = "another-call".into();
+    call.event.policies = vec!["p2".into()];
+    assert_eq!(
+        other.append(&[call]).unwrap(),
+        [AppendOutcome::Linked(ids[0])]
+    );
+    assert_eq!(
+        one.live_objects("deployments.apps").unwrap(),
+        [crate::store::ObjectHead {
+            uid: a.uid.clone(),
+            namespace: Some("prod".into()),
+            name: "api".into(),
+            last: ids[1],
+        }]
+    );
+
+    // At once from both: one verdict applies.
+    let (x, y) = std::thread::scope(|s| {
+        let x = s.spawn(|| {
+            one.resolve(&[Resolution {
+                id: ids[1],
+                state: ChangeState::Confirmed,
+                commit: None,
+            }])
+        });
+        let y = s.spawn(|| {
+            other.resolve(&[Resolution {
+                id: ids[1],
+                state: ChangeState::NotApplied,
+                commit: None,
+            }])
+        });
+        (x.join().unwrap().unwrap(), y.join().unwrap().unwrap())
+    });
+    assert_eq!(x[0] as u8 + y[0] as u8, 1, "{x:?} {y:?}");
+    let state = one.get(ids[1]).unwrap().unwrap().event.state;
+    assert_eq!(state == ChangeState::Confirmed, x[0]);
+}
+
+/// Events a histor before migration 3 wrote read as unconfirmed once it applies, and still
+/// dedupe by their request uid.
+#[test]
+fn migration_3_reads_earlier_events_as_unconfirmed() {
+    use crate::pipeline::ChangeState;
+    let Some(config) = test_config() else { return };
+    let name = format!("t_{:016x}", random_i64() as u64);
+    let config = config.with_schema(&name);
+    let _guard = Schema {
+        config: config.clone(),
+    };
+    let mut a = Obj::new("prod", "api", 1);
+    let c = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
+    {
+        // A store of the current version, its schema then taken back to version 2 with the
+        // event written as version 2 wrote it (no state, no commit, a body without them).
+        let store = PgStore::open(&config).unwrap();
+        recorded(&store.append(std::slice::from_ref(&c)).unwrap());
+        let client = store.client().unwrap();
+        let mut body: serde_json::Value =
+            serde_json::from_slice(&super::append::body_of(&c.event).unwrap()).unwrap();
+        body.as_object_mut().unwrap().remove("state");
+        let body = serde_json::to_vec(&body).unwrap();
+        store
+            .block_on(client.execute(&format!("UPDATE {name}.events SET body = $1"), &[&body]))
+            .unwrap();
+        store
+            .block_on(client.batch_execute(&format!(
+                "DROP TABLE {name}.cursors; DROP INDEX {name}.events_state; \
+                 ALTER TABLE {name}.events DROP COLUMN state, DROP COLUMN committed; \
+                 DELETE FROM {name}.migrations WHERE version = 3;"
+            )))
+            .unwrap();
+        let mut direct = store.client().unwrap();
+        // Version 2 is all this schema has now: migrating through 2 finds nothing to do.
+        assert_eq!(
+            store
+                .handle
+                .block_on(schema::migrate_through(&mut direct, &name, 2))
+                .unwrap(),
+            0
+        );
+    }
+    let store = PgStore::open(&config).unwrap();
+    let e = store.get(T0 as u64).unwrap().unwrap().event;
+    assert_eq!((e.state, &e.commit), (ChangeState::Unconfirmed, &None));
+    assert_eq!(e, c.event);
+    assert_eq!(
+        store.append(&[c]).unwrap(),
+        [AppendOutcome::Duplicate(T0 as u64)]
+    );
+    store.set_cursor("k", "v").unwrap();
+}

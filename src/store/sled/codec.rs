@@ -6,7 +6,9 @@
 //! namespaces) as ids into a dictionary the store keeps, and the diff as op/path/value triples.
 
 use crate::crd::Operation;
-use crate::pipeline::{ChangeOp, FieldChange};
+use crate::pipeline::{
+    ChangeEvent, ChangeOp, ChangeState, Commit, FieldChange, InferredActor, Witness,
+};
 use crate::{Error, Result};
 use serde_json::Value;
 
@@ -65,6 +67,11 @@ impl<'a> Reader<'a> {
     pub fn bytes(&mut self) -> Result<&'a [u8]> {
         let n = self.varint()? as usize;
         self.take(n)
+    }
+
+    /// Whether everything has been read.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
     }
 
     pub fn string(&mut self) -> Result<String> {
@@ -216,6 +223,146 @@ pub fn get_changes(r: &mut Reader<'_>) -> Result<Vec<FieldChange>> {
         changes.push(FieldChange { op, path, old, new });
     }
     Ok(changes)
+}
+
+/// Skips what [`put_changes`] wrote, without parsing the values.
+pub fn skip_changes(r: &mut Reader<'_>) -> Result<()> {
+    for _ in 0..r.varint()? {
+        let flags = r.u8()?;
+        r.bytes()?;
+        for present in [flags & 4 != 0, flags & 8 != 0] {
+            if present {
+                r.bytes()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+// The witnessed part of a record (its tail, see `put_witnessed`): flag bits beside the state.
+const W_DEDUPE: u8 = 1 << 3;
+const W_COMMIT: u8 = 1 << 4;
+const W_INFERRED: u8 = 1 << 5;
+const W_STATE: u8 = 7;
+
+/// What the tail of a record holds: the state, commit and inferred actor, and the dedupe key.
+pub struct Witnessed {
+    pub state: ChangeState,
+    pub commit: Option<Commit>,
+    pub inferred: Option<InferredActor>,
+    pub dedupe: [u8; 16],
+}
+
+fn state_code(s: ChangeState) -> u8 {
+    match s {
+        ChangeState::Received => 0,
+        ChangeState::Confirmed => 1,
+        ChangeState::NotApplied => 2,
+        ChangeState::Observed => 3,
+        ChangeState::Unconfirmed => 4,
+    }
+}
+
+fn state_of(code: u8) -> Result<ChangeState> {
+    ChangeState::ALL
+        .into_iter()
+        .find(|s| state_code(*s) == code)
+        .ok_or_else(|| Error::Corrupt(format!("unknown change state {code}")))
+}
+
+/// The record's tail: a flag byte (the state in its low bits), then the dedupe key when it is
+/// not the request uid's digest, the commit, the inferred actor. Left out entirely when all of
+/// them are what a record without a tail means (unconfirmed, the uid's digest, none): records
+/// written before states existed end before it, and read as that.
+pub fn put_witnessed(
+    out: &mut Vec<u8>,
+    request_uid: &str,
+    dedupe: &[u8; 16],
+    e: &ChangeEvent,
+) -> Result<()> {
+    let own_key = *dedupe != crate::store::digest::request_digest(request_uid);
+    let mut flags = state_code(e.state);
+    if own_key {
+        flags |= W_DEDUPE;
+    }
+    if e.commit.is_some() {
+        flags |= W_COMMIT;
+    }
+    if e.inferred.is_some() {
+        flags |= W_INFERRED;
+    }
+    if flags == state_code(ChangeState::Unconfirmed) {
+        return Ok(());
+    }
+    out.push(flags);
+    if own_key {
+        out.extend_from_slice(dedupe);
+    }
+    if let Some(c) = &e.commit {
+        put_bytes(out, c.resource_version.as_bytes());
+        // Nanoseconds fit an i64 until 2262.
+        let ns = c
+            .seen_at
+            .as_nanosecond()
+            .clamp(i64::MIN.into(), i64::MAX.into()) as i64;
+        put_varint(out, zigzag(ns));
+        out.push(match c.witness {
+            Witness::Watch => 0,
+            Witness::Audit => 1,
+        });
+    }
+    if let Some(a) = &e.inferred {
+        put_bytes(out, &serde_json::to_vec(a)?);
+    }
+    Ok(())
+}
+
+/// Reads what [`put_witnessed`] wrote (nothing: an unconfirmed event deduped by its uid).
+pub fn get_witnessed(r: &mut Reader<'_>, request_uid: &str) -> Result<Witnessed> {
+    let mut w = Witnessed {
+        state: ChangeState::Unconfirmed,
+        commit: None,
+        inferred: None,
+        dedupe: crate::store::digest::request_digest(request_uid),
+    };
+    if r.is_empty() {
+        return Ok(w);
+    }
+    let flags = r.u8()?;
+    w.state = state_of(flags & W_STATE)?;
+    if flags & W_DEDUPE != 0 {
+        w.dedupe.copy_from_slice(r.take(16)?);
+    }
+    if flags & W_COMMIT != 0 {
+        let resource_version = r.string()?;
+        let ns = unzigzag(r.varint()?);
+        let seen_at = jiff::Timestamp::from_nanosecond(i128::from(ns))
+            .map_err(|e| Error::Corrupt(format!("commit time: {e}")))?;
+        let witness = match r.u8()? {
+            0 => Witness::Watch,
+            1 => Witness::Audit,
+            c => return Err(Error::Corrupt(format!("unknown witness {c}"))),
+        };
+        w.commit = Some(Commit {
+            resource_version,
+            seen_at,
+            witness,
+        });
+    }
+    if flags & W_INFERRED != 0 {
+        w.inferred = Some(serde_json::from_slice(r.bytes()?)?);
+    }
+    Ok(w)
+}
+
+/// The dedupe key from a record's tail, the rest of it not decoded.
+pub fn peek_witnessed_dedupe(r: &mut Reader<'_>, request_uid: &str) -> Result<[u8; 16]> {
+    if !r.is_empty() && r.u8()? & W_DEDUPE != 0 {
+        let mut key = [0u8; 16];
+        key.copy_from_slice(r.take(16)?);
+        return Ok(key);
+    }
+    Ok(crate::store::digest::request_digest(request_uid))
 }
 
 /// Per-object bookkeeping that lets the writer decide between a delta and a snapshot, and lets

@@ -14,6 +14,8 @@
 //! - `dict`: id → tagged string, for the strings events repeat (users, resources, policies...).
 //! - `kinds`: alias ‖ 0 ‖ group/resource → empty, so queries accept `Deployment` or `deploy...`.
 //! - `meta`: last id, event count, clean-shutdown flag.
+//! - `cursors`: key → value, the small durable values of [`EventStore::cursor`] (a watch's
+//!   resourceVersion).
 //! - `notify_outbox`, `notify_digest`, `notify_meta`: the notification outbox ([`outbox`]).
 //!
 //! Objects are stored as deltas (the event's `changes`) with a full snapshot on an object's first
@@ -39,10 +41,11 @@ use super::query::{self, KindAliases, PageBuilder};
 use super::recent::Recent;
 use super::retention::{CountWalk, MAX_REMOVALS_PER_PASS, Rules};
 use super::{
-    AppendOutcome, DEDUPE_WINDOW, EmptiedObject, EventId, EventStore, Page, Query, RetentionReport,
-    RetentionRule, StoreStats, StoredEvent,
+    AppendOutcome, DEDUPE_WINDOW, EmptiedObject, EventId, EventStore, ObjectHead, Page, Query,
+    Resolution, RetentionReport, RetentionRule, StoreStats, StoredEvent,
 };
-use crate::pipeline::{Actor, Captured, ChangeEvent, FieldChange, KindId, ResourceId};
+use crate::crd::Operation;
+use crate::pipeline::{Actor, Captured, ChangeEvent, ChangeState, FieldChange, KindId, ResourceId};
 use crate::store::outbox::OutboxStore;
 use crate::{Error, Result};
 use jiff::Timestamp;
@@ -149,6 +152,7 @@ pub(super) struct Trees {
     dict_tree: Tree,
     kinds_tree: Tree,
     meta: Tree,
+    cursors: Tree,
 }
 
 impl Trees {
@@ -173,6 +177,7 @@ impl Trees {
             dict_tree: db.open_tree("dict")?,
             kinds_tree: db.open_tree("kinds")?,
             meta: db.open_tree("meta")?,
+            cursors: db.open_tree("cursors")?,
             db,
         })
     }
@@ -287,7 +292,7 @@ impl Unsynced {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         captured.event.policies.hash(&mut h);
         Unsynced {
-            request: request_key(&captured.event.request_uid),
+            request: request_key(captured),
             policies: h.finish(),
             outcome,
         }
@@ -301,6 +306,8 @@ struct Record {
     prev: Option<EventId>,
     /// With [`F_GAP`]: the change between the state after `prev` and the state before this event.
     gap: Vec<FieldChange>,
+    /// The key the event was deduped by ([`Captured::dedupe`]).
+    dedupe: [u8; 16],
     event: ChangeEvent,
 }
 
@@ -458,11 +465,7 @@ impl SledStore {
         for item in self.t()?.events.range(keys::id_key(floor)..).rev() {
             let (k, v) = item?;
             let id = keys::id_from_key(&k).unwrap_or(0);
-            let mut r = Reader::new(&v);
-            r.u8()?;
-            r.varint()?;
-            r.varint()?;
-            recent.push((id, request_key(&codec::get_id_string(&mut r)?)));
+            recent.push((id, u128::from_be_bytes(peek_dedupe(&v)?)));
         }
         for (id, uid) in recent.into_iter().rev() {
             w.recent.insert(uid, id);
@@ -615,6 +618,7 @@ impl SledStore {
         prev: Option<EventId>,
         e: &ChangeEvent,
         gap: &[FieldChange],
+        dedupe: &[u8; 16],
     ) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(96);
         let mut flags = (flags & !(3 | F_GAP)) | codec::op_code(e.operation);
@@ -664,6 +668,7 @@ impl SledStore {
         if !gap.is_empty() {
             codec::put_changes(&mut out, gap)?;
         }
+        codec::put_witnessed(&mut out, &e.request_uid, dedupe, e)?;
         Ok(out)
     }
 
@@ -704,10 +709,12 @@ impl SledStore {
         } else {
             Vec::new()
         };
+        let witnessed = codec::get_witnessed(&mut r, &request_uid)?;
         Ok(Record {
             flags,
             prev,
             gap,
+            dedupe: witnessed.dedupe,
             event: ChangeEvent {
                 request_uid,
                 received_at,
@@ -722,9 +729,9 @@ impl SledStore {
                 changes,
                 object: None,
                 redacted: flags & F_REDACTED != 0,
-                state: Default::default(),
-                commit: None,
-                inferred: None,
+                state: witnessed.state,
+                commit: witnessed.commit,
+                inferred: witnessed.inferred,
             },
         })
     }
@@ -761,7 +768,7 @@ impl SledStore {
         copied: Option<EventId>,
     ) -> Result<AppendOutcome> {
         let event = &captured.event;
-        let request = request_key(&event.request_uid);
+        let request = request_key(captured);
         if copied.is_none()
             && let Some(id) = w.recent.get(request)
         {
@@ -822,7 +829,14 @@ impl SledStore {
         // record needs (index rows, target, snapshot) is there by then. A failure before it
         // leaves only rows that are harmless without it; a failure after it cannot happen, so
         // a retry of the batch finds the event in the dedupe window (see `Writer::unsynced`).
-        let record = self.encode(flags, id, prior.map(|h| h.last), event, &gap)?;
+        let record = self.encode(
+            flags,
+            id,
+            prior.map(|h| h.last),
+            event,
+            &gap,
+            &captured.dedupe,
+        )?;
         if w.buckets.len() > 65_536 {
             w.buckets.clear();
         }
@@ -879,7 +893,7 @@ impl SledStore {
         if !added {
             return Ok(AppendOutcome::Duplicate(id));
         }
-        let bytes = self.encode(rec.flags, id, rec.prev, &rec.event, &rec.gap)?;
+        let bytes = self.encode(rec.flags, id, rec.prev, &rec.event, &rec.gap, &rec.dedupe)?;
         #[cfg(test)]
         self.injected_failure()?;
         self.t()?.events.insert(keys::id_key(id), bytes)?;
@@ -1076,7 +1090,7 @@ impl SledStore {
                     if prev_kept.is_some() {
                         flags |= F_CHAIN_BREAK;
                     }
-                    let bytes = self.encode(flags, id, prev_kept, &rec.event, &[])?;
+                    let bytes = self.encode(flags, id, prev_kept, &rec.event, &[], &rec.dedupe)?;
                     self.t()?.events.insert(keys::id_key(id), bytes)?;
                 }
             }
@@ -1505,6 +1519,105 @@ impl EventStore for SledStore {
             bytes_on_disk: self.t()?.db.size_on_disk()?,
         })
     }
+
+    fn resolve(&self, resolutions: &[Resolution]) -> Result<Vec<bool>> {
+        let t = self.t()?;
+        let mut applied = Vec::with_capacity(resolutions.len());
+        {
+            // Records are rewritten whole, as linking and retention do under this lock too.
+            let _w = self.lock_writer();
+            let mut batch = sled::Batch::default();
+            let mut decided = HashSet::new();
+            for r in resolutions {
+                let open = match self.load_record(r.id)? {
+                    Some(mut rec)
+                        if rec.event.state == ChangeState::Received && decided.insert(r.id) =>
+                    {
+                        rec.event.state = r.state;
+                        rec.event.commit.clone_from(&r.commit);
+                        let bytes = self.encode(
+                            rec.flags,
+                            r.id,
+                            rec.prev,
+                            &rec.event,
+                            &rec.gap,
+                            &rec.dedupe,
+                        )?;
+                        batch.insert(&keys::id_key(r.id), bytes);
+                        true
+                    }
+                    _ => false,
+                };
+                applied.push(open);
+            }
+            if decided.is_empty() {
+                return Ok(applied);
+            }
+            // All or none: a failed call leaves every event as it was, for the retry.
+            t.events.apply_batch(batch)?;
+        }
+        // Flushed outside the writer lock: appends need not wait on it.
+        t.db.flush()?;
+        Ok(applied)
+    }
+
+    fn live_objects(&self, resource: &str) -> Result<Vec<ObjectHead>> {
+        // The resources (subresources included) that are `resource`, as dictionary ids.
+        let wanted: HashSet<u64> = read_lock(&self.dict)
+            .strings
+            .iter()
+            .filter(|(_, s)| s.first() == Some(&D_RESOURCE))
+            .filter_map(|(&id, s)| {
+                let res: ResourceId = serde_json::from_slice(&s[1..]).ok()?;
+                (res.group_resource() == resource).then_some(id)
+            })
+            .collect();
+        let mut live = Vec::new();
+        if wanted.is_empty() {
+            return Ok(live);
+        }
+        let t = self.t()?;
+        for item in t.heads.iter() {
+            let (_, v) = item?;
+            let last = Head::decode(&v)?.last;
+            let Some(raw) = t.events.get(keys::id_key(last))? else {
+                continue;
+            };
+            let (flags, res) = peek_flags_resource(&raw)?;
+            if codec::op_from_code(flags) == Operation::Delete
+                || flags & F_HAS_UID == 0
+                || !wanted.contains(&res)
+            {
+                continue;
+            }
+            let e = self.decode(last, &raw)?.event;
+            if let Some(uid) = e.object_uid {
+                live.push(ObjectHead {
+                    uid,
+                    namespace: e.namespace,
+                    name: e.name,
+                    last,
+                });
+            }
+        }
+        Ok(live)
+    }
+
+    fn cursor(&self, key: &str) -> Result<Option<String>> {
+        match self.t()?.cursors.get(key.as_bytes())? {
+            Some(v) => Ok(Some(String::from_utf8(v.to_vec()).map_err(|_| {
+                Error::Corrupt(format!("cursor {key:?} is not UTF-8"))
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    fn set_cursor(&self, key: &str, value: &str) -> Result<()> {
+        let t = self.t()?;
+        t.cursors.insert(key.as_bytes(), value.as_bytes())?;
+        t.db.flush()?;
+        Ok(())
+    }
 }
 
 impl Drop for SledStore {
@@ -1637,6 +1750,47 @@ fn peek_actor_namespace(buf: &[u8]) -> Result<(u64, Option<u64>)> {
     Ok((actor, ns))
 }
 
+/// The flags and resource (dictionary id) of a raw event record, without decoding the rest.
+/// Mirrors [`SledStore::encode`].
+fn peek_flags_resource(buf: &[u8]) -> Result<(u8, u64)> {
+    let mut r = Reader::new(buf);
+    let flags = r.u8()?;
+    r.varint()?;
+    r.varint()?;
+    codec::skip_id_string(&mut r)?;
+    for _ in 0..r.varint()? {
+        r.varint()?;
+    }
+    r.varint()?;
+    Ok((flags, r.varint()?))
+}
+
+/// The dedupe key of a raw event record, without decoding the values. Mirrors
+/// [`SledStore::encode`].
+fn peek_dedupe(buf: &[u8]) -> Result<[u8; 16]> {
+    let mut r = Reader::new(buf);
+    let flags = r.u8()?;
+    r.varint()?;
+    r.varint()?;
+    let request_uid = codec::get_id_string(&mut r)?;
+    for _ in 0..r.varint()? {
+        r.varint()?;
+    }
+    // User, resource, kind, and the namespace if any.
+    for _ in 0..3 + usize::from(flags & F_HAS_NS != 0) {
+        r.varint()?;
+    }
+    r.bytes()?;
+    if flags & F_HAS_UID != 0 {
+        codec::skip_id_string(&mut r)?;
+    }
+    codec::skip_changes(&mut r)?;
+    if flags & F_GAP != 0 {
+        codec::skip_changes(&mut r)?;
+    }
+    codec::peek_witnessed_dedupe(&mut r, &request_uid)
+}
+
 fn event_id(outcome: AppendOutcome) -> EventId {
     match outcome {
         AppendOutcome::Recorded(id) | AppendOutcome::Linked(id) | AppendOutcome::Duplicate(id) => {
@@ -1645,17 +1799,9 @@ fn event_id(outcome: AppendOutcome) -> EventId {
     }
 }
 
-/// A request uid as 128 bits: the UUID itself, or for other strings a 128-bit hash of it.
-fn request_key(uid: &str) -> u128 {
-    match codec::parse_uuid(uid) {
-        Some(raw) => u128::from_be_bytes(raw),
-        None => {
-            let d = ring::digest::digest(&ring::digest::SHA256, uid.as_bytes());
-            let mut b = [0u8; 16];
-            b.copy_from_slice(&d.as_ref()[..16]);
-            u128::from_be_bytes(b)
-        }
-    }
+/// A captured event's dedupe key as the window keys it.
+fn request_key(captured: &Captured) -> u128 {
+    u128::from_be_bytes(captured.dedupe)
 }
 
 fn cache_state(w: &mut Writer, object: u64, state: Value) {

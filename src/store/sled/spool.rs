@@ -23,12 +23,15 @@ pub const DEFAULT_SPOOL_BYTES: u64 = 1 << 30;
 /// The first byte of every stored batch: the encoding, so that a later one can be told apart.
 const FORMAT_JSON: u8 = 1;
 
-/// One spooled event as stored: the captured event and its `before`.
+/// One spooled event as stored: the captured event, its `before` and its dedupe key (hex; left
+/// out when it is the request uid's, as in batches spooled before keys were kept).
 #[derive(Serialize)]
 struct EntryRef<'a> {
     event: &'a ChangeEvent,
     #[serde(skip_serializing_if = "Option::is_none")]
     before: &'a Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dedupe: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -36,6 +39,23 @@ struct Entry {
     event: ChangeEvent,
     #[serde(default)]
     before: Option<Value>,
+    #[serde(default)]
+    dedupe: Option<String>,
+}
+
+fn hex(key: &[u8; 16]) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 16]> {
+    let mut key = [0u8; 16];
+    if s.len() != 32 || !s.is_ascii() {
+        return None;
+    }
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(key)
 }
 
 /// Batches taken from the front of the spool, in push order, merged into one.
@@ -110,6 +130,8 @@ impl Spool {
             .map(|c| EntryRef {
                 event: &c.event,
                 before: &c.before,
+                dedupe: (c.dedupe != crate::store::digest::request_digest(&c.event.request_uid))
+                    .then(|| hex(&c.dedupe)),
             })
             .collect();
         serde_json::to_writer(&mut value, &entries)?;
@@ -241,10 +263,18 @@ fn decode(seq: u64, value: &[u8]) -> Result<Vec<Captured>> {
         Some((&FORMAT_JSON, json)) => {
             let entries: Vec<Entry> =
                 serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))?;
-            Ok(entries
+            entries
                 .into_iter()
-                .map(|e| Captured::new(e.event, e.before))
-                .collect())
+                .map(|e| {
+                    let captured = Captured::new(e.event, e.before);
+                    match e.dedupe.as_deref() {
+                        None => Ok(captured),
+                        Some(key) => unhex(key)
+                            .map(|key| captured.with_fingerprint(key))
+                            .ok_or_else(|| corrupt(format!("dedupe key {key:?}"))),
+                    }
+                })
+                .collect()
         }
         Some((format, _)) => Err(corrupt(format!("unknown format {format}"))),
         None => Err(corrupt("empty".into())),
@@ -386,5 +416,27 @@ mod tests {
             1,
             "kept aside"
         );
+    }
+
+    #[test]
+    fn dedupe_keys_and_states_come_back_and_older_batches_fall_back_to_the_uid() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut keyed = captured("update-deployment", 1).with_fingerprint([9; 16]);
+        keyed.event.state = crate::pipeline::ChangeState::Received;
+        let plain = captured("create-configmap", 2);
+        let spool = Spool::open(dir.path(), DEFAULT_SPOOL_BYTES).unwrap();
+        spool.push(&[keyed.clone(), plain.clone()]).unwrap();
+        // As a histor without dedupe keys spooled it: events and befores only.
+        let old = serde_json::json!([{"event": plain.event, "before": plain.before}]);
+        let mut value = vec![FORMAT_JSON];
+        serde_json::to_writer(&mut value, &old).unwrap();
+        spool.batches.insert(1u64.to_be_bytes(), value).unwrap();
+        let back = spool.peek(10).unwrap().unwrap();
+        assert_eq!(back.batch, vec![keyed, plain.clone(), plain.clone()]);
+        assert_eq!(
+            back.batch[2].dedupe,
+            crate::store::digest::request_digest(&plain.event.request_uid)
+        );
+        assert_ne!(back.batch[0].dedupe, back.batch[1].dedupe);
     }
 }

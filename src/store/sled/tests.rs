@@ -612,3 +612,108 @@ mod outbox {
         assert_eq!(o.cursor().await.unwrap(), Some(9));
     }
 }
+
+/// Verdicts, dedupe keys and cursors are on disk when the calls return: a reopened store has
+/// them (the dedupe window rebuilt from the records' keys, not their request uids).
+#[test]
+fn verdicts_keys_and_cursors_survive_a_restart() {
+    use crate::pipeline::ChangeState;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Obj::new("prod", "api", 1);
+    let mut c = a
+        .create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})))
+        .with_fingerprint([5; 16]);
+    c.event.state = ChangeState::Received;
+    let verdict = crate::store::Resolution {
+        id: T0 as u64,
+        state: ChangeState::Confirmed,
+        commit: Some(conformance::commit("12", T0 + 3)),
+    };
+    let (crashed, cursor_only) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        store.append(std::slice::from_ref(&c)).unwrap();
+        store.set_cursor("watch/deployments.apps", "77").unwrap();
+        // The files as a crash now would leave them: only what was flushed.
+        copy_dir(dir.path(), cursor_only.path());
+        assert_eq!(
+            store.resolve(std::slice::from_ref(&verdict)).unwrap(),
+            [true]
+        );
+        copy_dir(dir.path(), crashed.path());
+    }
+    let store = reopen(|| SledStore::open(cursor_only.path()));
+    assert_eq!(
+        store.cursor("watch/deployments.apps").unwrap().as_deref(),
+        Some("77")
+    );
+    drop(store);
+    let store = reopen(|| SledStore::open(crashed.path()));
+    let e = store.get(T0 as u64).unwrap().unwrap().event;
+    assert_eq!(
+        (e.state, e.commit),
+        (ChangeState::Confirmed, verdict.commit)
+    );
+    assert_eq!(
+        store.cursor("watch/deployments.apps").unwrap().as_deref(),
+        Some("77")
+    );
+    let mut call = c.clone();
+    call.event.request_uid = "another-call".into();
+    call.event.policies = vec!["p2".into()];
+    assert_eq!(
+        store.append(&[call]).unwrap(),
+        [AppendOutcome::Linked(T0 as u64)]
+    );
+}
+
+/// A record as histor wrote it before states and dedupe keys (no tail) reads as unconfirmed
+/// and dedupes by its request uid, without any migration.
+#[test]
+fn records_written_before_states_read_as_unconfirmed() {
+    use crate::pipeline::ChangeState;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Obj::new("prod", "api", 1);
+    let mut c = a
+        .create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})))
+        .with_fingerprint([5; 16]);
+    c.event.state = ChangeState::Received;
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        store.append(std::slice::from_ref(&c)).unwrap();
+        let events = store.t().unwrap().events.clone();
+        let key = keys::id_key(T0 as u64);
+        let raw = events.get(key).unwrap().unwrap();
+        // The tail here: its flag byte and the 16-byte key.
+        let old = &raw[..raw.len() - 17];
+        events.insert(key, old).unwrap();
+        store.sync().unwrap();
+    }
+    let store = reopen(|| SledStore::open(dir.path()));
+    let e = store.get(T0 as u64).unwrap().unwrap().event;
+    assert_eq!(
+        (e.state, &e.commit, &e.inferred),
+        (ChangeState::Unconfirmed, &None, &None)
+    );
+    let mut expected = c.event.clone();
+    expected.state = ChangeState::Unconfirmed;
+    assert_eq!(e, expected);
+    let retry = Captured::new(c.event.clone(), None);
+    assert_eq!(
+        store.append(&[retry]).unwrap(),
+        [AppendOutcome::Duplicate(T0 as u64)]
+    );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

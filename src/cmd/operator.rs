@@ -139,6 +139,13 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     };
     let confirm = crate::pipeline::parse_duration(&args.confirm_window)
         .map_err(|e| Error::Usage(format!("--confirm-window: {e}")))?;
+    let client = kube::Client::try_default().await?;
+    let (redactor, engine, spool) =
+        server::open_data_dir(&args.data_dir, &args.capture, &args.store).await?;
+    let store = engine.events;
+    let policies = Arc::new(PolicyIndex::new());
+    let (metrics, registry, notifier) =
+        server::metrics_and_notifier(engine.outbox, Arc::new(KubeSecrets::new(client.clone())))?;
     let records_hook: Arc<Mutex<Option<Arc<Context>>>> = Arc::default();
     let witness = (!args.no_watch).then(|| {
         Witness::new(WitnessSettings {
@@ -147,15 +154,9 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
                 ..Windows::default()
             },
             on_not_applied: Some(Arc::new(LateRecords(records_hook.clone()))),
+            notifier: Some(notifier.clone()),
         })
     });
-    let client = kube::Client::try_default().await?;
-    let (redactor, engine, spool) =
-        server::open_data_dir(&args.data_dir, &args.capture, &args.store).await?;
-    let store = engine.events;
-    let policies = Arc::new(PolicyIndex::new());
-    let (metrics, registry, notifier) =
-        server::metrics_and_notifier(engine.outbox, Arc::new(KubeSecrets::new(client.clone())))?;
 
     // The query API authenticates users like the apiserver does (front-proxy certificates,
     // TokenReview) and shows each only what SubjectAccessReview allows.

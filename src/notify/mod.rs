@@ -45,8 +45,8 @@ pub use retry::DeliveryResult;
 pub use secrets::{FileSecrets, KubeSecrets, SecretSource, SecretValues, StaticSecrets};
 pub use sink::{Delivery, Sink};
 
-use crate::pipeline::ChangeState;
 use crate::crd::NotifySink;
+use crate::pipeline::ChangeState;
 use crate::store::{EventId, EventStore, OutboxStore, StoredEvent};
 use crate::{Error, Result};
 use filter::CompiledFilter;

@@ -117,6 +117,9 @@ pub struct Settings {
     /// Told of every change found `notApplied`, once the store holds the verdict (the
     /// ChangeRecord writer, which then stops counting it).
     pub on_not_applied: Option<Arc<dyn RecordObserver>>,
+    /// Told of every change confirmed (or found unconfirmed) before the verdict is written:
+    /// the sinks that notify on confirmation send it then.
+    pub notifier: Option<crate::notify::Notifier>,
 }
 
 /// The witness: made on every replica (its [`feed`](Witness::feed) goes to the capture
@@ -156,6 +159,7 @@ impl Witness {
         let mut driver = Driver {
             reconciler: Reconciler::new(self.settings.windows),
             on_not_applied: self.settings.on_not_applied.clone(),
+            notifier: self.settings.notifier.clone(),
             store: store.clone(),
             capture: capture.clone(),
             resolved: VecDeque::new(),
@@ -249,6 +253,7 @@ pub async fn discover(
 struct Driver {
     reconciler: Reconciler,
     on_not_applied: Option<Arc<dyn RecordObserver>>,
+    notifier: Option<crate::notify::Notifier>,
     store: Arc<dyn EventStore>,
     capture: Arc<Capture>,
     resolved: VecDeque<EventId>,
@@ -381,6 +386,7 @@ impl Driver {
             self.remember(r.id);
             self.capture.metrics.witness_verdict(r.state);
         }
+        self.announce(&resolutions).await;
         let store = self.store.clone();
         let rs = resolutions.clone();
         let observer = self.on_not_applied.clone();
@@ -420,6 +426,46 @@ impl Driver {
             Ok(Err(error)) => {
                 tracing::warn!(%error, n = resolutions.len(), "writing verdicts failed; the changes stay received")
             }
+            Err(_) => {}
+        }
+    }
+
+    /// Hands confirmed (and unconfirmed) changes to the notifier with their new state, before
+    /// the verdict is written: a crash in between sends a notification twice, never not at all.
+    async fn announce(&self, resolutions: &[crate::store::Resolution]) {
+        let Some(notifier) = &self.notifier else {
+            return;
+        };
+        let wanted: Vec<crate::store::Resolution> = resolutions
+            .iter()
+            .filter(|r| matches!(r.state, ChangeState::Confirmed | ChangeState::Unconfirmed))
+            .cloned()
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut events = Vec::new();
+            for r in wanted {
+                if let Some(mut e) = store.get(r.id)?
+                    && e.event.state == ChangeState::Received
+                {
+                    e.event.state = r.state;
+                    e.event.commit = r.commit;
+                    events.push(e);
+                }
+            }
+            Ok::<_, crate::Error>(events)
+        })
+        .await;
+        match read {
+            Ok(Ok(events)) => {
+                if let Err(error) = notifier.on_resolved(&events).await {
+                    tracing::warn!(%error, "handing confirmed changes to the notifier failed");
+                }
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "reading confirmed changes failed"),
             Err(_) => {}
         }
     }

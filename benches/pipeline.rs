@@ -68,9 +68,12 @@ fn bench(c: &mut Criterion) {
                         n += 1;
                         let parsed = pipeline::review::parse(&with_uid(UPDATE, n)).unwrap();
                         let mut request = parsed.request.unwrap();
-                        // Calls of one change share a fingerprint whatever their uid: make each
-                        // event its own change, or the store would dedupe 63 of the 64.
-                        request.fingerprint[..8].copy_from_slice(&n.to_be_bytes());
+                        // Calls of one change share a fingerprint whatever their uid: give each
+                        // event the newer base version a real next update has, or the store
+                        // would dedupe 63 of the 64.
+                        if let Some(old) = request.old_object.as_mut() {
+                            old["metadata"]["resourceVersion"] = n.to_string().into();
+                        }
                         match pipeline::process(
                             &request,
                             &policy,

@@ -323,7 +323,7 @@ impl Captured {
 
     /// Dedupes by `fingerprint` instead of the request uid: the apiserver gives every webhook
     /// call its own uid (two policies matching one request see two), so the pipeline keys a
-    /// change by what the calls of one request share (see `review::Request::fingerprint`).
+    /// change by what the calls of one request share (see [`Request::fingerprint`](super::Request::fingerprint)).
     pub fn with_fingerprint(mut self, fingerprint: [u8; 16]) -> Self {
         self.dedupe = fingerprint;
         self

@@ -146,7 +146,7 @@ pub fn process(
         commit: None,
         inferred: None,
     };
-    Outcome::Record(Captured::new(event, before).with_fingerprint(req.fingerprint))
+    Outcome::Record(Captured::new(event, before).with_fingerprint(req.fingerprint()))
 }
 
 fn metadata_str<'a>(obj: Option<&'a Value>, field: &str) -> Option<&'a str> {
@@ -282,7 +282,7 @@ mod tests {
         let (a, b) = (captured("021-"), captured("022-"));
         assert_ne!(a.event.request_uid, b.event.request_uid);
         assert_eq!(a.dedupe, b.dedupe);
-        assert_eq!(a.dedupe, testdata::v133_request("021-").fingerprint);
+        assert_eq!(a.dedupe, testdata::v133_request("021-").fingerprint());
         // Two attempts of one conflicted PATCH are two changes to dedupe apart.
         assert_ne!(captured("033-").dedupe, captured("038-").dedupe);
     }

@@ -121,9 +121,6 @@ pub struct Request {
     pub dry_run: bool,
     /// Create/Update/Delete options, as sent.
     pub options: Option<Value>,
-    /// What every webhook call of one attempt at a change shares, where `uid` differs per call
-    /// (see [`Request::compute_fingerprint`]); computed once, when the review is parsed.
-    pub fingerprint: [u8; 16],
 }
 
 impl Request {
@@ -138,9 +135,9 @@ impl Request {
     /// `oldObject`, and only the last attempt is committed, so each attempt must stay apart.
     /// `object` is as parsed (its `managedFields` skipped), which every call of one attempt shares.
     ///
-    /// Call it again after changing a field of a parsed request; [`parse`] sets
-    /// [`fingerprint`](Self::fingerprint) with it.
-    pub fn compute_fingerprint(&self) -> [u8; 16] {
+    /// Computed from the fields each time (by the pipeline, once per policy), so it can never
+    /// disagree with the request it describes.
+    pub fn fingerprint(&self) -> [u8; 16] {
         let object_uid = [self.object.as_ref(), self.old_object.as_ref()]
             .into_iter()
             .find_map(|o| o?.get("metadata")?.get("uid")?.as_str())
@@ -532,7 +529,7 @@ fn interpret(mut r: Map<String, Value>) -> Result<Request, String> {
         None | Some(Value::Null) => None,
         Some(v) => Some(v),
     };
-    let mut request = Request {
+    let request = Request {
         uid,
         kind,
         resource,
@@ -544,9 +541,7 @@ fn interpret(mut r: Map<String, Value>) -> Result<Request, String> {
         old_object,
         dry_run: dry_run.unwrap_or(false),
         options,
-        fingerprint: [0; 16],
     };
-    request.fingerprint = request.compute_fingerprint();
     Ok(request)
 }
 
@@ -830,8 +825,7 @@ mod tests {
         ] {
             let req = testdata::v133_request(prefix);
             let want = fingerprint_by_definition(&req, uid, old_version);
-            assert_eq!(req.fingerprint, want, "{prefix}");
-            assert_eq!(req.compute_fingerprint(), want, "{prefix}");
+            assert_eq!(req.fingerprint(), want, "{prefix}");
         }
         // Objects longer than the writer's buffer, written in pieces smaller and larger than it.
         let mut req = testdata::v133_request("001-");
@@ -843,7 +837,7 @@ mod tests {
                 "x".repeat(len).into();
             let uid = "1f9ce3af-adf2-46e9-8fe0-f298c36ccbe2";
             assert_eq!(
-                req.compute_fingerprint(),
+                req.fingerprint(),
                 fingerprint_by_definition(&req, uid, ""),
                 "{len}"
             );
@@ -856,9 +850,9 @@ mod tests {
         let a = testdata::v133_request("021-");
         let b = testdata::v133_request("022-");
         assert_ne!(a.uid, b.uid);
-        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_eq!(a.fingerprint(), b.fingerprint());
         // Stored in dedupe keys, so it must not drift between builds.
-        assert_eq!(a.fingerprint[..4], [0x8a, 0xe1, 0x44, 0xcd]);
+        assert_eq!(a.fingerprint()[..4], [0x8a, 0xe1, 0x44, 0xcd]);
     }
 
     #[test]
@@ -869,7 +863,11 @@ mod tests {
             .map(|(name, body)| {
                 (
                     name,
-                    parse(body.as_bytes()).unwrap().request.unwrap().fingerprint,
+                    parse(body.as_bytes())
+                        .unwrap()
+                        .request
+                        .unwrap()
+                        .fingerprint(),
                 )
             })
             .collect();
@@ -884,7 +882,7 @@ mod tests {
         let mut seen = std::collections::HashMap::new();
         for (name, body) in testdata::v133_reviews() {
             let req = parse(body.as_bytes()).unwrap().request.unwrap();
-            if let Some(other) = seen.insert(req.fingerprint, name.clone()) {
+            if let Some(other) = seen.insert(req.fingerprint(), name.clone()) {
                 // The only pair: the denied create, sent to both webhooks.
                 assert!(
                     other.starts_with("021-") && name.starts_with("022-"),
@@ -923,17 +921,17 @@ mod tests {
         for (what, edit) in edits {
             let mut r = base.clone();
             edit(&mut r);
-            assert_ne!(r.compute_fingerprint(), base.fingerprint, "{what}");
+            assert_ne!(r.fingerprint(), base.fingerprint(), "{what}");
         }
         // Moving a byte between two parts changes it too (the NUL keeps parts apart).
         let mut r = base.clone();
         r.namespace = Some("dem".into());
         r.name = format!("o{}", r.name);
-        assert_ne!(r.compute_fingerprint(), base.fingerprint);
+        assert_ne!(r.fingerprint(), base.fingerprint());
         let mut r = base.clone();
         r.uid = "another-call".into();
         r.user.groups.push("extra".into());
-        assert_eq!(r.compute_fingerprint(), base.fingerprint);
+        assert_eq!(r.fingerprint(), base.fingerprint());
     }
 
     #[test]

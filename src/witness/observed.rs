@@ -31,7 +31,7 @@ pub fn synthetic_request(
         Operation::Delete => (None, Some(object.clone())),
         _ => (Some(object.clone()), None),
     };
-    let mut req = Request {
+    Request {
         uid: uid.to_owned(),
         kind: KindId {
             group: api.group.clone(),
@@ -52,10 +52,7 @@ pub fn synthetic_request(
         old_object: old,
         dry_run: false,
         options: None,
-        fingerprint: [0; 16],
-    };
-    req.fingerprint = req.compute_fingerprint();
-    req
+    }
 }
 
 /// `object` cleaned and redacted as `policy` records it, when the policy covers it; with

@@ -423,7 +423,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut keyed = captured("update-deployment", 1).with_fingerprint([9; 16]);
         keyed.event.state = crate::pipeline::ChangeState::Received;
-        let plain = captured("create-configmap", 2);
+        // Keyed by its uid, as every event spooled before dedupe keys existed was.
+        let c = captured("create-configmap", 2);
+        let plain = Captured::new(c.event, c.before);
         let spool = Spool::open(dir.path(), DEFAULT_SPOOL_BYTES).unwrap();
         spool.push(&[keyed.clone(), plain.clone()]).unwrap();
         // As a histor without dedupe keys spooled it: events and befores only.

@@ -33,8 +33,11 @@ use tokio::sync::mpsc;
 const QUEUE: usize = 10_000;
 /// How often the store is read for received changes.
 const POLL_EVERY: Duration = Duration::from_secs(1);
-/// How often policies are checked for resources to watch.
-const TARGETS_EVERY: Duration = Duration::from_secs(10);
+/// How often the policies' resource rules are compared with what is watched (cheap: no I/O).
+const RULES_EVERY: Duration = Duration::from_secs(1);
+/// How often the apiserver's resources are discovered again when the rules stay the same (a
+/// CRD installed later, say).
+const DISCOVERY_EVERY: Duration = Duration::from_secs(60);
 /// Recently resolved events remembered, so a poll that reads one before its verdict is written
 /// does not make it pending again.
 const RESOLVED_MEMORY: usize = 20_000;
@@ -170,7 +173,9 @@ impl Witness {
         let mut watches: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut poll = tokio::time::interval(POLL_EVERY);
-        let mut targets = tokio::time::interval(TARGETS_EVERY);
+        let mut targets = tokio::time::interval(RULES_EVERY);
+        let mut rules_seen: Option<u64> = None;
+        let mut discovered_at = std::time::Instant::now();
         tracing::info!("witness started: watching what policies track");
         loop {
             tokio::select! {
@@ -188,6 +193,12 @@ impl Witness {
                     driver.apply(verdicts).await;
                 }
                 _ = targets.tick() => {
+                    let rules = rules_key(&capture.policies);
+                    if rules_seen == Some(rules) && discovered_at.elapsed() < DISCOVERY_EVERY {
+                        continue;
+                    }
+                    rules_seen = Some(rules);
+                    discovered_at = std::time::Instant::now();
                     match discover(&client, &capture.policies).await {
                         Ok(found) => {
                             let wanted: HashMap<String, watch::Target> = found
@@ -219,6 +230,19 @@ impl Witness {
             }
         }
     }
+}
+
+/// A digest of every policy's resource rules: discovery runs again when it changes.
+fn rules_key(policies: &PolicyIndex) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    for p in policies.all() {
+        p.name().hash(&mut h);
+        serde_json::to_string(&p.spec().resources)
+            .unwrap_or_default()
+            .hash(&mut h);
+    }
+    h.finish()
 }
 
 /// The resources the policies track, as the apiserver serves them (preferred versions, unless a
@@ -504,7 +528,10 @@ impl Driver {
             seen_at: seen.seen_at,
             witness: WitnessKind::Watch,
         };
-        let inferred = managed::infer_actor(&seen.object);
+        // A deleted object's managedFields name its last writer, not who deleted it.
+        let inferred = (!seen.deleted)
+            .then(|| managed::infer_actor(&seen.object))
+            .flatten();
         let Some(captured) = observed::observed_event(
             &self.capture.policies.all(),
             &self.capture.redactor,

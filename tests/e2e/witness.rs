@@ -193,31 +193,24 @@ async fn the_watch_confirms_what_was_committed_and_recovers_what_the_webhook_mis
     // A normal change.
     on(&["create", "configmap", "normal", "--from-literal=k=v"]);
     // Denied by the second webhook (it may take a moment to be served).
+    let labelled = |name: &str| {
+        let path = dir.path().join(format!("{name}.json"));
+        let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "labels": {"kapi.test/deny": "true"}}, "data": {"k": "v"}});
+        std::fs::write(&path, cm.to_string()).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let probe = labelled("probe");
     eventually("the deny webhook to deny", Duration::from_secs(20), || {
         let out = kubectl_output(
             &kubeconfig,
-            &[
-                "-n",
-                &ns,
-                "create",
-                "configmap",
-                "probe",
-                "--dry-run=server",
-                "-l",
-                "kapi.test/deny=true",
-            ],
+            &["-n", &ns, "create", "--dry-run=server", "-f", &probe],
         );
-        async move { (!out.status.success()).then_some(()) }
+        let denied = String::from_utf8_lossy(&out.stderr).contains("denied");
+        async move { denied.then_some(()) }
     })
     .await;
-    let denied = fails(&[
-        "create",
-        "configmap",
-        "denied",
-        "--from-literal=k=v",
-        "-l",
-        "kapi.test/deny=true",
-    ]);
+    let denied = fails(&["create", "-f", &labelled("denied")]);
     assert!(denied.contains("denied"), "{denied}");
     // Refused by ResourceQuota, which runs after the validating webhooks. No controller fills
     // in the quota's status here, so it is set by hand as the quota controller would.

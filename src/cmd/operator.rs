@@ -194,6 +194,19 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
                     .collect()
             })),
     );
+    let ctx = match &witness {
+        Some(w) => {
+            let (w, index) = (w.clone(), policies.clone());
+            let health: controller::WatchHealthProvider =
+                Arc::new(move |name: &str| index.get(name).map(|p| w.policy_health(&p)));
+            Arc::new(
+                Arc::into_inner(ctx)
+                    .expect("not shared yet")
+                    .with_watch_health(health),
+            )
+        }
+        None => ctx,
+    };
     if engine.shared {
         ctx.records.follow_shared_store();
     }

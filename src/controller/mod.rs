@@ -65,6 +65,11 @@ pub type StatsProvider = Arc<dyn Fn(&str) -> (u64, Option<Timestamp>) + Send + S
 /// Health of a policy's notification sinks, by policy name.
 pub type SinkHealthProvider = Arc<dyn Fn(&str) -> Vec<SinkHealth> + Send + Sync>;
 
+/// The `WatchesHealthy` condition of a policy, by name: `(status, reason, message)`, status
+/// `None` for Unknown; `None` when the policy is unknown.
+pub type WatchHealthProvider =
+    Arc<dyn Fn(&str) -> Option<(Option<bool>, String, String)> + Send + Sync>;
+
 /// Where the serving certificate comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CertMode {
@@ -146,6 +151,7 @@ pub struct Context {
     pub records: Arc<ChangeRecordWriter>,
     stats: Option<StatsProvider>,
     sink_health: Option<SinkHealthProvider>,
+    watch_health: Option<WatchHealthProvider>,
     match_conditions: OnceLock<bool>,
     ca_bundle: watch::Sender<Option<Vec<u8>>>,
     serving: watch::Sender<Option<SocketAddr>>,
@@ -183,6 +189,7 @@ impl Context {
             settings,
             stats: None,
             sink_health: None,
+            watch_health: None,
             match_conditions: OnceLock::new(),
             ca_bundle: watch::channel(None).0,
             serving: watch::channel(None).0,
@@ -201,6 +208,17 @@ impl Context {
     pub fn with_stats(mut self, stats: StatsProvider) -> Context {
         self.stats = Some(stats);
         self
+    }
+
+    /// Reports the witness's watches in the `WatchesHealthy` condition.
+    pub fn with_watch_health(mut self, health: WatchHealthProvider) -> Context {
+        self.watch_health = Some(health);
+        self
+    }
+
+    /// The `WatchesHealthy` condition of `policy`, when a witness runs.
+    pub fn watch_health(&self, policy: &str) -> Option<(Option<bool>, String, String)> {
+        self.watch_health.as_ref().and_then(|f| f(policy))
     }
 
     /// Reports sink health in the `SinksReady` condition.

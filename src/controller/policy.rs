@@ -34,6 +34,8 @@ pub const READY: &str = "Ready";
 pub const WEBHOOK_CONFIGURED: &str = "WebhookConfigured";
 /// Every sink can deliver.
 pub const SINKS_READY: &str = "SinksReady";
+/// Condition type: the watches that confirm this policy's changes are healthy (with a witness).
+pub const WATCHES_HEALTHY: &str = "WatchesHealthy";
 
 /// Reconciles one TrackingPolicy.
 pub async fn reconcile(policy: Arc<TrackingPolicy>, ctx: Arc<Context>) -> Result<Action> {
@@ -377,17 +379,22 @@ async fn patch_status(
         condition(type_, ok, reason, message, generation, previous, now)
     };
     let (events_recorded, last_event) = ctx.stats(&name);
+    let mut conditions = vec![
+        cond(READY, ready, ready_reason, &ready_message),
+        cond(
+            WEBHOOK_CONFIGURED,
+            Some(*webhook_ok),
+            webhook_reason,
+            webhook_message,
+        ),
+        cond(SINKS_READY, *sinks_ok, sinks_reason, sinks_message),
+    ];
+    // Not part of Ready: capture works without it; changes then stay unconfirmed.
+    if let Some((ok, reason, message)) = ctx.watch_health(&name) {
+        conditions.push(cond(WATCHES_HEALTHY, ok, &reason, &message));
+    }
     let status = TrackingPolicyStatus {
-        conditions: vec![
-            cond(READY, ready, ready_reason, &ready_message),
-            cond(
-                WEBHOOK_CONFIGURED,
-                Some(*webhook_ok),
-                webhook_reason,
-                webhook_message,
-            ),
-            cond(SINKS_READY, *sinks_ok, sinks_reason, sinks_message),
-        ],
+        conditions,
         observed_generation: generation,
         // Keep naming the configuration while it exists from an earlier good generation.
         webhook_configuration: configuration.or_else(|| {

@@ -405,6 +405,42 @@ impl CompiledPolicy {
         {
             return Err(NotMatched::Operation);
         }
+        self.matches_namespace(req)?;
+        self.matches_user(req)?;
+        match &self.cel {
+            None => Ok(()),
+            Some(cel) => cel.evaluate(req, redactor),
+        }
+    }
+
+    /// For a change seen without a review (the watch), whose user is unknown: whether the
+    /// policy covers the object, and whether it would also have to know the user to decide
+    /// (`Ok(true)`: it filters by user or group, or a condition reads `request`). Conditions on
+    /// the object alone are evaluated.
+    pub fn matches_unattributed(
+        &self,
+        req: &Request,
+        redactor: &Redactor,
+    ) -> Result<bool, NotMatched> {
+        if !self
+            .rules
+            .iter()
+            .any(|r| r.covers_resource(req) && r.covers_operation(req.operation))
+        {
+            return Err(NotMatched::Resource);
+        }
+        self.matches_namespace(req)?;
+        let by_user = self.users_exclude.is_some()
+            || self.users_include.is_some()
+            || self.groups_exclude.is_some();
+        match &self.cel {
+            Some(cel) if cel.uses_request => Ok(true),
+            Some(cel) => cel.evaluate(req, redactor).map(|()| by_user),
+            None => Ok(by_user),
+        }
+    }
+
+    fn matches_namespace(&self, req: &Request) -> Result<(), NotMatched> {
         match req.namespace.as_deref() {
             Some(ns) => {
                 if is_match(&self.namespaces_exclude, ns)
@@ -422,6 +458,10 @@ impl CompiledPolicy {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn matches_user(&self, req: &Request) -> Result<(), NotMatched> {
         let user = req.user.username.as_str();
         if is_match(&self.users_exclude, user)
             || self
@@ -436,10 +476,7 @@ impl CompiledPolicy {
         {
             return Err(NotMatched::Group);
         }
-        match &self.cel {
-            None => Ok(()),
-            Some(cel) => cel.evaluate(req, redactor),
-        }
+        Ok(())
     }
 }
 

@@ -73,6 +73,17 @@ pub enum Input {
     },
     /// A watch's continuity: since when it has seen every commit, or `None`.
     Health(String, Option<Timestamp>),
+    /// A watch failed (it retries): why, for the policy status.
+    Failed(String, String),
+}
+
+/// What the policy status says of the watches: each watched resource, healthy or why not.
+#[derive(Debug, Default)]
+struct Watches {
+    /// The witness runs (this replica leads).
+    running: bool,
+    /// By resource: its API, and `None` while healthy or the last failure.
+    by_resource: HashMap<String, (ApiResource, Option<String>)>,
 }
 
 /// Hands the capture writer's durable events to the driver (the fast path).
@@ -131,6 +142,7 @@ pub struct Witness {
     tx: mpsc::Sender<Input>,
     rx: tokio::sync::Mutex<mpsc::Receiver<Input>>,
     settings: Settings,
+    watches: Arc<std::sync::Mutex<Watches>>,
 }
 
 impl Witness {
@@ -141,7 +153,60 @@ impl Witness {
             tx,
             rx: tokio::sync::Mutex::new(rx),
             settings,
+            watches: Arc::default(),
         })
+    }
+
+    /// The `WatchesHealthy` condition of `policy`: `(status, reason, message)`, status `None`
+    /// (Unknown) when nothing watches for it.
+    pub fn policy_health(
+        &self,
+        policy: &crate::pipeline::CompiledPolicy,
+    ) -> (Option<bool>, String, String) {
+        let w = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        if !w.running {
+            return (
+                None,
+                "NotWatching".into(),
+                "the witness runs on the leader and has not started".into(),
+            );
+        }
+        let mut covered: Vec<(&String, &Option<String>)> = w
+            .by_resource
+            .iter()
+            .filter(|(_, (api, _))| policy.covers(&api.group, &api.version, &api.plural))
+            .map(|(r, (_, e))| (r, e))
+            .collect();
+        covered.sort();
+        if covered.is_empty() {
+            return (
+                None,
+                "NothingWatched".into(),
+                "no resource it tracks can be listed and watched (yet): its changes stay unconfirmed"
+                    .into(),
+            );
+        }
+        let failing: Vec<String> = covered
+            .iter()
+            .filter_map(|(r, e)| e.as_ref().map(|e| format!("{r}: {e}")))
+            .collect();
+        if failing.is_empty() {
+            let names: Vec<&str> = covered.iter().map(|(r, _)| r.as_str()).collect();
+            (
+                Some(true),
+                "Watching".into(),
+                format!("watching {}", names.join(", ")),
+            )
+        } else {
+            (
+                Some(false),
+                "WatchFailing".into(),
+                format!(
+                    "changes stay unconfirmed while a watch fails (it retries): {}",
+                    failing.join("; ")
+                ),
+            )
+        }
     }
 
     /// The observer to give the capture writer.
@@ -157,6 +222,7 @@ impl Witness {
         store: Arc<dyn EventStore>,
     ) {
         let mut rx = self.rx.lock().await;
+        let _running = Running::start(self.watches.clone());
         // Left over from a previous term: verdicts would be decided on stale health.
         while rx.try_recv().is_ok() {}
         let mut driver = Driver {
@@ -168,6 +234,7 @@ impl Witness {
             resolved: VecDeque::new(),
             resolved_set: HashSet::new(),
             polled_until: Timestamp::now() - self.settings.windows.confirm * 2,
+            watches: self.watches.clone(),
             apis: HashMap::new(),
         };
         let mut watches: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
@@ -213,6 +280,15 @@ impl Witness {
                                 }
                                 keep
                             });
+                            {
+                                let mut w = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+                                w.by_resource.retain(|r, _| wanted.contains_key(r));
+                                for (r, t) in &wanted {
+                                    w.by_resource
+                                        .entry(r.clone())
+                                        .or_insert_with(|| (t.api.clone(), None));
+                                }
+                            }
                             for (resource, target) in wanted {
                                 if watches.contains_key(&resource) {
                                     continue;
@@ -229,6 +305,24 @@ impl Witness {
                 }
             }
         }
+    }
+}
+
+/// Marks the witness running for as long as it lives (the leader's term).
+struct Running(Arc<std::sync::Mutex<Watches>>);
+
+impl Running {
+    fn start(w: Arc<std::sync::Mutex<Watches>>) -> Running {
+        w.lock().unwrap_or_else(|e| e.into_inner()).running = true;
+        Running(w)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        w.running = false;
+        w.by_resource.clear();
     }
 }
 
@@ -283,6 +377,7 @@ struct Driver {
     resolved: VecDeque<EventId>,
     resolved_set: HashSet<EventId>,
     polled_until: Timestamp,
+    watches: Arc<std::sync::Mutex<Watches>>,
     apis: HashMap<String, ApiResource>,
 }
 
@@ -341,7 +436,20 @@ impl Driver {
                 Vec::new()
             }
             Input::Health(resource, since) => {
+                if since.is_some() {
+                    let mut w = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(entry) = w.by_resource.get_mut(&resource) {
+                        entry.1 = None;
+                    }
+                }
                 self.reconciler.set_health(&resource, since);
+                Vec::new()
+            }
+            Input::Failed(resource, error) => {
+                let mut w = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(entry) = w.by_resource.get_mut(&resource) {
+                    entry.1 = Some(crate::render::shorten(&error, 300));
+                }
                 Vec::new()
             }
         }

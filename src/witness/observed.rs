@@ -55,14 +55,30 @@ pub fn synthetic_request(
     }
 }
 
-/// `object` cleaned and redacted as `policy` records it, when the policy covers it; with
-/// whether Secret values were replaced.
+/// Whom a watched object is cleaned for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// To compare with what a review announced: the review already passed the policy's user
+    /// filters, so only the object's side of the policy counts.
+    Compare,
+    /// To record a change no review announced, by an unknown user: a policy that filters by
+    /// user (or whose conditions read the request) cannot tell whether it wants it, and is
+    /// left out, so that an excluded user's change is not recorded because the webhook missed it.
+    Record,
+}
+
+/// `object` cleaned and redacted as `policy` records it, when the policy covers it for
+/// `purpose`; with whether Secret values were replaced.
 pub fn clean_under(
     policy: &CompiledPolicy,
     redactor: &Redactor,
     req: &Request,
+    purpose: Purpose,
 ) -> Option<(Value, bool)> {
-    policy.matches(req, redactor).ok()?;
+    let by_user = policy.matches_unattributed(req, redactor).ok()?;
+    if by_user && purpose == Purpose::Record {
+        return None;
+    }
     let raw = req.object.as_ref().or(req.old_object.as_ref())?;
     let mut v = cleaned(raw, policy.track_status(), policy.ignore_fields());
     let redacted = redactor.redact(&mut v, &req.kind);
@@ -78,7 +94,8 @@ pub fn digests(
     policies
         .iter()
         .filter_map(|p| {
-            clean_under(p, redactor, req).map(|(v, _)| (p.name().to_owned(), state_digest(&v)))
+            clean_under(p, redactor, req, Purpose::Compare)
+                .map(|(v, _)| (p.name().to_owned(), state_digest(&v)))
         })
         .collect()
 }
@@ -121,7 +138,7 @@ pub fn observed_event(
     let mut matched = Vec::new();
     let mut state = None;
     for p in policies {
-        if let Some(v) = clean_under(p, redactor, &req) {
+        if let Some(v) = clean_under(p, redactor, &req, Purpose::Record) {
             matched.push(p.name().to_owned());
             state.get_or_insert(v);
         }

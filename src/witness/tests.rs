@@ -229,7 +229,8 @@ fn a_commit_no_review_announced_becomes_an_observed_change_with_its_field_manage
     assert_eq!(after["data"]["mode"], "edited-by-kubectl-edit");
     let (policies, redactor) = (vec![policy(&["configmaps"])], redactor());
     let req = observed::synthetic_request(&configmaps(), before, Operation::Update, "");
-    let (head_state, _) = observed::clean_under(&policies[0], &redactor, &req).unwrap();
+    let (head_state, _) =
+        observed::clean_under(&policies[0], &redactor, &req, observed::Purpose::Record).unwrap();
     let head_event = observed::observed_event(
         &policies,
         &redactor,
@@ -360,4 +361,87 @@ fn commit(rv: &str) -> crate::pipeline::Commit {
         seen_at: t0(),
         witness: crate::pipeline::Witness::Watch,
     }
+}
+
+#[test]
+fn the_policy_status_says_which_watch_fails_and_why() {
+    let w = super::Witness::new(super::Settings::default());
+    let p = policy(&["configmaps"]);
+    assert_eq!(w.policy_health(&p).0, None, "not leading: Unknown");
+    let _running = super::Running::start(w.watches.clone());
+    assert_eq!(w.policy_health(&p).1, "NothingWatched");
+    w.watches
+        .lock()
+        .unwrap()
+        .by_resource
+        .insert("configmaps".into(), (configmaps(), None));
+    assert_eq!(
+        w.policy_health(&p),
+        (Some(true), "Watching".into(), "watching configmaps".into())
+    );
+    w.watches
+        .lock()
+        .unwrap()
+        .by_resource
+        .get_mut("configmaps")
+        .unwrap()
+        .1 = Some("configmaps is forbidden: User cannot list resource".into());
+    let (ok, reason, message) = w.policy_health(&p);
+    assert_eq!((ok, reason.as_str()), (Some(false), "WatchFailing"));
+    assert!(
+        message.contains("configmaps: configmaps is forbidden"),
+        "{message}"
+    );
+    // A policy on other resources is not concerned.
+    assert_eq!(w.policy_health(&policy(&["secrets"])).1, "NothingWatched");
+    drop(_running);
+    assert_eq!(
+        w.policy_health(&p).0,
+        None,
+        "leadership lost: Unknown again"
+    );
+}
+
+#[test]
+fn a_policy_that_filters_by_user_compares_commits_but_records_none_it_cannot_attribute() {
+    let stream = watch::parse_stream(&fixture("watch/configmaps.jsonl"));
+    let (_, object) = &stream[0];
+    let mut spec = policy(&["configmaps"]).spec().clone();
+    spec.users = Some(crate::crd::UserFilter {
+        exclude: vec!["system:*".into()],
+        ..Default::default()
+    });
+    let filtered = Arc::new(CompiledPolicy::compile("p", &spec).unwrap());
+    let req = observed::synthetic_request(&configmaps(), object, Operation::Update, "");
+    // A review by alice passed the filter: its commit still confirms it.
+    assert_eq!(
+        observed::digests(&[filtered.clone()], &redactor(), &req).len(),
+        1
+    );
+    // Unannounced, its user unknown (an excluded controller, maybe): not recorded.
+    let c = observed::observed_event(
+        &[filtered],
+        &redactor(),
+        &configmaps(),
+        object,
+        false,
+        false,
+        None,
+        commit("229"),
+        None,
+    );
+    assert!(c.is_none(), "{c:?}");
+    // A policy without user filters records it.
+    let open = observed::observed_event(
+        &[policy(&["configmaps"])],
+        &redactor(),
+        &configmaps(),
+        object,
+        false,
+        false,
+        None,
+        commit("229"),
+        None,
+    );
+    assert!(open.is_some());
 }

@@ -110,6 +110,9 @@ pub async fn run(
                 let _ = inputs
                     .send(Input::Health(target.resource.clone(), None))
                     .await;
+                let _ = inputs
+                    .send(Input::Failed(target.resource.clone(), error.to_string()))
+                    .await;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 // Continuity is lost: a resumed watch no longer vouches for the time before.

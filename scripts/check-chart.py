@@ -38,6 +38,7 @@ CRDS = ROOT / "crds"
 SAMPLES = ROOT / "samples"
 RELEASE = "histor"
 NAMESPACE = "histor-system"
+WITNESS_ROLE = f"{RELEASE}-witness"
 
 try:
     import helm_python
@@ -175,7 +176,15 @@ GOOD_VALUES: dict[str, dict[str, Any]] = {
         "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
         "podAnnotations": {"example.com/team": "platform"},
         "rbac": {"viewer": {"aggregateToView": False}},
+        "witness": {
+            "confirmWindow": "1m30s",
+            "rules": [
+                {"apiGroups": [""], "resources": ["configmaps"]},
+                {"apiGroups": ["example.com"], "resources": ["widgets", "gadgets"]},
+            ],
+        },
     },
+    "no-witness": {"witness": {"enabled": False}},
 }
 
 # Each must fail to render, through values.schema.json or the chart's own checks.
@@ -209,6 +218,14 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
         "webhook": {"clientCA": {"existingSecret": "a", "existingConfigMap": "b"}}
     },
     "client CA names not a list": {"webhook": {"clientCA": {"allowedNames": "kube-apiserver"}}},
+    "witness.enabled is a string": {"witness": {"enabled": "yes"}},
+    "witness confirmWindow not a duration": {"witness": {"confirmWindow": "30"}},
+    "witness confirmWindow zero": {"witness": {"confirmWindow": "0s"}},
+    "witness rule with verbs": {"witness": {"rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]}},
+    "witness rule with a wildcard resource": {"witness": {"rules": [{"apiGroups": [""], "resources": ["*"]}]}},
+    "witness rule with a wildcard group": {"witness": {"rules": [{"apiGroups": ["*"], "resources": ["configmaps"]}]}},
+    "witness rule with a subresource": {"witness": {"rules": [{"apiGroups": ["apps"], "resources": ["deployments/scale"]}]}},
+    "witness rule without resources": {"witness": {"rules": [{"apiGroups": ["apps"]}]}},
 }
 
 # For some bad value sets, what the refusal must say: failing for another reason proves nothing.
@@ -226,6 +243,12 @@ BAD_REASONS: dict[str, str] = {
     "sslrootcert a relative path": "must be an absolute path",
     "sslrootcert over the HMAC key's mount": "must be an absolute path",
     "unknown store.postgres key": "'password' not allowed",
+    "witness confirmWindow not a duration": "/witness/confirmWindow",
+    "witness confirmWindow zero": "a zero window",
+    "witness rule with verbs": "'verbs' not allowed",
+    "witness rule with a wildcard resource": "/witness/rules/0/resources/0",
+    "witness rule with a wildcard group": "/witness/rules/0/apiGroups/0",
+    "witness rule with a subresource": "/witness/rules/0/resources/0",
 }
 
 # Flags of `histor operator` the Deployment must always pass (the binary's contract).
@@ -349,17 +372,34 @@ def assert_common(c: Checks, label: str, objects: list[dict[str, Any]]) -> None:
         {"/var/lib/histor", "/var/run/histor/tls", "/etc/histor/hmac", "/tmp"} <= set(mounts),
         f"{label}: writable data, tls and tmp mounts, HMAC key mounted",
     )
-    # Least privilege: no wildcards anywhere, no cluster-wide Secret access.
+    # Least privilege: no wildcards anywhere; cluster-wide Secret access only to the watch witness,
+    # and only list/watch (the witness role grants nothing else).
     wildcard, cluster_secrets = [], []
     for kind in ("ClusterRole", "Role"):
         for role in find(objects, kind):
+            witness_role = kind == "ClusterRole" and role["metadata"]["name"] == WITNESS_ROLE
             for rule in role.get("rules") or []:
                 if "*" in rule.get("verbs", []) + rule.get("resources", []) + rule.get("apiGroups", []):
                     wildcard.append(role["metadata"]["name"])
-                if kind == "ClusterRole" and "secrets" in rule.get("resources", []):
+                if kind == "ClusterRole" and "core/secrets" in {f"{g or 'core'}/{r}" for g in rule["apiGroups"] for r in rule["resources"]} and not (
+                    witness_role and rule["verbs"] == ["list", "watch"]
+                ):
                     cluster_secrets.append(role["metadata"]["name"])
     c.expect(not wildcard, f"{label}: no wildcard in any RBAC rule{' ' + str(wildcard) if wildcard else ''}")
-    c.expect(not cluster_secrets, f"{label}: no ClusterRole grants Secrets{' ' + str(cluster_secrets) if cluster_secrets else ''}")
+    c.expect(
+        not cluster_secrets,
+        f"{label}: no ClusterRole grants Secrets beyond the witness's list/watch{' ' + str(cluster_secrets) if cluster_secrets else ''}",
+    )
+    for role in find(objects, "ClusterRole", WITNESS_ROLE):
+        verbs = sorted({tuple(r["verbs"]) for r in role["rules"]})
+        c.expect(verbs == [("list", "watch")], f"{label}: the witness ClusterRole grants exactly list and watch (got {verbs})")
+        binding = one(objects, "ClusterRoleBinding", WITNESS_ROLE)
+        c.expect(
+            binding["roleRef"]["name"] == WITNESS_ROLE
+            and [(s["kind"], s["namespace"]) for s in binding["subjects"]] == [("ServiceAccount", NAMESPACE)]
+            and binding["subjects"][0]["name"] == pod_spec(objects)["serviceAccountName"],
+            f"{label}: the witness ClusterRole is bound to the operator's ServiceAccount",
+        )
     bindings = {(b["kind"], b["roleRef"]["name"]) for b in find(objects, "ClusterRoleBinding") + find(objects, "RoleBinding")}
     c.expect(
         ("ClusterRoleBinding", "system:auth-delegator") in bindings
@@ -390,6 +430,29 @@ def assert_common(c: Checks, label: str, objects: list[dict[str, Any]]) -> None:
         c.expect(ctr["image"] == "ghcr.io/histor-dev/histor:0.1.0", f"{label}: image tag defaults to appVersion")
 
 
+DEFAULT_WITNESS = {
+    *(("", r) for r in ("configmaps", "services", "serviceaccounts", "namespaces", "persistentvolumeclaims", "secrets")),
+    *(("apps", r) for r in ("deployments", "statefulsets", "daemonsets", "replicasets")),
+    *(("batch", r) for r in ("jobs", "cronjobs")),
+    *(("networking.k8s.io", r) for r in ("ingresses", "networkpolicies")),
+    *(("rbac.authorization.k8s.io", r) for r in ("roles", "rolebindings", "clusterroles", "clusterrolebindings")),
+}
+
+
+def witness_grants(objects: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(group, resource) pairs the witness ClusterRole grants (none when it is not rendered)."""
+    return {(g, r) for role in find(objects, "ClusterRole", WITNESS_ROLE) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+
+
+def assert_no_witness(c: Checks, objects: list[dict[str, Any]]) -> None:
+    args = container(objects)["args"]
+    c.expect("--no-watch" in args and not any(a.startswith("--confirm-window") for a in args), "no-witness: --no-watch, no --confirm-window")
+    c.expect(
+        not find(objects, "ClusterRole", WITNESS_ROLE) and not find(objects, "ClusterRoleBinding", WITNESS_ROLE),
+        "no-witness: no witness ClusterRole or binding",
+    )
+
+
 def assert_defaults(c: Checks, objects: list[dict[str, Any]]) -> None:
     args = container(objects)["args"]
     c.expect("--cert-mode=self-managed" in args, "defaults: self-managed certificates")
@@ -406,6 +469,8 @@ def assert_defaults(c: Checks, objects: list[dict[str, Any]]) -> None:
         not any(a.startswith("--store") for a in container(objects)["args"]),
         "defaults: sled in --data-dir, no --store flags",
     )
+    c.expect("--confirm-window=30s" in args and "--no-watch" not in args, "defaults: the watch witness on, --confirm-window=30s")
+    c.expect(witness_grants(objects) == DEFAULT_WITNESS, f"defaults: the witness may list/watch the common built-in resources{' (differs: ' + str(sorted(witness_grants(objects) ^ DEFAULT_WITNESS)) + ')' if witness_grants(objects) != DEFAULT_WITNESS else ''}")
     c.expect(not find(objects, "PodDisruptionBudget"), "defaults: no PDB for a single replica (it would block drains)")
     c.expect(not find(objects, "ServiceMonitor") and not find(objects, "NetworkPolicy"), "defaults: no ServiceMonitor, no NetworkPolicy")
     api = one(objects, "APIService", "v1alpha1.query.histor.dev")
@@ -552,6 +617,11 @@ def assert_custom(c: Checks, objects: list[dict[str, Any]]) -> None:
         {"--retention-max-age=2160h", "--retention-max-events-per-object=500", "--log-format=text", "--log-level=debug", "--service-account=recorder"} <= set(args),
         "custom: retention, logging and service-account flags",
     )
+    c.expect("--confirm-window=1m30s" in args, "custom: --confirm-window from witness.confirmWindow")
+    c.expect(
+        witness_grants(objects) == {("", "configmaps"), ("example.com", "widgets"), ("example.com", "gadgets")},
+        "custom: the witness rules as given (a custom resource added, Secrets left out)",
+    )
     c.expect("rbac.authorization.k8s.io/aggregate-to-view" not in one(objects, "ClusterRole", f"{RELEASE}-viewer")["metadata"]["labels"], "custom: viewer not aggregated to view")
     c.expect(not find(objects, "ServiceAccount") or one(objects, "ServiceAccount")["metadata"]["name"] == "recorder", "custom: ServiceAccount name")
 
@@ -586,6 +656,7 @@ ASSERTIONS: dict[str, Callable[[Checks, list[dict[str, Any]]], None]] = {
     "postgres-custom": assert_postgres_custom,
     "ha": assert_ha,
     "custom": assert_custom,
+    "no-witness": assert_no_witness,
 }
 
 

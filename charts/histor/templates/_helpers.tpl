@@ -116,6 +116,9 @@ app.kubernetes.io/part-of: histor
 {{- if and (gt $replicas 1) (not .Values.operator.leaderElection.enabled) -}}
 {{- fail "replicas > 1 needs operator.leaderElection.enabled=true: without a leader every replica would write ChangeRecords and send notifications." -}}
 {{- end -}}
+{{- if and .Values.witness.enabled (not (regexMatch "[1-9]" .Values.witness.confirmWindow)) -}}
+{{- fail (printf "witness.confirmWindow=%s: a zero window would call every change notApplied before the watch could see it; use a few seconds at least (default 30s)." .Values.witness.confirmWindow) -}}
+{{- end -}}
 {{- if eq .Values.store.engine "postgres" -}}
 {{- $pg := .Values.store.postgres -}}
 {{- if not $pg.url -}}

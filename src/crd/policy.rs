@@ -270,7 +270,10 @@ pub struct NotifySink {
     pub notify_on: Option<NotifyOn>,
 }
 
-/// When a notification sink is told of a change.
+/// When the sink is told of a change: `Confirmed` (the default) once the watch saw it
+/// committed (or gave up: unconfirmed), so a change a later admission step refused is never
+/// announced; `Received` as soon as the webhook recorded it, for speed, before anyone knows
+/// whether it will be committed. A change found not applied is never sent.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum NotifyOn {
     /// Once a witness saw the change committed (or could not tell: `unconfirmed`).

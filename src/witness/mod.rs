@@ -647,7 +647,7 @@ impl Driver {
             &seen.object,
             seen.deleted,
             seen.baseline,
-            head.as_ref(),
+            head.as_deref(),
             commit,
             inferred,
         ) else {
@@ -715,7 +715,7 @@ enum HeadLookup {
     /// The store already has this commit.
     Known,
     /// The newest event that may have happened, if any.
-    Head(Option<observed::Head>),
+    Head(Option<Box<observed::Head>>),
 }
 
 /// The store's newest event of `uid` that may have happened (not `notApplied`), and its state;
@@ -744,10 +744,10 @@ fn head_of(store: &dyn EventStore, uid: &str, rv: Option<&str>) -> crate::Result
         return Ok(HeadLookup::Head(None));
     };
     let state = store.state_after(newest.id)?;
-    Ok(HeadLookup::Head(Some(observed::Head {
+    Ok(HeadLookup::Head(Some(Box::new(observed::Head {
         event: newest,
         state,
-    })))
+    }))))
 }
 
 #[cfg(test)]

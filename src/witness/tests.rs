@@ -88,11 +88,14 @@ fn received_reviews(resource: &str) -> Vec<(StoredEvent, Value)> {
 
 /// Runs the recorded watch stream of `resource` through the reconciler after its reviews,
 /// and returns the verdict of every review by id, with the unannounced commits.
+/// The verdict on each event id: its state and the committed resourceVersion.
+type Verdicts = HashMap<u64, (ChangeState, Option<String>)>;
+
 fn reconcile(
     resource: &str,
     api: &ApiResource,
     reviews: &[(StoredEvent, Value)],
-) -> (HashMap<u64, (ChangeState, Option<String>)>, Vec<Seen>) {
+) -> (Verdicts, Vec<Seen>) {
     let (policies, redactor) = (vec![policy(&[resource])], redactor());
     let mut r = Reconciler::new(Windows {
         confirm: SignedDuration::from_secs(30),
@@ -415,7 +418,7 @@ fn a_policy_that_filters_by_user_compares_commits_but_records_none_it_cannot_att
     let req = observed::synthetic_request(&configmaps(), object, Operation::Update, "");
     // A review by alice passed the filter: its commit still confirms it.
     assert_eq!(
-        observed::digests(&[filtered.clone()], &redactor(), &req).len(),
+        observed::digests(std::slice::from_ref(&filtered), &redactor(), &req).len(),
         1
     );
     // Unannounced, its user unknown (an excluded controller, maybe): not recorded.

@@ -29,8 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Inputs of the driver queue.
-const QUEUE: usize = 10_000;
+/// Inputs of the driver queue. A list waits for room, so this bounds how many listed objects
+/// are held at once (a review that finds it full is read from the store by the next poll).
+const QUEUE: usize = 1_024;
 /// How often the store is read for received changes.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 /// How often the policies' resource rules are compared with what is watched (cheap: no I/O).

@@ -12,6 +12,7 @@
 
 pub mod managed;
 pub mod observed;
+pub mod offline;
 pub mod reconcile;
 pub mod watch;
 

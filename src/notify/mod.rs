@@ -10,8 +10,8 @@
 //! Modules, one job each: `config` (knobs, sink specs, durations), `secrets` (where credentials
 //! come from), `filter`, `digest`, `message`, `retry` and `limits` (pure), `outbox` (encoding onto
 //! the store's outbox), `slack`/`email`/`webhook` (transports behind [`Sink`]), `metrics`.
-//! Depends on `crd`, `pipeline` and `store` (types and the outbox contract); knows nothing of the
-//! controller that wires it.
+//! Depends on `crd`, `pipeline`, `store` (types and the outbox contract) and `render` (the shared
+//! wording of states and inferred actors); knows nothing of the controller that wires it.
 //!
 //! Queued work is bounded (see `limits`): a notification older than `maxPendingAge` (24 h) or
 //! beyond `maxPendingPerSink` (10,000, oldest first) for its sink is dropped, a digest window is
@@ -1050,6 +1050,140 @@ mod tests {
         assert_eq!(n.buffered().await, 0);
         assert_eq!(n.pending().await, 0);
         assert_eq!(dropped(&n.inner.metrics, "unknown", "expired"), 2);
+    }
+
+    /// Prod's four sinks: `now` and `nowDigest` notify on receipt, `later` and `laterDigest` on
+    /// confirmation (the default); the digest ones hold a window of an hour.
+    fn by_notify_on(n: &Notifier) {
+        let sink = |name: &str, on: Option<crate::crd::NotifyOn>, digest: bool| NotifySink {
+            name: name.into(),
+            notify_on: on,
+            digest: digest.then(|| "1h".into()),
+            ..hook_sink()
+        };
+        let received = Some(crate::crd::NotifyOn::Received);
+        n.set_policy(
+            "prod",
+            &[
+                sink("now", received, false),
+                sink("nowDigest", received, true),
+                sink("later", None, false),
+                sink("laterDigest", None, true),
+            ],
+        )
+        .unwrap();
+    }
+
+    /// Every (sink, event id) the outbox holds, as notifications or in digest windows, sorted.
+    async fn handed_over(n: &Notifier) -> Vec<(String, EventId)> {
+        let mut out: Vec<(String, EventId)> = Vec::new();
+        for (_, e) in n.inner.outbox.entries().await.unwrap() {
+            out.extend(e.event_ids.iter().map(|id| (e.sink.sink.clone(), *id)));
+        }
+        for (sink, _, _) in n.inner.outbox.open_windows().await.unwrap() {
+            for b in n.inner.outbox.buffered(&sink).await.unwrap() {
+                out.push((b.sink.sink.clone(), b.id));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn in_state(id: u64, state: ChangeState) -> StoredEvent {
+        let mut e = at(id);
+        e.event.state = state;
+        e
+    }
+
+    fn pairs(sinks: &[&str], id: EventId) -> Vec<(String, EventId)> {
+        let mut v: Vec<_> = sinks.iter().map(|s| (s.to_string(), id)).collect();
+        v.sort();
+        v
+    }
+
+    /// A received change reaches the sinks that notify on receipt at once, and the others once
+    /// the witness confirms it: every sink exactly once, digest sinks alike.
+    #[tokio::test]
+    async fn a_confirmed_change_reaches_each_sink_once() {
+        let store = MemStore::new();
+        let n = notifier(&store);
+        by_notify_on(&n);
+        n.on_recorded(&[in_state(1, ChangeState::Received)])
+            .await
+            .unwrap();
+        assert_eq!(handed_over(&n).await, pairs(&["now", "nowDigest"], 1));
+        n.on_resolved(&[in_state(1, ChangeState::Confirmed)])
+            .await
+            .unwrap();
+        assert_eq!(
+            handed_over(&n).await,
+            pairs(&["now", "nowDigest", "later", "laterDigest"], 1)
+        );
+        // The witness could not tell: the same, the message says so.
+        n.on_recorded(&[in_state(2, ChangeState::Received)])
+            .await
+            .unwrap();
+        n.on_resolved(&[in_state(2, ChangeState::Unconfirmed)])
+            .await
+            .unwrap();
+        let two: Vec<_> = handed_over(&n)
+            .await
+            .into_iter()
+            .filter(|p| p.1 == 2)
+            .collect();
+        assert_eq!(two, pairs(&["now", "nowDigest", "later", "laterDigest"], 2));
+    }
+
+    /// A refused change is never announced, from either door.
+    #[tokio::test]
+    async fn a_change_not_applied_reaches_no_sink() {
+        let store = MemStore::new();
+        let n = notifier(&store);
+        by_notify_on(&n);
+        let refused = [in_state(1, ChangeState::NotApplied)];
+        n.on_recorded(&refused).await.unwrap();
+        n.on_resolved(&refused).await.unwrap();
+        assert_eq!(handed_over(&n).await, vec![]);
+        assert_eq!((n.pending().await, n.buffered().await), (0, 0));
+    }
+
+    /// What the writer hands over already resolved (a commit no review announced, or a change
+    /// recorded where no witness runs) goes to every sink at once.
+    #[tokio::test]
+    async fn observed_and_unconfirmed_changes_reach_every_sink() {
+        let store = MemStore::new();
+        let n = notifier(&store);
+        by_notify_on(&n);
+        n.on_recorded(&[
+            in_state(1, ChangeState::Observed),
+            in_state(2, ChangeState::Unconfirmed),
+        ])
+        .await
+        .unwrap();
+        let all = ["now", "nowDigest", "later", "laterDigest"];
+        let mut want = pairs(&all, 1);
+        want.extend(pairs(&all, 2));
+        want.sort();
+        assert_eq!(handed_over(&n).await, want);
+    }
+
+    /// The cursor says how far the store's events were handed over; a change the witness
+    /// resolves may be newer than it (a shared store is followed a moment behind), and moving
+    /// the cursor past it would skip the events in between.
+    #[tokio::test]
+    async fn on_resolved_leaves_the_cursor_alone() {
+        let store = MemStore::new();
+        let n = notifier(&store);
+        by_notify_on(&n);
+        n.on_recorded(&[in_state(1, ChangeState::Received)])
+            .await
+            .unwrap();
+        assert_eq!(n.inner.outbox.cursor().await.unwrap(), Some(1));
+        n.on_resolved(&[in_state(5, ChangeState::Confirmed)])
+            .await
+            .unwrap();
+        assert_eq!(n.inner.outbox.cursor().await.unwrap(), Some(1));
+        assert_eq!(handed_over(&n).await.len(), 4);
     }
 
     #[test]

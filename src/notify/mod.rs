@@ -121,6 +121,19 @@ struct Inner {
     wake: Notify,
 }
 
+/// The way events reach [`Notifier::take`]; with their state it says which sinks still need them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Door {
+    /// From the writer, right after the append ([`Notifier::on_recorded`]).
+    Recorded,
+    /// From a witness, with the state it just decided ([`Notifier::on_resolved`]).
+    Resolved,
+    /// Read back from the store past the cursor (`follow`: after a crash, or on the replica
+    /// that delivers for a shared store), in the state the store holds now: a witness may have
+    /// resolved them meanwhile.
+    Stored,
+}
+
 /// Drops not yet logged: one line a minute at most says how many, however many sweeps dropped.
 #[derive(Default)]
 struct DropLog {
@@ -265,8 +278,11 @@ impl Notifier {
     /// A `received` change (a witness will tell whether it was committed) goes only to sinks
     /// that notify on receipt; the others hear of it from [`on_resolved`](Notifier::on_resolved).
     /// A `notApplied` change is never sent.
+    /// Events read back from the store (`follow`, `recover_from`) go through the same rules,
+    /// except that a `confirmed` one goes only to the sinks that notify on receipt: the witness
+    /// told the others.
     pub async fn on_recorded(&self, events: &[StoredEvent]) -> Result<()> {
-        self.take(events, false).await
+        self.take(events, Door::Recorded).await
     }
 
     /// Hands over changes a witness has just resolved (`confirmed`, or `unconfirmed` when it
@@ -274,17 +290,17 @@ impl Notifier {
     /// confirmation, which [`on_recorded`](Notifier::on_recorded) left out. Call it before
     /// the verdict is written, so a crash in between sends twice rather than never.
     pub async fn on_resolved(&self, events: &[StoredEvent]) -> Result<()> {
-        self.take(events, true).await
+        self.take(events, Door::Resolved).await
     }
 
-    async fn take(&self, events: &[StoredEvent], resolved: bool) -> Result<()> {
+    async fn take(&self, events: &[StoredEvent], door: Door) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
         let now = Timestamp::now();
         let mut intake = Intake {
             // Resolved events are older than the cursor already is.
-            cursor: if resolved {
+            cursor: if door == Door::Resolved {
                 None
             } else {
                 events.iter().map(|e| e.id).max()
@@ -300,10 +316,15 @@ impl Notifier {
                     if !se.event.policies.contains(&id.policy) {
                         continue;
                     }
-                    let wanted = match se.event.state {
-                        ChangeState::NotApplied => false,
-                        ChangeState::Received => st.spec.on_receipt && !resolved,
-                        _ if resolved => !st.spec.on_receipt,
+                    let on_receipt = st.spec.on_receipt;
+                    let wanted = match (se.event.state, door) {
+                        (ChangeState::NotApplied, _) => false,
+                        (ChangeState::Received, Door::Resolved) => false,
+                        (ChangeState::Received, _) => on_receipt,
+                        (_, Door::Resolved) => !on_receipt,
+                        // Only a witness confirms, and it told these sinks before it wrote
+                        // the verdict this state comes from.
+                        (ChangeState::Confirmed, Door::Stored) => on_receipt,
                         _ => true,
                     };
                     if !wanted {
@@ -1184,6 +1205,33 @@ mod tests {
             .unwrap();
         assert_eq!(n.inner.outbox.cursor().await.unwrap(), Some(1));
         assert_eq!(handed_over(&n).await.len(), 4);
+    }
+
+    /// A change confirmed before the store's events were read back (the witness is quicker than
+    /// the shared store's follower, or a crash came between the append and `on_recorded`):
+    /// the witness told the sinks that notify on confirmation, the read-back tells the others.
+    #[tokio::test]
+    async fn a_change_confirmed_before_it_is_read_back_reaches_each_sink_once() {
+        let store = Arc::new(MemStore::new());
+        let n = notifier(&store);
+        by_notify_on(&n);
+        store.add(&[in_state(1, ChangeState::Received)]);
+        n.on_recorded(&[in_state(1, ChangeState::Received)])
+            .await
+            .unwrap();
+        // 2 is stored, then confirmed (told, then the verdict written) before anyone read it.
+        store.add(&[in_state(2, ChangeState::Confirmed)]);
+        n.on_resolved(&[in_state(2, ChangeState::Confirmed)])
+            .await
+            .unwrap();
+        assert_eq!(n.recover_from(store.clone()).await.unwrap(), 1);
+        let all = ["now", "nowDigest", "later", "laterDigest"];
+        let mut want = pairs(&all, 1);
+        want.retain(|p| p.0.starts_with("now"));
+        want.extend(pairs(&all, 2));
+        want.sort();
+        assert_eq!(handed_over(&n).await, want);
+        assert_eq!(n.inner.outbox.cursor().await.unwrap(), Some(2));
     }
 
     #[test]

@@ -293,6 +293,65 @@ async fn slack_and_webhook_posts_arrive_signed() {
     );
 }
 
+/// The webhook sink notifies on receipt, the Slack one on confirmation (the default): the
+/// received change reaches the webhook at once, marked as not yet confirmed, and Slack once the
+/// witness confirmed it; each gets it once. A change not applied reaches neither.
+#[tokio::test]
+async fn each_sink_hears_of_a_change_when_its_notify_on_says() {
+    init();
+    let rx = Receiver::start().await;
+    let (_dir, outbox) = temp_outbox();
+    let n = Notifier::new(
+        outbox,
+        http_secrets(&rx),
+        fast_config(),
+        NotifyMetrics::default(),
+    )
+    .unwrap();
+    let on_receipt = NotifySink {
+        notify_on: Some(histor::crd::NotifyOn::Received),
+        ..webhook_sink(None)
+    };
+    n.set_policy("prod", &[slack_sink(None), on_receipt])
+        .unwrap();
+    let (stop, handle) = spawn_run(&n);
+    let in_state = |id, state| {
+        let mut event = deployment_event("alice", "nginx", (1, 3));
+        event.state = state;
+        StoredEvent { id, event }
+    };
+    use histor::pipeline::ChangeState::{Confirmed, NotApplied, Received};
+    n.on_recorded(&[in_state(1, Received), in_state(2, NotApplied)])
+        .await
+        .unwrap();
+    let hook = rx.wait_for("/hook", 1).await;
+    let v = json(&hook[0].body);
+    assert_eq!(v["events"][0]["state"], "received");
+    assert_eq!(
+        v["summary"],
+        "alice updated deployments.apps demo/nginx (not yet confirmed): spec.replicas: 1 → 3"
+    );
+    // Nothing else was queued: Slack waits for the witness.
+    assert_eq!(n.pending().await, 0);
+    assert!(rx.accepted("/slack").is_empty());
+
+    n.on_resolved(&[in_state(1, Confirmed), in_state(2, NotApplied)])
+        .await
+        .unwrap();
+    let slack = rx.wait_for("/slack", 1).await;
+    assert_eq!(
+        json(&slack[0].body)["text"],
+        "alice updated deployments.apps demo/nginx: spec.replicas: 1 → 3"
+    );
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(n.pending().await, 0);
+    assert_eq!(
+        (rx.accepted("/hook").len(), rx.accepted("/slack").len()),
+        (1, 1)
+    );
+}
+
 #[tokio::test]
 async fn receiver_down_then_up_gets_everything_once_across_a_restart() {
     init();

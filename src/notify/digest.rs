@@ -43,7 +43,8 @@ pub fn summarize<'a>(events: impl IntoIterator<Item = &'a ChangeEvent>) -> Diges
     let (mut first, mut last): (Option<Timestamp>, Option<Timestamp>) = (None, None);
     for e in events {
         count += 1;
-        *users.entry(e.user.username.clone()).or_insert(0) += 1;
+        // An observed change's actor is inferred, and says so.
+        *users.entry(crate::render::actor(e)).or_insert(0) += 1;
         *namespaces.entry(e.namespace.clone()).or_insert(0) += 1;
         *operations.entry(e.operation).or_insert(0) += 1;
         *resources.entry(e.resource.group_resource()).or_insert(0) += 1;

@@ -8,9 +8,14 @@
 //! never past the store's newest event, so an event committed later (whose id is above every id
 //! before it) is never skipped. The shared store is followed a moment behind its newest events,
 //! so that a request's other webhooks have linked their policies by the time it is handed over.
+//!
+//! Events read back are in the state the store holds now, which a witness may have changed
+//! since they were recorded: a `confirmed` one was handed to the sinks that notify on
+//! confirmation by the witness itself (`Notifier::on_resolved`, before it wrote the verdict),
+//! so it goes only to those that notify on receipt; they never had it as `received`.
 
-use super::Notifier;
 use super::outbox::Intake;
+use super::{Door, Notifier};
 use crate::store::{EventId, EventStore, Page, Query, StoredEvent};
 use crate::{Error, Result};
 use jiff::Timestamp;
@@ -98,7 +103,7 @@ impl Notifier {
             events.dedup_by_key(|e| e.id);
             let n = events.len();
             for chunk in events.chunks(256) {
-                self.on_recorded(chunk).await?;
+                self.take(chunk, Door::Stored).await?;
             }
             // The window is done: move the cursor to its end even when it held nothing.
             outbox

@@ -2,6 +2,10 @@
 //! text/plain and text/html) or a generic webhook JSON body. Pure; depends on pipeline and store
 //! types only.
 //!
+//! A message says what is known ([`crate::render::state_note`]): a change still `received` (sent
+//! to a sink that notifies on receipt) is marked as not yet confirmed, and an `observed` change
+//! names its actor as inferred from `managedFields` ([`crate::render::actor`]), never as a user.
+//!
 //! Secret values never reach a message: the redactor has already replaced them with
 //! `hmac-sha256:<hex>` strings, and here those (and anything under a Secret's `data`/`stringData`)
 //! are shown only as "which key changed".
@@ -9,7 +13,8 @@
 use super::config::SinkKind;
 use super::digest::{name_list, summarize};
 use crate::crd::Operation;
-use crate::pipeline::{ChangeEvent, FieldChange, summary};
+use crate::pipeline::{ChangeEvent, ChangeState, FieldChange, summary};
+use crate::render::{actor, state_note};
 use crate::store::StoredEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -121,9 +126,19 @@ pub fn change_lines(e: &ChangeEvent, max: usize) -> (Vec<String>, usize) {
     (lines, e.changes.len().saturating_sub(max))
 }
 
-/// `alice updated deployments.apps demo/nginx: spec.replicas: 1 → 3` (and `+2 more fields`).
+/// What follows the target of a change still `received`: it may yet be refused.
+const NOT_YET_CONFIRMED: &str = " (not yet confirmed)";
+
+/// `alice updated deployments.apps demo/nginx: spec.replicas: 1 → 3` (and `+2 more fields`);
+/// `… demo/nginx (not yet confirmed): …` for a `received` change, the mark before the fields so
+/// that a cut line loses fields first; an inferred actor as `kubectl-edit (inferred)`.
 pub fn one_line(e: &ChangeEvent) -> String {
-    let head = format!("{} {} {}", e.user.username, verb(e.operation), what(e));
+    let mark = if e.state == ChangeState::Received {
+        NOT_YET_CONFIRMED
+    } else {
+        ""
+    };
+    let head = format!("{} {} {}{mark}", actor(e), verb(e.operation), what(e));
     match e.changes.as_slice() {
         [] => head,
         [c] => format!("{head}: {}", display_change(e, c)),
@@ -198,13 +213,14 @@ pub fn render_slack(events: &[StoredEvent], ctx: &MessageContext) -> Value {
             blocks.push(json!({
                 "type": "section",
                 "fields": [
-                    {"type": "mrkdwn", "text": format!("*Who*\n{}", slack_escape(&e.user.username))},
+                    {"type": "mrkdwn", "text": format!("*Who*\n{}", slack_escape(&actor(e)))},
                     {"type": "mrkdwn", "text": format!("*What*\n{} {}", verb(e.operation), slack_escape(&e.resource.group_resource()))},
                     {"type": "mrkdwn", "text": format!("*Where*\n{}", slack_escape(&match &e.namespace {
                         Some(ns) => format!("{ns}/{}", e.name),
                         None => e.name.clone(),
                     }))},
                     {"type": "mrkdwn", "text": format!("*When*\n<!date^{ts}^{{date_short_pretty}} {{time_secs}}|{}>", when(e))},
+                    {"type": "mrkdwn", "text": cut(&format!("*State*\n{}", slack_escape(&state_note(e))), 2000)},
                 ]
             }));
             let (lines, more) = change_lines(e, ctx.max_fields);
@@ -281,9 +297,10 @@ pub fn render_email(events: &[StoredEvent], ctx: &MessageContext) -> EmailConten
         [one] => {
             let e = &one.event;
             let rows = [
-                ("Who", e.user.username.clone()),
+                ("Who", actor(e)),
                 ("What", format!("{} {}", verb(e.operation), what(e))),
                 ("When", when(e)),
+                ("State", state_note(e)),
                 ("Request", e.request_uid.clone()),
             ];
             html.push_str(&format!(
@@ -520,6 +537,185 @@ mod tests {
         assert_eq!(types, ["header", "section", "section", "context"]);
         assert_eq!(blocks[1]["fields"][0]["text"], "*Who*\nalice");
         assert!(v["text"].as_str().unwrap().contains("spec.replicas: 1 → 3"));
+    }
+
+    /// `scaled()` as a sink that notifies on receipt gets it: not yet confirmed.
+    fn received() -> StoredEvent {
+        let mut e = scaled();
+        e.state = ChangeState::Received;
+        stored(7, e)
+    }
+
+    /// A commit no review announced: no user, a field manager from `managedFields`.
+    fn observed(manager: &str) -> StoredEvent {
+        let mut e = scaled();
+        e.user = Default::default();
+        e.state = ChangeState::Observed;
+        e.commit = Some(crate::pipeline::Commit {
+            resource_version: "4242".into(),
+            seen_at: "2026-11-22T02:07:54Z".parse().unwrap(),
+            witness: crate::pipeline::Witness::Watch,
+        });
+        e.inferred = Some(crate::pipeline::InferredActor {
+            manager: manager.into(),
+            operation: "Update".into(),
+            time: Some("2026-11-22T02:07:53Z".parse().unwrap()),
+            subresource: None,
+        });
+        stored(8, e)
+    }
+
+    #[test]
+    fn a_received_change_is_marked_not_yet_confirmed_in_every_message() {
+        let m = render_email(&[received()], &ctx());
+        assert_eq!(
+            m.subject,
+            "[histor] alice updated deployments.apps demo/nginx (not yet confirmed): \
+             spec.replicas: 1 → 3"
+        );
+        assert_eq!(
+            m.text,
+            "Who      alice\n\
+             What     updated deployments.apps demo/nginx\n\
+             When     2026-11-22 02:07:53 UTC\n\
+             State    received: announced by the webhook, not yet confirmed by a witness\n\
+             Request  uid-nginx\n\
+             \n\
+             Changed fields:\n  spec.replicas: 1 → 3\n\
+             \n-- \nhistor · policy prod · sink team\n"
+        );
+        assert!(m.html.contains(
+            "<h2>alice updated deployments.apps demo/nginx (not yet confirmed): \
+             spec.replicas: 1 → 3</h2>"
+        ));
+        assert!(m.html.contains(
+            "<tr><th align=\"left\">State</th><td>received: announced by the webhook, \
+             not yet confirmed by a witness</td></tr>"
+        ));
+
+        let slack = render_slack(&[received()], &ctx());
+        assert_eq!(
+            slack["text"],
+            "alice updated deployments.apps demo/nginx (not yet confirmed): spec.replicas: 1 → 3"
+        );
+        assert_eq!(slack["blocks"][0]["text"]["text"], slack["text"]);
+        assert_eq!(
+            slack["blocks"][1]["fields"][4]["text"],
+            "*State*\nreceived: announced by the webhook, not yet confirmed by a witness"
+        );
+
+        let hook = render_webhook(&[received()], &ctx());
+        assert_eq!(
+            hook["summary"],
+            "alice updated deployments.apps demo/nginx (not yet confirmed): spec.replicas: 1 → 3"
+        );
+        assert_eq!(hook["events"][0]["state"], "received");
+        assert_eq!(hook["events"][0]["summary"], hook["summary"]);
+
+        // A digest lists it with the mark too.
+        let digest = render_email(&[received(), stored(9, scaled())], &ctx());
+        assert!(digest.text.contains(
+            "  alice updated deployments.apps demo/nginx (not yet confirmed): spec.replicas: 1 → 3\n\
+             \x20 alice updated deployments.apps demo/nginx: spec.replicas: 1 → 3\n"
+        ), "{}", digest.text);
+    }
+
+    #[test]
+    fn a_confirmed_change_says_its_commit_and_carries_no_mark() {
+        let mut e = scaled();
+        e.state = ChangeState::Confirmed;
+        e.commit = observed("x").event.commit;
+        let one = [stored(7, e)];
+        let m = render_email(&one, &ctx());
+        assert_eq!(
+            m.subject,
+            "[histor] alice updated deployments.apps demo/nginx: spec.replicas: 1 → 3"
+        );
+        assert!(m.text.contains(
+            "State    confirmed: committed at resourceVersion 4242 (seen by the watch)\n"
+        ));
+        let hook = render_webhook(&one, &ctx());
+        assert_eq!(hook["events"][0]["state"], "confirmed");
+        assert_eq!(hook["events"][0]["commit"]["resourceVersion"], "4242");
+    }
+
+    #[test]
+    fn an_observed_change_names_its_actor_as_inferred() {
+        let one = [observed("kubectl-edit")];
+        let m = render_email(&one, &ctx());
+        assert_eq!(
+            m.subject,
+            "[histor] kubectl-edit (inferred) updated deployments.apps demo/nginx: \
+             spec.replicas: 1 → 3"
+        );
+        assert!(
+            m.text.starts_with(
+                "Who      kubectl-edit (inferred)\n\
+             What     updated deployments.apps demo/nginx\n\
+             When     2026-11-22 02:07:53 UTC\n\
+             State    observed: committed at resourceVersion 4242 (seen by the watch), \
+             announced by no review; actor inferred from managedFields (field manager \
+             kubectl-edit, Update at 2026-11-22T02:07:53Z), not authenticated\n"
+            ),
+            "{}",
+            m.text
+        );
+        let slack = render_slack(&one, &ctx());
+        assert_eq!(
+            slack["blocks"][1]["fields"][0]["text"],
+            "*Who*\nkubectl-edit (inferred)"
+        );
+        assert!(
+            slack["blocks"][1]["fields"][4]["text"]
+                .as_str()
+                .unwrap()
+                .contains("actor inferred from managedFields")
+        );
+        let hook = render_webhook(&one, &ctx());
+        assert_eq!(
+            hook["summary"],
+            "kubectl-edit (inferred) updated deployments.apps demo/nginx: spec.replicas: 1 → 3"
+        );
+        assert_eq!(hook["users"], json!(["kubectl-edit (inferred)"]));
+        assert_eq!(hook["events"][0]["state"], "observed");
+        assert_eq!(hook["events"][0]["inferred"]["manager"], "kubectl-edit");
+        assert_eq!(hook["events"][0]["user"]["username"], "");
+        // A digest counts it under the inferred actor, never as an empty user name.
+        let digest = render_email(&[observed("kubectl-edit"), stored(9, scaled())], &ctx());
+        assert!(
+            digest
+                .text
+                .contains("Who        alice (1), kubectl-edit (inferred) (1)\n"),
+            "{}",
+            digest.text
+        );
+    }
+
+    /// A field manager is whatever a client called itself: escaped like a user name.
+    #[test]
+    fn an_inferred_manager_is_escaped() {
+        let one = [observed("<b>x&y</b>")];
+        let m = render_email(&one, &ctx());
+        assert!(!m.html.contains("<b>"), "{}", m.html);
+        assert!(m.html.contains(
+            "<tr><th align=\"left\">Who</th><td>&lt;b&gt;x&amp;y&lt;/b&gt; (inferred)</td></tr>"
+        ));
+        assert!(
+            m.html
+                .contains("field manager &lt;b&gt;x&amp;y&lt;/b&gt;, Update")
+        );
+        let slack = render_slack(&one, &ctx());
+        assert_eq!(
+            slack["blocks"][1]["fields"][0]["text"],
+            "*Who*\n&lt;b&gt;x&amp;y&lt;/b&gt; (inferred)"
+        );
+        assert!(!slack["blocks"][1]["fields"][4].to_string().contains("<b>"));
+        assert!(
+            slack["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("&lt;b&gt;x&amp;y&lt;/b&gt; (inferred)")
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //! Modules, one job each: `config` (knobs, sink specs, durations), `secrets` (where credentials
 //! come from), `filter`, `digest`, `message`, `retry` and `limits` (pure), `outbox` (encoding onto
 //! the store's outbox), `slack`/`email`/`webhook` (transports behind [`Sink`]), `metrics`.
-//! Depends on `crd`, `pipeline` and `store` (types and the outbox contract); knows nothing of the
-//! controller that wires it.
+//! Depends on `crd`, `pipeline`, `store` (types and the outbox contract) and `render` (the shared
+//! wording of states and inferred actors); knows nothing of the controller that wires it.
 //!
 //! Queued work is bounded (see `limits`): a notification older than `maxPendingAge` (24 h) or
 //! beyond `maxPendingPerSink` (10,000, oldest first) for its sink is dropped, a digest window is
@@ -119,6 +119,19 @@ struct Inner {
     /// The shared event store the delivering replica takes events from ([`Notifier::follow`]).
     follow: Mutex<Option<Arc<dyn EventStore>>>,
     wake: Notify,
+}
+
+/// The way events reach [`Notifier::take`]; with their state it says which sinks still need them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Door {
+    /// From the writer, right after the append ([`Notifier::on_recorded`]).
+    Recorded,
+    /// From a witness, with the state it just decided ([`Notifier::on_resolved`]).
+    Resolved,
+    /// Read back from the store past the cursor (`follow`: after a crash, or on the replica
+    /// that delivers for a shared store), in the state the store holds now: a witness may have
+    /// resolved them meanwhile.
+    Stored,
 }
 
 /// Drops not yet logged: one line a minute at most says how many, however many sweeps dropped.
@@ -265,8 +278,11 @@ impl Notifier {
     /// A `received` change (a witness will tell whether it was committed) goes only to sinks
     /// that notify on receipt; the others hear of it from [`on_resolved`](Notifier::on_resolved).
     /// A `notApplied` change is never sent.
+    /// Events read back from the store (`follow`, `recover_from`) go through the same rules,
+    /// except that a `confirmed` one goes only to the sinks that notify on receipt: the witness
+    /// told the others.
     pub async fn on_recorded(&self, events: &[StoredEvent]) -> Result<()> {
-        self.take(events, false).await
+        self.take(events, Door::Recorded).await
     }
 
     /// Hands over changes a witness has just resolved (`confirmed`, or `unconfirmed` when it
@@ -274,17 +290,17 @@ impl Notifier {
     /// confirmation, which [`on_recorded`](Notifier::on_recorded) left out. Call it before
     /// the verdict is written, so a crash in between sends twice rather than never.
     pub async fn on_resolved(&self, events: &[StoredEvent]) -> Result<()> {
-        self.take(events, true).await
+        self.take(events, Door::Resolved).await
     }
 
-    async fn take(&self, events: &[StoredEvent], resolved: bool) -> Result<()> {
+    async fn take(&self, events: &[StoredEvent], door: Door) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
         let now = Timestamp::now();
         let mut intake = Intake {
             // Resolved events are older than the cursor already is.
-            cursor: if resolved {
+            cursor: if door == Door::Resolved {
                 None
             } else {
                 events.iter().map(|e| e.id).max()
@@ -300,10 +316,15 @@ impl Notifier {
                     if !se.event.policies.contains(&id.policy) {
                         continue;
                     }
-                    let wanted = match se.event.state {
-                        ChangeState::NotApplied => false,
-                        ChangeState::Received => st.spec.on_receipt && !resolved,
-                        _ if resolved => !st.spec.on_receipt,
+                    let on_receipt = st.spec.on_receipt;
+                    let wanted = match (se.event.state, door) {
+                        (ChangeState::NotApplied, _) => false,
+                        (ChangeState::Received, Door::Resolved) => false,
+                        (ChangeState::Received, _) => on_receipt,
+                        (_, Door::Resolved) => !on_receipt,
+                        // Only a witness confirms, and it told these sinks before it wrote
+                        // the verdict this state comes from.
+                        (ChangeState::Confirmed, Door::Stored) => on_receipt,
                         _ => true,
                     };
                     if !wanted {
@@ -1050,6 +1071,167 @@ mod tests {
         assert_eq!(n.buffered().await, 0);
         assert_eq!(n.pending().await, 0);
         assert_eq!(dropped(&n.inner.metrics, "unknown", "expired"), 2);
+    }
+
+    /// Prod's four sinks: `now` and `nowDigest` notify on receipt, `later` and `laterDigest` on
+    /// confirmation (the default); the digest ones hold a window of an hour.
+    fn by_notify_on(n: &Notifier) {
+        let sink = |name: &str, on: Option<crate::crd::NotifyOn>, digest: bool| NotifySink {
+            name: name.into(),
+            notify_on: on,
+            digest: digest.then(|| "1h".into()),
+            ..hook_sink()
+        };
+        let received = Some(crate::crd::NotifyOn::Received);
+        n.set_policy(
+            "prod",
+            &[
+                sink("now", received, false),
+                sink("nowDigest", received, true),
+                sink("later", None, false),
+                sink("laterDigest", None, true),
+            ],
+        )
+        .unwrap();
+    }
+
+    /// Every (sink, event id) the outbox holds, as notifications or in digest windows, sorted.
+    async fn handed_over(n: &Notifier) -> Vec<(String, EventId)> {
+        let mut out: Vec<(String, EventId)> = Vec::new();
+        for (_, e) in n.inner.outbox.entries().await.unwrap() {
+            out.extend(e.event_ids.iter().map(|id| (e.sink.sink.clone(), *id)));
+        }
+        for (sink, _, _) in n.inner.outbox.open_windows().await.unwrap() {
+            for b in n.inner.outbox.buffered(&sink).await.unwrap() {
+                out.push((b.sink.sink.clone(), b.id));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn in_state(id: u64, state: ChangeState) -> StoredEvent {
+        let mut e = at(id);
+        e.event.state = state;
+        e
+    }
+
+    fn pairs(sinks: &[&str], id: EventId) -> Vec<(String, EventId)> {
+        let mut v: Vec<_> = sinks.iter().map(|s| (s.to_string(), id)).collect();
+        v.sort();
+        v
+    }
+
+    /// A received change reaches the sinks that notify on receipt at once, and the others once
+    /// the witness confirms it: every sink exactly once, digest sinks alike.
+    #[tokio::test]
+    async fn a_confirmed_change_reaches_each_sink_once() {
+        let store = MemStore::new();
+        let n = notifier(&store);
+        by_notify_on(&n);
+        n.on_recorded(&[in_state(1, ChangeState::Received)])
+            .await
+            .unwrap();
+        assert_eq!(handed_over(&n).await, pairs(&["now", "nowDigest"], 1));
+        n.on_resolved(&[in_state(1, ChangeState::Confirmed)])
+            .await
+            .unwrap();
+        assert_eq!(
+            handed_over(&n).await,
+            pairs(&["now", "nowDigest", "later", "laterDigest"], 1)
+        );
+        // The witness could not tell: the same, the message says so.
+        n.on_recorded(&[in_state(2, ChangeState::Received)])
+            .await
+            .unwrap();
+        n.on_resolved(&[in_state(2, ChangeState::Unconfirmed)])
+            .await
+            .unwrap();
+        let two: Vec<_> = handed_over(&n)
+            .await
+            .into_iter()
+            .filter(|p| p.1 == 2)
+            .collect();
+        assert_eq!(two, pairs(&["now", "nowDigest", "later", "laterDigest"], 2));
+    }
+
+    /// A refused change is never announced, from either door.
+    #[tokio::test]
+    async fn a_change_not_applied_reaches_no_sink() {
+        let store = MemStore::new();
+        let n = notifier(&store);
+        by_notify_on(&n);
+        let refused = [in_state(1, ChangeState::NotApplied)];
+        n.on_recorded(&refused).await.unwrap();
+        n.on_resolved(&refused).await.unwrap();
+        assert_eq!(handed_over(&n).await, vec![]);
+        assert_eq!((n.pending().await, n.buffered().await), (0, 0));
+    }
+
+    /// What the writer hands over already resolved (a commit no review announced, or a change
+    /// recorded where no witness runs) goes to every sink at once.
+    #[tokio::test]
+    async fn observed_and_unconfirmed_changes_reach_every_sink() {
+        let store = MemStore::new();
+        let n = notifier(&store);
+        by_notify_on(&n);
+        n.on_recorded(&[
+            in_state(1, ChangeState::Observed),
+            in_state(2, ChangeState::Unconfirmed),
+        ])
+        .await
+        .unwrap();
+        let all = ["now", "nowDigest", "later", "laterDigest"];
+        let mut want = pairs(&all, 1);
+        want.extend(pairs(&all, 2));
+        want.sort();
+        assert_eq!(handed_over(&n).await, want);
+    }
+
+    /// The cursor says how far the store's events were handed over; a change the witness
+    /// resolves may be newer than it (a shared store is followed a moment behind), and moving
+    /// the cursor past it would skip the events in between.
+    #[tokio::test]
+    async fn on_resolved_leaves_the_cursor_alone() {
+        let store = MemStore::new();
+        let n = notifier(&store);
+        by_notify_on(&n);
+        n.on_recorded(&[in_state(1, ChangeState::Received)])
+            .await
+            .unwrap();
+        assert_eq!(n.inner.outbox.cursor().await.unwrap(), Some(1));
+        n.on_resolved(&[in_state(5, ChangeState::Confirmed)])
+            .await
+            .unwrap();
+        assert_eq!(n.inner.outbox.cursor().await.unwrap(), Some(1));
+        assert_eq!(handed_over(&n).await.len(), 4);
+    }
+
+    /// A change confirmed before the store's events were read back (the witness is quicker than
+    /// the shared store's follower, or a crash came between the append and `on_recorded`):
+    /// the witness told the sinks that notify on confirmation, the read-back tells the others.
+    #[tokio::test]
+    async fn a_change_confirmed_before_it_is_read_back_reaches_each_sink_once() {
+        let store = Arc::new(MemStore::new());
+        let n = notifier(&store);
+        by_notify_on(&n);
+        store.add(&[in_state(1, ChangeState::Received)]);
+        n.on_recorded(&[in_state(1, ChangeState::Received)])
+            .await
+            .unwrap();
+        // 2 is stored, then confirmed (told, then the verdict written) before anyone read it.
+        store.add(&[in_state(2, ChangeState::Confirmed)]);
+        n.on_resolved(&[in_state(2, ChangeState::Confirmed)])
+            .await
+            .unwrap();
+        assert_eq!(n.recover_from(store.clone()).await.unwrap(), 1);
+        let all = ["now", "nowDigest", "later", "laterDigest"];
+        let mut want = pairs(&all, 1);
+        want.retain(|p| p.0.starts_with("now"));
+        want.extend(pairs(&all, 2));
+        want.sort();
+        assert_eq!(handed_over(&n).await, want);
+        assert_eq!(n.inner.outbox.cursor().await.unwrap(), Some(2));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use histor::cmd::{CaptureArgs, ServeArgs, start};
 use histor::store::Query;
 use serde_json::Value;
 use std::path::Path;
-use support::{client, fixture, fixture_order, fresh_uid, write_policy};
+use support::{client, fixture, fixture_order, fresh_change, write_policy};
 
 fn args(dir: &Path, policy: std::path::PathBuf) -> ServeArgs {
     ServeArgs {
@@ -218,12 +218,12 @@ async fn bad_bodies_get_clear_answers_and_nothing_breaks() {
     assert!(text.contains(r#""allowed":true"#), "{text}");
 
     // A huge but valid review (a 4 MiB annotation) and an unknown kind are recorded.
-    let mut huge: Value = serde_json::from_str(&fresh_uid(&good, 1)).unwrap();
+    let mut huge: Value = serde_json::from_str(&fresh_change(&good, 1)).unwrap();
     huge["request"]["object"]["metadata"]["annotations"] =
         serde_json::json!({"big": "x".repeat(4 << 20)});
     let (status, text) = post(&client, &url, huge.to_string()).await;
     assert_eq!(status, 200, "{text}");
-    let unknown = fresh_uid(&fixture("admissionreview-create-widget.json"), 2)
+    let unknown = fresh_change(&fixture("admissionreview-create-widget.json"), 2)
         .replace("\"example.com\"", "\"unknown.example.org\"")
         .replace("\"widgets\"", "\"gizmos\"");
     let (status, _) = post(&client, &url, unknown).await;
@@ -236,7 +236,7 @@ async fn bad_bodies_get_clear_answers_and_nothing_breaks() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let (status, _) = post(&client, &url, fresh_uid(&good, 3)).await;
+    let (status, _) = post(&client, &url, fresh_change(&good, 3)).await;
     assert_eq!(status, 200);
     let metrics = client
         .get(format!("https://localhost:{}/metrics", running.addr.port()))
@@ -670,7 +670,7 @@ async fn only_the_apiserver_may_write_history() {
         "https://localhost:{}/admit/no-such-policy",
         running.addr.port()
     );
-    let (status, _) = post(&trusted, &unknown, fresh_uid(&review, 7)).await;
+    let (status, _) = post(&trusted, &unknown, fresh_change(&review, 7)).await;
     assert_eq!(status, 200);
     assert_eq!(stored(), 1);
 

@@ -6,7 +6,7 @@ mod support;
 use histor::store::{EventStore, Query};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{client, fixture, fresh_uid, write_policy};
+use support::{client, fixture, fresh_change, write_policy};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -71,7 +71,7 @@ async fn kill_9_loses_no_answered_event() {
         tasks.push(tokio::spawn(async move {
             for i in 0.. {
                 let n = worker << 32 | i;
-                let review = fresh_uid(&body, n);
+                let review = fresh_change(&body, n);
                 let sent = client
                     .post(&url)
                     .header("content-type", "application/json")

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{client, fixture, fresh_uid, write_policy};
+use support::{client, fixture, fresh_change, write_policy};
 
 /// Unmounts the tmpfs when the test ends, however it ends.
 struct Mount(PathBuf);
@@ -106,7 +106,7 @@ async fn a_full_disk_is_reported_answered_at_once_and_recovered_from_without_a_r
     let mut sent = HashSet::new();
     let mut n = 0u64;
     let review = async |n: u64| {
-        let body = fresh_uid(&body, n);
+        let body = fresh_change(&body, n);
         let started = Instant::now();
         let r = client
             .post(format!("{base}/admit/all"))

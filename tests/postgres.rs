@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{client, fixture, fresh_uid};
+use support::{client, fixture, fresh_change};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -244,7 +244,7 @@ async fn two_replicas_serve_one_history_and_notify_once() {
     let body = fixture("admissionreview-update-deployment.json");
     let mut sent = Vec::new();
     for n in 0..40u64 {
-        let review = fresh_uid(&body, n);
+        let review = fresh_change(&body, n);
         let uid = format!("00000000-0000-4000-8000-{n:012x}");
         // Alternate replicas, and send one request's retry to the other replica.
         let i = (n % 2) as usize;
@@ -323,7 +323,7 @@ async fn postgres_killed_and_restarted_under_load_loses_no_answered_review() {
                 }
                 let n = worker << 32 | i;
                 let started = Instant::now();
-                if post_review(&client, port, fresh_uid(&body, n)).await {
+                if post_review(&client, port, fresh_change(&body, n)).await {
                     answered.lock().unwrap().push((n, started.elapsed()));
                 }
             }

@@ -60,6 +60,31 @@ pub const REVIEWS: &[(&str, &str)] = fixtures![
     "admissionreview-delete-configmap-alice.json",
 ];
 
+macro_rules! v133 {
+    ($($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!("../../tests/fixtures/v1.33/admission/", $name)))),*]
+    };
+}
+
+/// ConfigMap reviews of the v1.33 recording (`tests/fixtures/v1.33/`), for the offline witness:
+/// app-config's life, a create another webhook denied, and three creates of which ResourceQuota
+/// refused the last.
+const WITNESSED_REVIEWS: &[(&str, &str)] = v133![
+    "005-create-configmaps-app-config-kubectl-apply-create.json",
+    "006-update-configmaps-app-config-kubectl-apply-change.json",
+    "009-update-configmaps-app-config-kubectl-patch-merge.json",
+    "010-update-configmaps-app-config-kubectl-edit.json",
+    "011-update-configmaps-app-config-kubectl-replace.json",
+    "012-delete-configmaps-app-config-kubectl-delete.json",
+    "021-create-configmaps-forbidden-by-policy-denied-by-other-webhook.json",
+    "023-create-configmaps-q1-quota-1-of-2.json",
+    "024-create-configmaps-q2-quota-2-of-2.json",
+    "025-create-configmaps-q3-quota-exceeded.json",
+];
+
+/// The recording's ConfigMap watch stream, as the apiserver sent it.
+const WITNESSED_STREAM: &str = include_str!("../../tests/fixtures/v1.33/watch/configmaps.jsonl");
+
 /// Runs the demo and prints its report.
 pub async fn run(args: DemoArgs) -> Result<()> {
     let temp = tempdir()?;
@@ -155,6 +180,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         );
     }
     running.shutdown().await?;
+    offline_witness()?;
     match args.data_dir {
         Some(dir) => println!(
             "\nstore kept in {}: try `histor history --data-dir {}`",
@@ -165,6 +191,61 @@ pub async fn run(args: DemoArgs) -> Result<()> {
             let _ = std::fs::remove_dir_all(&temp);
         }
     }
+    Ok(())
+}
+
+/// The second half of the demo: admission alone cannot know whether a change was committed.
+/// Reviews of another recording, with the watch stream recorded beside them as the witness.
+fn offline_witness() -> Result<()> {
+    use crate::pipeline::{ChangeState, CompiledPolicy, Outcome, Redactor};
+    use crate::store::{EventStore, MemStore};
+    use crate::witness::offline;
+    let spec: crate::crd::TrackingPolicySpec = serde_json::from_value(serde_json::json!(
+        {"resources": [{"apiGroups": [""], "resources": ["configmaps"]}]}
+    ))
+    .map_err(Error::Json)?;
+    let policy = std::sync::Arc::new(CompiledPolicy::compile("demo", &spec)?);
+    let redactor = Redactor::new(b"histor demo: not a secret key...");
+    let store = MemStore::default();
+    let mut uids = std::collections::HashSet::new();
+    let t0: jiff::Timestamp = "2026-12-01T21:22:00Z"
+        .parse()
+        .map_err(|e| Error::Usage(format!("{e}")))?;
+    for (i, (name, body)) in WITNESSED_REVIEWS.iter().enumerate() {
+        let parsed = pipeline::parse(body.as_bytes())?;
+        let request = parsed
+            .request
+            .map_err(|e| Error::Usage(format!("{name}: {e}")))?;
+        let at = t0 + jiff::SignedDuration::from_millis(i as i64);
+        if let Outcome::Record(mut c) = pipeline::process(&request, &policy, &redactor, at) {
+            c.event.state = ChangeState::Received;
+            uids.extend(c.event.object_uid.clone());
+            store.append(&[c])?;
+        }
+    }
+    // The stream's lines for these objects (the recording holds others too).
+    let stream: String = WITNESSED_STREAM
+        .lines()
+        .filter(|line| uids.iter().any(|u| line.contains(u.as_str())))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let api = offline::api_of_stream(&stream, "configmaps")?;
+    let report = offline::replay_watch(&store, &[policy], &redactor, &api, &stream)?;
+    println!(
+        "\nadmission alone cannot know whether a change was committed: {} ConfigMap reviews \
+         of a v1.33 recording, with its watch stream as the witness ({}):\n",
+        WITNESSED_REVIEWS.len(),
+        report
+            .iter()
+            .map(|(state, n)| format!("{n} {state}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let page = store.query(&Query {
+        limit: 100,
+        ..Query::default()
+    })?;
+    print!("{}", render::events_table(&page.events));
     Ok(())
 }
 

@@ -58,7 +58,9 @@ pub struct ChangeEvent {
 /// What the witnesses know of a change. Admission (the webhook) sees a request before the
 /// apiserver stores it, so it alone cannot tell whether the change happened; the watch (and the
 /// audit log) see what was committed.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum ChangeState {
     /// Announced by a review; no witness has told yet whether it was committed.

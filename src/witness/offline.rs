@@ -11,7 +11,7 @@ use crate::crd::Operation;
 use crate::pipeline::{ChangeState, Commit, CompiledPolicy, Redactor, Witness};
 use crate::store::{EventStore, Query};
 use crate::{Error, Result};
-use jiff::{SignedDuration, Timestamp};
+use jiff::SignedDuration;
 use kube::discovery::ApiResource;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,7 +53,11 @@ pub fn replay_watch(
     let Some(first) = received.first().map(|r| r.received_at) else {
         return Ok(Report::new());
     };
-    let last = received.iter().map(|r| r.received_at).max().unwrap_or(first);
+    let last = received
+        .iter()
+        .map(|r| r.received_at)
+        .max()
+        .unwrap_or(first);
     let mut reconciler = Reconciler::new(Windows::default());
     // The recording is the whole truth for the time it covers.
     reconciler.set_health(&resource, Some(first - SignedDuration::from_secs(1)));
@@ -194,6 +198,7 @@ mod tests {
     use super::*;
     use crate::pipeline::{Outcome, process, testdata};
     use crate::store::MemStore;
+    use jiff::Timestamp;
 
     #[test]
     fn a_recorded_stream_confirms_what_it_shows_and_the_rest_was_not_applied() {
@@ -230,7 +235,11 @@ mod tests {
         let api = api_of_stream(&stream, "configmaps").unwrap();
         let report = replay_watch(&store, &[policy], &redactor, &api, &stream).unwrap();
         // The denied create, the one over quota and 12 superseded race attempts.
-        assert_eq!(report.get(&ChangeState::NotApplied), Some(&14), "{report:?}");
+        assert_eq!(
+            report.get(&ChangeState::NotApplied),
+            Some(&14),
+            "{report:?}"
+        );
         assert_eq!(report.get(&ChangeState::Observed), None, "{report:?}");
         let denied = store
             .query(&Query {

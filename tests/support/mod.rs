@@ -21,10 +21,32 @@ pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The same review with a different request uid, as a new request would have.
-pub fn fresh_uid(body: &str, n: u64) -> String {
+/// `body` (an AdmissionReview) as a new change numbered `n`: a fresh request uid; for an UPDATE
+/// or DELETE a fresh base resourceVersion, as the object's next real change would have; for a
+/// CREATE a fresh object uid (the object made again).
+/// (A fresh uid alone is the same change again: histor dedupes the calls of one change by a
+/// fingerprint of the request, whatever their uids.) The same `n` gives the same review.
+pub fn fresh_change(body: &str, n: u64) -> String {
     let mut review: serde_json::Value = serde_json::from_str(body).unwrap();
     review["request"]["uid"] = format!("00000000-0000-4000-8000-{n:012x}").into();
+    for side in ["object", "oldObject"] {
+        if let Some(meta) = review["request"][side]["metadata"].as_object_mut()
+            && meta.contains_key("resourceVersion")
+        {
+            meta.insert(
+                "resourceVersion".into(),
+                format!("{}", 1_000_000 + n).into(),
+            );
+        }
+    }
+    if review["request"]["operation"] == "CREATE"
+        && let Some(meta) = review["request"]["object"]["metadata"].as_object_mut()
+    {
+        meta.insert(
+            "uid".into(),
+            format!("00000000-0000-4000-9000-{n:012x}").into(),
+        );
+    }
     review.to_string()
 }
 

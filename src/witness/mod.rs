@@ -681,19 +681,8 @@ impl Driver {
         let store = self.store.clone();
         let resource_owned = resource.to_owned();
         let listed: HashSet<String> = uids.into_iter().collect();
-        let found = tokio::task::spawn_blocking(move || {
-            let mut gone = Vec::new();
-            for head in store.live_objects(&resource_owned)? {
-                if listed.contains(&head.uid) {
-                    continue;
-                }
-                if let HeadLookup::Head(Some(h)) = head_of(&*store, &head.uid, None)? {
-                    gone.push(h);
-                }
-            }
-            Ok::<_, crate::Error>(gone)
-        })
-        .await;
+        let found =
+            tokio::task::spawn_blocking(move || vanished(&*store, &resource_owned, &listed)).await;
         let gone = match found {
             Ok(Ok(g)) => g,
             Ok(Err(error)) => {
@@ -711,6 +700,25 @@ impl Driver {
             }
         }
     }
+}
+
+/// The objects of `resource` the store believes alive that a list did not show, with what the
+/// store last knew of them.
+fn vanished(
+    store: &dyn EventStore,
+    resource: &str,
+    listed: &HashSet<String>,
+) -> crate::Result<Vec<Box<observed::Head>>> {
+    let mut gone = Vec::new();
+    for head in store.live_objects(resource)? {
+        if listed.contains(&head.uid) {
+            continue;
+        }
+        if let HeadLookup::Head(Some(h)) = head_of(store, &head.uid, None)? {
+            gone.push(h);
+        }
+    }
+    Ok(gone)
 }
 
 enum HeadLookup {

@@ -448,3 +448,41 @@ fn a_policy_that_filters_by_user_compares_commits_but_records_none_it_cannot_att
     );
     assert!(open.is_some());
 }
+
+#[test]
+fn after_a_relist_an_object_the_list_lacks_is_an_observed_delete_with_its_last_state() {
+    use crate::store::{EventStore, MemStore};
+    let store = MemStore::default();
+    let reviews = received_reviews("configmaps");
+    // The store knows every recorded ConfigMap; app-config was deleted, the others live.
+    for (e, _) in &reviews {
+        let mut c = crate::pipeline::Captured::new(e.event.clone(), None);
+        c.event.state = ChangeState::Confirmed;
+        store.append(&[c]).unwrap();
+    }
+    let live = store.live_objects("configmaps").unwrap();
+    let names: Vec<&str> = live.iter().map(|h| h.name.as_str()).collect();
+    assert!(!names.contains(&"app-config"), "{names:?}");
+    assert!(names.contains(&"race"), "{names:?}");
+    // A relist shows all of them but `race`.
+    let listed: std::collections::HashSet<String> = live
+        .iter()
+        .filter(|h| h.name != "race")
+        .map(|h| h.uid.clone())
+        .collect();
+    let gone = super::vanished(&store, "configmaps", &listed).unwrap();
+    assert_eq!(gone.len(), 1);
+    let c = observed::vanished_event(&gone[0], t0()).expect("a delete");
+    let e = &c.event;
+    assert_eq!(
+        (e.operation, e.state, e.name.as_str()),
+        (Operation::Delete, ChangeState::Observed, "race")
+    );
+    assert_eq!(e.user.username, "");
+    assert!(e.inferred.is_none(), "nobody is known to have deleted it");
+    assert_eq!(
+        e.object.as_ref().unwrap()["data"]["k6"],
+        "v6",
+        "its last state"
+    );
+}

@@ -196,21 +196,20 @@ async fn watch_from(
     let mut saved = std::time::Instant::now();
     let mut dirty = false;
     while let Some(event) = stream.try_next().await? {
-        let (value, deleted) = match event {
-            WatchEvent::Added(o) | WatchEvent::Modified(o) => (to_value(&target.api, o)?, false),
-            WatchEvent::Deleted(o) => (to_value(&target.api, o)?, true),
-            WatchEvent::Bookmark(b) => {
-                cursor.rv = b.metadata.resource_version;
+        let (value, deleted) = match classify(&target.api, event)? {
+            Seen::Commit(value, deleted) => (value, deleted),
+            Seen::Bookmark(rv) => {
+                cursor.rv = rv;
                 save_cursor(store, target, &cursor).await;
                 saved = std::time::Instant::now();
                 dirty = false;
                 continue;
             }
-            WatchEvent::Error(status) if status.code == 410 => return Ok(Step::Relist),
-            WatchEvent::Error(status) => {
+            Seen::Expired => return Ok(Step::Relist),
+            Seen::Failed(message) => {
                 return Err(crate::Error::Usage(format!(
-                    "watch of {} failed: {} ({})",
-                    target.resource, status.message, status.code
+                    "watch of {} failed: {message}",
+                    target.resource
                 )));
             }
         };
@@ -235,6 +234,30 @@ async fn watch_from(
         save_cursor(store, target, &cursor).await;
     }
     Ok(Step::Resume(cursor))
+}
+
+/// One watch event, as the loop acts on it.
+#[derive(Debug, PartialEq)]
+pub enum Seen {
+    /// An object committed (`true`: deleted).
+    Commit(Value, bool),
+    /// A bookmark: every commit up to this resourceVersion was sent.
+    Bookmark(String),
+    /// `410 Gone`: the version is too old (compacted, or past the watch cache): relist.
+    Expired,
+    /// Any other error event.
+    Failed(String),
+}
+
+/// What a watch event means for the loop. Pure.
+pub fn classify(api: &ApiResource, event: WatchEvent<DynamicObject>) -> crate::Result<Seen> {
+    Ok(match event {
+        WatchEvent::Added(o) | WatchEvent::Modified(o) => Seen::Commit(to_value(api, o)?, false),
+        WatchEvent::Deleted(o) => Seen::Commit(to_value(api, o)?, true),
+        WatchEvent::Bookmark(b) => Seen::Bookmark(b.metadata.resource_version),
+        WatchEvent::Error(status) if status.code == 410 => Seen::Expired,
+        WatchEvent::Error(status) => Seen::Failed(format!("{} ({})", status.message, status.code)),
+    })
 }
 
 /// A watched or listed object as a commit for the driver. `listed`: `Some(relist)` for a
@@ -313,4 +336,79 @@ pub fn parse_stream(text: &str) -> Vec<(String, Value)> {
             Some((kind, v.get_mut("object")?.take()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configmaps() -> ApiResource {
+        ApiResource {
+            group: String::new(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            plural: "configmaps".into(),
+        }
+    }
+
+    fn recorded(name: &str) -> Vec<Seen> {
+        let text = std::fs::read_to_string(format!(
+            "{}/tests/fixtures/v1.33/watch/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        text.lines()
+            .map(|line| {
+                let event: WatchEvent<DynamicObject> =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                classify(&configmaps(), event).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_watch_from_a_version_too_old_is_a_relist() {
+        // What kube-apiserver v1.33 sent for `?watch=1&resourceVersion=1`.
+        assert_eq!(recorded("configmaps-from-rv1.jsonl"), vec![Seen::Expired]);
+    }
+
+    #[test]
+    fn a_recorded_stream_is_commits_deletions_and_bookmarks_in_order() {
+        let seen = recorded("configmaps.jsonl");
+        let bookmarks: Vec<&String> = seen
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Bookmark(rv) => Some(rv),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bookmarks.len(), 4, "{bookmarks:?}");
+        let deletions = seen
+            .iter()
+            .filter(|s| matches!(s, Seen::Commit(_, true)))
+            .count();
+        assert!(deletions >= 2, "{deletions}");
+        // Every commit carries its object's uid and resourceVersion, and versions grow.
+        let mut last = 0u64;
+        for s in &seen {
+            if let Seen::Commit(o, _) = s {
+                assert!(uid_of(o).is_some());
+                let rv: u64 = rv_of(o).unwrap().parse().unwrap();
+                assert!(rv > last, "{rv} after {last}");
+                last = rv;
+                assert_eq!(o["kind"], "ConfigMap");
+            }
+        }
+    }
+
+    #[test]
+    fn a_cursor_reads_back_as_written() {
+        let c = Cursor {
+            rv: "275".into(),
+            since: "2026-12-01T21:22:00Z".parse().unwrap(),
+        };
+        let text = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Cursor>(&text).unwrap(), c);
+    }
 }

@@ -708,14 +708,14 @@ fn vanished(
     store: &dyn EventStore,
     resource: &str,
     listed: &HashSet<String>,
-) -> crate::Result<Vec<Box<observed::Head>>> {
+) -> crate::Result<Vec<observed::Head>> {
     let mut gone = Vec::new();
     for head in store.live_objects(resource)? {
         if listed.contains(&head.uid) {
             continue;
         }
         if let HeadLookup::Head(Some(h)) = head_of(store, &head.uid, None)? {
-            gone.push(h);
+            gone.push(*h);
         }
     }
     Ok(gone)

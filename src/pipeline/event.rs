@@ -102,6 +102,22 @@ impl ChangeState {
         ChangeState::Unconfirmed,
     ];
 
+    /// The state's number where an engine persists it. Stored in every store: never renumber.
+    pub fn code(self) -> u8 {
+        match self {
+            ChangeState::Received => 0,
+            ChangeState::Confirmed => 1,
+            ChangeState::NotApplied => 2,
+            ChangeState::Observed => 3,
+            ChangeState::Unconfirmed => 4,
+        }
+    }
+
+    /// The state of a persisted [`code`](ChangeState::code).
+    pub fn from_code(code: u8) -> Option<ChangeState> {
+        ChangeState::ALL.into_iter().find(|s| s.code() == code)
+    }
+
     /// False only for `notApplied`: a change that did not happen is not counted or announced.
     pub fn may_have_happened(self) -> bool {
         self != ChangeState::NotApplied

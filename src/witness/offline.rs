@@ -4,7 +4,7 @@
 //! stream shows committed become `confirmed`, the others `notApplied` (the stream is taken as
 //! complete for the time it covers), and commits no review announced are recorded `observed`.
 
-use super::observed::{self, Head};
+use super::observed;
 use super::reconcile::{Reconciler, Seen, Verdict, Windows};
 use super::{managed, received_of, watch};
 use crate::crd::Operation;
@@ -123,29 +123,9 @@ fn record_unannounced(
     api: &ApiResource,
     seen: &Seen,
 ) -> Result<bool> {
-    let page = store.query(&Query {
-        uid: Some(seen.uid.clone()),
-        limit: 100,
-        ..Query::default()
-    })?;
-    if page.events.iter().any(|e| {
-        e.event
-            .commit
-            .as_ref()
-            .is_some_and(|c| c.resource_version == seen.resource_version)
-    }) {
-        return Ok(false);
-    }
-    let head = match page
-        .events
-        .into_iter()
-        .find(|e| e.event.state.may_have_happened())
-    {
-        Some(event) => {
-            let state = store.state_after(event.id)?;
-            Some(Head { event, state })
-        }
-        None => None,
+    let head = match super::head_of(store, &seen.uid, Some(&seen.resource_version))? {
+        super::HeadLookup::Known => return Ok(false),
+        super::HeadLookup::Head(head) => head,
     };
     let inferred = (!seen.deleted)
         .then(|| managed::infer_actor(&seen.object))
@@ -162,7 +142,7 @@ fn record_unannounced(
         &seen.object,
         seen.deleted,
         false,
-        head.as_ref(),
+        head.as_deref(),
         commit,
         inferred,
     ) else {

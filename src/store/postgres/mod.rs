@@ -143,19 +143,13 @@ fn op_code(op: Operation) -> i16 {
 
 /// A change state as the `state` column holds it.
 fn state_code(s: ChangeState) -> i16 {
-    match s {
-        ChangeState::Received => 0,
-        ChangeState::Confirmed => 1,
-        ChangeState::NotApplied => 2,
-        ChangeState::Observed => 3,
-        ChangeState::Unconfirmed => 4,
-    }
+    i16::from(s.code())
 }
 
 fn state_of(code: i16) -> Result<ChangeState> {
-    ChangeState::ALL
-        .into_iter()
-        .find(|s| state_code(*s) == code)
+    u8::try_from(code)
+        .ok()
+        .and_then(ChangeState::from_code)
         .ok_or_else(|| Error::Corrupt(format!("unknown change state {code}")))
 }
 

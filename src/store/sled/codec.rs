@@ -254,19 +254,11 @@ pub struct Witnessed {
 }
 
 fn state_code(s: ChangeState) -> u8 {
-    match s {
-        ChangeState::Received => 0,
-        ChangeState::Confirmed => 1,
-        ChangeState::NotApplied => 2,
-        ChangeState::Observed => 3,
-        ChangeState::Unconfirmed => 4,
-    }
+    s.code()
 }
 
 fn state_of(code: u8) -> Result<ChangeState> {
-    ChangeState::ALL
-        .into_iter()
-        .find(|s| state_code(*s) == code)
+    ChangeState::from_code(code)
         .ok_or_else(|| Error::Corrupt(format!("unknown change state {code}")))
 }
 

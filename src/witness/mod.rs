@@ -703,7 +703,8 @@ impl Driver {
 }
 
 /// The objects of `resource` the store believes alive that a list did not show, with what the
-/// store last knew of them.
+/// store last knew of them. Alive by the changes that may have happened: an object whose only
+/// create was not applied never existed, and one whose last applied change is a DELETE is gone.
 fn vanished(
     store: &dyn EventStore,
     resource: &str,
@@ -714,7 +715,9 @@ fn vanished(
         if listed.contains(&head.uid) {
             continue;
         }
-        if let HeadLookup::Head(Some(h)) = head_of(store, &head.uid, None)? {
+        if let HeadLookup::Head(Some(h)) = head_of(store, &head.uid, None)?
+            && h.event.event.operation != Operation::Delete
+        {
             gone.push(*h);
         }
     }

@@ -246,6 +246,7 @@ impl Witness {
         let mut rules_seen: Option<u64> = None;
         let mut discovered_at = std::time::Instant::now();
         tracing::info!("witness started: watching what policies track");
+        driver.sweep_stale().await;
         loop {
             tokio::select! {
                 Some(input) = rx.recv() => {
@@ -454,6 +455,33 @@ impl Driver {
                 }
                 Vec::new()
             }
+        }
+    }
+
+    /// Received changes older than this term's first poll reaches (a leader that stopped
+    /// before it could tell, a witness turned off and on): no witness can tell any more, so
+    /// they are `unconfirmed`, never left `received` for good.
+    async fn sweep_stale(&mut self) {
+        let store = self.store.clone();
+        let until = self.polled_until;
+        let swept = tokio::task::spawn_blocking(move || stale_to_unconfirmed(&*store, until)).await;
+        match swept {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => {
+                tracing::info!(
+                    changes = n,
+                    "received changes from before this witness's term: unconfirmed"
+                );
+                self.capture
+                    .metrics
+                    .witness_verdicts
+                    .get_or_create(&crate::metrics::StateLabels {
+                        state: ChangeState::Unconfirmed.as_str(),
+                    })
+                    .inc_by(n);
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "resolving stale received changes failed"),
+            Err(_) => {}
         }
     }
 
@@ -700,6 +728,42 @@ impl Driver {
             }
         }
     }
+}
+
+/// Resolves every change still `received` before `until` as `unconfirmed`; how many.
+fn stale_to_unconfirmed(store: &dyn EventStore, until: Timestamp) -> crate::Result<u64> {
+    let mut n = 0;
+    loop {
+        let page = store.query(&Query {
+            state: Some(ChangeState::Received),
+            until: Some(until),
+            limit: crate::store::MAX_PAGE,
+            ..Query::default()
+        })?;
+        if page.events.is_empty() {
+            break;
+        }
+        let resolutions: Vec<crate::store::Resolution> = page
+            .events
+            .iter()
+            .map(|e| crate::store::Resolution {
+                id: e.id,
+                state: ChangeState::Unconfirmed,
+                commit: None,
+            })
+            .collect();
+        // Each pass resolves what it read, so the next page starts over at the newest.
+        let applied = store
+            .resolve(&resolutions)?
+            .into_iter()
+            .filter(|a| *a)
+            .count();
+        n += applied as u64;
+        if page.next.is_none() || applied == 0 {
+            break;
+        }
+    }
+    Ok(n)
 }
 
 /// The objects of `resource` the store believes alive that a list did not show, with what the

@@ -498,3 +498,32 @@ fn after_a_relist_an_object_the_list_lacks_is_an_observed_delete_with_its_last_s
         "its last state"
     );
 }
+
+#[test]
+fn changes_left_received_by_an_earlier_term_become_unconfirmed_and_newer_ones_wait() {
+    use crate::store::{EventStore, MemStore, Query};
+    let store = MemStore::default();
+    let reviews = received_reviews("configmaps");
+    for (e, _) in &reviews {
+        store
+            .append(&[crate::pipeline::Captured::new(e.event.clone(), None)])
+            .unwrap();
+    }
+    let n = reviews.len() as u64;
+    // The first 10 were received before this term's window.
+    let until = reviews[10].0.event.received_at;
+    assert_eq!(super::stale_to_unconfirmed(&store, until).unwrap(), 10);
+    let left = store
+        .query(&Query {
+            state: Some(ChangeState::Received),
+            limit: 1000,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(left.events.len() as u64, n - 10);
+    assert_eq!(
+        super::stale_to_unconfirmed(&store, until).unwrap(),
+        0,
+        "once"
+    );
+}

@@ -197,12 +197,13 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     let ctx = match &witness {
         Some(w) => {
             let (w, index) = (w.clone(), policies.clone());
+            let changes = w.health_changes();
             let health: controller::WatchHealthProvider =
                 Arc::new(move |name: &str| index.get(name).map(|p| w.policy_health(&p)));
             Arc::new(
                 Arc::into_inner(ctx)
                     .expect("not shared yet")
-                    .with_watch_health(health),
+                    .with_watch_health(health, changes),
             )
         }
         None => ctx,

@@ -151,7 +151,7 @@ pub struct Context {
     pub records: Arc<ChangeRecordWriter>,
     stats: Option<StatsProvider>,
     sink_health: Option<SinkHealthProvider>,
-    watch_health: Option<WatchHealthProvider>,
+    watch_health: Option<(WatchHealthProvider, watch::Receiver<u64>)>,
     match_conditions: OnceLock<bool>,
     ca_bundle: watch::Sender<Option<Vec<u8>>>,
     serving: watch::Sender<Option<SocketAddr>>,
@@ -210,15 +210,25 @@ impl Context {
         self
     }
 
-    /// Reports the witness's watches in the `WatchesHealthy` condition.
-    pub fn with_watch_health(mut self, health: WatchHealthProvider) -> Context {
-        self.watch_health = Some(health);
+    /// Reports the witness's watches in the `WatchesHealthy` condition, written again whenever
+    /// `changes` moves.
+    pub fn with_watch_health(
+        mut self,
+        health: WatchHealthProvider,
+        changes: watch::Receiver<u64>,
+    ) -> Context {
+        self.watch_health = Some((health, changes));
         self
+    }
+
+    /// Moves when a `WatchesHealthy` condition may have changed (never without a witness).
+    pub fn watch_health_changes(&self) -> Option<watch::Receiver<u64>> {
+        self.watch_health.as_ref().map(|(_, rx)| rx.clone())
     }
 
     /// The `WatchesHealthy` condition of `policy`, when a witness runs.
     pub fn watch_health(&self, policy: &str) -> Option<(Option<bool>, String, String)> {
-        self.watch_health.as_ref().and_then(|f| f(policy))
+        self.watch_health.as_ref().and_then(|(f, _)| f(policy))
     }
 
     /// Reports sink health in the `SinksReady` condition.

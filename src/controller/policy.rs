@@ -76,6 +76,13 @@ pub async fn run_controller(ctx: Arc<Context>) {
         rx.changed().await.ok()?;
         Some(((), rx))
     });
+    // So does a watch of the witness failing or recovering (the WatchesHealthy condition).
+    let health_changes = futures::stream::unfold(ctx.watch_health_changes(), |rx| async move {
+        let mut rx = rx?;
+        rx.changed().await.ok()?;
+        Some(((), Some(rx)))
+    });
+    let ca_changes = futures::stream::select(ca_changes, health_changes);
     let selected = match &ctx.settings.policy_selector {
         Some(selector) => watcher::Config::default().labels(selector),
         None => watcher::Config::default(),

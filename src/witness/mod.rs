@@ -80,12 +80,46 @@ pub enum Input {
 }
 
 /// What the policy status says of the watches: each watched resource, healthy or why not.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Watches {
     /// The witness runs (this replica leads).
     running: bool,
     /// By resource: its API, and `None` while healthy or the last failure.
     by_resource: HashMap<String, (ApiResource, Option<String>)>,
+    /// Bumped whenever what a policy status would say changes.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Watches {
+    fn default() -> Self {
+        Watches {
+            running: false,
+            by_resource: HashMap::new(),
+            changed: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl Watches {
+    /// Which resources are watched and which fail: what the conditions are made of.
+    fn summary(&self) -> (bool, Vec<(String, bool)>) {
+        let mut list: Vec<(String, bool)> = self
+            .by_resource
+            .iter()
+            .map(|(r, (_, e))| (r.clone(), e.is_none()))
+            .collect();
+        list.sort();
+        (self.running, list)
+    }
+
+    /// Runs `f`, and tells the policy controller when the summary changed.
+    fn update(&mut self, f: impl FnOnce(&mut Watches)) {
+        let before = self.summary();
+        f(self);
+        if self.summary() != before {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
 }
 
 /// Hands the capture writer's durable events to the driver (the fast path).
@@ -211,6 +245,15 @@ impl Witness {
         }
     }
 
+    /// Changes whenever a policy's `WatchesHealthy` condition may have changed.
+    pub fn health_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .changed
+            .subscribe()
+    }
+
     /// The observer to give the capture writer.
     pub fn feed(&self) -> Arc<Feed> {
         Arc::new(Feed(self.tx.clone()))
@@ -285,12 +328,14 @@ impl Witness {
                             });
                             {
                                 let mut w = self.watches.lock().unwrap_or_else(|e| e.into_inner());
-                                w.by_resource.retain(|r, _| wanted.contains_key(r));
-                                for (r, t) in &wanted {
-                                    w.by_resource
-                                        .entry(r.clone())
-                                        .or_insert_with(|| (t.api.clone(), None));
-                                }
+                                w.update(|w| {
+                                    w.by_resource.retain(|r, _| wanted.contains_key(r));
+                                    for (r, t) in &wanted {
+                                        w.by_resource
+                                            .entry(r.clone())
+                                            .or_insert_with(|| (t.api.clone(), None));
+                                    }
+                                });
                             }
                             for (resource, target) in wanted {
                                 if watches.contains_key(&resource) {
@@ -316,7 +361,9 @@ struct Running(Arc<std::sync::Mutex<Watches>>);
 
 impl Running {
     fn start(w: Arc<std::sync::Mutex<Watches>>) -> Running {
-        w.lock().unwrap_or_else(|e| e.into_inner()).running = true;
+        w.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(|w| w.running = true);
         Running(w)
     }
 }
@@ -324,8 +371,10 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        w.running = false;
-        w.by_resource.clear();
+        w.update(|w| {
+            w.running = false;
+            w.by_resource.clear();
+        });
     }
 }
 
@@ -441,18 +490,22 @@ impl Driver {
             Input::Health(resource, since) => {
                 if since.is_some() {
                     let mut w = self.watches.lock().unwrap_or_else(|e| e.into_inner());
-                    if let Some(entry) = w.by_resource.get_mut(&resource) {
-                        entry.1 = None;
-                    }
+                    w.update(|w| {
+                        if let Some(entry) = w.by_resource.get_mut(&resource) {
+                            entry.1 = None;
+                        }
+                    });
                 }
                 self.reconciler.set_health(&resource, since);
                 Vec::new()
             }
             Input::Failed(resource, error) => {
                 let mut w = self.watches.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(entry) = w.by_resource.get_mut(&resource) {
-                    entry.1 = Some(crate::render::shorten(&error, 300));
-                }
+                w.update(|w| {
+                    if let Some(entry) = w.by_resource.get_mut(&resource) {
+                        entry.1 = Some(crate::render::shorten(&error, 300));
+                    }
+                });
                 Vec::new()
             }
         }

@@ -382,13 +382,20 @@ fn the_policy_status_says_which_watch_fails_and_why() {
         w.policy_health(&p),
         (Some(true), "Watching".into(), "watching configmaps".into())
     );
-    w.watches
-        .lock()
-        .unwrap()
-        .by_resource
-        .get_mut("configmaps")
-        .unwrap()
-        .1 = Some("configmaps is forbidden: User cannot list resource".into());
+    let mut changes = w.health_changes();
+    changes.mark_unchanged();
+    w.watches.lock().unwrap().update(|w| {
+        w.by_resource.get_mut("configmaps").unwrap().1 =
+            Some("configmaps is forbidden: User cannot list resource".into())
+    });
+    assert!(changes.has_changed().unwrap(), "the controller is told");
+    changes.mark_unchanged();
+    // The same failure again says nothing new to the controller.
+    w.watches.lock().unwrap().update(|w| {
+        w.by_resource.get_mut("configmaps").unwrap().1 =
+            Some("configmaps is forbidden: again".into())
+    });
+    assert!(!changes.has_changed().unwrap());
     let (ok, reason, message) = w.policy_health(&p);
     assert_eq!((ok, reason.as_str()), (Some(false), "WatchFailing"));
     assert!(

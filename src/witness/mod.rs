@@ -40,6 +40,9 @@ const RULES_EVERY: Duration = Duration::from_secs(1);
 /// How often the apiserver's resources are discovered again when the rules stay the same (a
 /// CRD installed later, say).
 const DISCOVERY_EVERY: Duration = Duration::from_secs(60);
+/// Most verdicts kept for writing again while the store fails (beyond, the oldest are let go:
+/// those changes stay received until a later term's sweep).
+const MAX_RETRY: usize = 100_000;
 /// Recently resolved events remembered, so a poll that reads one before its verdict is written
 /// does not make it pending again.
 const RESOLVED_MEMORY: usize = 20_000;
@@ -55,7 +58,7 @@ pub enum Input {
         resource: String,
         /// Its API.
         api: ApiResource,
-        /// Gone, or being deleted.
+        /// Gone (a DELETED event).
         deleted: bool,
         /// The object.
         object: Value,
@@ -72,6 +75,8 @@ pub enum Input {
         uids: Vec<String>,
         /// The first list of this resource: unknown objects are the baseline, not changes.
         baseline: bool,
+        /// When the list began: what the store learnt since may postdate its snapshot.
+        started: Timestamp,
     },
     /// A watch's continuity: since when it has seen every commit, or `None`.
     Health(String, Option<Timestamp>),
@@ -280,9 +285,12 @@ impl Witness {
             resolved_set: HashSet::new(),
             polled_until: Timestamp::now() - self.settings.windows.confirm * 2,
             watches: self.watches.clone(),
+            retry: Vec::new(),
             apis: HashMap::new(),
         };
-        let mut watches: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        // Aborted when this term ends (the future is dropped on losing the lead): a dropped
+        // JoinHandle alone would leave the watches running into the next term.
+        let mut watches = WatchTasks::default();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut poll = tokio::time::interval(POLL_EVERY);
         let mut targets = tokio::time::interval(RULES_EVERY);
@@ -318,7 +326,7 @@ impl Witness {
                                 .into_iter()
                                 .map(|t| (t.resource.clone(), t))
                                 .collect();
-                            watches.retain(|resource, task| {
+                            watches.0.retain(|resource, task| {
                                 let keep = wanted.contains_key(resource) && !task.is_finished();
                                 if !keep {
                                     task.abort();
@@ -338,20 +346,32 @@ impl Witness {
                                 });
                             }
                             for (resource, target) in wanted {
-                                if watches.contains_key(&resource) {
+                                if watches.0.contains_key(&resource) {
                                     continue;
                                 }
                                 tracing::info!(%resource, version = %target.api.version, "watching");
                                 driver.apis.insert(resource.clone(), target.api.clone());
                                 let task = tokio::spawn(watch::run(client.clone(), target, store.clone(), self.tx.clone(), capture.metrics.clone()));
-                                watches.insert(resource, task);
+                                watches.0.insert(resource, task);
                             }
-                            capture.metrics.witness_watches.set(watches.len() as i64);
+                            capture.metrics.witness_watches.set(watches.0.len() as i64);
                         }
                         Err(error) => tracing::warn!(%error, "discovering the resources to watch failed"),
                     }
                 }
             }
+        }
+    }
+}
+
+/// The watch tasks of one term, by resource; aborted with it.
+#[derive(Default)]
+struct WatchTasks(HashMap<String, tokio::task::JoinHandle<()>>);
+
+impl Drop for WatchTasks {
+    fn drop(&mut self) {
+        for task in self.0.values() {
+            task.abort();
         }
     }
 }
@@ -430,6 +450,8 @@ struct Driver {
     resolved_set: HashSet<EventId>,
     polled_until: Timestamp,
     watches: Arc<std::sync::Mutex<Watches>>,
+    /// Verdicts whose write failed, written again on the next pass.
+    retry: Vec<crate::store::Resolution>,
     apis: HashMap<String, ApiResource>,
 }
 
@@ -483,8 +505,9 @@ impl Driver {
                 resource,
                 uids,
                 baseline: _,
+                started,
             } => {
-                self.vanished(&resource, uids).await;
+                self.vanished(&resource, uids, started).await;
                 Vec::new()
             }
             Input::Health(resource, since) => {
@@ -495,6 +518,9 @@ impl Driver {
                             entry.1 = None;
                         }
                     });
+                }
+                if since.is_some() {
+                    self.reconciler.resumed(&resource, Timestamp::now());
                 }
                 self.reconciler.set_health(&resource, since);
                 Vec::new()
@@ -567,13 +593,39 @@ impl Driver {
             Ok(Ok(list)) => {
                 // Overlap by the grace: an event appended just before `now` may commit late.
                 self.polled_until = now - SignedDuration::from_secs(5);
-                let mut out = Vec::new();
-                for r in list.into_iter().rev() {
-                    if !self.resolved_set.contains(&r.id) {
-                        out.extend(self.reconciler.received(r));
-                    }
+                let new: Vec<EventId> = list
+                    .into_iter()
+                    .rev()
+                    .map(|r| r.id)
+                    .filter(|id| {
+                        !self.resolved_set.contains(id) && !self.reconciler.is_pending(*id)
+                    })
+                    .collect();
+                if new.is_empty() {
+                    return Vec::new();
                 }
-                out
+                // Queries leave `object` out: read each new one whole, for its digest (without
+                // it any later commit of the object would confirm it).
+                let store = self.store.clone();
+                let full = tokio::task::spawn_blocking(move || {
+                    let mut out = Vec::with_capacity(new.len());
+                    for id in new {
+                        out.extend(store.get(id)?.as_ref().and_then(received_of));
+                    }
+                    Ok::<_, crate::Error>(out)
+                })
+                .await;
+                match full {
+                    Ok(Ok(list)) => list
+                        .into_iter()
+                        .flat_map(|r| self.reconciler.received(r))
+                        .collect(),
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "reading received changes from the store failed");
+                        Vec::new()
+                    }
+                    Err(_) => Vec::new(),
+                }
             }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "reading received changes from the store failed");
@@ -584,9 +636,11 @@ impl Driver {
     }
 
     async fn apply(&mut self, verdicts: Vec<Verdict>) {
-        if verdicts.is_empty() {
+        if verdicts.is_empty() && self.retry.is_empty() {
             return;
         }
+        // Verdicts a failed write left over go first; they were counted and announced then.
+        let retried = std::mem::take(&mut self.retry);
         let mut resolutions = Vec::new();
         for v in verdicts {
             match v {
@@ -594,14 +648,23 @@ impl Driver {
                 Verdict::Unannounced(seen) => self.unannounced(seen).await,
             }
         }
-        if resolutions.is_empty() {
-            return;
-        }
         for r in &resolutions {
             self.remember(r.id);
             self.capture.metrics.witness_verdict(r.state);
         }
         self.announce(&resolutions).await;
+        let mut resolutions = [retried, resolutions].concat();
+        if resolutions.is_empty() {
+            return;
+        }
+        if resolutions.len() > MAX_RETRY {
+            let drop = resolutions.len() - MAX_RETRY;
+            tracing::warn!(
+                dropped = drop,
+                "too many verdicts wait to be written; the oldest stay received"
+            );
+            resolutions.drain(..drop);
+        }
         let store = self.store.clone();
         let rs = resolutions.clone();
         let observer = self.on_not_applied.clone();
@@ -639,7 +702,8 @@ impl Driver {
                 }
             }
             Ok(Err(error)) => {
-                tracing::warn!(%error, n = resolutions.len(), "writing verdicts failed; the changes stay received")
+                tracing::warn!(%error, n = resolutions.len(), "writing verdicts failed; trying again");
+                self.retry = resolutions;
             }
             Err(_) => {}
         }
@@ -758,12 +822,14 @@ impl Driver {
 
     /// After a list: objects the store believes alive that the list did not show were deleted
     /// while histor could not see it.
-    async fn vanished(&mut self, resource: &str, uids: Vec<String>) {
+    async fn vanished(&mut self, resource: &str, uids: Vec<String>, started: Timestamp) {
         let store = self.store.clone();
         let resource_owned = resource.to_owned();
         let listed: HashSet<String> = uids.into_iter().collect();
-        let found =
-            tokio::task::spawn_blocking(move || vanished(&*store, &resource_owned, &listed)).await;
+        let found = tokio::task::spawn_blocking(move || {
+            vanished(&*store, &resource_owned, &listed, started)
+        })
+        .await;
         let gone = match found {
             Ok(Ok(g)) => g,
             Ok(Err(error)) => {
@@ -822,18 +888,23 @@ fn stale_to_unconfirmed(store: &dyn EventStore, until: Timestamp) -> crate::Resu
 /// The objects of `resource` the store believes alive that a list did not show, with what the
 /// store last knew of them. Alive by the changes that may have happened: an object whose only
 /// create was not applied never existed, and one whose last applied change is a DELETE is gone.
+/// An object with a change the store took after the list `started`, or one still `received`,
+/// is left alone: the list's snapshot may predate it, and its own commit will tell.
 fn vanished(
     store: &dyn EventStore,
     resource: &str,
     listed: &HashSet<String>,
+    started: Timestamp,
 ) -> crate::Result<Vec<observed::Head>> {
+    let started = u64::try_from(started.as_microsecond()).unwrap_or(0);
     let mut gone = Vec::new();
     for head in store.live_objects(resource)? {
-        if listed.contains(&head.uid) {
+        if listed.contains(&head.uid) || head.last >= started {
             continue;
         }
         if let HeadLookup::Head(Some(h)) = head_of(store, &head.uid, None)?
             && h.event.event.operation != Operation::Delete
+            && h.event.event.state != ChangeState::Received
         {
             gone.push(*h);
         }

@@ -87,7 +87,7 @@ pub fn replay_watch(
             uid,
             resource: resource.clone(),
             resource_version: watch::rv_of(&object).unwrap_or_default(),
-            deleted: deleted || object.pointer("/metadata/deletionTimestamp").is_some(),
+            deleted,
             digests,
             seen_at,
             object,

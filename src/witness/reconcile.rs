@@ -21,7 +21,7 @@ use std::hash::{Hash, Hasher};
 /// Most received changes awaiting a verdict.
 pub const MAX_PENDING: usize = 100_000;
 /// Most unannounced commits held while they wait for their review.
-pub const MAX_UNMATCHED: usize = 10_000;
+pub const MAX_UNMATCHED: usize = 2_000;
 
 /// A digest of a cleaned state, to compare without keeping objects. In memory only (it is
 /// recomputed from stored objects after a restart), so std's hasher is enough.
@@ -61,7 +61,7 @@ pub struct Seen {
     pub resource: String,
     /// The committed resourceVersion.
     pub resource_version: String,
-    /// The object is gone (DELETED), or its deletion began (`deletionTimestamp` set).
+    /// The object is gone (a DELETED event).
     pub deleted: bool,
     /// Digest of the committed object cleaned under each policy that covers it.
     pub digests: Vec<(String, u64)>,
@@ -83,6 +83,10 @@ impl Seen {
             .map(|(_, d)| *d)
     }
 
+    fn terminating(&self) -> bool {
+        self.object.pointer("/metadata/deletionTimestamp").is_some()
+    }
+
     fn commit(&self) -> Commit {
         Commit {
             resource_version: self.resource_version.clone(),
@@ -96,7 +100,8 @@ impl Seen {
             return false;
         }
         match r.operation {
-            Operation::Delete => self.deleted,
+            // A deletion is accepted once the object is gone or being deleted (finalizers).
+            Operation::Delete => self.deleted || self.terminating(),
             _ if self.deleted => false,
             _ => match r.digest {
                 Some(d) => self.digest_for(&r.policy) == Some(d),
@@ -129,7 +134,9 @@ impl Default for Windows {
     fn default() -> Self {
         Windows {
             confirm: SignedDuration::from_secs(30),
-            grace: SignedDuration::from_secs(2),
+            // A review read back from the store (another replica's, polled each second) may
+            // come a second or two after its commit.
+            grace: SignedDuration::from_secs(5),
         }
     }
 }
@@ -143,6 +150,9 @@ pub struct Reconciler {
     /// Ids in `pending`, with their deadlines, oldest first.
     deadlines: VecDeque<(Timestamp, EventId, String)>,
     pending_len: usize,
+    pending_ids: std::collections::HashSet<EventId>,
+    /// Per resource: until when its reopened watch may still be replaying.
+    settling: HashMap<String, Timestamp>,
     /// Commits awaiting their review, oldest first.
     unmatched: VecDeque<Seen>,
     /// Per resource: since when its watch has seen every commit (`None`: not healthy now).
@@ -181,6 +191,18 @@ impl Reconciler {
         }
     }
 
+    /// Tells that `resource`'s watch (re)opened at `at`: what it replays from its resume point
+    /// arrives over the next moments, so no change of it is given up on before `at + grace`.
+    pub fn resumed(&mut self, resource: &str, at: Timestamp) {
+        self.settling
+            .insert(resource.to_owned(), at + self.windows.grace);
+    }
+
+    /// Whether received change `id` awaits its commit.
+    pub fn is_pending(&self, id: EventId) -> bool {
+        self.pending_ids.contains(&id)
+    }
+
     /// Whether a received change of object `uid` awaits its commit.
     pub fn has_pending(&self, uid: &str) -> bool {
         self.pending.contains_key(uid)
@@ -210,6 +232,7 @@ impl Reconciler {
         }
         let deadline = r.received_at + self.windows.confirm;
         self.deadlines.push_back((deadline, r.id, r.uid.clone()));
+        self.pending_ids.insert(r.id);
         self.pending.entry(r.uid.clone()).or_default().push(r);
         self.pending_len += 1;
         out
@@ -226,6 +249,7 @@ impl Reconciler {
                 self.pending.remove(&seen.uid);
             }
             self.pending_len -= 1;
+            self.pending_ids.remove(&r.id);
             return vec![confirm(r.id, &seen)];
         }
         let mut out = Vec::new();
@@ -248,9 +272,18 @@ impl Reconciler {
             let s = self.unmatched.pop_front().expect("front exists");
             out.push(Verdict::Unannounced(s));
         }
-        while let Some((deadline, _, _)) = self.deadlines.front() {
+        while let Some((deadline, id, uid)) = self.deadlines.front() {
             if *deadline > now {
                 break;
+            }
+            let settling = self
+                .pending
+                .get(uid)
+                .and_then(|l| l.iter().find(|r| r.id == *id))
+                .and_then(|r| self.settling.get(&r.resource))
+                .is_some_and(|until| *until > now);
+            if settling {
+                break; // the next tick, once the replay is in
             }
             let (_, id, uid) = self.deadlines.pop_front().expect("front exists");
             if let Some(r) = self.take(&uid, id) {
@@ -277,6 +310,7 @@ impl Reconciler {
             self.pending.remove(uid);
         }
         self.pending_len -= 1;
+        self.pending_ids.remove(&r.id);
         Some(r)
     }
 

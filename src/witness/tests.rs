@@ -481,7 +481,14 @@ fn after_a_relist_an_object_the_list_lacks_is_an_observed_delete_with_its_last_s
         .filter(|h| h.name != "race")
         .map(|h| h.uid.clone())
         .collect();
-    let gone = super::vanished(&store, "configmaps", &listed).unwrap();
+    let later = Timestamp::now();
+    let gone = super::vanished(&store, "configmaps", &listed, later).unwrap();
+    // A list that began before the store took the objects' changes says nothing of them.
+    assert!(
+        super::vanished(&store, "configmaps", &listed, t0())
+            .unwrap()
+            .is_empty()
+    );
     // The denied create and the one over quota are newest events of objects no list shows, but
     // they never existed.
     assert!(names.contains(&"forbidden-by-policy"), "{names:?}");

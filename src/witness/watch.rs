@@ -72,17 +72,27 @@ pub async fn run(
     let api: Api<DynamicObject> = Api::all_with(client, &target.api);
     let mut backoff = Duration::from_millis(500);
     let mut cursor = load_cursor(&store, &target).await;
+    // Only a resource never watched before has a baseline; a later list (after a relist that
+    // failed, say) is a relist: objects it shows that the store does not know are changes.
+    let mut first = cursor.is_none();
     loop {
+        // A watch keeps its own position (behind what it sent); a list's is kept here.
+        let listing = cursor.is_none();
         let outcome = match cursor.clone() {
             Some(c) => watch_from(&api, &target, &store, &inputs, c).await,
-            None => list(&api, &target, &inputs, false).await.map(Step::Resume),
+            None => list(&api, &target, &inputs, !first).await.map(Step::Resume),
         };
+        if outcome.is_ok() {
+            first = false;
+        }
         if inputs.is_closed() {
             return;
         }
         match outcome {
             Ok(Step::Resume(c)) => {
-                save_cursor(&store, &target, &c).await;
+                if listing {
+                    save_cursor(&store, &target, &c).await;
+                }
                 cursor = Some(c);
                 backoff = Duration::from_millis(500);
             }
@@ -165,6 +175,7 @@ async fn list(
             resource: target.resource.clone(),
             uids,
             baseline: !relist,
+            started,
         })
         .await;
     let _ = inputs
@@ -188,21 +199,31 @@ async fn watch_from(
         timeout: Some(WATCH_TIMEOUT_SECS),
         ..WatchParams::default()
     };
-    let stream = api.watch(&params, &cursor.rv).await?;
+    let stream = match api.watch(&params, &cursor.rv).await {
+        // Too old, said as the HTTP status rather than as an ERROR event.
+        Err(kube::Error::Api(status)) if status.code == 410 => return Ok(Step::Relist),
+        other => other?,
+    };
     let _ = inputs
         .send(Input::Health(target.resource.clone(), Some(cursor.since)))
         .await;
     let mut stream = std::pin::pin!(stream);
     let mut saved = std::time::Instant::now();
-    let mut dirty = false;
+    let mut kept = Lagging::new(cursor.rv.clone());
     while let Some(event) = stream.try_next().await? {
         let (value, deleted) = match classify(&target.api, event)? {
             Seen::Commit(value, deleted) => (value, deleted),
             Seen::Bookmark(rv) => {
-                cursor.rv = rv;
-                save_cursor(store, target, &cursor).await;
-                saved = std::time::Instant::now();
-                dirty = false;
+                cursor.rv = rv.clone();
+                kept.sent(rv, std::time::Instant::now());
+                // Bookmarks come about once a minute: the position kept moves with them too.
+                if let Some(rv) = kept.settled(std::time::Instant::now()) {
+                    let at = Cursor {
+                        rv,
+                        since: cursor.since,
+                    };
+                    save_cursor(store, target, &at).await;
+                }
                 continue;
             }
             Seen::Expired => return Ok(Step::Relist),
@@ -213,9 +234,7 @@ async fn watch_from(
                 )));
             }
         };
-        if let Some(rv) = rv_of(&value) {
-            cursor.rv = rv;
-        }
+        let rv = rv_of(&value);
         if inputs
             .send(commit_input(target, value, deleted, None))
             .await
@@ -223,17 +242,73 @@ async fn watch_from(
         {
             return Ok(Step::Resume(cursor));
         }
-        dirty = true;
+        if let Some(rv) = rv {
+            cursor.rv = rv.clone();
+            kept.sent(rv, std::time::Instant::now());
+        }
         if saved.elapsed() >= CURSOR_EVERY {
-            save_cursor(store, target, &cursor).await;
+            if let Some(rv) = kept.settled(std::time::Instant::now()) {
+                let at = Cursor {
+                    rv,
+                    since: cursor.since,
+                };
+                save_cursor(store, target, &at).await;
+            }
             saved = std::time::Instant::now();
-            dirty = false;
         }
     }
-    if dirty {
-        save_cursor(store, target, &cursor).await;
+    // The server ended the watch: this process resumes from the newest version; what is kept
+    // for a restart stays behind what the driver may still be acting on.
+    if let Some(rv) = kept.settled(std::time::Instant::now()) {
+        let at = Cursor {
+            rv,
+            since: cursor.since,
+        };
+        save_cursor(store, target, &at).await;
     }
     Ok(Step::Resume(cursor))
+}
+
+/// How far behind the newest commit sent the kept position stays: longer than a commit may
+/// wait in the driver for its review (the grace), so a crash or a new leader never skips one.
+const KEEP_BEHIND: Duration = Duration::from_secs(10);
+
+/// The position safe to keep: the newest resourceVersion sent at least [`KEEP_BEHIND`] ago.
+/// What was sent since is replayed after a restart, and the driver skips what it already has.
+#[derive(Debug)]
+struct Lagging {
+    sent: std::collections::VecDeque<(String, std::time::Instant)>,
+    settled: String,
+    saved: Option<String>,
+}
+
+impl Lagging {
+    fn new(from: String) -> Self {
+        Lagging {
+            sent: Default::default(),
+            settled: from,
+            saved: None,
+        }
+    }
+
+    fn sent(&mut self, rv: String, at: std::time::Instant) {
+        self.sent.push_back((rv, at));
+    }
+
+    /// The position to keep now, when it moved since the last time.
+    fn settled(&mut self, now: std::time::Instant) -> Option<String> {
+        while let Some((_, at)) = self.sent.front() {
+            if now.duration_since(*at) < KEEP_BEHIND {
+                break;
+            }
+            self.settled = self.sent.pop_front().expect("front exists").0;
+        }
+        if self.saved.as_ref() == Some(&self.settled) {
+            return None;
+        }
+        self.saved = Some(self.settled.clone());
+        Some(self.settled.clone())
+    }
 }
 
 /// One watch event, as the loop acts on it.
@@ -266,7 +341,7 @@ fn commit_input(target: &Target, object: Value, deleted: bool, listed: Option<bo
     Input::Commit {
         resource: target.resource.clone(),
         api: target.api.clone(),
-        deleted: deleted || object.pointer("/metadata/deletionTimestamp").is_some(),
+        deleted,
         object,
         seen_at: Timestamp::now(),
         listed,
@@ -400,6 +475,21 @@ mod tests {
                 assert_eq!(o["kind"], "ConfigMap");
             }
         }
+    }
+
+    #[test]
+    fn the_kept_position_stays_behind_what_the_driver_may_still_hold() {
+        let t = std::time::Instant::now();
+        let mut kept = Lagging::new("100".into());
+        kept.sent("101".into(), t);
+        kept.sent("102".into(), t + Duration::from_secs(5));
+        assert_eq!(kept.settled(t + Duration::from_secs(1)), Some("100".into()));
+        assert_eq!(kept.settled(t + Duration::from_secs(2)), None, "unchanged");
+        assert_eq!(kept.settled(t + KEEP_BEHIND), Some("101".into()));
+        assert_eq!(
+            kept.settled(t + KEEP_BEHIND + Duration::from_secs(5)),
+            Some("102".into())
+        );
     }
 
     #[test]

@@ -189,3 +189,49 @@ fn state_digests_ignore_key_order() {
     assert_eq!(state_digest(&a), state_digest(&b));
     assert_ne!(state_digest(&a), state_digest(&json!({"a": 1})));
 }
+
+#[test]
+fn a_reopened_watch_replays_before_any_change_is_given_up_on() {
+    let mut r = Reconciler::new(windows());
+    r.set_health("configmaps", Some(t(0)));
+    r.received(received(1, "u", Operation::Update, Some(7), 1));
+    // Leadership moved: the new term's watch resumes at 20 s, long past the deadline.
+    r.resumed("configmaps", t(20));
+    assert!(
+        r.tick(t(21)).is_empty(),
+        "the replay may still bring its commit"
+    );
+    let v = r.committed(seen("u", "41", 7, false, 21));
+    assert_eq!(
+        states(&v),
+        vec![(1, ChangeState::Confirmed, Some("41".into()))]
+    );
+    // Without a commit, the verdict comes once the replay had its time.
+    r.received(received(2, "w", Operation::Update, Some(7), 1));
+    assert!(r.tick(t(21)).is_empty());
+    assert_eq!(
+        states(&r.tick(t(23))),
+        vec![(2, ChangeState::NotApplied, None)]
+    );
+}
+
+#[test]
+fn an_update_of_an_object_being_deleted_is_confirmed_and_so_is_its_delete() {
+    let mut r = Reconciler::new(windows());
+    r.received(received(1, "u", Operation::Update, Some(7), 1));
+    let mut terminating = seen("u", "41", 7, false, 2);
+    terminating.object = json!({"metadata": {"deletionTimestamp": "2026-12-01T21:22:00Z"}});
+    let v = r.committed(terminating.clone());
+    assert_eq!(
+        states(&v),
+        vec![(1, ChangeState::Confirmed, Some("41".into()))]
+    );
+    r.received(received(2, "u", Operation::Delete, None, 2));
+    terminating.resource_version = "42".into();
+    terminating.digests = vec![("p".into(), 8)];
+    let v = r.committed(terminating);
+    assert_eq!(
+        states(&v),
+        vec![(2, ChangeState::Confirmed, Some("42".into()))]
+    );
+}

@@ -217,13 +217,7 @@ async fn watch_from(
                 cursor.rv = rv.clone();
                 kept.sent(rv, std::time::Instant::now());
                 // Bookmarks come about once a minute: the position kept moves with them too.
-                if let Some(rv) = kept.settled(std::time::Instant::now()) {
-                    let at = Cursor {
-                        rv,
-                        since: cursor.since,
-                    };
-                    save_cursor(store, target, &at).await;
-                }
+                save_kept(store, target, &mut kept, cursor.since).await;
                 continue;
             }
             Seen::Expired => return Ok(Step::Relist),
@@ -247,26 +241,26 @@ async fn watch_from(
             kept.sent(rv, std::time::Instant::now());
         }
         if saved.elapsed() >= CURSOR_EVERY {
-            if let Some(rv) = kept.settled(std::time::Instant::now()) {
-                let at = Cursor {
-                    rv,
-                    since: cursor.since,
-                };
-                save_cursor(store, target, &at).await;
-            }
+            save_kept(store, target, &mut kept, cursor.since).await;
             saved = std::time::Instant::now();
         }
     }
     // The server ended the watch: this process resumes from the newest version; what is kept
     // for a restart stays behind what the driver may still be acting on.
-    if let Some(rv) = kept.settled(std::time::Instant::now()) {
-        let at = Cursor {
-            rv,
-            since: cursor.since,
-        };
-        save_cursor(store, target, &at).await;
-    }
+    save_kept(store, target, &mut kept, cursor.since).await;
     Ok(Step::Resume(cursor))
+}
+
+/// Saves the position `kept` says is safe, when it moved.
+async fn save_kept(
+    store: &Arc<dyn EventStore>,
+    target: &Target,
+    kept: &mut Lagging,
+    since: Timestamp,
+) {
+    if let Some(rv) = kept.settled(std::time::Instant::now()) {
+        save_cursor(store, target, &Cursor { rv, since }).await;
+    }
 }
 
 /// How far behind the newest commit sent the kept position stays: longer than a commit may

@@ -765,47 +765,30 @@ impl Driver {
         let Some(api) = self.apis.get(&seen.resource).cloned() else {
             return;
         };
-        let store = self.store.clone();
-        let uid = seen.uid.clone();
-        let rv = seen.resource_version.clone();
-        let head = tokio::task::spawn_blocking(move || head_of(&*store, &uid, Some(&rv))).await;
-        let head = match head {
-            Ok(Ok(HeadLookup::Known)) => return,
-            Ok(Ok(HeadLookup::Head(h))) => h,
+        let (store, policies, redactor) = (
+            self.store.clone(),
+            self.capture.policies.all(),
+            self.capture.redactor.clone(),
+        );
+        let (resource, rv) = (seen.resource.clone(), seen.resource_version.clone());
+        let built = tokio::task::spawn_blocking(move || {
+            observe(&*store, &policies, &redactor, &api, &seen)
+        })
+        .await;
+        let captured = match built {
+            Ok(Ok(Some(c))) => c,
+            Ok(Ok(None)) | Err(_) => return,
             Ok(Err(error)) => {
                 tracing::warn!(%error, "reading an object's history failed; commit not recorded");
                 return;
             }
-            Err(_) => return,
-        };
-        let commit = Commit {
-            resource_version: seen.resource_version.clone(),
-            seen_at: seen.seen_at,
-            witness: WitnessKind::Watch,
-        };
-        // A deleted object's managedFields name its last writer, not who deleted it.
-        let inferred = (!seen.deleted)
-            .then(|| managed::infer_actor(&seen.object))
-            .flatten();
-        let Some(captured) = observed::observed_event(
-            &self.capture.policies.all(),
-            &self.capture.redactor,
-            &api,
-            &seen.object,
-            seen.deleted,
-            seen.baseline,
-            head.as_deref(),
-            commit,
-            inferred,
-        ) else {
-            return;
         };
         self.capture.metrics.witness_verdict(ChangeState::Observed);
         tracing::info!(
-            resource = %seen.resource,
+            %resource,
             name = %captured.event.name,
             operation = ?captured.event.operation,
-            resource_version = %seen.resource_version,
+            resource_version = %rv,
             "change committed without a review: recorded as observed"
         );
         self.record(captured).await;
@@ -910,6 +893,41 @@ fn vanished(
         }
     }
     Ok(gone)
+}
+
+/// The event recording `seen`, a commit no review announced, or `None` when the store already
+/// has it or it changes nothing there (see [`observed::observed_event`]). Reads the store.
+fn observe(
+    store: &dyn EventStore,
+    policies: &[Arc<crate::pipeline::CompiledPolicy>],
+    redactor: &crate::pipeline::Redactor,
+    api: &ApiResource,
+    seen: &Seen,
+) -> crate::Result<Option<crate::pipeline::Captured>> {
+    let head = match head_of(store, &seen.uid, Some(&seen.resource_version))? {
+        HeadLookup::Known => return Ok(None),
+        HeadLookup::Head(head) => head,
+    };
+    // A deleted object's managedFields name its last writer, not who deleted it.
+    let inferred = (!seen.deleted)
+        .then(|| managed::infer_actor(&seen.object))
+        .flatten();
+    let commit = Commit {
+        resource_version: seen.resource_version.clone(),
+        seen_at: seen.seen_at,
+        witness: WitnessKind::Watch,
+    };
+    Ok(observed::observed_event(
+        policies,
+        redactor,
+        api,
+        &seen.object,
+        seen.deleted,
+        seen.baseline,
+        head.as_deref(),
+        commit,
+        inferred,
+    ))
 }
 
 enum HeadLookup {

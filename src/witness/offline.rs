@@ -6,9 +6,9 @@
 
 use super::observed;
 use super::reconcile::{Reconciler, Seen, Verdict, Windows};
-use super::{managed, received_of, watch};
+use super::{received_of, watch};
 use crate::crd::Operation;
-use crate::pipeline::{ChangeState, Commit, CompiledPolicy, Redactor, Witness};
+use crate::pipeline::{ChangeState, CompiledPolicy, Redactor};
 use crate::store::{EventStore, Query};
 use crate::{Error, Result};
 use jiff::SignedDuration;
@@ -123,29 +123,7 @@ fn record_unannounced(
     api: &ApiResource,
     seen: &Seen,
 ) -> Result<bool> {
-    let head = match super::head_of(store, &seen.uid, Some(&seen.resource_version))? {
-        super::HeadLookup::Known => return Ok(false),
-        super::HeadLookup::Head(head) => head,
-    };
-    let inferred = (!seen.deleted)
-        .then(|| managed::infer_actor(&seen.object))
-        .flatten();
-    let commit = Commit {
-        resource_version: seen.resource_version.clone(),
-        seen_at: seen.seen_at,
-        witness: Witness::Watch,
-    };
-    let Some(captured) = observed::observed_event(
-        policies,
-        redactor,
-        api,
-        &seen.object,
-        seen.deleted,
-        false,
-        head.as_deref(),
-        commit,
-        inferred,
-    ) else {
+    let Some(captured) = super::observe(store, policies, redactor, api, seen)? else {
         return Ok(false);
     };
     store.append(&[captured])?;

@@ -173,11 +173,6 @@ impl Reconciler {
         self.pending_len
     }
 
-    /// Commits awaiting their review.
-    pub fn unmatched(&self) -> usize {
-        self.unmatched.len()
-    }
-
     /// Tells that `resource`'s watch has seen every commit since `since` (`None`: it has
     /// stopped, or relisted and so may have missed intermediate commits).
     pub fn set_health(&mut self, resource: &str, since: Option<Timestamp>) {
@@ -206,11 +201,6 @@ impl Reconciler {
     /// Whether a received change of object `uid` awaits its commit.
     pub fn has_pending(&self, uid: &str) -> bool {
         self.pending.contains_key(uid)
-    }
-
-    /// Whether `resource`'s watch is healthy.
-    pub fn healthy(&self, resource: &str) -> bool {
-        self.healthy_since.contains_key(resource)
     }
 
     /// A review's change, now durable. Confirmed at once when its commit already came.

@@ -40,7 +40,7 @@ fn redactor() -> Redactor {
     Redactor::new(b"0123456789abcdef0123456789abcdef")
 }
 
-fn configmaps() -> ApiResource {
+pub(super) fn configmaps() -> ApiResource {
     ApiResource {
         group: String::new(),
         version: "v1".into(),

@@ -410,16 +410,7 @@ pub fn parse_stream(text: &str) -> Vec<(String, Value)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn configmaps() -> ApiResource {
-        ApiResource {
-            group: String::new(),
-            version: "v1".into(),
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            plural: "configmaps".into(),
-        }
-    }
+    use crate::witness::tests::configmaps;
 
     fn recorded(name: &str) -> Vec<Seen> {
         let text = std::fs::read_to_string(format!(

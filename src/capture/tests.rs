@@ -232,6 +232,13 @@ impl crate::store::EventStore for Unreachable {
     fn resolve(&self, r: &[crate::store::Resolution]) -> crate::Result<Vec<bool>> {
         self.0.resolve(r)
     }
+    fn annotate(
+        &self,
+        n: &[(crate::store::EventId, crate::pipeline::AuditInfo)],
+    ) -> crate::Result<Vec<bool>> {
+        self.0.annotate(n)
+    }
+
     fn live_objects(&self, resource: &str) -> crate::Result<Vec<crate::store::ObjectHead>> {
         self.0.live_objects(resource)
     }

@@ -773,6 +773,13 @@ mod tests {
             self.store.resolve(r)
         }
 
+        fn annotate(
+            &self,
+            n: &[(crate::store::EventId, crate::pipeline::AuditInfo)],
+        ) -> Result<Vec<bool>> {
+            self.store.annotate(n)
+        }
+
         fn live_objects(&self, resource: &str) -> Result<Vec<crate::store::ObjectHead>> {
             self.store.live_objects(resource)
         }

@@ -810,6 +810,7 @@ mod tests {
                 state: Default::default(),
                 commit: None,
                 inferred: None,
+                audit: None,
             },
         }
     }

@@ -33,6 +33,7 @@ pub(crate) fn event(user: &str, op: Operation, ns: Option<&str>, name: &str) -> 
         state: Default::default(),
         commit: None,
         inferred: None,
+        audit: None,
     }
 }
 

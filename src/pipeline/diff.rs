@@ -177,6 +177,7 @@ mod tests {
             state: Default::default(),
             commit: None,
             inferred: None,
+            audit: None,
         };
         let mut v = old.clone();
         json_patch::patch(&mut v, &ev.json_patch()).unwrap();

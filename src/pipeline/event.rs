@@ -53,6 +53,10 @@ pub struct ChangeEvent {
     /// `managedFields` tell it. `user` is then empty: the actor is inferred, not authenticated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inferred: Option<InferredActor>,
+    /// What the apiserver's audit log adds to the change: its audit ID, how the request ended,
+    /// where it came from and, when the user impersonated someone, who really sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditInfo>,
 }
 
 /// What the witnesses know of a change. Admission (the webhook) sees a request before the
@@ -162,6 +166,29 @@ pub enum Witness {
     Watch,
     /// The apiserver's audit log.
     Audit,
+}
+
+/// The audit log's account of the request that made a change, joined exactly by the request
+/// uid histor's webhook put in the audit event's annotations.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditInfo {
+    /// The apiserver's id of the request (`Audit-Id` in its response headers).
+    #[serde(rename = "auditID")]
+    pub audit_id: String,
+    /// The HTTP status the request ended with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u16>,
+    /// The client's addresses, nearest proxy last (`X-Forwarded-For` first, then the peer).
+    #[serde(default, rename = "sourceIPs", skip_serializing_if = "Vec::is_empty")]
+    pub source_ips: Vec<String>,
+    /// The client's User-Agent header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// Who authenticated, when it was not the change's user: the user impersonated the
+    /// change's `user` (the webhook sees only the impersonated identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impersonated_by: Option<String>,
 }
 
 /// The author of an observed change as the object's `managedFields` tell it: the entry whose

@@ -145,6 +145,7 @@ pub fn process(
         state: Default::default(),
         commit: None,
         inferred: None,
+        audit: None,
     };
     Outcome::Record(Captured::new(event, before).with_fingerprint(req.fingerprint()))
 }

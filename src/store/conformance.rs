@@ -8,8 +8,8 @@
 use super::*;
 use crate::crd::Operation;
 use crate::pipeline::{
-    Actor, Captured, ChangeEvent, ChangeOp, ChangeState, Commit, FieldChange, InferredActor,
-    KindId, ResourceId, Witness,
+    Actor, AuditInfo, Captured, ChangeEvent, ChangeOp, ChangeState, Commit, FieldChange,
+    InferredActor, KindId, ResourceId, Witness,
 };
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -49,6 +49,7 @@ macro_rules! conformance_suite {
             resolutions_apply_once_and_only_to_received_events,
             live_objects_follow_the_heads,
             cursors_are_kept_by_key,
+            audit_notes_apply_once_and_leave_the_state,
         );
     };
     (@tests always $open:expr; $($name:ident),* $(,)?) => {
@@ -165,6 +166,7 @@ impl Obj {
             state: Default::default(),
             commit: None,
             inferred: None,
+            audit: None,
         }
     }
 
@@ -1789,4 +1791,92 @@ pub(crate) fn cursors_are_kept_by_key(store: &dyn EventStore) {
     let odd = "ünïcode\n\"quoted\" and long ".repeat(20);
     store.set_cursor("odd", &odd).unwrap();
     assert_eq!(store.cursor("odd").unwrap(), Some(odd));
+}
+
+/// The audit log's account is added once, to any event whatever its state, and reads back in
+/// `get`, in pages, and after a later link or verdict.
+pub(crate) fn audit_notes_apply_once_and_leave_the_state(store: &dyn EventStore) {
+    let mut objs: Vec<Obj> = (1..=3)
+        .map(|n| Obj::new("prod", &format!("a{n}"), n))
+        .collect();
+    let batch: Vec<Captured> = objs
+        .iter_mut()
+        .enumerate()
+        .map(|(i, o)| {
+            let state = deployment("prod", &o.name, &o.uid, 1, json!({}));
+            let mut c = o
+                .create("bob", T0 + i as i64, state)
+                .with_fingerprint([i as u8 + 40; 16]);
+            c.event.state = ChangeState::Received;
+            c
+        })
+        .collect();
+    let ids = recorded(&store.append(&batch).unwrap());
+    let note = |n: u8| AuditInfo {
+        audit_id: format!("audit-{n}"),
+        code: Some(201),
+        source_ips: vec!["10.0.0.7".into(), "127.0.0.1".into()],
+        user_agent: Some("kubectl/v1.33.1 (linux/amd64) kubernetes/8adc0f0".into()),
+        impersonated_by: (n == 1).then(|| "admin".into()),
+    };
+    // The second event was decided first: a note does not care.
+    store
+        .resolve(&[Resolution {
+            id: ids[1],
+            state: ChangeState::Confirmed,
+            commit: Some(commit("77", T0 + 50)),
+        }])
+        .unwrap();
+    assert_eq!(
+        store
+            .annotate(&[
+                (ids[0], note(1)),
+                (ids[1], note(2)),
+                (ids[0], note(9)),
+                (T0 as u64 + 999_999, note(3)),
+            ])
+            .unwrap(),
+        vec![true, true, false, false],
+        "the first note of an event wins, also within a call; unknown ids are false"
+    );
+    assert_eq!(store.annotate(&[(ids[1], note(8))]).unwrap(), vec![false]);
+    assert!(store.annotate(&[]).unwrap().is_empty());
+    let got = |i: usize| store.get(ids[i]).unwrap().unwrap().event;
+    let mut want = batch[0].event.clone();
+    want.audit = Some(note(1));
+    assert_eq!(got(0), want, "only the note changes");
+    assert_eq!(got(1).state, ChangeState::Confirmed);
+    assert_eq!(got(1).audit, Some(note(2)));
+    assert_eq!(got(2).audit, None);
+    let listed = store.query(&q()).unwrap();
+    let by_id = |id| {
+        listed
+            .events
+            .iter()
+            .find(|e| e.id == id)
+            .unwrap()
+            .event
+            .clone()
+    };
+    assert_eq!(by_id(ids[0]).audit, Some(note(1)), "pages carry the note");
+    assert_eq!(by_id(ids[2]).audit, None);
+    // A verdict after the note keeps it; so does another policy's link.
+    store
+        .resolve(&[Resolution {
+            id: ids[0],
+            state: ChangeState::NotApplied,
+            commit: None,
+        }])
+        .unwrap();
+    let mut call = batch[0].clone();
+    call.event.request_uid = "second-webhook".into();
+    call.event.policies = vec!["p2".into()];
+    assert_eq!(
+        store.append(&[call]).unwrap(),
+        vec![AppendOutcome::Linked(ids[0])]
+    );
+    let after = got(0);
+    assert_eq!(after.state, ChangeState::NotApplied);
+    assert_eq!(after.audit, Some(note(1)));
+    assert_eq!(after.policies.len(), 2);
 }

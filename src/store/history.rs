@@ -356,6 +356,7 @@ mod tests {
             state: Default::default(),
             commit: None,
             inferred: None,
+            audit: None,
         }
     }
 

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::Result;
 use crate::crd::Operation;
-use crate::pipeline::{Captured, ChangeEvent, ChangeState};
+use crate::pipeline::{AuditInfo, Captured, ChangeEvent, ChangeState};
 use jiff::Timestamp;
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -424,6 +424,20 @@ impl EventStore for MemStore {
                 Some(e) if e.event.state == ChangeState::Received => {
                     e.event.state = r.state;
                     e.event.commit.clone_from(&r.commit);
+                    true
+                }
+                _ => false,
+            })
+            .collect())
+    }
+
+    fn annotate(&self, notes: &[(EventId, AuditInfo)]) -> Result<Vec<bool>> {
+        let mut inner = self.inner.lock();
+        Ok(notes
+            .iter()
+            .map(|(id, note)| match inner.events.get_mut(id) {
+                Some(e) if e.event.audit.is_none() => {
+                    e.event.audit = Some(note.clone());
                     true
                 }
                 _ => false,

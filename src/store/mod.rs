@@ -7,10 +7,11 @@
 
 use crate::Result;
 use crate::crd::Operation;
-use crate::pipeline::{Captured, ChangeEvent, ChangeState, Commit};
+use crate::pipeline::{AuditInfo, Captured, ChangeEvent, ChangeState, Commit};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
+pub mod audit;
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod copy;
@@ -25,6 +26,7 @@ mod recent;
 pub mod retention;
 mod sled;
 
+pub use self::audit::{AuditEntry, AuditJournal, AuditSeq, MemAudit};
 pub use self::history::SNAPSHOT_EVERY;
 pub use self::location::{Engine, Location};
 pub use self::mem::MemStore;
@@ -339,6 +341,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Sets [`cursor`](EventStore::cursor) `key` (durable when it returns).
     fn set_cursor(&self, key: &str, value: &str) -> Result<()>;
+
+    /// Adds the audit log's account of a change to events that have none yet (the first account
+    /// stays: an audit event delivered twice changes nothing). Returns, for each note, whether it
+    /// was applied; an id the store does not hold is `false`. Leaves the state alone (that is
+    /// [`resolve`](EventStore::resolve)'s). Durable when it returns; every replica of a shared
+    /// store reads it, in [`get`](EventStore::get) and in query pages alike.
+    fn annotate(&self, notes: &[(EventId, AuditInfo)]) -> Result<Vec<bool>>;
 }
 
 /// Checks a batch for [`EventStore::append_copied`]: ids increasing and past `last`, the

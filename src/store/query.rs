@@ -174,6 +174,7 @@ mod tests {
             state: Default::default(),
             commit: None,
             inferred: None,
+            audit: None,
         }
     }
 

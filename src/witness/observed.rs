@@ -172,6 +172,7 @@ pub fn observed_event(
         state: ChangeState::Observed,
         commit: Some(commit),
         inferred,
+        audit: None,
     };
     let before = match operation {
         Operation::Create => None,
@@ -206,6 +207,7 @@ pub fn vanished_event(head: &Head, seen_at: Timestamp) -> Option<Captured> {
         state: ChangeState::Observed,
         commit: None,
         inferred: None,
+        audit: None,
     };
     Some(Captured::new(event, Some(state)))
 }

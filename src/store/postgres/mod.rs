@@ -417,6 +417,11 @@ impl EventStore for PgStore {
             .collect())
     }
 
+    fn annotate(&self, notes: &[(EventId, crate::pipeline::AuditInfo)]) -> Result<Vec<bool>> {
+        let _ = notes;
+        Err(Error::Usage("TODO(helper): PostgreSQL annotate".into()))
+    }
+
     fn live_objects(&self, resource: &str) -> Result<Vec<ObjectHead>> {
         let delete = op_code(Operation::Delete);
         self.pooled(|client| {

@@ -7,7 +7,7 @@
 
 use crate::crd::Operation;
 use crate::pipeline::{
-    ChangeEvent, ChangeOp, ChangeState, Commit, FieldChange, InferredActor, Witness,
+    AuditInfo, ChangeEvent, ChangeOp, ChangeState, Commit, FieldChange, InferredActor, Witness,
 };
 use crate::{Error, Result};
 use serde_json::Value;
@@ -243,13 +243,16 @@ pub fn skip_changes(r: &mut Reader<'_>) -> Result<()> {
 const W_DEDUPE: u8 = 1 << 3;
 const W_COMMIT: u8 = 1 << 4;
 const W_INFERRED: u8 = 1 << 5;
+const W_AUDIT: u8 = 1 << 6;
 const W_STATE: u8 = 7;
 
-/// What the tail of a record holds: the state, commit and inferred actor, and the dedupe key.
+/// What the tail of a record holds: the state, commit, inferred actor and audit account, and
+/// the dedupe key.
 pub struct Witnessed {
     pub state: ChangeState,
     pub commit: Option<Commit>,
     pub inferred: Option<InferredActor>,
+    pub audit: Option<AuditInfo>,
     pub dedupe: [u8; 16],
 }
 
@@ -283,6 +286,9 @@ pub fn put_witnessed(
     if e.inferred.is_some() {
         flags |= W_INFERRED;
     }
+    if e.audit.is_some() {
+        flags |= W_AUDIT;
+    }
     if flags == state_code(ChangeState::Unconfirmed) {
         return Ok(());
     }
@@ -306,6 +312,9 @@ pub fn put_witnessed(
     if let Some(a) = &e.inferred {
         put_bytes(out, &serde_json::to_vec(a)?);
     }
+    if let Some(a) = &e.audit {
+        put_bytes(out, &serde_json::to_vec(a)?);
+    }
     Ok(())
 }
 
@@ -315,6 +324,7 @@ pub fn get_witnessed(r: &mut Reader<'_>, request_uid: &str) -> Result<Witnessed>
         state: ChangeState::Unconfirmed,
         commit: None,
         inferred: None,
+        audit: None,
         dedupe: crate::store::digest::request_digest(request_uid),
     };
     if r.is_empty() {
@@ -343,6 +353,9 @@ pub fn get_witnessed(r: &mut Reader<'_>, request_uid: &str) -> Result<Witnessed>
     }
     if flags & W_INFERRED != 0 {
         w.inferred = Some(serde_json::from_slice(r.bytes()?)?);
+    }
+    if flags & W_AUDIT != 0 {
+        w.audit = Some(serde_json::from_slice(r.bytes()?)?);
     }
     Ok(w)
 }

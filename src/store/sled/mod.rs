@@ -17,6 +17,7 @@
 //! - `cursors`: key → value, the small durable values of [`EventStore::cursor`] (a watch's
 //!   resourceVersion).
 //! - `notify_outbox`, `notify_digest`, `notify_meta`: the notification outbox ([`outbox`]).
+//! - `audit_queue`, `audit_keys`, `audit_times`: the audit journal ([`audit`]).
 //!
 //! Objects are stored as deltas (the event's `changes`) with a full snapshot on an object's first
 //! event, when the delta would not reproduce the object exactly, and every
@@ -45,7 +46,10 @@ use super::{
     Resolution, RetentionReport, RetentionRule, StoreStats, StoredEvent,
 };
 use crate::crd::Operation;
-use crate::pipeline::{Actor, Captured, ChangeEvent, ChangeState, FieldChange, KindId, ResourceId};
+use crate::pipeline::{
+    Actor, AuditInfo, Captured, ChangeEvent, ChangeState, FieldChange, KindId, ResourceId,
+};
+use crate::store::audit::AuditJournal;
 use crate::store::outbox::OutboxStore;
 use crate::{Error, Result};
 use jiff::Timestamp;
@@ -59,6 +63,7 @@ use std::sync::{Arc, RwLock};
 
 pub use self::spool::{DEFAULT_SPOOL_BYTES, Spool, Spooled};
 
+mod audit;
 mod codec;
 mod keys;
 mod outbox;
@@ -361,6 +366,11 @@ impl SledStore {
     /// its own). It follows the store when it reopens after a write failure.
     pub fn outbox(&self) -> Arc<dyn OutboxStore> {
         Arc::new(outbox::SledOutbox::new(self.shared.clone()))
+    }
+
+    /// The audit journal, in this store's database.
+    pub fn audit_journal(&self) -> Arc<dyn AuditJournal> {
+        Arc::new(audit::SledAudit::new(self.shared.clone()))
     }
 
     /// Tests: the database as it is now.
@@ -732,6 +742,7 @@ impl SledStore {
                 state: witnessed.state,
                 commit: witnessed.commit,
                 inferred: witnessed.inferred,
+                audit: witnessed.audit,
             },
         })
     }
@@ -1557,6 +1568,42 @@ impl EventStore for SledStore {
             t.events.apply_batch(batch)?;
         }
         // Flushed outside the writer lock: appends need not wait on it.
+        t.db.flush()?;
+        Ok(applied)
+    }
+
+    fn annotate(&self, notes: &[(EventId, AuditInfo)]) -> Result<Vec<bool>> {
+        let t = self.t()?;
+        let mut applied = Vec::with_capacity(notes.len());
+        {
+            // Records are rewritten whole, as `resolve` does, under the writer lock.
+            let _w = self.lock_writer();
+            let mut batch = sled::Batch::default();
+            let mut noted = HashSet::new();
+            for (id, note) in notes {
+                let open = match self.load_record(*id)? {
+                    Some(mut rec) if rec.event.audit.is_none() && noted.insert(*id) => {
+                        rec.event.audit = Some(note.clone());
+                        let bytes = self.encode(
+                            rec.flags,
+                            *id,
+                            rec.prev,
+                            &rec.event,
+                            &rec.gap,
+                            &rec.dedupe,
+                        )?;
+                        batch.insert(&keys::id_key(*id), bytes);
+                        true
+                    }
+                    _ => false,
+                };
+                applied.push(open);
+            }
+            if noted.is_empty() {
+                return Ok(applied);
+            }
+            t.events.apply_batch(batch)?;
+        }
         t.db.flush()?;
         Ok(applied)
     }

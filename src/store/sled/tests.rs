@@ -359,6 +359,7 @@ fn measure_bytes_and_throughput() {
         state: Default::default(),
         commit: None,
         inferred: None,
+        audit: None,
     };
     let mut t = T0;
     let creates: Vec<Captured> = states

@@ -13,6 +13,7 @@
 pub mod managed;
 pub mod observed;
 pub mod offline;
+pub mod audit;
 pub mod reconcile;
 pub mod watch;
 

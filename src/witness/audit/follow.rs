@@ -1,0 +1,1 @@
+//! Following a JSON-lines audit log file (placeholder; being written).

@@ -110,6 +110,20 @@ pub struct Metrics {
     pub witness_pending: Gauge,
     /// Resources watched now.
     pub witness_watches: Gauge,
+    /// Audit batches posted to `/audit`, by outcome (`stored`, `refused_full`, `bad_request`,
+    /// `store_error`, `unauthenticated`, `forbidden`).
+    pub audit_batches: Family<OutcomeLabels, Counter>,
+    /// Audit events taken in, by outcome (`new`, `duplicate`, `skipped_stage`, and the reasons
+    /// an item or line is not an event: `truncated`, `not_json`, `not_an_event`, `invalid`,
+    /// `too_long`).
+    pub audit_events: Family<OutcomeLabels, Counter>,
+    /// Audit events the audit witness used, by outcome (`joined`, `not_histors`, `unjoined`:
+    /// naming a change histor never found in time, `undecodable`).
+    pub audit_joins: Family<OutcomeLabels, Counter>,
+    /// Audit events waiting in the journal.
+    pub audit_queued: Gauge,
+    /// A witness's verdict disagreed with the verdict another witness wrote first.
+    pub witness_disagreements: Counter,
 }
 
 impl Default for Metrics {
@@ -160,6 +174,11 @@ impl Default for Metrics {
             witness_relists: Family::default(),
             witness_pending: Gauge::default(),
             witness_watches: Gauge::default(),
+            audit_batches: Family::default(),
+            audit_events: Family::default(),
+            audit_joins: Family::default(),
+            audit_queued: Gauge::default(),
+            witness_disagreements: Counter::default(),
         }
     }
 }
@@ -308,6 +327,40 @@ impl Metrics {
             "Resources watched now",
             self.witness_watches.clone(),
         );
+        r.register(
+            "audit_batches",
+            "Audit event batches posted by the apiserver's webhook backend, by outcome",
+            self.audit_batches.clone(),
+        );
+        r.register(
+            "audit_events",
+            "Audit events taken in (webhook, log file, ingest), by outcome",
+            self.audit_events.clone(),
+        );
+        r.register(
+            "audit_joins",
+            "Audit events the audit witness used, by outcome",
+            self.audit_joins.clone(),
+        );
+        r.register(
+            "audit_queued",
+            "Audit events waiting in the journal",
+            self.audit_queued.clone(),
+        );
+        r.register(
+            "witness_disagreements",
+            "Verdicts that disagreed with the one another witness wrote first",
+            self.witness_disagreements.clone(),
+        );
+    }
+
+    /// Counts `n` audit events with `outcome`.
+    pub fn audit_events(&self, outcome: &'static str, n: u64) {
+        if n > 0 {
+            self.audit_events
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(n);
+        }
     }
 
     /// Counts one witness verdict.

@@ -249,17 +249,33 @@ fn parse_json(body: &[u8]) -> Result<Value, serde_json::Error> {
 }
 
 /// The response body for a review: `allowed: true` with its uid, in its apiVersion.
+///
+/// The answer also carries the uid as the audit annotation [`AUDIT_UID_ANNOTATION`]: the
+/// apiserver records it in the request's audit event as `<webhook name>/request-uid`, which
+/// joins that audit event to the change exactly. An empty uid is left out.
 pub fn allowed_response(api_version: &str, uid: &str) -> Vec<u8> {
     // Built by hand: cheaper than a serde struct and cannot fail; strings still go through
     // serde_json so quotes and control characters in a hostile uid stay escaped.
-    let mut out = Vec::with_capacity(96 + api_version.len() + uid.len());
+    let mut out = Vec::with_capacity(128 + api_version.len() + 2 * uid.len());
     out.extend_from_slice(b"{\"apiVersion\":");
     write_json_str(&mut out, api_version);
     out.extend_from_slice(b",\"kind\":\"AdmissionReview\",\"response\":{\"uid\":");
     write_json_str(&mut out, uid);
-    out.extend_from_slice(b",\"allowed\":true}}");
+    out.extend_from_slice(b",\"allowed\":true");
+    if !uid.is_empty() {
+        out.extend_from_slice(b",\"auditAnnotations\":{\"");
+        out.extend_from_slice(AUDIT_UID_ANNOTATION.as_bytes());
+        out.extend_from_slice(b"\":");
+        write_json_str(&mut out, uid);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"}}");
     out
 }
+
+/// The key of the audit annotation every answer carries: the review's uid. The apiserver
+/// prefixes it with the webhook's name (`<policy>.histor.dev/request-uid`).
+pub const AUDIT_UID_ANNOTATION: &str = "request-uid";
 
 fn write_json_str(out: &mut Vec<u8>, s: &str) {
     // Serialising a &str into a Vec cannot fail; fall back to an empty string all the same.
@@ -1059,7 +1075,15 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"apiVersion": ADMISSION_V1, "kind": "AdmissionReview",
-                "response": {"uid": "abc\"def", "allowed": true}})
+                "response": {"uid": "abc\"def", "allowed": true,
+                    "auditAnnotations": {"request-uid": "abc\"def"}}})
+        );
+        let v: Value = serde_json::from_slice(&allowed_response(ADMISSION_V1, "")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"apiVersion": ADMISSION_V1, "kind": "AdmissionReview",
+                "response": {"uid": "", "allowed": true}}),
+            "no uid, no annotation"
         );
     }
 

@@ -1,7 +1,7 @@
 //! The `audit.k8s.io/v1` Event, as far as usage needs it, and a line parser that never panics:
 //! every line is either an event or a [`BadLine`] reason to count.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Longest line parsed. The log backend does not truncate (the webhook backend truncates events
@@ -10,16 +10,19 @@ use std::collections::BTreeMap;
 /// reader's memory.
 pub const MAX_LINE_BYTES: usize = 4 << 20;
 
-/// One audit event. Fields usage does not read (request and response objects among them) are
-/// skipped by the parser; unknown fields are ignored, so newer apiservers' events still parse.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// One audit event. Fields neither usage nor the audit witness reads (the request object, and
+/// the response object but for its resourceVersion) are skipped by the parser, so neither a
+/// Secret's data nor a token a TokenRequest returned is ever held; unknown fields are ignored,
+/// so newer apiservers' events still parse. Serialises back to the same shape, trimmed: what
+/// the audit journal keeps.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEvent {
-    /// `Event`; checked by [`parse_line`].
-    #[serde(default)]
+    /// `Event`; checked by [`parse_line`] (items of a webhook batch have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// `audit.k8s.io/v1`; checked by [`parse_line`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
     /// The request's id, the same in every stage's event.
     #[serde(rename = "auditID")]
@@ -35,30 +38,54 @@ pub struct AuditEvent {
     /// Who authenticated.
     pub user: UserInfo,
     /// Who the authenticated user acted as, when impersonating.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub impersonated_user: Option<UserInfo>,
+    /// The client's addresses: `X-Forwarded-For` first, then the peer.
+    #[serde(default, rename = "sourceIPs", skip_serializing_if = "Vec::is_empty")]
+    pub source_ips: Vec<String>,
     /// The client's User-Agent header.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
     /// The resource, for resource requests; absent for non-resource URLs such as `/version`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_ref: Option<ObjectRef>,
     /// How the request ended (absent before the response stages).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_status: Option<ResponseStatus>,
+    /// The response object's metadata, at level RequestResponse: the resourceVersion a write
+    /// committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_object: Option<ResponseObject>,
     /// When the apiserver received the request.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_received_timestamp: Option<jiff::Timestamp>,
     /// When this stage's event was made.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage_timestamp: Option<jiff::Timestamp>,
     /// `k8s.io/deprecated`, `k8s.io/removed-release`, authorisation and webhook annotations.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
 
+/// The part of a response object the witness reads.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ResponseObject {
+    /// Its metadata (a Status has none worth reading).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<ResponseMeta>,
+}
+
+/// `metadata` of a response object, as far as the witness reads it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResponseMeta {
+    /// The object's resourceVersion after the write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+}
+
 /// `authentication.k8s.io/v1 UserInfo`, the parts usage reads.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 pub struct UserInfo {
     /// The user's name; service accounts are `system:serviceaccount:<namespace>:<name>`.
     #[serde(default)]
@@ -66,28 +93,34 @@ pub struct UserInfo {
 }
 
 /// The object a resource request concerns.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectRef {
     /// Plural resource name, such as `deployments`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub resource: String,
     /// Empty for the core group.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub api_group: String,
     /// Such as `v1` or `v1beta1`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub api_version: String,
     /// Such as `status` or `scale`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subresource: Option<String>,
+    /// Absent for cluster-scoped objects and cluster-wide lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Absent for lists and for a create whose name the server generates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// The response's status, the part usage reads.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 pub struct ResponseStatus {
     /// HTTP status code.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<u16>,
 }
 

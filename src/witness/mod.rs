@@ -10,11 +10,12 @@
 //! reviews on a shared store, and any the feed dropped when its queue was full). Either way,
 //! the store applies only the first verdict on an event.
 
+pub mod audit;
 pub mod managed;
 pub mod observed;
 pub mod offline;
-pub mod audit;
 pub mod reconcile;
+pub mod verdicts;
 pub mod watch;
 
 use crate::capture::{Capture, RecordObserver};
@@ -278,8 +279,12 @@ impl Witness {
         while rx.try_recv().is_ok() {}
         let mut driver = Driver {
             reconciler: Reconciler::new(self.settings.windows),
-            on_not_applied: self.settings.on_not_applied.clone(),
-            notifier: self.settings.notifier.clone(),
+            verdicts: verdicts::Verdicts {
+                store: store.clone(),
+                notifier: self.settings.notifier.clone(),
+                on_not_applied: self.settings.on_not_applied.clone(),
+                metrics: capture.metrics.clone(),
+            },
             store: store.clone(),
             capture: capture.clone(),
             resolved: VecDeque::new(),
@@ -443,8 +448,7 @@ pub async fn discover(
 
 struct Driver {
     reconciler: Reconciler,
-    on_not_applied: Option<Arc<dyn RecordObserver>>,
-    notifier: Option<crate::notify::Notifier>,
+    verdicts: verdicts::Verdicts,
     store: Arc<dyn EventStore>,
     capture: Arc<Capture>,
     resolved: VecDeque<EventId>,
@@ -653,7 +657,7 @@ impl Driver {
             self.remember(r.id);
             self.capture.metrics.witness_verdict(r.state);
         }
-        self.announce(&resolutions).await;
+        self.verdicts.announce(&resolutions).await;
         let mut resolutions = [retried, resolutions].concat();
         if resolutions.is_empty() {
             return;
@@ -666,87 +670,12 @@ impl Driver {
             );
             resolutions.drain(..drop);
         }
-        let store = self.store.clone();
-        let rs = resolutions.clone();
-        let observer = self.on_not_applied.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let applied = store.resolve(&rs)?;
-            let mut refused = Vec::new();
-            for (r, applied) in rs.iter().zip(&applied) {
-                if *applied && r.state == ChangeState::NotApplied {
-                    refused.extend(store.get(r.id)?);
-                }
-            }
-            if let Some(o) = observer
-                && !refused.is_empty()
-            {
-                o.on_recorded(&refused);
-            }
-            Ok::<_, crate::Error>(applied)
-        })
-        .await;
-        match written {
-            Ok(Ok(applied)) => {
-                let now = Timestamp::now();
-                for (r, applied) in resolutions.iter().zip(applied) {
-                    if !applied {
-                        continue;
-                    }
-                    tracing::debug!(id = r.id, state = %r.state, "change resolved");
-                    if r.state == ChangeState::Confirmed
-                        && let Ok(received) = Timestamp::from_microsecond(r.id as i64)
-                    {
-                        // Ids are receipt times in µs.
-                        let lag = now.duration_since(received).as_secs_f64().max(0.0);
-                        self.capture.metrics.witness_confirm_lag.observe(lag);
-                    }
-                }
-            }
-            Ok(Err(error)) => {
+        match self.verdicts.write(&resolutions).await {
+            Ok(_) => {}
+            Err(error) => {
                 tracing::warn!(%error, n = resolutions.len(), "writing verdicts failed; trying again");
                 self.retry = resolutions;
             }
-            Err(_) => {}
-        }
-    }
-
-    /// Hands confirmed (and unconfirmed) changes to the notifier with their new state, before
-    /// the verdict is written: a crash in between sends a notification twice, never not at all.
-    async fn announce(&self, resolutions: &[crate::store::Resolution]) {
-        let Some(notifier) = &self.notifier else {
-            return;
-        };
-        let wanted: Vec<crate::store::Resolution> = resolutions
-            .iter()
-            .filter(|r| matches!(r.state, ChangeState::Confirmed | ChangeState::Unconfirmed))
-            .cloned()
-            .collect();
-        if wanted.is_empty() {
-            return;
-        }
-        let store = self.store.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let mut events = Vec::new();
-            for r in wanted {
-                if let Some(mut e) = store.get(r.id)?
-                    && e.event.state == ChangeState::Received
-                {
-                    e.event.state = r.state;
-                    e.event.commit = r.commit;
-                    events.push(e);
-                }
-            }
-            Ok::<_, crate::Error>(events)
-        })
-        .await;
-        match read {
-            Ok(Ok(events)) => {
-                if let Err(error) = notifier.on_resolved(&events).await {
-                    tracing::warn!(%error, "handing confirmed changes to the notifier failed");
-                }
-            }
-            Ok(Err(error)) => tracing::warn!(%error, "reading confirmed changes failed"),
-            Err(_) => {}
         }
     }
 

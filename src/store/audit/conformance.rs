@@ -72,7 +72,7 @@ pub(crate) fn entries_queue_once_by_key(j: Arc<impl AuditJournal>) {
         j.append(&[entry(2, 9), entry(3, 0)]).unwrap(),
         [false, true]
     );
-    let q = j.queued(100).unwrap();
+    let q = j.queued(None, 100).unwrap();
     assert_eq!(keys(&q), [1, 2, 3]);
     assert_eq!(q[0].1, entry(1, 0), "the first append's entry is kept");
     assert_eq!(j.counts().unwrap(), AuditCounts { queued: 3, keys: 3 });
@@ -84,24 +84,27 @@ pub(crate) fn the_queue_keeps_order_and_bytes(j: Arc<impl AuditJournal>) {
     for chunk in all.chunks(7) {
         j.append(chunk).unwrap();
     }
-    let q = j.queued(20).unwrap();
+    let q = j.queued(None, 20).unwrap();
     assert_eq!(q.len(), 20, "limit");
     assert!(q.windows(2).all(|w| w[0].0 < w[1].0), "seqs increase");
-    let whole = j.queued(1000).unwrap();
+    let whole = j.queued(None, 1000).unwrap();
     assert_eq!(
         whole.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
         all,
         "append order, not time order; bytes as given"
     );
     assert_eq!(&whole[..20], &q[..], "queued does not take entries out");
+    let rest = j.queued(Some(q[19].0), 1000).unwrap();
+    assert_eq!(&rest[..], &whole[20..], "after a seq");
+    assert!(j.queued(Some(whole[49].0), 10).unwrap().is_empty());
 }
 
 pub(crate) fn done_entries_leave_the_queue_but_keep_their_keys(j: Arc<impl AuditJournal>) {
     j.append(&[entry(1, 0), entry(2, 0), entry(3, 0)]).unwrap();
-    let q = j.queued(10).unwrap();
+    let q = j.queued(None, 10).unwrap();
     j.done(&[q[0].0, q[2].0]).unwrap();
     j.done(&[q[0].0, 999_999]).unwrap(); // not queued: no error
-    assert_eq!(keys(&j.queued(10).unwrap()), [2]);
+    assert_eq!(keys(&j.queued(None, 10).unwrap()), [2]);
     assert_eq!(
         j.append(&[entry(1, 0), entry(3, 1)]).unwrap(),
         [false, false],
@@ -113,7 +116,7 @@ pub(crate) fn done_entries_leave_the_queue_but_keep_their_keys(j: Arc<impl Audit
 pub(crate) fn forgotten_keys_may_come_again(j: Arc<impl AuditJournal>) {
     j.append(&[entry(1, 0), entry(2, 10), entry(3, 0), entry(4, 0)])
         .unwrap();
-    let q = j.queued(10).unwrap();
+    let q = j.queued(None, 10).unwrap();
     // 1, 2 and 3 are done; 4 stays queued, and a queued key is never forgotten.
     j.done(&[q[0].0, q[1].0, q[2].0]).unwrap();
     let before = Timestamp::from_second(T0 + 5).unwrap();
@@ -148,5 +151,5 @@ pub(crate) fn concurrent_appends_of_one_key_queue_it_once(j: Arc<impl AuditJourn
         .collect();
     let total: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(total, 40, "each key queued by exactly one call");
-    assert_eq!(j.queued(1000).unwrap().len(), 40);
+    assert_eq!(j.queued(None, 1000).unwrap().len(), 40);
 }

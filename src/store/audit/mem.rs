@@ -45,11 +45,12 @@ impl AuditJournal for MemAudit {
         Ok(queued)
     }
 
-    fn queued(&self, limit: usize) -> Result<Vec<(AuditSeq, AuditEntry)>> {
+    fn queued(&self, after: Option<AuditSeq>, limit: usize) -> Result<Vec<(AuditSeq, AuditEntry)>> {
         let inner = self.inner.lock();
+        let from = after.map_or(0, |a| a.saturating_add(1));
         Ok(inner
             .queue
-            .iter()
+            .range(from..)
             .take(limit)
             .map(|(&s, e)| (s, e.clone()))
             .collect())

@@ -51,7 +51,8 @@ pub struct AuditCounts {
 /// webhook and from the log) adds nothing.
 ///
 /// **Queue.** [`queued`](AuditJournal::queued) returns queued entries in [`AuditSeq`] order, at
-/// most `limit`, each byte for byte as appended; it does not take them out. `done` takes them
+/// most `limit`, each byte for byte as appended, from the oldest or from after a given seq (a
+/// reader that leaves some entries queued for later reads past them); it does not take them out. `done` takes them
 /// out; taking out an entry that is not queued is not an error.
 ///
 /// **Durable on return.** When `append` returns `Ok`, what it queued survives a crash; so do
@@ -66,8 +67,8 @@ pub trait AuditJournal: Send + Sync + 'static {
     /// whether it was queued.
     fn append(&self, entries: &[AuditEntry]) -> Result<Vec<bool>>;
 
-    /// Up to `limit` queued entries, oldest first.
-    fn queued(&self, limit: usize) -> Result<Vec<(AuditSeq, AuditEntry)>>;
+    /// Up to `limit` queued entries after `after` (from the oldest for `None`), oldest first.
+    fn queued(&self, after: Option<AuditSeq>, limit: usize) -> Result<Vec<(AuditSeq, AuditEntry)>>;
 
     /// Takes entries out of the queue; their keys stay remembered.
     fn done(&self, seqs: &[AuditSeq]) -> Result<()>;

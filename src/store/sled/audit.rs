@@ -141,10 +141,11 @@ impl AuditJournal for SledAudit {
         Ok(queued)
     }
 
-    fn queued(&self, limit: usize) -> Result<Vec<(AuditSeq, AuditEntry)>> {
+    fn queued(&self, after: Option<AuditSeq>, limit: usize) -> Result<Vec<(AuditSeq, AuditEntry)>> {
         let t = self.trees()?;
         let mut out = Vec::new();
-        for item in t.queue.iter().take(limit) {
+        let from = after.map_or(0, |a| a.saturating_add(1)).to_be_bytes();
+        for item in t.queue.range(from..).take(limit) {
             let (k, v) = item?;
             out.push((u64_at(&k, 0)?, decode_entry(&v)?));
         }

@@ -57,6 +57,29 @@ pub fn actor_cut(e: &ChangeEvent, max: usize) -> String {
     }
 }
 
+/// What the audit log adds, in one line, when it has an account of the change:
+/// `audit 9df6c8dc-…: 201, from 127.0.0.1, kubectl/v1.33.1 (…), sent by admin impersonating bob`.
+pub fn audit_note(e: &ChangeEvent) -> Option<String> {
+    let a = e.audit.as_ref()?;
+    let mut parts = vec![format!("audit {}", a.audit_id)];
+    if let Some(code) = a.code {
+        parts.push(code.to_string());
+    }
+    if !a.source_ips.is_empty() {
+        parts.push(format!("from {}", a.source_ips.join(", ")));
+    }
+    if let Some(ua) = &a.user_agent {
+        parts.push(ua.clone());
+    }
+    if let Some(by) = &a.impersonated_by {
+        parts.push(format!("sent by {by} impersonating {}", e.user.username));
+    }
+    let mut out = parts.remove(0) + ":";
+    out.push(' ');
+    out.push_str(&parts.join(", "));
+    Some(out.trim_end_matches([':', ' ']).to_owned())
+}
+
 /// One line saying what changed ([`pipeline::summarize`]); for a change the apiserver did not
 /// commit, worded so that it does not claim to have happened, the words that say so first so
 /// that a cut summary keeps them.
@@ -82,10 +105,15 @@ pub fn state_note(e: &ChangeEvent) -> String {
             Witness::Watch => "the watch",
             Witness::Audit => "the audit log",
         };
-        format!(
-            "committed at resourceVersion {} (seen by {witness})",
-            c.resource_version
-        )
+        if c.resource_version.is_empty() {
+            // An audit event at Metadata level, or a delete (answered with a Status).
+            format!("committed (seen by {witness})")
+        } else {
+            format!(
+                "committed at resourceVersion {} (seen by {witness})",
+                c.resource_version
+            )
+        }
     });
     let state = e.state.as_str();
     match e.state {

@@ -21,6 +21,7 @@ fn args(dir: &Path, policy: std::path::PathBuf) -> ServeArgs {
             retention_interval_secs: 3600,
             ..CaptureArgs::default()
         },
+        audit: Default::default(),
         secrets_dir: None,
         token_file: None,
     }

@@ -95,6 +95,7 @@ async fn a_full_disk_is_reported_answered_at_once_and_recovered_from_without_a_r
             retention_interval_secs: 3600,
             ..CaptureArgs::default()
         },
+        audit: Default::default(),
         secrets_dir: None,
         token_file: None,
     };

@@ -22,6 +22,7 @@ fn args(dir: &Path) -> ServeArgs {
             retention_interval_secs: 3600,
             ..CaptureArgs::default()
         },
+        audit: Default::default(),
         secrets_dir: None,
         token_file: Some(token_file),
     }

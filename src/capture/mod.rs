@@ -3,6 +3,7 @@
 //! durable write no longer than the deadline. Also serves `/healthz`, `/readyz` and `/metrics`.
 //! Knows nothing of Kubernetes clients; policies come from the shared [`PolicyIndex`].
 
+pub mod audit;
 pub mod conn;
 mod ratelog;
 pub mod tls;
@@ -59,6 +60,8 @@ pub struct Capture {
     /// A witness (the operator's watch) will tell whether each change was committed: events
     /// start `received`. Without one (standalone `serve`) they are `unconfirmed`.
     pub witnessed: bool,
+    /// Where `/audit` puts the apiserver's audit events; `None` refuses them.
+    pub audit: Option<Arc<audit::AuditIntake>>,
     /// False until the server is ready to record (and after shutdown starts).
     pub ready: AtomicBool,
     /// Keeps warnings that every review can trigger to one line per minute and cause.
@@ -70,6 +73,10 @@ pub fn router(state: Arc<Capture>) -> Router {
     Router::new()
         .route("/admit/{policy}", post(admit))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route(
+            "/audit",
+            post(audit::audit).layer(DefaultBodyLimit::max(audit::MAX_AUDIT_BODY)),
+        )
         .merge(ops_router(state.clone()))
         .with_state(state)
 }
@@ -189,12 +196,12 @@ fn refuse_client(
         tls::ClientRefusal::NoCertificate => (
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
-            "histor: reviews need the apiserver's webhook client certificate\n",
+            "histor: this endpoint needs the apiserver's webhook client certificate\n",
         ),
         tls::ClientRefusal::Untrusted | tls::ClientRefusal::NameNotAllowed => (
             StatusCode::FORBIDDEN,
             "forbidden",
-            "histor: this client certificate may not post reviews\n",
+            "histor: this client certificate may not post here\n",
         ),
     };
     // Debug only: whoever is refused could otherwise fill the log; the metric counts them.

@@ -69,6 +69,7 @@ impl Harness {
             client_ca: None,
             ignored_users: Vec::new(),
             witnessed: false,
+            audit: None,
             ready: AtomicBool::new(true),
             warnings: LogLimiter::default(),
         });
@@ -279,6 +280,7 @@ async fn with_the_shared_store_down_a_review_is_spooled_and_readyz_stays_ready_s
         client_ca: None,
         ignored_users: Vec::new(),
         witnessed: false,
+        audit: None,
         ready: AtomicBool::new(true),
         warnings: LogLimiter::default(),
     });

@@ -161,7 +161,13 @@ pub fn changes_table(changes: &[Change], wide: bool, view: &View) -> String {
     }
     header.extend(["OP", "STATE", "TARGET", "CHANGES"]);
     if wide {
-        header.push("REQUEST-UID");
+        header.extend([
+            "REQUEST-UID",
+            "IMPERSONATED-BY",
+            "SOURCE",
+            "USER-AGENT",
+            "AUDIT-ID",
+        ]);
     }
     let header: Vec<String> = header.into_iter().map(String::from).collect();
     let rows: Vec<Vec<String>> = changes
@@ -200,6 +206,14 @@ pub fn changes_table(changes: &[Change], wide: bool, view: &View) -> String {
             row.push(shorten(&render::summary(e), width));
             if wide {
                 row.push(e.request_uid.clone());
+                // What the audit log adds; `-` where it has no account of the change.
+                let a = e.audit.as_ref();
+                let or_dash =
+                    |v: Option<String>| v.filter(|v| !v.is_empty()).unwrap_or_else(|| "-".into());
+                row.push(or_dash(a.and_then(|a| a.impersonated_by.clone())));
+                row.push(or_dash(a.map(|a| a.source_ips.join(","))));
+                row.push(or_dash(a.and_then(|a| a.user_agent.clone())));
+                row.push(or_dash(a.map(|a| a.audit_id.clone())));
             }
             row
         })
@@ -224,7 +238,10 @@ pub fn yaml(changes: &[Change]) -> Result<String, serde_json::Error> {
 /// and under it `# state: confirmed: committed at resourceVersion 4242 (seen by the watch)`.
 fn heading(c: &Change, view: &View) -> String {
     let e = &c.event;
-    let state = format!("# state: {}", escape_controls(&render::state_note(e)));
+    let mut state = format!("# state: {}", escape_controls(&render::state_note(e)));
+    if let Some(audit) = render::audit_note(e) {
+        state = format!("{state}\n# {}", escape_controls(&audit));
+    }
     // A change that did not happen stands out on a terminal.
     let state = if e.state.may_have_happened() {
         state

@@ -1050,3 +1050,61 @@ async fn inferred_managers_are_escaped() {
         "{blame}"
     );
 }
+
+/// What the audit log adds (audit ID, source, user agent, impersonator) shows in `-o wide`, in
+/// the headings of `-o patch` and in `-o json`, escaped where the client wrote it.
+#[tokio::test]
+async fn the_audit_account_shows_in_wide_patch_and_json() {
+    use crate::pipeline::AuditInfo;
+    let (_dir, store) = store_with(&super::testsupport::three_users());
+    let api = FakeApi::edited(store, |e| {
+        if e.user.username == "bob" {
+            e.audit = Some(AuditInfo {
+                audit_id: "9df6c8dc-228b-46b9-8559-60a2bf7d59a0".into(),
+                code: Some(200),
+                source_ips: vec!["10.0.0.7".into(), "127.0.0.1".into()],
+                user_agent: Some("kubectl/v1.33.1 \x1b[2Jhidden".into()),
+                impersonated_by: Some("admin".into()),
+            });
+        }
+    });
+    let wide = run_fake(&api, &["-A", "-o", "wide"]).await.unwrap();
+    assert_safe("wide", &wide);
+    let header = wide.lines().next().unwrap();
+    for column in ["IMPERSONATED-BY", "SOURCE", "USER-AGENT", "AUDIT-ID"] {
+        assert!(header.contains(column), "{header}");
+    }
+    let bob = wide.lines().find(|l| l.contains("bob")).unwrap();
+    for shown in [
+        "admin",
+        "10.0.0.7,127.0.0.1",
+        "kubectl/v1.33.1 \\u001b[2Jhidden",
+        "9df6c8dc-228b-46b9-8559-60a2bf7d59a0",
+    ] {
+        assert!(bob.contains(shown), "{shown} not in {bob}");
+    }
+    let alice = wide.lines().find(|l| l.contains("alice")).unwrap();
+    assert!(
+        alice.trim_end().ends_with('-'),
+        "no account, dashes: {alice}"
+    );
+    let patch = run_fake(&api, &["-A", "-o", "patch"]).await.unwrap();
+    assert_safe("patch", &patch);
+    assert!(
+        patch.contains("# audit 9df6c8dc-228b-46b9-8559-60a2bf7d59a0: 200, from 10.0.0.7, 127.0.0.1, kubectl/v1.33.1 \\u001b[2Jhidden, sent by admin impersonating bob"),
+        "{patch}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&run_fake(&api, &["-A", "-o", "json"]).await.unwrap()).unwrap();
+    let items = json["items"].as_array().unwrap();
+    let bob = items
+        .iter()
+        .find(|i| i["event"]["user"]["username"] == "bob")
+        .unwrap();
+    assert_eq!(bob["event"]["audit"]["impersonatedBy"], "admin");
+    assert_eq!(
+        bob["event"]["audit"]["auditID"],
+        "9df6c8dc-228b-46b9-8559-60a2bf7d59a0"
+    );
+    assert_eq!(bob["event"]["audit"]["sourceIPs"][0], "10.0.0.7");
+}

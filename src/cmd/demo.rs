@@ -101,6 +101,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         tls_cert: None,
         tls_key: None,
         capture: CaptureArgs::default(),
+        audit: Default::default(),
         secrets_dir: None,
         token_file: None,
     })

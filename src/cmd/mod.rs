@@ -1,6 +1,7 @@
 //! The subcommands of the `histor` binary. Each module wires library parts together for one job;
 //! the logic they use lives in the library modules.
 
+mod audit;
 mod demo;
 mod files;
 mod history;
@@ -40,7 +41,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run capture, pipeline and store without a cluster, with policies read from files.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Record AdmissionReviews from files (one JSON document per file, or JSON lines).
     Replay(replay::ReplayArgs),
     /// Read recorded changes from a store directory.
@@ -53,6 +54,13 @@ pub enum Command {
     /// API usage from audit log files: which endpoints, at which level, by which clients;
     /// deprecated APIs still called, and the release that removes them.
     Usage(usage::UsageArgs),
+    /// Audit log files into a store: `histor audit ingest FILE...` takes each event once and
+    /// joins it to the changes the store holds.
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// Store maintenance: `histor store copy` moves a history (a sled directory to
     /// PostgreSQL, say) with every id and state.
     Store {
@@ -76,7 +84,8 @@ impl Cli {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(args) => serve::run(args).await,
+        Command::Serve(args) => serve::run(*args).await,
+        Command::Audit { command } => audit::run(command).await,
         Command::Replay(args) => replay::run(args).await,
         // The store blocks on its I/O: off the runtime's threads.
         Command::History(args) => tokio::task::spawn_blocking(move || history::run(args))

@@ -56,6 +56,9 @@ pub struct OperatorArgs {
     /// `notApplied`.
     #[arg(long, default_value = "30s")]
     pub confirm_window: String,
+    /// Audit events: the webhook backend, a log file.
+    #[command(flatten)]
+    pub audit: server::AuditArgs,
 }
 
 /// The live policy set: compiled for capture, sinks for the notifier. Reconcile calls it.
@@ -211,31 +214,58 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
     if engine.shared {
         ctx.records.follow_shared_store();
     }
-    // The witness starts on leading, once the capture side (its writer) is up.
+    // The audit side: its intake serves on every replica, its witness runs on the leader.
+    let audit = server::start_audit(
+        &args.audit,
+        engine.audit,
+        crate::witness::verdicts::Verdicts {
+            store: store.clone(),
+            notifier: Some(notifier.clone()),
+            on_not_applied: Some(Arc::new(LateRecords(records_hook.clone()))),
+            metrics: metrics.clone(),
+        },
+        witness.is_none(),
+    )?;
+    // The witnesses start on leading, once the capture side (its writer) is up.
     let (capture_tx, capture_rx) = tokio::sync::watch::channel(None);
-    let ctx = match &witness {
-        Some(w) => {
-            let (w, client, store) = (w.clone(), ctx.client.clone(), store.clone());
-            let work: controller::LeaderWork = Arc::new(move || {
-                let (w, client, store) = (w.clone(), client.clone(), store.clone());
-                let mut capture_rx = capture_rx.clone();
-                Box::pin(async move {
-                    let capture = match capture_rx.wait_for(Option::is_some).await {
-                        Ok(capture) => capture.clone(),
-                        Err(_) => return,
-                    };
-                    if let Some(capture) = capture {
-                        w.run(client, capture, store).await
+    let ctx = if witness.is_some() || audit.witness.is_some() {
+        let (w, a, client, store) = (
+            witness.clone(),
+            audit.witness.clone(),
+            ctx.client.clone(),
+            store.clone(),
+        );
+        let work: controller::LeaderWork = Arc::new(move || {
+            let (w, a, client, store) = (w.clone(), a.clone(), client.clone(), store.clone());
+            let mut capture_rx = capture_rx.clone();
+            Box::pin(async move {
+                let capture = match capture_rx.wait_for(Option::is_some).await {
+                    Ok(capture) => capture.clone(),
+                    Err(_) => return,
+                };
+                let Some(capture) = capture else { return };
+                let watch = async {
+                    match w {
+                        Some(w) => w.run(client, capture, store).await,
+                        None => std::future::pending().await,
                     }
-                })
-            });
-            Arc::new(
-                Arc::into_inner(ctx)
-                    .expect("not shared yet")
-                    .with_leader_work(work),
-            )
-        }
-        None => ctx,
+                };
+                let audit = async {
+                    match a {
+                        Some(a) => a.run().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::join!(watch, audit);
+            })
+        });
+        Arc::new(
+            Arc::into_inner(ctx)
+                .expect("not shared yet")
+                .with_leader_work(work),
+        )
+    } else {
+        ctx
     };
     *records_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.clone());
     let controller = tokio::spawn(controller::run(ctx.clone()));
@@ -257,7 +287,8 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         options: args.capture,
         default_retention,
         ignored_users,
-        witnessed: witness.is_some(),
+        witnessed: witness.is_some() || audit.witness.is_some(),
+        audit: audit.intake,
         observers: {
             let mut o: Vec<Arc<dyn RecordObserver>> = vec![stats, Arc::new(Records(ctx.clone()))];
             o.extend(

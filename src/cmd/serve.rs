@@ -37,6 +37,9 @@ pub struct ServeArgs {
     /// Deadline, queue and retention settings.
     #[command(flatten)]
     pub capture: CaptureArgs,
+    /// Audit events: the webhook backend, a log file.
+    #[command(flatten)]
+    pub audit: server::AuditArgs,
     /// Directory of the Secrets that notification sinks refer to, laid out as
     /// `DIR/<namespace>/<name>/<key>` (a mounted Secret has this shape). Files are re-read on use,
     /// so a rotated webhook URL or SMTP password needs no restart.
@@ -84,6 +87,21 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         }
     }
     let query = tokens.map(|tokens| Arc::new(QueryState::standalone(store.clone(), tokens)));
+    // One process, no leader: the audit witness runs here, and is the only witness.
+    let audit = server::start_audit(
+        &args.audit,
+        engine.audit,
+        crate::witness::verdicts::Verdicts {
+            store: store.clone(),
+            notifier: Some(notifier.clone()),
+            on_not_applied: None,
+            metrics: metrics.clone(),
+        },
+        true,
+    )?;
+    if let Some(w) = audit.witness.clone() {
+        tokio::spawn(async move { w.run().await });
+    }
     server::start(Parts {
         policies,
         query,
@@ -98,7 +116,8 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
         options: args.capture,
         default_retention: crate::store::RetentionRule::default(),
         ignored_users: Vec::new(),
-        witnessed: false,
+        witnessed: audit.witness.is_some(),
+        audit: audit.intake,
         observers: Vec::new(),
         on_retention: None,
         spool,

@@ -23,6 +23,132 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+/// How the apiserver's audit events reach histor, `histor serve` and `histor operator` alike.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuditArgs {
+    /// Take audit events on `POST /audit` (the apiserver's `--audit-webhook-config-file`
+    /// pointing at this server). Pair it with `--webhook-client-ca`, so that only the
+    /// apiserver can post them.
+    #[arg(long)]
+    pub audit_webhook: bool,
+    /// Follow this audit log file (the apiserver's `--audit-log-path`, JSON format) through
+    /// rotation, its position kept in the store.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Where to begin a log file no position was kept for: `end` (only what comes) or
+    /// `beginning`.
+    #[arg(long, value_enum, default_value_t = LogStart::End)]
+    pub audit_log_start: LogStart,
+    /// How long an audit event waits for the change it names to be stored.
+    #[arg(long, default_value = "2m")]
+    pub audit_patience: String,
+    /// How long audit IDs are remembered, so that an event sent twice is taken once.
+    #[arg(long, default_value = "1h")]
+    pub audit_remember: String,
+}
+
+impl Default for AuditArgs {
+    /// No audit events: what `histor demo` and tests start with.
+    fn default() -> Self {
+        AuditArgs {
+            audit_webhook: false,
+            audit_log: None,
+            audit_log_start: LogStart::End,
+            audit_patience: "2m".into(),
+            audit_remember: "1h".into(),
+        }
+    }
+}
+
+/// Where to begin a new audit log file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogStart {
+    /// Its first line.
+    Beginning,
+    /// Past its last line.
+    End,
+}
+
+impl AuditArgs {
+    /// True when audit events come in some way: the audit log is a witness.
+    pub fn enabled(&self) -> bool {
+        self.audit_webhook || self.audit_log.is_some()
+    }
+
+    /// The witness's settings; `only_witness` when no watch decides received changes.
+    pub fn settings(&self, only_witness: bool) -> Result<crate::witness::audit::Settings> {
+        let duration = |flag: &str, v: &str| {
+            crate::pipeline::parse_duration(v).map_err(|e| Error::Usage(format!("--{flag}: {e}")))
+        };
+        let patience = duration("audit-patience", &self.audit_patience)?;
+        Ok(crate::witness::audit::Settings {
+            patience,
+            remember: duration("audit-remember", &self.audit_remember)?,
+            unconfirmed_after: only_witness.then_some(patience),
+        })
+    }
+
+    /// The log file to follow, if any.
+    pub fn log_file(&self) -> Option<crate::witness::audit::logfile::LogFile> {
+        use crate::witness::audit::follow::Start;
+        self.audit_log
+            .clone()
+            .map(|path| crate::witness::audit::logfile::LogFile {
+                path,
+                start: match self.audit_log_start {
+                    LogStart::Beginning => Start::Beginning,
+                    LogStart::End => Start::End,
+                },
+            })
+    }
+}
+
+/// The audit side of a server, as [`start_audit`] makes it.
+pub struct AuditSide {
+    /// What `POST /audit` writes to, when the webhook backend is on.
+    pub intake: Option<Arc<capture::audit::AuditIntake>>,
+    /// The witness to run (on the leader), when audit events come in some way.
+    pub witness: Option<Arc<crate::witness::audit::AuditWitness>>,
+}
+
+/// Makes the audit side: the `/audit` intake, the witness, and the log follower, which it
+/// starts (every replica follows the file it can read; the journal takes each event once).
+pub fn start_audit(
+    args: &AuditArgs,
+    journal: Arc<dyn crate::store::AuditJournal>,
+    verdicts: crate::witness::verdicts::Verdicts,
+    only_witness: bool,
+) -> Result<AuditSide> {
+    if !args.enabled() {
+        return Ok(AuditSide {
+            intake: None,
+            witness: None,
+        });
+    }
+    let settings = args.settings(only_witness)?;
+    if let Some(file) = args.log_file() {
+        tokio::spawn(crate::witness::audit::logfile::run(
+            file,
+            verdicts.store.clone(),
+            journal.clone(),
+            verdicts.metrics.clone(),
+        ));
+    }
+    let intake = args.audit_webhook.then(|| {
+        Arc::new(capture::audit::AuditIntake::new(
+            journal.clone(),
+            capture::audit::DEFAULT_AUDIT_SLOTS,
+        ))
+    });
+    let witness = Arc::new(crate::witness::audit::AuditWitness::new(
+        journal, verdicts, settings,
+    ));
+    Ok(AuditSide {
+        intake,
+        witness: Some(witness),
+    })
+}
+
 /// Options every capture server takes, `histor serve` and `histor operator` alike.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CaptureArgs {
@@ -228,6 +354,8 @@ pub struct Parts {
     pub ignored_users: Vec<String>,
     /// A witness will confirm changes (events start `received`, else `unconfirmed`).
     pub witnessed: bool,
+    /// Where `POST /audit` puts audit events; `None` refuses them.
+    pub audit: Option<Arc<capture::audit::AuditIntake>>,
     /// Told about every durable batch, besides the notifier.
     pub observers: Vec<Arc<dyn RecordObserver>>,
     /// Told about every retention pass.
@@ -345,6 +473,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
         default_retention,
         ignored_users,
         witnessed,
+        audit,
         mut observers,
         on_retention,
         spool,
@@ -397,6 +526,7 @@ pub async fn start(parts: Parts) -> Result<Running> {
         client_ca: client_ca.clone(),
         ignored_users,
         witnessed,
+        audit,
         ready: Default::default(),
         warnings: Default::default(),
     });

@@ -90,7 +90,7 @@ fn read_document(path: &Path) -> Result<EndpointIndex> {
 }
 
 /// A buffered reader of `reader`'s bytes, decompressed when they start with gzip's magic.
-fn maybe_gunzip(reader: Box<dyn Read>) -> std::io::Result<Box<dyn BufRead>> {
+pub fn maybe_gunzip(reader: Box<dyn Read>) -> std::io::Result<Box<dyn BufRead>> {
     let mut reader = BufReader::with_capacity(1 << 16, reader);
     if reader.fill_buf()?.starts_with(&[0x1f, 0x8b]) {
         let gz = flate2::bufread::MultiGzDecoder::new(reader);
@@ -101,14 +101,36 @@ fn maybe_gunzip(reader: Box<dyn Read>) -> std::io::Result<Box<dyn BufRead>> {
 
 /// Hands `usage` each line of `reader`, holding at most [`MAX_LINE_BYTES`] of one line: a longer
 /// one is dropped as it streams past and counted as too long.
-pub fn feed(mut reader: impl BufRead, usage: &mut Usage<'_>) -> std::io::Result<()> {
+pub fn feed(reader: impl BufRead, usage: &mut Usage<'_>) -> std::io::Result<()> {
+    each_line(reader, |line| match line {
+        Ok(line) => usage.add_line(line),
+        Err(bad) => usage.add_bad_line(bad),
+    })
+}
+
+/// Calls `f` with each line of `reader` (without its newline; the last one may lack it),
+/// holding at most [`MAX_LINE_BYTES`] of one line: a longer one is dropped as it streams past
+/// and handed over as [`BadLine::TooLong`].
+pub fn each_line(
+    mut reader: impl BufRead,
+    mut f: impl FnMut(std::result::Result<&[u8], BadLine>),
+) -> std::io::Result<()> {
     let mut line = Vec::new();
     let mut too_long = false;
+    let mut finish = |line: &mut Vec<u8>, too_long: &mut bool| {
+        if *too_long {
+            f(Err(BadLine::TooLong));
+        } else {
+            f(Ok(line));
+        }
+        line.clear();
+        *too_long = false;
+    };
     loop {
         let buf = reader.fill_buf()?;
         if buf.is_empty() {
             if too_long || !line.is_empty() {
-                finish(usage, &mut line, &mut too_long);
+                finish(&mut line, &mut too_long);
             }
             return Ok(());
         }
@@ -126,19 +148,9 @@ pub fn feed(mut reader: impl BufRead, usage: &mut Usage<'_>) -> std::io::Result<
         }
         reader.consume(used);
         if ends {
-            finish(usage, &mut line, &mut too_long);
+            finish(&mut line, &mut too_long);
         }
     }
-}
-
-fn finish(usage: &mut Usage<'_>, line: &mut Vec<u8>, too_long: &mut bool) {
-    if *too_long {
-        usage.add_bad_line(BadLine::TooLong);
-    } else {
-        usage.add_line(line);
-    }
-    line.clear();
-    *too_long = false;
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! or by default `DATA_DIR/store`) or a PostgreSQL database (`postgres://...`), and opening the
 //! engine it names. The one place that picks an engine.
 
-use super::{EventStore, OutboxStore, PgConfig, PgStore, SledStore};
+use super::{AuditJournal, EventStore, OutboxStore, PgConfig, PgStore, SledStore};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,6 +63,7 @@ impl Location {
                 let store = SledStore::open(dir)?;
                 Engine {
                     outbox: store.outbox(),
+                    audit: store.audit_journal(),
                     events: Arc::new(store),
                     shared: false,
                 }
@@ -71,6 +72,7 @@ impl Location {
                 let store = PgStore::open(config)?;
                 Engine {
                     outbox: store.outbox(),
+                    audit: Arc::new(super::MemAudit::new()), // MERGE: PgStore::audit_journal
                     events: Arc::new(store),
                     shared: true,
                 }
@@ -85,6 +87,8 @@ pub struct Engine {
     pub events: Arc<dyn EventStore>,
     /// The notification outbox, in the same database.
     pub outbox: Arc<dyn OutboxStore>,
+    /// The audit journal, in the same database.
+    pub audit: Arc<dyn AuditJournal>,
     /// Other processes may write it too (replicas sharing a database).
     pub shared: bool,
 }

@@ -154,6 +154,7 @@ pub fn event_from_review(review: &serde_json::Value, policy: &str) -> ChangeEven
         state: Default::default(),
         commit: None,
         inferred: None,
+        audit: None,
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod follow;
 pub mod join;
+pub mod logfile;
 pub mod record;
 
 use super::verdicts::Verdicts;

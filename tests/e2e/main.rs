@@ -9,6 +9,7 @@
 //! objects after itself, and each operator reconciles only the policies labelled for it
 //! (`--policy-selector`), so two operators never rewrite each other's webhook configurations.
 
+mod audit;
 mod day_one;
 mod postgres;
 mod query;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// The second webhook (a copy of the kit's `webhook.py`): denies objects labelled
 /// `kapi.test/deny=true`.
-struct DenyWebhook(Child);
+pub(crate) struct DenyWebhook(Child);
 
 impl Drop for DenyWebhook {
     fn drop(&mut self) {
@@ -27,7 +27,7 @@ impl Drop for DenyWebhook {
 }
 
 /// The apiserver kit's run directory (its CA and a serving certificate for 127.0.0.1).
-fn kapi_run_dir() -> Option<PathBuf> {
+pub(crate) fn kapi_run_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("KAPI_RUN_DIR").map(PathBuf::from);
     assert!(
         dir.is_some() || !required(),
@@ -36,7 +36,7 @@ fn kapi_run_dir() -> Option<PathBuf> {
     dir
 }
 
-fn start_deny_webhook(pki: &Path, out: &Path) -> (DenyWebhook, u16) {
+pub(crate) fn start_deny_webhook(pki: &Path, out: &Path) -> (DenyWebhook, u16) {
     let port = crate::free_port();
     let child = Command::new("python3")
         .arg(concat!(
@@ -58,7 +58,7 @@ fn start_deny_webhook(pki: &Path, out: &Path) -> (DenyWebhook, u16) {
 }
 
 /// A metric's value from the operator's `/metrics` (summed over label sets matching `labels`).
-async fn metric(operator: &Operator, name: &str, labels: &str) -> Option<f64> {
+pub(crate) async fn metric(operator: &Operator, name: &str, labels: &str) -> Option<f64> {
     let text = reqwest::get(format!(
         "http://127.0.0.1:{}/metrics",
         operator.metrics_port
@@ -83,7 +83,7 @@ async fn metric(operator: &Operator, name: &str, labels: &str) -> Option<f64> {
 }
 
 /// The history of namespace `ns`, oldest first, read from the stopped operator's store.
-fn history(dir: &Path, ns: &str) -> Vec<Value> {
+pub(crate) fn history(dir: &Path, ns: &str) -> Vec<Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_histor"))
         .args(["history", "--data-dir"])
         .arg(dir.join("data"))
@@ -420,7 +420,7 @@ fn seconds(v: &Value) -> f64 {
     t.as_nanosecond() as f64 / 1e9
 }
 
-fn base64_encode(bytes: &[u8]) -> String {
+pub(crate) fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }

@@ -8,8 +8,8 @@
 
 use super::chain::{Chain, F_CHAIN_BREAK, F_UNKNOWN_STATE};
 use super::{
-    Head, PgStore, STATE_CACHE, Writer, committed_of, id_i64, id_u64, object_key, op_code,
-    random_i64, state_code,
+    Head, PgStore, STATE_CACHE, Writer, audit_of, committed_of, id_i64, id_u64, object_key,
+    op_code, random_i64, state_code,
 };
 use crate::pipeline::{Captured, ChangeEvent};
 use crate::store::history::{self, ChainPos};
@@ -118,6 +118,7 @@ struct EventRows {
     snapshot: Vec<Option<Vec<u8>>>,
     state: Vec<i16>,
     committed: Vec<Option<Vec<u8>>>,
+    audit: Vec<Option<Vec<u8>>>,
 }
 
 /// Outcomes as `batches` keeps them: a tag byte and the id, per event.
@@ -165,8 +166,8 @@ pub(super) fn fingerprint(batch: &[Captured]) -> u64 {
 }
 
 /// The event as `body` keeps it: without what has a column of its own (those are the truth:
-/// linking updates `policies`, a witness `state` and `committed`), its object, and the user's
-/// `extra` (see the contract).
+/// linking updates `policies`, a witness `state` and `committed`, `annotate` the `audit`), its
+/// object, and the user's `extra` (see the contract).
 pub(super) fn body_of(e: &ChangeEvent) -> Result<Vec<u8>> {
     let mut stored = e.clone();
     stored.object = None;
@@ -178,6 +179,7 @@ pub(super) fn body_of(e: &ChangeEvent) -> Result<Vec<u8>> {
     stored.policies.clear();
     stored.state = Default::default();
     stored.commit = None;
+    stored.audit = None;
     Ok(serde_json::to_vec(&stored)?)
 }
 
@@ -413,6 +415,7 @@ impl PgStore {
             rows.snapshot.push(snapshot);
             rows.state.push(state_code(event.state));
             rows.committed.push(committed_of(&event.commit)?);
+            rows.audit.push(audit_of(event.audit.as_ref())?);
             heads.insert(
                 object,
                 Head {
@@ -492,6 +495,7 @@ impl PgStore {
                 &rows.snapshot,
                 &rows.state,
                 &rows.committed,
+                &rows.audit,
             ];
             // One round trip, every statement pipelined (none reads what another writes).
             futures::try_join!(

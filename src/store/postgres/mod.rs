@@ -16,7 +16,8 @@
 //!   reports what the commit did rather than calling its own events duplicates.
 //!
 //! The contract is blocking; this engine runs tokio-postgres on a small runtime of its own and
-//! blocks the calling thread (a blocking-pool thread, as the contract requires) on it.
+//! blocks the calling thread (a blocking-pool thread, as the contract requires) on it. The audit
+//! journal ([`audit`]) and the notification outbox ([`outbox`]) live in the same schema.
 
 use super::history::{self, ChainPos};
 use super::query::{self, PageBuilder};
@@ -25,18 +26,19 @@ use super::{
     RetentionRule, StoreStats, StoredEvent, digest,
 };
 use crate::crd::Operation;
-use crate::pipeline::{Captured, ChangeEvent, ChangeState, Commit};
+use crate::pipeline::{AuditInfo, Captured, ChangeEvent, ChangeState, Commit};
 use crate::{Error, Result};
 use jiff::Timestamp;
 use parking_lot::Mutex;
 use serde_json::Value;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
 mod append;
+mod audit;
 mod chain;
 mod config;
 mod outbox;
@@ -158,6 +160,11 @@ fn committed_of(commit: &Option<Commit>) -> Result<Option<Vec<u8>>> {
     Ok(commit.as_ref().map(serde_json::to_vec).transpose()?)
 }
 
+/// The audit log's account as the `audit` column holds it.
+fn audit_of(audit: Option<&AuditInfo>) -> Result<Option<Vec<u8>>> {
+    Ok(audit.map(serde_json::to_vec).transpose()?)
+}
+
 fn id_i64(id: EventId) -> i64 {
     id as i64
 }
@@ -183,6 +190,11 @@ fn event_of(row: &Row) -> Result<StoredEvent> {
         .map(serde_json::from_slice)
         .transpose()
         .map_err(|e| Error::Corrupt(format!("event {id}: commit: {e}")))?;
+    event.audit = row
+        .get::<_, Option<&[u8]>>(9)
+        .map(serde_json::from_slice)
+        .transpose()
+        .map_err(|e| Error::Corrupt(format!("event {id}: audit: {e}")))?;
     Ok(StoredEvent {
         id: id_u64(row.get(0)),
         event,
@@ -244,18 +256,12 @@ impl PgStore {
         deadline: Instant,
         f: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T> {
-        self.handle
-            .block_on(async { tokio::time::timeout_at(deadline.into(), f).await })
-            .map_err(|_| timed_out())?
-            .map_err(pg_err)
+        wait_on(&self.handle, deadline, f)
     }
 
     /// A pooled connection, waiting at most until `deadline`.
     fn client_by(&self, deadline: Instant) -> Result<deadpool_postgres::Object> {
-        self.handle
-            .block_on(async { tokio::time::timeout_at(deadline.into(), self.pool.get()).await })
-            .map_err(|_| timed_out())?
-            .map_err(pool_err)
+        client_on(&self.handle, &self.pool, deadline)
     }
 
     fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -293,6 +299,31 @@ impl PgStore {
             set
         })
     }
+}
+
+/// [`PgStore::wait`] on `handle`: shared with the audit journal, which holds the runtime's
+/// handle and the pool rather than the store.
+fn wait_on<T>(
+    handle: &tokio::runtime::Handle,
+    deadline: Instant,
+    f: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    handle
+        .block_on(async { tokio::time::timeout_at(deadline.into(), f).await })
+        .map_err(|_| timed_out())?
+        .map_err(pg_err)
+}
+
+/// [`PgStore::client_by`] on `handle` and `pool`.
+fn client_on(
+    handle: &tokio::runtime::Handle,
+    pool: &deadpool_postgres::Pool,
+    deadline: Instant,
+) -> Result<deadpool_postgres::Object> {
+    handle
+        .block_on(async { tokio::time::timeout_at(deadline.into(), pool.get()).await })
+        .map_err(|_| timed_out())?
+        .map_err(pool_err)
 }
 
 impl Drop for PgStore {
@@ -417,9 +448,34 @@ impl EventStore for PgStore {
             .collect())
     }
 
-    fn annotate(&self, notes: &[(EventId, crate::pipeline::AuditInfo)]) -> Result<Vec<bool>> {
-        let _ = notes;
-        Err(Error::Usage("TODO(helper): PostgreSQL annotate".into()))
+    fn annotate(&self, notes: &[(EventId, AuditInfo)]) -> Result<Vec<bool>> {
+        // The first note on an id is the one that may apply, also within one call: only it is
+        // sent (the statement would otherwise pick one of them). Ids go in increasing order, so
+        // that two replicas noting the same events lock their rows in one order.
+        let mut first: BTreeMap<EventId, usize> = BTreeMap::new();
+        for (i, (id, _)) in notes.iter().enumerate() {
+            first.entry(*id).or_insert(i);
+        }
+        if first.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut ids, mut audits) = (Vec::new(), Vec::new());
+        for &i in first.values() {
+            let (id, note) = &notes[i];
+            ids.push(id_i64(*id));
+            audits.push(audit_of(Some(note))?);
+        }
+        // One statement, its own transaction, as `resolve`: a row already noted (by this call's
+        // replica or another, even one committing meanwhile) is not changed again.
+        let changed: HashSet<EventId> = self.pooled(|client| {
+            let rows = self.block_on(client.query(self.sql.annotate.as_str(), &[&ids, &audits]))?;
+            Ok(rows.iter().map(|r| id_u64(r.get(0))).collect())
+        })?;
+        Ok(notes
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| first[id] == i && changed.contains(id))
+            .collect())
     }
 
     fn live_objects(&self, resource: &str) -> Result<Vec<ObjectHead>> {

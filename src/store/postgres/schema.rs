@@ -26,6 +26,9 @@
 //!   earlier versions, the digest of their request uid, which is what that key defaults to).
 //! - `outbox`, `outbox_buffered`, sequence `outbox_keys`: the notification outbox (see
 //!   [`outbox`](super::outbox)), shared by every replica's notifier.
+//! - `events.audit` (migration 4): the audit log's account of the change (JSON), the truth, not
+//!   `body`, since it comes after the row is written. `audit_queue`, `audit_keys`: the audit
+//!   journal (see [`audit`](super::audit)), shared by every replica's audit intake.
 
 use crate::{Error, Result};
 
@@ -85,6 +88,16 @@ INSERT INTO {s}.meta VALUES ('outbox_cursor', -1);
 ALTER TABLE {s}.events ADD COLUMN state smallint NOT NULL DEFAULT 4, ADD COLUMN committed bytea;
 CREATE INDEX events_state ON {s}.events (state, id);
 CREATE TABLE {s}.cursors (key text PRIMARY KEY, value text NOT NULL);
+"#,
+    // The audit log's account of each change, and the audit journal. A nullable column without
+    // a default rewrites no row. Times are µs since the epoch; `forget` reads the oldest keys
+    // not queued, which the partial index holds (queued keys are few and move out of it).
+    r#"
+ALTER TABLE {s}.events ADD COLUMN audit bytea;
+CREATE TABLE {s}.audit_queue (seq bigserial PRIMARY KEY, key bytea NOT NULL, at bigint NOT NULL,
+    value bytea NOT NULL);
+CREATE TABLE {s}.audit_keys (key bytea PRIMARY KEY, at bigint NOT NULL, queued boolean NOT NULL);
+CREATE INDEX audit_keys_forget ON {s}.audit_keys (at) WHERE NOT queued;
 "#,
 ];
 

@@ -38,6 +38,7 @@ pub(super) struct Sql {
     pub(super) count: String,
     pub(super) size: String,
     pub(super) resolve: String,
+    pub(super) annotate: String,
     pub(super) live_objects: String,
     pub(super) cursor: String,
     pub(super) set_cursor: String,
@@ -45,7 +46,7 @@ pub(super) struct Sql {
 
 /// The columns [`event_of`](super::event_of) reads, in its order.
 pub(super) const EVENT_COLUMNS: &str =
-    "id, namespace, name, uid, username, policies, body, state, committed";
+    "id, namespace, name, uid, username, policies, body, state, committed, audit";
 
 impl Sql {
     pub(super) fn new(s: &str) -> Sql {
@@ -55,15 +56,15 @@ impl Sql {
             notify_lock: crate::store::digest::hash64(&["histor notify", s]) as i64,
             insert_events: format!(
                 "INSERT INTO {s}.events (id, object, namespace, name, uid, username, operation, \
-                 resource, policies, prev, flags, body, gap, snapshot, state, committed) \
+                 resource, policies, prev, flags, body, gap, snapshot, state, committed, audit) \
                  SELECT u.id, u.object, u.namespace, u.name, u.uid, u.username, u.operation, \
                  u.resource, string_to_array(u.policies, E'\\n'), u.prev, u.flags, u.body, u.gap, \
-                 u.snapshot, u.state, u.committed FROM unnest($1::bigint[], $2::bigint[], \
+                 u.snapshot, u.state, u.committed, u.audit FROM unnest($1::bigint[], $2::bigint[], \
                  $3::text[], $4::text[], $5::text[], $6::text[], $7::smallint[], $8::text[], \
                  $9::text[], $10::bigint[], $11::smallint[], $12::bytea[], $13::bytea[], \
-                 $14::bytea[], $15::smallint[], $16::bytea[]) AS u(id, object, namespace, name, \
-                 uid, username, operation, resource, policies, prev, flags, body, gap, snapshot, \
-                 state, committed)"
+                 $14::bytea[], $15::smallint[], $16::bytea[], $17::bytea[]) AS u(id, object, \
+                 namespace, name, uid, username, operation, resource, policies, prev, flags, body, \
+                 gap, snapshot, state, committed, audit)"
             ),
             upsert_requests: format!(
                 "INSERT INTO {s}.requests (request, id) SELECT * FROM unnest($1::bytea[], \
@@ -161,6 +162,12 @@ impl Sql {
                 "UPDATE {s}.events e SET state = u.state, committed = u.committed \
                  FROM unnest($1::bigint[], $2::smallint[], $3::bytea[]) AS u(id, state, committed) \
                  WHERE e.id = u.id AND e.state = $4 RETURNING e.id"
+            ),
+            // Only events without an account yet take one; the rows changed come back.
+            annotate: format!(
+                "UPDATE {s}.events e SET audit = u.audit \
+                 FROM unnest($1::bigint[], $2::bytea[]) AS u(id, audit) \
+                 WHERE e.id = u.id AND e.audit IS NULL RETURNING e.id"
             ),
             // Heads whose newest event is of the resource (its subresources included: the
             // column holds the parent's), not a DELETE, with an object uid.

@@ -419,8 +419,8 @@ fn migration_3_reads_earlier_events_as_unconfirmed() {
     let mut a = Obj::new("prod", "api", 1);
     let c = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
     {
-        // A store of the current version, its schema then taken back to version 2 with the
-        // event written as version 2 wrote it (no state, no commit, a body without them).
+        // A store of the current version, its schema then taken back to version 2 (migration
+        // 4 undone too) with the event written as version 2 wrote it (no state, no commit, a body without them).
         let store = PgStore::open(&config).unwrap();
         recorded(&store.append(std::slice::from_ref(&c)).unwrap());
         let client = store.client().unwrap();
@@ -433,9 +433,11 @@ fn migration_3_reads_earlier_events_as_unconfirmed() {
             .unwrap();
         store
             .block_on(client.batch_execute(&format!(
-                "DROP TABLE {name}.cursors; DROP INDEX {name}.events_state; \
+                "DROP TABLE {name}.audit_queue, {name}.audit_keys; \
+                 ALTER TABLE {name}.events DROP COLUMN audit; \
+                 DROP TABLE {name}.cursors; DROP INDEX {name}.events_state; \
                  ALTER TABLE {name}.events DROP COLUMN state, DROP COLUMN committed; \
-                 DELETE FROM {name}.migrations WHERE version = 3;"
+                 DELETE FROM {name}.migrations WHERE version >= 3;"
             )))
             .unwrap();
         let mut direct = store.client().unwrap();
@@ -457,4 +459,158 @@ fn migration_3_reads_earlier_events_as_unconfirmed() {
         [AppendOutcome::Duplicate(T0 as u64)]
     );
     store.set_cursor("k", "v").unwrap();
+}
+
+/// A schema as the previous histor left it (migration 3) upgrades: its events read back as
+/// they were, without an audit account, and take one; the audit journal starts empty.
+#[test]
+fn migration_4_adds_audit_notes_and_the_journal_to_earlier_schemas() {
+    use crate::store::audit::AuditCounts;
+    let Some(config) = test_config() else { return };
+    let name = format!("t_{:016x}", random_i64() as u64);
+    let config = config.with_schema(&name);
+    let _guard = Schema {
+        config: config.clone(),
+    };
+    let mut a = Obj::new("prod", "api", 1);
+    let c = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
+    {
+        // A store of the current version, its schema then taken back to version 3 (the event
+        // row is what version 3 wrote, less the column it did not have).
+        let store = PgStore::open(&config).unwrap();
+        recorded(&store.append(std::slice::from_ref(&c)).unwrap());
+        let client = store.client().unwrap();
+        store
+            .block_on(client.batch_execute(&format!(
+                "DROP TABLE {name}.audit_queue, {name}.audit_keys; \
+                 ALTER TABLE {name}.events DROP COLUMN audit; \
+                 DELETE FROM {name}.migrations WHERE version = 4;"
+            )))
+            .unwrap();
+        let mut direct = store.client().unwrap();
+        assert_eq!(
+            store
+                .handle
+                .block_on(schema::migrate_through(&mut direct, &name, 3))
+                .unwrap(),
+            0,
+            "version 3 is all this schema has now"
+        );
+    }
+    let store = PgStore::open(&config).unwrap();
+    let client = store.client().unwrap();
+    let version: i64 = store
+        .block_on(client.query_one(&format!("SELECT max(version) FROM {name}.migrations"), &[]))
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 4);
+    let id = T0 as u64;
+    assert_eq!(store.get(id).unwrap().unwrap().event, c.event);
+    let note = crate::pipeline::AuditInfo {
+        audit_id: "after-upgrade".into(),
+        ..Default::default()
+    };
+    assert_eq!(store.annotate(&[(id, note.clone())]).unwrap(), [true]);
+    assert_eq!(store.get(id).unwrap().unwrap().event.audit, Some(note));
+    let journal = store.audit_journal();
+    assert_eq!(journal.counts().unwrap(), AuditCounts::default());
+    let entry = crate::store::AuditEntry {
+        key: [7; 16],
+        at: Timestamp::from_microsecond(T0).unwrap(),
+        value: b"{}".to_vec(),
+    };
+    assert_eq!(journal.append(&[entry]).unwrap(), [true]);
+}
+
+/// Replicas of one schema note an event once between them, and share one audit journal:
+/// appends of the same keys from both at once (in opposite orders, which would deadlock two
+/// inserts taking their keys in call order) queue each key once, and what one replica takes
+/// out the other does not see again.
+#[test]
+fn audit_notes_and_the_journal_are_shared_by_replicas() {
+    use crate::pipeline::{AuditInfo, ChangeState};
+    use crate::store::AuditEntry;
+    use crate::store::audit::AuditCounts;
+    let Some((schema, one)) = fresh() else { return };
+    let other = PgStore::open(&schema.config).unwrap();
+    let mut a = Obj::new("prod", "api", 1);
+    let mut c = a.create("alice", T0, deployment("prod", "api", &a.uid, 1, json!({})));
+    c.event.state = ChangeState::Received;
+    let id = recorded(&one.append(&[c]).unwrap())[0];
+    let note = |n: &str| AuditInfo {
+        audit_id: n.into(),
+        ..Default::default()
+    };
+    let (x, y) = std::thread::scope(|s| {
+        let x = s.spawn(|| one.annotate(&[(id, note("one"))]));
+        let y = s.spawn(|| other.annotate(&[(id, note("other"))]));
+        (x.join().unwrap().unwrap(), y.join().unwrap().unwrap())
+    });
+    assert_eq!(x[0] as u8 + y[0] as u8, 1, "{x:?} {y:?}");
+    let kept = other.get(id).unwrap().unwrap().event.audit.unwrap();
+    assert_eq!(kept.audit_id == "one", x[0]);
+
+    let journals = [one.audit_journal(), other.audit_journal()];
+    let entry = |n: u8| AuditEntry {
+        key: [n; 16],
+        at: Timestamp::from_microsecond(T0 + i64::from(n)).unwrap(),
+        value: vec![n],
+    };
+    // Rounds of 20 fresh keys, every thread appending a round's keys at once, half of them
+    // in the opposite order. A failed append is kept, not unwrapped: a thread that panicked
+    // would leave the others at the barrier.
+    let (rounds, per_round) = (10u8, 20u8);
+    let start = std::sync::Barrier::new(4);
+    let (queued, failed): (usize, Vec<String>) = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (journal, start) = (&journals[t % 2], &start);
+                s.spawn(move || {
+                    let (mut queued, mut failed) = (0, Vec::new());
+                    for r in 0..rounds {
+                        let mut round: Vec<AuditEntry> =
+                            (r * per_round..(r + 1) * per_round).map(entry).collect();
+                        if t % 2 == 1 {
+                            round.reverse();
+                        }
+                        start.wait();
+                        match journal.append(&round) {
+                            Ok(q) => queued += q.iter().filter(|&&q| q).count(),
+                            Err(e) => failed.push(e.to_string()),
+                        }
+                    }
+                    (queued, failed)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).fold(
+            (0, Vec::new()),
+            |(n, mut all), (q, f)| {
+                all.extend(f);
+                (n + q, all)
+            },
+        )
+    });
+    assert!(failed.is_empty(), "appends failed: {failed:?}");
+    assert_eq!(queued, 200, "each key queued by exactly one call");
+    let seen = journals[1].queued(1000).unwrap();
+    assert_eq!(seen.len(), 200);
+    journals[0]
+        .done(&seen.iter().map(|(s, _)| *s).collect::<Vec<_>>())
+        .unwrap();
+    assert!(journals[1].queued(1000).unwrap().is_empty());
+    assert_eq!(
+        journals[1].counts().unwrap(),
+        AuditCounts {
+            queued: 0,
+            keys: 200
+        }
+    );
+    assert_eq!(journals[1].append(&[entry(3)]).unwrap(), [false]);
+    let before = Timestamp::from_microsecond(T0 + 30).unwrap();
+    assert_eq!(journals[1].forget(before, 100).unwrap(), 30);
+    assert_eq!(
+        journals[0].append(&[entry(3), entry(30)]).unwrap(),
+        [true, false]
+    );
 }

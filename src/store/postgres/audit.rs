@@ -1,0 +1,219 @@
+//! [`PgAudit`]: the audit journal ([`AuditJournal`]) in the events' schema, so that every
+//! replica's audit intake shares one queue and one memory of the keys taken: the apiserver's
+//! webhook backend may send a batch to one pod and its retry to another, and each replica may
+//! read the same log.
+//!
+//! - `audit_keys`: key → time (µs), and whether its entry is still queued. The primary key is
+//!   what makes an append exactly once across replicas: a key inserted by another transaction
+//!   that has not committed yet makes the insert wait for it, then skip the key.
+//! - `audit_queue`: seq (`bigserial`, in insertion order) → key, time, value.
+//!
+//! Every call is one statement, so one transaction of its own, durable when it returns
+//! (appending writes both tables in one statement: keys first, then the queue rows of the keys
+//! it inserted). Statements are prepared once per connection.
+
+use super::{PgStore, client_on, wait_on};
+use crate::store::audit::{AuditCounts, AuditEntry, AuditJournal, AuditSeq};
+use crate::{Error, Result};
+use jiff::Timestamp;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The journal of a [`PgStore`]; from [`PgStore::audit_journal`].
+pub(super) struct PgAudit {
+    pool: deadpool_postgres::Pool,
+    handle: tokio::runtime::Handle,
+    op_timeout: Duration,
+    sql: Statements,
+}
+
+/// The journal's statements, with the schema filled in.
+struct Statements {
+    append: String,
+    queued: String,
+    done: String,
+    forget: String,
+    counts: String,
+}
+
+impl Statements {
+    fn new(s: &str) -> Statements {
+        Statements {
+            // Keys are inserted in key order, so that two appends sharing keys wait on each
+            // other in one order and never deadlock; queue rows in the call's order, which
+            // is the order their seqs are drawn in.
+            append: format!(
+                "WITH fresh AS (INSERT INTO {s}.audit_keys (key, at, queued) \
+                 SELECT u.key, u.at, true FROM unnest($1::bytea[], $2::bigint[]) AS u(key, at) \
+                 ORDER BY u.key ON CONFLICT (key) DO NOTHING RETURNING key) \
+                 INSERT INTO {s}.audit_queue (key, at, value) \
+                 SELECT u.key, u.at, u.value FROM unnest($1::bytea[], $2::bigint[], $3::bytea[]) \
+                 WITH ORDINALITY AS u(key, at, value, n) JOIN fresh ON fresh.key = u.key \
+                 ORDER BY u.n RETURNING key"
+            ),
+            queued: format!(
+                "SELECT seq, key, at, value FROM {s}.audit_queue ORDER BY seq LIMIT $1"
+            ),
+            // A queue row is deleted by one transaction only, so each key is updated by the
+            // call that took its entry out.
+            done: format!(
+                "WITH gone AS (DELETE FROM {s}.audit_queue WHERE seq = ANY($1) RETURNING key) \
+                 UPDATE {s}.audit_keys k SET queued = false FROM gone WHERE k.key = gone.key"
+            ),
+            // Oldest first, from the partial index of keys not queued.
+            forget: format!(
+                "DELETE FROM {s}.audit_keys WHERE key IN (SELECT key FROM {s}.audit_keys \
+                 WHERE at < $1 AND NOT queued ORDER BY at LIMIT $2) AND NOT queued"
+            ),
+            counts: format!(
+                "SELECT (SELECT count(*) FROM {s}.audit_queue), \
+                 (SELECT count(*) FROM {s}.audit_keys)"
+            ),
+        }
+    }
+}
+
+impl PgStore {
+    /// The audit journal, in this store's schema (shared by every replica).
+    pub fn audit_journal(&self) -> Arc<dyn AuditJournal> {
+        Arc::new(PgAudit::new(self))
+    }
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::Corrupt(format!("audit journal {what}"))
+}
+
+fn key_of(b: &[u8]) -> Result<[u8; 16]> {
+    b.try_into().map_err(|_| corrupt("key"))
+}
+
+/// A limit as a statement's `LIMIT` (any `usize` is a valid limit).
+fn limit_of(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+impl PgAudit {
+    pub(super) fn new(store: &PgStore) -> PgAudit {
+        PgAudit {
+            pool: store.pool.clone(),
+            handle: store.handle.clone(),
+            op_timeout: store.op_timeout,
+            sql: Statements::new(&store.sql.schema),
+        }
+    }
+
+    /// Runs `f` with statement `sql`, prepared, on a pooled connection, all within the
+    /// operation timeout. After an error the connection is closed rather than pooled (see
+    /// `PgStore::with_client`).
+    fn run<T>(
+        &self,
+        sql: &str,
+        f: impl AsyncFnOnce(
+            &tokio_postgres::Client,
+            &tokio_postgres::Statement,
+        ) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + self.op_timeout;
+        let client = client_on(&self.handle, &self.pool, deadline)?;
+        let result = wait_on(&self.handle, deadline, async {
+            let st = client.prepare_cached(sql).await?;
+            f(&client, &st).await
+        });
+        if result.is_err() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+        result
+    }
+}
+
+impl AuditJournal for PgAudit {
+    fn append(&self, entries: &[AuditEntry]) -> Result<Vec<bool>> {
+        // Only the first entry of a key in this call may be queued: only it is sent.
+        let mut first: HashMap<[u8; 16], usize> = HashMap::new();
+        let (mut keys, mut ats, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, e) in entries.iter().enumerate() {
+            if first.contains_key(&e.key) {
+                continue;
+            }
+            first.insert(e.key, i);
+            keys.push(&e.key[..]);
+            ats.push(e.at.as_microsecond());
+            values.push(&e.value[..]);
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self.run(&self.sql.append, async |c, st| {
+            c.query(st, &[&keys, &ats, &values]).await
+        })?;
+        let queued: HashSet<[u8; 16]> = rows
+            .iter()
+            .map(|r| key_of(r.get(0)))
+            .collect::<Result<_>>()?;
+        Ok(entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| first[&e.key] == i && queued.contains(&e.key))
+            .collect())
+    }
+
+    fn queued(&self, limit: usize) -> Result<Vec<(AuditSeq, AuditEntry)>> {
+        let limit = limit_of(limit);
+        let rows = self.run(&self.sql.queued, async |c, st| c.query(st, &[&limit]).await)?;
+        rows.iter()
+            .map(|r| {
+                let at = Timestamp::from_microsecond(r.get(2)).map_err(|_| corrupt("time"))?;
+                let entry = AuditEntry {
+                    key: key_of(r.get(1))?,
+                    at,
+                    value: r.get(3),
+                };
+                Ok((r.get::<_, i64>(0) as AuditSeq, entry))
+            })
+            .collect()
+    }
+
+    fn done(&self, seqs: &[AuditSeq]) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        // A seq past i64 was never handed out: nothing to take out. In order, so that two calls
+        // taking out the same entries lock them in one order.
+        let mut seqs: Vec<i64> = seqs.iter().filter_map(|&s| i64::try_from(s).ok()).collect();
+        seqs.sort_unstable();
+        self.run(&self.sql.done, async |c, st| c.execute(st, &[&seqs]).await)?;
+        Ok(())
+    }
+
+    fn forget(&self, before: Timestamp, limit: usize) -> Result<usize> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let (before, limit) = (before.as_microsecond(), limit_of(limit));
+        let n = self.run(&self.sql.forget, async |c, st| {
+            c.execute(st, &[&before, &limit]).await
+        })?;
+        Ok(n as usize)
+    }
+
+    fn counts(&self) -> Result<AuditCounts> {
+        let row = self.run(&self.sql.counts, async |c, st| c.query_one(st, &[]).await)?;
+        Ok(AuditCounts {
+            queued: row.get::<_, i64>(0).max(0) as u64,
+            keys: row.get::<_, i64>(1).max(0) as u64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    crate::store::audit::conformance::audit_conformance_suite!(
+        optional
+            || super::super::tests::fresh().map(|(schema, store)| {
+                let journal = super::PgAudit::new(&store);
+                ((schema, store), journal)
+            })
+    );
+}

@@ -72,7 +72,7 @@ impl Location {
                 let store = PgStore::open(config)?;
                 Engine {
                     outbox: store.outbox(),
-                    audit: Arc::new(super::MemAudit::new()), // MERGE: PgStore::audit_journal
+                    audit: store.audit_journal(),
                     events: Arc::new(store),
                     shared: true,
                 }

@@ -53,7 +53,7 @@ impl Statements {
                  ORDER BY u.n RETURNING key"
             ),
             queued: format!(
-                "SELECT seq, key, at, value FROM {s}.audit_queue ORDER BY seq LIMIT $1"
+                "SELECT seq, key, at, value FROM {s}.audit_queue WHERE seq > $1 ORDER BY seq LIMIT $2"
             ),
             // A queue row is deleted by one transaction only, so each key is updated by the
             // call that took its entry out.
@@ -159,9 +159,13 @@ impl AuditJournal for PgAudit {
             .collect())
     }
 
-    fn queued(&self, limit: usize) -> Result<Vec<(AuditSeq, AuditEntry)>> {
+    fn queued(&self, after: Option<AuditSeq>, limit: usize) -> Result<Vec<(AuditSeq, AuditEntry)>> {
         let limit = limit_of(limit);
-        let rows = self.run(&self.sql.queued, async |c, st| c.query(st, &[&limit]).await)?;
+        // Seqs start at 1: 0 is before every one.
+        let after = after.map_or(0, |a| i64::try_from(a).unwrap_or(i64::MAX));
+        let rows = self.run(&self.sql.queued, async |c, st| {
+            c.query(st, &[&after, &limit]).await
+        })?;
         rows.iter()
             .map(|r| {
                 let at = Timestamp::from_microsecond(r.get(2)).map_err(|_| corrupt("time"))?;

@@ -593,12 +593,12 @@ fn audit_notes_and_the_journal_are_shared_by_replicas() {
     });
     assert!(failed.is_empty(), "appends failed: {failed:?}");
     assert_eq!(queued, 200, "each key queued by exactly one call");
-    let seen = journals[1].queued(1000).unwrap();
+    let seen = journals[1].queued(None, 1000).unwrap();
     assert_eq!(seen.len(), 200);
     journals[0]
         .done(&seen.iter().map(|(s, _)| *s).collect::<Vec<_>>())
         .unwrap();
-    assert!(journals[1].queued(1000).unwrap().is_empty());
+    assert!(journals[1].queued(None, 1000).unwrap().is_empty());
     assert_eq!(
         journals[1].counts().unwrap(),
         AuditCounts {

@@ -845,3 +845,92 @@ async fn oversized_uids_and_names_are_allowed_not_stored_not_echoed_and_counted(
     assert_eq!(stored.len(), 1);
     running.shutdown().await.unwrap();
 }
+
+/// The audit webhook backend over real HTTPS: a recorded EventList item, replayed at the time
+/// its review is posted, is taken once (a resent batch adds nothing), confirms the change it
+/// names and adds who really sent it; what is not an EventList is refused.
+#[tokio::test]
+async fn the_audit_webhook_takes_batches_once_and_confirms_the_change_they_name() {
+    support::init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = args(dir.path(), write_policy(dir.path(), "all"));
+    serve.audit.audit_webhook = true;
+    let running = start(serve).await.unwrap();
+    let client = client(running.ca_file.as_ref().unwrap());
+    let base = format!("https://localhost:{}", running.addr.port());
+    let review = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/v1.33/admission/019-create-configmaps-bob-config-impersonated-bob-create.json"
+    ))
+    .unwrap();
+    let before = jiff::Timestamp::now();
+    let (status, answer) = post(&client, &format!("{base}/admit/all"), review).await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        answer["response"]["auditAnnotations"]["request-uid"],
+        "93b26d80-4a0f-40b9-aa4a-9265c4d8a118",
+        "the answer names the review for the audit event"
+    );
+    let after = jiff::Timestamp::now();
+    // The apiserver's audit event of that request, as its webhook backend sends it: in an
+    // EventList, without kind and apiVersion, at the time the request was made.
+    let log = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/audit/v1.33/audit.log"
+    ))
+    .unwrap();
+    let mut event: Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| {
+            e["auditID"] == "9df6c8dc-228b-46b9-8559-60a2bf7d59a0"
+                && e["stage"] == "ResponseComplete"
+        })
+        .unwrap();
+    let obj = event.as_object_mut().unwrap();
+    obj.remove("kind");
+    obj.remove("apiVersion");
+    obj.insert("requestReceivedTimestamp".into(), before.to_string().into());
+    obj.insert("stageTimestamp".into(), after.to_string().into());
+    let list = serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1",
+        "metadata": {}, "items": [event, {"auditID": "cut"}]});
+    let audit = format!("{base}/audit?timeout=30s");
+    for _ in 0..2 {
+        let (status, text) = post(&client, &audit, list.to_string()).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let (status, _) = post(&client, &audit, r#"{"kind":"Status"}"#).await;
+    assert_eq!(status, 400);
+    let store = running.store.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let event = loop {
+        let page = store.query(&Query::default()).unwrap();
+        let e = page
+            .events
+            .into_iter()
+            .next()
+            .expect("the change is stored");
+        if e.event.state != histor::pipeline::ChangeState::Received
+            || std::time::Instant::now() > deadline
+        {
+            break e.event;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(event.state, histor::pipeline::ChangeState::Confirmed);
+    assert_eq!(event.user.username, "bob");
+    let account = event.audit.expect("the audit account");
+    assert_eq!(account.impersonated_by.as_deref(), Some("admin"));
+    assert_eq!(account.audit_id, "9df6c8dc-228b-46b9-8559-60a2bf7d59a0");
+    let metrics = metrics_text(&running).await;
+    for line in [
+        r#"histor_audit_events_total{outcome="new"} 1"#,
+        r#"histor_audit_events_total{outcome="duplicate"} 1"#,
+        r#"histor_audit_events_total{outcome="invalid"} 2"#,
+        r#"histor_audit_batches_total{outcome="stored"} 2"#,
+        r#"histor_audit_batches_total{outcome="bad_request"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+}

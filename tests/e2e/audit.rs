@@ -3,7 +3,7 @@
 //! log alone: a change made with `--as` carries both users, a change a second webhook denied is
 //! not applied, a plain change is confirmed at the resourceVersion the apiserver gave it.
 
-use crate::witness::{base64_encode, history, kapi_run_dir, metric, start_deny_webhook};
+use crate::witness::{history, install_deny_webhook, kapi_run_dir, labelled_deny, metric};
 use crate::{
     apply_crds, client, create_namespaces, delete_namespaces, eventually, kubectl, kubectl_output,
     policy, start_operator, unique, wait_ready,
@@ -43,44 +43,7 @@ async fn the_audit_log_alone_confirms_refuses_and_names_the_impersonator() {
     wait_ready(&client, &instance, Duration::from_secs(60)).await;
 
     // A second webhook that denies what histor allowed.
-    let (_deny, deny_port) = start_deny_webhook(&kapi.join("pki"), dir.path());
-    let ca = std::fs::read(kapi.join("pki").join("ca.crt")).expect("kit CA");
-    let webhook = serde_json::json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": format!("deny-{instance}")},
-        "webhooks": [{
-            "name": "deny.kapi.test",
-            "clientConfig": {"url": format!("https://127.0.0.1:{deny_port}/validate"),
-                             "caBundle": base64_encode(&ca)},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-                       "resources": ["configmaps"]}],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-            "objectSelector": {"matchLabels": {"kapi.test/deny": "true"}},
-            "sideEffects": "None", "admissionReviewVersions": ["v1"],
-            "failurePolicy": "Fail", "timeoutSeconds": 5
-        }]
-    });
-    let path = dir.path().join("deny-webhook.json");
-    std::fs::write(&path, webhook.to_string()).unwrap();
-    kubectl(&kubeconfig, &["apply", "-f", path.to_str().unwrap()]);
-    let labelled = |name: &str| {
-        let path = dir.path().join(format!("{name}.json"));
-        let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "labels": {"kapi.test/deny": "true"}}, "data": {"k": "v"}});
-        std::fs::write(&path, cm.to_string()).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let probe = labelled("probe");
-    eventually("the deny webhook to deny", Duration::from_secs(20), || {
-        let out = kubectl_output(
-            &kubeconfig,
-            &["-n", &ns, "create", "--dry-run=server", "-f", &probe],
-        );
-        let denied = String::from_utf8_lossy(&out.stderr).contains("denied");
-        async move { denied.then_some(()) }
-    })
-    .await;
+    let _deny = install_deny_webhook(&kubeconfig, &kapi, dir.path(), &instance, &ns).await;
 
     kubectl(
         &kubeconfig,
@@ -108,7 +71,13 @@ async fn the_audit_log_alone_confirms_refuses_and_names_the_impersonator() {
     );
     let out = kubectl_output(
         &kubeconfig,
-        &["-n", &ns, "create", "-f", &labelled("denied")],
+        &[
+            "-n",
+            &ns,
+            "create",
+            "-f",
+            &labelled_deny(dir.path(), "denied"),
+        ],
     );
     assert!(!out.status.success(), "the second webhook denies it");
 

@@ -57,6 +57,59 @@ pub(crate) fn start_deny_webhook(pki: &Path, out: &Path) -> (DenyWebhook, u16) {
     (DenyWebhook(child), port)
 }
 
+/// A ConfigMap manifest labelled for the deny webhook, written under `dir`; its path.
+pub(crate) fn labelled_deny(dir: &Path, name: &str) -> String {
+    let path = dir.join(format!("{name}.json"));
+    let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": {"kapi.test/deny": "true"}}, "data": {"k": "v"}});
+    std::fs::write(&path, cm.to_string()).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// Starts the deny webhook, registers it for ConfigMaps of `ns` labelled `kapi.test/deny=true`
+/// (ValidatingWebhookConfiguration `deny-<instance>`), and waits until the apiserver calls it.
+pub(crate) async fn install_deny_webhook(
+    kubeconfig: &str,
+    kapi: &Path,
+    dir: &Path,
+    instance: &str,
+    ns: &str,
+) -> DenyWebhook {
+    let (deny, deny_port) = start_deny_webhook(&kapi.join("pki"), dir);
+    let ca = std::fs::read(kapi.join("pki").join("ca.crt")).expect("kit CA");
+    let webhook = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": format!("deny-{instance}")},
+        "webhooks": [{
+            "name": "deny.kapi.test",
+            "clientConfig": {"url": format!("https://127.0.0.1:{deny_port}/validate"),
+                             "caBundle": base64_encode(&ca)},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                       "resources": ["configmaps"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+            "objectSelector": {"matchLabels": {"kapi.test/deny": "true"}},
+            "sideEffects": "None", "admissionReviewVersions": ["v1"],
+            "failurePolicy": "Fail", "timeoutSeconds": 5
+        }]
+    });
+    let path = dir.join("deny-webhook.json");
+    std::fs::write(&path, webhook.to_string()).unwrap();
+    kubectl(kubeconfig, &["apply", "-f", path.to_str().unwrap()]);
+    // It may take a moment to be served.
+    let probe = labelled_deny(dir, "probe");
+    eventually("the deny webhook to deny", Duration::from_secs(20), || {
+        let out = kubectl_output(
+            kubeconfig,
+            &["-n", ns, "create", "--dry-run=server", "-f", &probe],
+        );
+        let denied = String::from_utf8_lossy(&out.stderr).contains("denied");
+        async move { denied.then_some(()) }
+    })
+    .await;
+    deny
+}
+
 /// A metric's value from the operator's `/metrics` (summed over label sets matching `labels`).
 pub(crate) async fn metric(operator: &Operator, name: &str, labels: &str) -> Option<f64> {
     let text = reqwest::get(format!(
@@ -155,27 +208,7 @@ async fn the_watch_confirms_what_was_committed_and_recovers_what_the_webhook_mis
     .await;
 
     // A second webhook that denies what histor allowed.
-    let (_deny, deny_port) = start_deny_webhook(&kapi.join("pki"), dir.path());
-    let ca = std::fs::read(kapi.join("pki").join("ca.crt")).expect("kit CA");
-    let webhook = serde_json::json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {"name": format!("deny-{instance}")},
-        "webhooks": [{
-            "name": "deny.kapi.test",
-            "clientConfig": {"url": format!("https://127.0.0.1:{deny_port}/validate"),
-                             "caBundle": base64_encode(&ca)},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
-                       "resources": ["configmaps"]}],
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-            "objectSelector": {"matchLabels": {"kapi.test/deny": "true"}},
-            "sideEffects": "None", "admissionReviewVersions": ["v1"],
-            "failurePolicy": "Fail", "timeoutSeconds": 5
-        }]
-    });
-    let path = dir.path().join("deny-webhook.json");
-    std::fs::write(&path, webhook.to_string()).unwrap();
-    kubectl(&kubeconfig, &["apply", "-f", path.to_str().unwrap()]);
+    let _deny = install_deny_webhook(&kubeconfig, &kapi, dir.path(), &instance, &ns).await;
 
     let on = |args: &[&str]| {
         let mut all = vec!["-n", ns.as_str()];
@@ -193,23 +226,7 @@ async fn the_watch_confirms_what_was_committed_and_recovers_what_the_webhook_mis
     // A normal change.
     on(&["create", "configmap", "normal", "--from-literal=k=v"]);
     // Denied by the second webhook (it may take a moment to be served).
-    let labelled = |name: &str| {
-        let path = dir.path().join(format!("{name}.json"));
-        let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "labels": {"kapi.test/deny": "true"}}, "data": {"k": "v"}});
-        std::fs::write(&path, cm.to_string()).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let probe = labelled("probe");
-    eventually("the deny webhook to deny", Duration::from_secs(20), || {
-        let out = kubectl_output(
-            &kubeconfig,
-            &["-n", &ns, "create", "--dry-run=server", "-f", &probe],
-        );
-        let denied = String::from_utf8_lossy(&out.stderr).contains("denied");
-        async move { denied.then_some(()) }
-    })
-    .await;
+    let labelled = |name: &str| labelled_deny(dir.path(), name);
     let denied = fails(&["create", "-f", &labelled("denied")]);
     assert!(denied.contains("denied"), "{denied}");
     // Refused by ResourceQuota, which runs after the validating webhooks. No controller fills

@@ -873,6 +873,17 @@ async fn the_audit_webhook_takes_batches_once_and_confirms_the_change_they_name(
         "the answer names the review for the audit event"
     );
     let after = jiff::Timestamp::now();
+    // A review histor does not record (a dry run) names nothing for the audit log.
+    let dry = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/v1.33/admission/028-create-configmaps-dry-run-cm-server-dry-run.json"
+    ))
+    .unwrap();
+    let (status, dry) = post(&client, &format!("{base}/admit/all"), dry).await;
+    assert_eq!(status, 200);
+    let dry: Value = serde_json::from_str(&dry).unwrap();
+    assert_eq!(dry["response"]["allowed"], true);
+    assert!(dry["response"].get("auditAnnotations").is_none(), "{dry}");
     // The apiserver's audit event of that request, as its webhook backend sends it: in an
     // EventList, without kind and apiVersion, at the time the request was made.
     let log = std::fs::read_to_string(concat!(

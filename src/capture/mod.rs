@@ -227,7 +227,7 @@ async fn review(
             );
         }
     };
-    let answer = allowed(parsed.response_api_version(), parsed.response_uid());
+    let mut answer = allowed(parsed.response_api_version(), parsed.response_uid(), false);
     let request = match &parsed.request {
         Ok(request) => request,
         Err(why) => {
@@ -265,7 +265,11 @@ async fn review(
         ChangeState::Unconfirmed
     };
     let ack = match state.writer.submit(captured) {
-        Ok(ack) => ack,
+        // Queued: the event is (or will be) in the store, so the audit event may name it.
+        Ok(ack) => {
+            answer = allowed(parsed.response_api_version(), parsed.response_uid(), true);
+            ack
+        }
         Err(_) => {
             state.metrics.dropped.inc();
             tracing::error!(policy = %policy, uid = %request.uid, "event queue full: change answered but NOT recorded");
@@ -330,12 +334,15 @@ fn oversized(state: &Capture, o: &pipeline::limits::Oversized) {
     }
 }
 
-fn allowed(api_version: &str, uid: &str) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        pipeline::allowed_response(api_version, uid),
-    )
-        .into_response()
+/// `allowed: true`; for a review being recorded (`recorded`) with the audit annotation that
+/// joins the request's audit event to the change.
+fn allowed(api_version: &str, uid: &str, recorded: bool) -> Response {
+    let body = if recorded {
+        pipeline::recorded_response(api_version, uid)
+    } else {
+        pipeline::allowed_response(api_version, uid)
+    };
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ mod usage;
 pub use demo::REVIEWS as RECORDED_REVIEWS;
 pub use files::{load_or_create_key, read_policy_files};
 pub use serve::{ServeArgs, start};
-pub use server::{CaptureArgs, Running};
+pub use server::{AuditArgs, CaptureArgs, Running};
 
 use crate::Result;
 use crate::telemetry::LogFormat;

@@ -28,5 +28,7 @@ pub use noise::{IgnorePattern, clean, cleaned};
 pub use policy::{CompiledPolicy, ConditionErrorKind, NotMatched, parse_duration};
 pub use process::{Outcome, SkipReason, process};
 pub use redact::{Redactor, is_redacted_value};
-pub use review::{AUDIT_UID_ANNOTATION, Parsed, Request, ReviewError, allowed_response, parse};
+pub use review::{
+    AUDIT_UID_ANNOTATION, Parsed, Request, ReviewError, allowed_response, parse, recorded_response,
+};
 pub use summary::{describe, display_path, summarize};

@@ -249,11 +249,20 @@ fn parse_json(body: &[u8]) -> Result<Value, serde_json::Error> {
 }
 
 /// The response body for a review: `allowed: true` with its uid, in its apiVersion.
-///
-/// The answer also carries the uid as the audit annotation [`AUDIT_UID_ANNOTATION`]: the
-/// apiserver records it in the request's audit event as `<webhook name>/request-uid`, which
-/// joins that audit event to the change exactly. An empty uid is left out.
 pub fn allowed_response(api_version: &str, uid: &str) -> Vec<u8> {
+    answer(api_version, uid, false)
+}
+
+/// [`allowed_response`] for a review histor records: it also carries the uid as the audit
+/// annotation [`AUDIT_UID_ANNOTATION`], which the apiserver records in the request's audit event
+/// as `<webhook name>/request-uid`, joining that audit event to the change exactly. Only
+/// recorded reviews carry it, so an audit event that names a uid names a change histor has (or
+/// is writing). An empty uid is left out.
+pub fn recorded_response(api_version: &str, uid: &str) -> Vec<u8> {
+    answer(api_version, uid, true)
+}
+
+fn answer(api_version: &str, uid: &str, note: bool) -> Vec<u8> {
     // Built by hand: cheaper than a serde struct and cannot fail; strings still go through
     // serde_json so quotes and control characters in a hostile uid stay escaped.
     let mut out = Vec::with_capacity(128 + api_version.len() + 2 * uid.len());
@@ -262,7 +271,7 @@ pub fn allowed_response(api_version: &str, uid: &str) -> Vec<u8> {
     out.extend_from_slice(b",\"kind\":\"AdmissionReview\",\"response\":{\"uid\":");
     write_json_str(&mut out, uid);
     out.extend_from_slice(b",\"allowed\":true");
-    if !uid.is_empty() {
+    if note && !uid.is_empty() {
         out.extend_from_slice(b",\"auditAnnotations\":{\"");
         out.extend_from_slice(AUDIT_UID_ANNOTATION.as_bytes());
         out.extend_from_slice(b"\":");
@@ -273,7 +282,7 @@ pub fn allowed_response(api_version: &str, uid: &str) -> Vec<u8> {
     out
 }
 
-/// The key of the audit annotation every answer carries: the review's uid. The apiserver
+/// The key of the audit annotation a recorded review's answer carries: the review's uid. The apiserver
 /// prefixes it with the webhook's name (`<policy>.histor.dev/request-uid`).
 pub const AUDIT_UID_ANNOTATION: &str = "request-uid";
 
@@ -1070,7 +1079,7 @@ mod tests {
 
     #[test]
     fn allowed_response_shape() {
-        let body = allowed_response(ADMISSION_V1, "abc\"def");
+        let body = recorded_response(ADMISSION_V1, "abc\"def");
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             v,
@@ -1078,12 +1087,19 @@ mod tests {
                 "response": {"uid": "abc\"def", "allowed": true,
                     "auditAnnotations": {"request-uid": "abc\"def"}}})
         );
-        let v: Value = serde_json::from_slice(&allowed_response(ADMISSION_V1, "")).unwrap();
+        let v: Value = serde_json::from_slice(&recorded_response(ADMISSION_V1, "")).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"apiVersion": ADMISSION_V1, "kind": "AdmissionReview",
                 "response": {"uid": "", "allowed": true}}),
             "no uid, no annotation"
+        );
+        let v: Value = serde_json::from_slice(&allowed_response(ADMISSION_V1, "u")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"apiVersion": ADMISSION_V1, "kind": "AdmissionReview",
+                "response": {"uid": "u", "allowed": true}}),
+            "a review not recorded: no annotation"
         );
     }
 

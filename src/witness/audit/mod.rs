@@ -88,11 +88,17 @@ impl Default for Settings {
     }
 }
 
+/// Longest wait between two looks for the change a waiting audit event names.
+const MAX_RETRY_EVERY: SignedDuration = SignedDuration::from_secs(15);
+
 /// The audit witness: made by the server, run on the leader.
 pub struct AuditWitness {
     journal: Arc<dyn AuditJournal>,
     verdicts: Verdicts,
     settings: Settings,
+    /// Entries waiting for their change: when to look again, and how often it was looked for.
+    /// Each look is a store query, so the wait doubles (up to [`MAX_RETRY_EVERY`]).
+    waiting: parking_lot::Mutex<HashMap<AuditSeq, (Timestamp, u32)>>,
 }
 
 /// What one pass over the journal did.
@@ -111,7 +117,10 @@ pub struct PassReport {
 /// One entry's outcome in a pass.
 enum Step {
     Done(&'static str),
+    /// Its change is not in the store yet: look again later.
     Wait,
+    /// Not looked for this pass (it waits between looks).
+    Later,
     Plan(join::Plan, HashMap<u64, ChangeState>),
 }
 
@@ -122,6 +131,7 @@ impl AuditWitness {
             journal,
             verdicts,
             settings,
+            waiting: Default::default(),
         }
     }
 
@@ -152,14 +162,24 @@ impl AuditWitness {
             let journal = self.journal.clone();
             let store = self.verdicts.store.clone();
             let patience = self.settings.patience;
+            let not_yet: std::collections::HashSet<AuditSeq> = self
+                .waiting
+                .lock()
+                .iter()
+                .filter(|(_, (next, _))| *next > now)
+                .map(|(&seq, _)| seq)
+                .collect();
             let steps = blocking(move || {
                 let queued = journal.queued(after, READ_BATCH)?;
                 let mut steps = Vec::with_capacity(queued.len());
                 for (seq, entry) in queued {
-                    steps.push((
-                        seq,
-                        step(store.as_ref(), &entry.value, entry.at, now, patience)?,
-                    ));
+                    let step = if not_yet.contains(&seq) && now.duration_since(entry.at) <= patience
+                    {
+                        Step::Later
+                    } else {
+                        step(store.as_ref(), &entry.value, entry.at, now, patience)?
+                    };
+                    steps.push((seq, step));
                 }
                 Ok(steps)
             })
@@ -178,7 +198,15 @@ impl AuditWitness {
                         self.joined(outcome);
                         done.push(seq);
                     }
-                    Step::Wait => report.waiting += 1,
+                    Step::Wait => {
+                        report.waiting += 1;
+                        let mut waiting = self.waiting.lock();
+                        let (next, tries) = waiting.entry(seq).or_insert((now, 0));
+                        *tries += 1;
+                        let wait = PASS_EVERY.as_millis() as i64 * (1i64 << (*tries).min(10));
+                        *next = now + SignedDuration::from_millis(wait).min(MAX_RETRY_EVERY);
+                    }
+                    Step::Later => report.waiting += 1,
                     Step::Plan(plan, known) => {
                         self.joined("joined");
                         resolutions.extend(plan.resolutions);
@@ -200,6 +228,7 @@ impl AuditWitness {
             }
             let store = self.verdicts.store.clone();
             let journal = self.journal.clone();
+            let done_seqs = done.clone();
             let noted = blocking(move || {
                 let noted = store.annotate(&notes)?;
                 // Only once the verdicts and notes are durable: a crash before reads them again.
@@ -209,6 +238,10 @@ impl AuditWitness {
             .await?;
             report.noted += noted.0;
             report.done += noted.1;
+            let mut waiting = self.waiting.lock();
+            for seq in &done_seqs {
+                waiting.remove(seq);
+            }
         }
         self.verdicts
             .metrics

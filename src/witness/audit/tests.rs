@@ -202,9 +202,19 @@ async fn an_audit_event_before_its_change_waits_then_is_given_up_on() {
     // Nothing stored yet: the events naming a change wait.
     let early = w.pass(recorded_at).await.unwrap();
     assert!(early.waiting > 40, "{early:?}");
-    // The changes arrive (a spool drained): the next pass joins them.
+    // The changes arrive (a spool drained). A waiting event is not looked for again at once
+    // (each look is a store query): a pass right away joins nothing, one a second later all.
     record_reviews(&store, &log);
-    let joined = w.pass(recorded_at).await.unwrap();
+    let soon = w.pass(recorded_at).await.unwrap();
+    assert_eq!(
+        (soon.resolved, soon.waiting),
+        (0, early.waiting),
+        "{soon:?}"
+    );
+    let joined = w
+        .pass(recorded_at + SignedDuration::from_secs(1))
+        .await
+        .unwrap();
     // Still waiting: the audit events of reviews the policy does not record (8 writes of
     // Events, 2 dry runs); they name a uid no stored change has.
     assert_eq!(joined.waiting, 10);

@@ -4,8 +4,9 @@
 # front-proxy flags and a client certificate it presents to admission webhooks, stopped again
 # however the command ends. The command sees the e2e environment: HISTOR_E2E_KUBECONFIG
 # (cluster-admin), HISTOR_E2E_ALICE_KUBECONFIG (a second, unprivileged user),
-# HISTOR_E2E_WEBHOOK_CLIENT_CA (the CA of the apiserver's webhook client certificate) and
-# KAPI_RUN_DIR.
+# HISTOR_E2E_WEBHOOK_CLIENT_CA (the CA of the apiserver's webhook client certificate),
+# HISTOR_E2E_AUDIT_WEBHOOK_PORT (where the apiserver's audit webhook backend posts, on 127.0.0.1,
+# trusting the kit's CA) and KAPI_RUN_DIR.
 #
 #   scripts/with-kapi.sh cargo test --test e2e -- --nocapture
 #
@@ -72,6 +73,30 @@ plugins:
       kubeConfigFile: $wc/kubeconfig
 EOF
 KAPI_EXTRA_ARGS="$KAPI_EXTRA_ARGS --admission-control-config-file=$wc/admission-configuration.yaml"
+# The audit webhook backend, batching every second to a port one e2e test serves (histor serve
+# --audit-webhook), presenting the same client certificate. Until something listens there the
+# apiserver logs its failed posts and drops those batches; nothing waits on them.
+audit_port=$(free_port)
+cat >"$wc/audit-webhook.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+  - name: histor
+    cluster:
+      server: https://127.0.0.1:$audit_port/audit
+      certificate-authority: $run/pki/ca.crt
+users:
+  - name: kube-apiserver
+    user:
+      client-certificate: $wc/client.crt
+      client-key: $wc/client.key
+contexts:
+  - name: default
+    context: {cluster: histor, user: kube-apiserver}
+current-context: default
+EOF
+KAPI_EXTRA_ARGS="$KAPI_EXTRA_ARGS --audit-webhook-config-file=$wc/audit-webhook.kubeconfig --audit-webhook-mode=batch --audit-webhook-batch-max-wait=1s --audit-webhook-initial-backoff=1s"
+export HISTOR_E2E_AUDIT_WEBHOOK_PORT=$audit_port
 export KAPI_EXTRA_ARGS
 export HISTOR_E2E_WEBHOOK_CLIENT_CA=$wc/ca.crt
 "$KAPI_DIR/start.sh" "$api_port" >"$run/start.out" 2>&1 || {

@@ -10,6 +10,7 @@ use crate::{
 };
 use histor::crd::TrackingPolicy;
 use kube::api::{Api, DeleteParams, PostParams};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[tokio::test]
@@ -148,4 +149,253 @@ async fn the_audit_log_alone_confirms_refuses_and_names_the_impersonator() {
     );
     let _ = policies.delete(&instance, &DeleteParams::default()).await;
     delete_namespaces(&client, &[&ns, &operator_ns]).await;
+}
+
+/// `histor serve` on the port the kit's audit webhook backend posts to (batch mode, the
+/// apiserver's client certificate checked), serving the admission webhook too: each change is
+/// joined to the audit event the apiserver posted, with the impersonator of a `--as` change; and
+/// the usage report of the kit's audit log lists the kubectl calls of this run, stable.
+#[tokio::test]
+async fn the_audit_webhook_backend_joins_changes_and_the_usage_report_lists_the_run() {
+    let Some((client, kubeconfig)) = client().await else {
+        return;
+    };
+    let Some(kapi) = kapi_run_dir() else {
+        return;
+    };
+    let port = std::env::var("HISTOR_E2E_AUDIT_WEBHOOK_PORT").ok();
+    assert!(
+        port.is_some() || !crate::required(),
+        "e2e: HISTOR_E2E_REQUIRED is set, so the apiserver must post audit events somewhere (HISTOR_E2E_AUDIT_WEBHOOK_PORT; scripts/with-kapi.sh sets it)"
+    );
+    let Some(port) = port else { return };
+    let client_ca = crate::webhook_client_ca().expect("the apiserver's client CA");
+    let instance = unique("auditwh");
+    let ns = format!("histor-e2e-{instance}");
+    create_namespaces(&client, &[&ns]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: histor.dev/v1alpha1\nkind: TrackingPolicy\nmetadata: {{name: {instance}}}\n\
+             spec:\n  resources: [{{apiGroups: [\"\"], resources: [configmaps]}}]\n  \
+             namespaces: {{include: [{ns}]}}\n"
+        ),
+    )
+    .unwrap();
+    let pki = kapi.join("pki");
+    let mut serve = Serve(
+        Command::new(env!("CARGO_BIN_EXE_histor"))
+            .arg("serve")
+            .arg("--policy-file")
+            .arg(&policy)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert")
+            .arg(pki.join("webhook.crt"))
+            .arg("--tls-key")
+            .arg(pki.join("webhook.key"))
+            .arg("--webhook-client-ca")
+            .arg(&client_ca)
+            .args([
+                "--webhook-client-names",
+                "kube-apiserver",
+                "--audit-webhook",
+            ])
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("histor serve starts"),
+    );
+    let ca = std::fs::read(pki.join("ca.crt")).unwrap();
+    let https = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+        .build()
+        .unwrap();
+    let metrics = |https: reqwest::Client, name: &'static str, labels: &'static str| {
+        let url = format!("https://127.0.0.1:{port}/metrics");
+        async move {
+            let text = https.get(url).send().await.ok()?.text().await.ok()?;
+            let mut sum = None;
+            for line in text
+                .lines()
+                .filter(|l| l.starts_with(name) && l.contains(labels))
+            {
+                *sum.get_or_insert(0.0) += line.rsplit(' ').next()?.parse::<f64>().ok()?;
+            }
+            sum
+        }
+    };
+    eventually("histor serve to be ready", Duration::from_secs(30), || {
+        let get = https.get(format!("https://127.0.0.1:{port}/readyz")).send();
+        async move {
+            get.await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
+        }
+    })
+    .await;
+    let webhook = serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": format!("histor-{instance}")},
+        "webhooks": [{
+            "name": format!("{instance}.histor.dev"),
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/admit/{instance}"),
+                             "caBundle": crate::witness::base64_encode(&ca)},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                       "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["configmaps"]}],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+            "sideEffects": "None", "admissionReviewVersions": ["v1"],
+            "failurePolicy": "Fail", "timeoutSeconds": 5
+        }]
+    });
+    let path = dir.path().join("webhook.json");
+    std::fs::write(&path, webhook.to_string()).unwrap();
+    kubectl(&kubeconfig, &["apply", "-f", path.to_str().unwrap()]);
+    eventually("the webhook to be called", Duration::from_secs(30), || {
+        let out = kubectl_output(
+            &kubeconfig,
+            &[
+                "-n",
+                &ns,
+                "create",
+                "configmap",
+                "first",
+                "--from-literal=k=v",
+            ],
+        );
+        let https = https.clone();
+        async move {
+            if !out.status.success() {
+                return None;
+            }
+            metrics(
+                https,
+                "histor_admission_reviews_total",
+                r#"outcome="recorded""#,
+            )
+            .await
+            .filter(|n| *n >= 1.0)
+        }
+    })
+    .await;
+    kubectl(
+        &kubeconfig,
+        &[
+            "--as=bob",
+            "--as-group=system:masters",
+            "-n",
+            &ns,
+            "create",
+            "configmap",
+            "bobs",
+            "--from-literal=owner=bob",
+        ],
+    );
+    kubectl(
+        &kubeconfig,
+        &["-n", &ns, "label", "configmap", "first", "step=two"],
+    );
+    eventually("the audit verdicts", Duration::from_secs(60), || {
+        let https = https.clone();
+        async move {
+            metrics(
+                https,
+                "histor_witness_verdicts_total",
+                r#"state="confirmed""#,
+            )
+            .await
+            .filter(|n| *n >= 3.0)
+        }
+    })
+    .await;
+    let stored = metrics(
+        https.clone(),
+        "histor_audit_batches_total",
+        r#"outcome="stored""#,
+    )
+    .await;
+    assert!(
+        stored.is_some_and(|n| n >= 1.0),
+        "batches the apiserver posted: {stored:?}"
+    );
+    serve.stop();
+
+    let events = history(dir.path(), &ns);
+    let of = |name: &str| -> Vec<&serde_json::Value> {
+        events.iter().filter(|e| e["name"] == name).collect()
+    };
+    let first = of("first");
+    assert_eq!(first.len(), 2, "{events:#?}");
+    for e in &first {
+        assert_eq!(e["state"], "confirmed", "{e:#}");
+        assert_eq!(e["commit"]["witness"], "audit");
+        assert!(
+            e["audit"]["auditID"]
+                .as_str()
+                .is_some_and(|a| !a.is_empty())
+        );
+    }
+    let bobs = of("bobs");
+    assert_eq!(bobs[0]["user"]["username"], "bob");
+    assert_eq!(bobs[0]["audit"]["impersonatedBy"], "admin", "{:#}", bobs[0]);
+
+    // The usage report of the kit's audit log: this run's kubectl calls, at their level.
+    let openapi = dir.path().join("openapi.json");
+    let doc = kubectl_output(&kubeconfig, &["get", "--raw", "/openapi/v2"]);
+    assert!(doc.status.success());
+    std::fs::write(&openapi, &doc.stdout).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_histor"))
+        .arg("usage")
+        .arg("--audit-log")
+        .arg(kapi.join("audit.log"))
+        .arg("--openapi")
+        .arg(&openapi)
+        .args(["--user", "bob", "-o", "json"])
+        .output()
+        .expect("histor usage runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let create = rows
+        .iter()
+        .find(|r| r["endpoint"]["operationId"] == "createCoreV1NamespacedConfigMap")
+        .unwrap_or_else(|| panic!("bob's create in {report:#}"));
+    assert_eq!(create["endpoint"]["level"], "stable");
+    assert_eq!(create["client"]["agent"], "kubectl");
+    assert_eq!(create["client"]["impersonator"], "admin");
+
+    kubectl(
+        &kubeconfig,
+        &[
+            "delete",
+            "validatingwebhookconfiguration",
+            &format!("histor-{instance}"),
+        ],
+    );
+    delete_namespaces(&client, &[&ns]).await;
+}
+
+/// `histor serve`, killed when dropped.
+struct Serve(std::process::Child);
+
+impl Serve {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

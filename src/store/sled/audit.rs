@@ -1,54 +1,32 @@
-//! The sled engine's [`AuditJournal`]: three trees in the store's own database.
-//! - `audit_queue`: seq (big-endian u64) → key (16 bytes) ‖ time (big-endian i64 µs) ‖ value.
-//! - `audit_keys`: key → time (big-endian i64 µs) ‖ seq (big-endian u64; 0 once done).
-//! - `audit_times`: time (big-endian, sign bit flipped so that order is time order) ‖ key →
-//!   empty, so that [`forget`](AuditJournal::forget) reads the oldest keys first.
+//! The sled engine's [`AuditJournal`]: one tree, `audit`, in the store's own database, so that
+//! every call is one atomic sled batch (a transaction over several trees costs several times
+//! more), holding three kinds of row by their first byte:
+//! - `q` ‖ seq (big-endian u64) → key (16 bytes) ‖ time (big-endian i64 µs) ‖ value: the queue.
+//! - `k` ‖ key → time (big-endian i64 µs) ‖ seq (big-endian u64; 0 once done): remembered keys.
+//! - `t` ‖ time (big-endian, sign bit flipped so that order is time order) ‖ key → empty, so
+//!   that [`forget`](AuditJournal::forget) reads the oldest keys first.
 //!
 //! Seqs come from sled's `generate_id` (increasing, also across restarts), taken under a lock
-//! held for the append's transaction, so that queue order is append order. Every call that
-//! writes flushes before it returns.
+//! held until the batch is applied, so that queue order is append order. Every call that writes
+//! flushes before it returns.
 
 use super::SharedDb;
 use crate::store::audit::{AuditCounts, AuditEntry, AuditJournal, AuditSeq};
 use crate::{Error, Result};
 use jiff::Timestamp;
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use std::collections::HashSet;
 
-const QUEUE_TREE: &str = "audit_queue";
-const KEYS_TREE: &str = "audit_keys";
-const TIMES_TREE: &str = "audit_times";
+const TREE: &str = "audit";
+const QUEUE: u8 = b'q';
+const KEYS: u8 = b'k';
+const TIMES: u8 = b't';
 
-/// The journal's trees in the store's database.
+/// The journal's tree in the store's database.
 pub(super) struct SledAudit {
     db: SharedDb,
-    /// Serialises appends: seqs are taken and written in one order.
-    append: parking_lot::Mutex<()>,
-}
-
-struct Trees {
-    db: sled::Db,
-    queue: sled::Tree,
-    keys: sled::Tree,
-    times: sled::Tree,
-}
-
-fn tx_error(e: TransactionError<Error>) -> Error {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => e.into(),
-    }
-}
-
-fn micros(at: Timestamp) -> i64 {
-    at.as_microsecond()
-}
-
-fn time_key(at: i64, key: &[u8; 16]) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..8].copy_from_slice(&((at as u64) ^ (1 << 63)).to_be_bytes());
-    k[8..].copy_from_slice(key);
-    k
+    /// Serialises writes: seqs are taken and written in one order, and a key is checked and
+    /// written by one call at a time.
+    write: parking_lot::Mutex<()>,
 }
 
 fn corrupt(what: &str) -> Error {
@@ -60,6 +38,33 @@ fn u64_at(b: &[u8], at: usize) -> Result<u64> {
         .and_then(|s| <[u8; 8]>::try_from(s).ok())
         .map(u64::from_be_bytes)
         .ok_or_else(|| corrupt("record"))
+}
+
+fn queue_key(seq: AuditSeq) -> [u8; 9] {
+    let mut k = [QUEUE; 9];
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn key_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(KEYS);
+    k.extend_from_slice(key);
+    k
+}
+
+fn time_key(at: i64, key: &[u8; 16]) -> [u8; 25] {
+    let mut k = [TIMES; 25];
+    k[1..9].copy_from_slice(&((at as u64) ^ (1 << 63)).to_be_bytes());
+    k[9..].copy_from_slice(key);
+    k
+}
+
+fn key_row(at: i64, seq: AuditSeq) -> [u8; 16] {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&(at as u64).to_be_bytes());
+    v[8..].copy_from_slice(&seq.to_be_bytes());
+    v
 }
 
 fn decode_entry(v: &[u8]) -> Result<AuditEntry> {
@@ -79,18 +84,14 @@ impl SledAudit {
     pub(super) fn new(db: SharedDb) -> SledAudit {
         SledAudit {
             db,
-            append: parking_lot::Mutex::new(()),
+            write: parking_lot::Mutex::new(()),
         }
     }
 
-    fn trees(&self) -> Result<Trees> {
+    fn tree(&self) -> Result<(sled::Db, sled::Tree)> {
         let db = self.db.get()?;
-        Ok(Trees {
-            queue: db.open_tree(QUEUE_TREE)?,
-            keys: db.open_tree(KEYS_TREE)?,
-            times: db.open_tree(TIMES_TREE)?,
-            db,
-        })
+        let tree = db.open_tree(TREE)?;
+        Ok((db, tree))
     }
 }
 
@@ -99,55 +100,47 @@ impl AuditJournal for SledAudit {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let t = self.trees()?;
-        let _order = self.append.lock();
-        // Keys already remembered need no transaction; the rest are checked again inside it.
-        let mut fresh = Vec::with_capacity(entries.len());
-        for e in entries {
-            fresh.push(!t.keys.contains_key(e.key)?);
-        }
-        let mut seqs = Vec::new();
-        for _ in fresh.iter().filter(|&&f| f) {
-            seqs.push(t.db.generate_id()? + 1);
-        }
-        let queued = (&t.queue, &t.keys, &t.times)
-            .transaction(|(queue, keys, times)| {
-                let mut queued = Vec::with_capacity(entries.len());
-                let mut seq = seqs.iter();
-                for (e, &f) in entries.iter().zip(&fresh) {
-                    if !f || keys.get(e.key)?.is_some() {
-                        queued.push(false);
-                        continue;
-                    }
-                    let s = *seq.next().expect("a seq per fresh entry");
-                    let at = micros(e.at);
-                    let mut v = Vec::with_capacity(24 + e.value.len());
-                    v.extend_from_slice(&e.key);
-                    v.extend_from_slice(&(at as u64).to_be_bytes());
-                    v.extend_from_slice(&e.value);
-                    queue.insert(&s.to_be_bytes(), v)?;
-                    let mut k = [0u8; 16];
-                    k[..8].copy_from_slice(&(at as u64).to_be_bytes());
-                    k[8..].copy_from_slice(&s.to_be_bytes());
-                    keys.insert(&e.key, &k)?;
-                    times.insert(&time_key(at, &e.key), &[])?;
-                    queued.push(true);
+        let (db, tree) = self.tree()?;
+        let mut queued = Vec::with_capacity(entries.len());
+        {
+            let _order = self.write.lock();
+            let mut batch = sled::Batch::default();
+            let mut seen = HashSet::with_capacity(entries.len());
+            for e in entries {
+                if !seen.insert(e.key) || tree.contains_key(key_key(&e.key))? {
+                    queued.push(false);
+                    continue;
                 }
-                Ok::<_, ConflictableTransactionError<Error>>(queued)
-            })
-            .map_err(tx_error)?;
-        drop(_order);
-        t.db.flush()?;
+                let seq = db.generate_id()? + 1;
+                let at = e.at.as_microsecond();
+                let mut v = Vec::with_capacity(24 + e.value.len());
+                v.extend_from_slice(&e.key);
+                v.extend_from_slice(&(at as u64).to_be_bytes());
+                v.extend_from_slice(&e.value);
+                batch.insert(&queue_key(seq), v);
+                batch.insert(key_key(&e.key), &key_row(at, seq));
+                batch.insert(&time_key(at, &e.key), &[]);
+                queued.push(true);
+            }
+            if !queued.contains(&true) {
+                return Ok(queued);
+            }
+            tree.apply_batch(batch)?;
+        }
+        db.flush()?;
         Ok(queued)
     }
 
     fn queued(&self, after: Option<AuditSeq>, limit: usize) -> Result<Vec<(AuditSeq, AuditEntry)>> {
-        let t = self.trees()?;
+        let (_, tree) = self.tree()?;
+        let from = queue_key(after.map_or(0, |a| a.saturating_add(1)));
         let mut out = Vec::new();
-        let from = after.map_or(0, |a| a.saturating_add(1)).to_be_bytes();
-        for item in t.queue.range(from..).take(limit) {
+        for item in tree
+            .range(from.as_slice()..[QUEUE + 1].as_slice())
+            .take(limit)
+        {
             let (k, v) = item?;
-            out.push((u64_at(&k, 0)?, decode_entry(&v)?));
+            out.push((u64_at(&k, 1)?, decode_entry(&v)?));
         }
         Ok(out)
     }
@@ -156,66 +149,62 @@ impl AuditJournal for SledAudit {
         if seqs.is_empty() {
             return Ok(());
         }
-        let t = self.trees()?;
-        (&t.queue, &t.keys)
-            .transaction(|(queue, keys)| {
-                for s in seqs {
-                    let Some(v) = queue.remove(&s.to_be_bytes())? else {
-                        continue;
-                    };
-                    let key = &v[..16.min(v.len())];
-                    if let Some(k) = keys.get(key)? {
-                        let mut k = k.to_vec();
-                        if k.len() == 16 {
-                            k[8..].fill(0);
-                            keys.insert(key, k)?;
-                        }
-                    }
+        let (db, tree) = self.tree()?;
+        {
+            let _order = self.write.lock();
+            let mut batch = sled::Batch::default();
+            for &s in seqs {
+                let Some(v) = tree.get(queue_key(s))? else {
+                    continue;
+                };
+                batch.remove(&queue_key(s));
+                let key = key_key(v.get(..16).ok_or_else(|| corrupt("entry"))?);
+                if let Some(row) = tree.get(&key)? {
+                    batch.insert(key, &key_row(u64_at(&row, 0)? as i64, 0));
                 }
-                Ok::<_, ConflictableTransactionError<Error>>(())
-            })
-            .map_err(tx_error)?;
-        t.db.flush()?;
+            }
+            tree.apply_batch(batch)?;
+        }
+        db.flush()?;
         Ok(())
     }
 
     fn forget(&self, before: Timestamp, limit: usize) -> Result<usize> {
-        let t = self.trees()?;
-        let end = time_key(micros(before), &[0; 16]);
+        let (db, tree) = self.tree()?;
+        let end = time_key(before.as_microsecond(), &[0; 16]);
         let mut forgotten = 0;
-        let mut batch_keys = sled::Batch::default();
-        let mut batch_times = sled::Batch::default();
-        for item in t.times.range(..end.as_slice()) {
-            if forgotten >= limit {
-                break;
+        {
+            let _order = self.write.lock();
+            let mut batch = sled::Batch::default();
+            for item in tree.range([TIMES].as_slice()..end.as_slice()) {
+                if forgotten >= limit {
+                    break;
+                }
+                let (tk, _) = item?;
+                let key = key_key(&tk[9..]);
+                match tree.get(&key)? {
+                    // Queued: kept until done.
+                    Some(row) if u64_at(&row, 8)? != 0 => continue,
+                    Some(_) => batch.remove(key),
+                    None => {}
+                }
+                batch.remove(tk);
+                forgotten += 1;
             }
-            let (tk, _) = item?;
-            let key = &tk[8..];
-            match t.keys.get(key)? {
-                // Queued: kept until done.
-                Some(k) if u64_at(&k, 8)? != 0 => continue,
-                Some(_) => batch_keys.remove(key),
-                None => {}
+            if forgotten == 0 {
+                return Ok(0);
             }
-            batch_times.remove(tk);
-            forgotten += 1;
+            tree.apply_batch(batch)?;
         }
-        if forgotten == 0 {
-            return Ok(0);
-        }
-        // Keys first: a crash in between leaves a time row without a key, which the next pass
-        // removes (counted again, harmlessly).
-        t.keys.apply_batch(batch_keys)?;
-        t.times.apply_batch(batch_times)?;
-        t.db.flush()?;
+        db.flush()?;
         Ok(forgotten)
     }
 
     fn counts(&self) -> Result<AuditCounts> {
-        let t = self.trees()?;
+        let (_, tree) = self.tree()?;
         Ok(AuditCounts {
-            queued: t.queue.len() as u64,
-            keys: t.keys.len() as u64,
+            queued: tree.scan_prefix([QUEUE]).count() as u64,
+            keys: tree.scan_prefix([KEYS]).count() as u64,
         })
     }
 }
@@ -228,4 +217,30 @@ mod tests {
         let journal = super::SledAudit::new(store.shared.clone());
         ((dir, store), journal)
     });
+
+    /// A journal reopened after a crash holds what each call returned with.
+    #[test]
+    fn the_journal_survives_a_reopen() {
+        use crate::store::AuditEntry;
+        let dir = tempfile::tempdir().unwrap();
+        let entry = |n: u8| AuditEntry {
+            key: [n; 16],
+            at: jiff::Timestamp::from_second(1_700_000_000).unwrap(),
+            value: vec![n; 3],
+        };
+        {
+            let store = crate::store::SledStore::open(dir.path()).unwrap();
+            let j = store.audit_journal();
+            j.append(&[entry(1), entry(2), entry(3)]).unwrap();
+            let q = j.queued(None, 10).unwrap();
+            j.done(&[q[0].0]).unwrap();
+        }
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
+        let j = store.audit_journal();
+        let q = j.queued(None, 10).unwrap();
+        assert_eq!(q.iter().map(|(_, e)| e.key[0]).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(j.append(&[entry(1), entry(4)]).unwrap(), [false, true]);
+        let q2 = j.queued(None, 10).unwrap();
+        assert!(q2[2].0 > q[1].0, "seqs keep increasing across a reopen");
+    }
 }

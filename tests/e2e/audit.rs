@@ -57,19 +57,7 @@ async fn the_audit_log_alone_confirms_refuses_and_names_the_impersonator() {
             "--from-literal=k=v",
         ],
     );
-    kubectl(
-        &kubeconfig,
-        &[
-            "--as=bob",
-            "--as-group=system:masters",
-            "-n",
-            &ns,
-            "create",
-            "configmap",
-            "bobs",
-            "--from-literal=owner=bob",
-        ],
-    );
+    create_as_bob(&kubeconfig, &ns);
     let out = kubectl_output(
         &kubeconfig,
         &[
@@ -283,19 +271,7 @@ async fn the_audit_webhook_backend_joins_changes_and_the_usage_report_lists_the_
         }
     })
     .await;
-    kubectl(
-        &kubeconfig,
-        &[
-            "--as=bob",
-            "--as-group=system:masters",
-            "-n",
-            &ns,
-            "create",
-            "configmap",
-            "bobs",
-            "--from-literal=owner=bob",
-        ],
-    );
+    create_as_bob(&kubeconfig, &ns);
     kubectl(
         &kubeconfig,
         &["-n", &ns, "label", "configmap", "first", "step=two"],
@@ -398,4 +374,21 @@ impl Drop for Serve {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `kubectl --as=bob` (impersonated by the admin) creates ConfigMap `bobs` in `ns`.
+fn create_as_bob(kubeconfig: &str, ns: &str) {
+    kubectl(
+        kubeconfig,
+        &[
+            "--as=bob",
+            "--as-group=system:masters",
+            "-n",
+            ns,
+            "create",
+            "configmap",
+            "bobs",
+            "--from-literal=owner=bob",
+        ],
+    );
 }

@@ -117,9 +117,7 @@ async fn take(state: &Capture, request: axum::extract::Request) -> (Response, &'
         tokio::task::spawn_blocking(move || take_in(journal.as_ref(), &batch.events)).await;
     match written {
         Ok(Ok(taken)) => {
-            state.metrics.audit_events("new", taken.new);
-            state.metrics.audit_events("duplicate", taken.duplicate);
-            state.metrics.audit_events("skipped_stage", taken.skipped);
+            taken.count(&state.metrics);
             ((StatusCode::OK, "").into_response(), "stored")
         }
         Ok(Err(error)) => {

@@ -227,21 +227,24 @@ async fn review(
             );
         }
     };
-    let mut answer = allowed(parsed.response_api_version(), parsed.response_uid(), false);
+    // Built only on the path that answers. Once the event is queued it is (or will be) in the
+    // store, and the answer names it for the audit log.
+    let answer = || allowed(parsed.response_api_version(), parsed.response_uid(), false);
+    let queued = || allowed(parsed.response_api_version(), parsed.response_uid(), true);
     let request = match &parsed.request {
         Ok(request) => request,
         Err(why) => {
             // Allowed all the same: histor must never be the reason a change fails.
             tracing::warn!(policy = %policy, uid = parsed.response_uid(), reason = %why, "cannot interpret admission review; allowed without recording");
-            return (answer, "uninterpretable");
+            return (answer(), "uninterpretable");
         }
     };
     if state.ignored_users.contains(&request.user.username) {
-        return (answer, "ignored_user");
+        return (answer(), "ignored_user");
     }
     let Some(compiled) = state.policies.get(policy) else {
         tracing::debug!(policy = %policy, "review for an unknown policy");
-        return (answer, "unknown_policy");
+        return (answer(), "unknown_policy");
     };
     let mut captured = match pipeline::process(request, &compiled, &state.redactor, received_at) {
         Outcome::Record(captured) => captured,
@@ -256,7 +259,7 @@ async fn review(
                 SkipReason::Oversized(o) => oversized(state, o),
                 _ => {}
             }
-            return (answer, reason.metric_label());
+            return (answer(), reason.metric_label());
         }
     };
     captured.event.state = if state.witnessed {
@@ -265,21 +268,17 @@ async fn review(
         ChangeState::Unconfirmed
     };
     let ack = match state.writer.submit(captured) {
-        // Queued: the event is (or will be) in the store, so the audit event may name it.
-        Ok(ack) => {
-            answer = allowed(parsed.response_api_version(), parsed.response_uid(), true);
-            ack
-        }
+        Ok(ack) => ack,
         Err(_) => {
             state.metrics.dropped.inc();
             tracing::error!(policy = %policy, uid = %request.uid, "event queue full: change answered but NOT recorded");
-            return (answer, "dropped");
+            return (answer(), "dropped");
         }
     };
     if state.writer.health().problem().is_some() {
         // Known broken: waiting out the deadline would only delay the apiserver. The event
         // stays queued and is written if the store recovers before the process stops.
-        return (answer, "store_unavailable");
+        return (queued(), "store_unavailable");
     }
     let outcome = match tokio::time::timeout(state.deadline, ack).await {
         Ok(Ok(W::Stored(AppendOutcome::Recorded(_)))) => "recorded",
@@ -292,7 +291,7 @@ async fn review(
             "deadline_exceeded"
         }
     };
-    (answer, outcome)
+    (queued(), outcome)
 }
 
 /// Counts a condition that could not be evaluated and warns about it: the policy's author needs to

@@ -103,9 +103,7 @@ async fn follow(
             Ok(taken)
         })
         .await?;
-        metrics.audit_events("new", taken.new);
-        metrics.audit_events("duplicate", taken.duplicate);
-        metrics.audit_events("skipped_stage", taken.skipped);
+        taken.count(metrics);
     }
 }
 

@@ -40,6 +40,15 @@ pub struct Taken {
     pub skipped: u64,
 }
 
+impl Taken {
+    /// Counts it in `histor_audit_events_total`.
+    pub fn count(&self, metrics: &crate::metrics::Metrics) {
+        metrics.audit_events("new", self.new);
+        metrics.audit_events("duplicate", self.duplicate);
+        metrics.audit_events("skipped_stage", self.skipped);
+    }
+}
+
 /// Puts audit events in the journal, each once; durable when it returns. Blocks on the store.
 pub fn take_in(journal: &dyn AuditJournal, events: &[AuditEvent]) -> crate::Result<Taken> {
     let mut taken = Taken::default();

@@ -235,8 +235,10 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
             ctx.client.clone(),
             store.clone(),
         );
+        let endpoints = audit.follow_cluster.then(|| audit.endpoints.clone());
         let work: controller::LeaderWork = Arc::new(move || {
             let (w, a, client, store) = (w.clone(), a.clone(), client.clone(), store.clone());
+            let endpoints = endpoints.clone();
             let mut capture_rx = capture_rx.clone();
             Box::pin(async move {
                 let capture = match capture_rx.wait_for(Option::is_some).await {
@@ -244,6 +246,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
                     Err(_) => return,
                 };
                 let Some(capture) = capture else { return };
+                let openapi_client = client.clone();
                 let watch = async {
                     match w {
                         Some(w) => w.run(client, capture, store).await,
@@ -256,7 +259,14 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
                         None => std::future::pending().await,
                     }
                 };
-                tokio::join!(watch, audit);
+                // The cluster's endpoints, to name API usage by.
+                let openapi = async {
+                    match endpoints {
+                        Some(e) => e.follow(openapi_client).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::join!(watch, audit, openapi);
             })
         });
         Arc::new(

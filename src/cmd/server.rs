@@ -45,6 +45,13 @@ pub struct AuditArgs {
     /// How long audit IDs are remembered, so that an event sent twice is taken once.
     #[arg(long, default_value = "1h")]
     pub audit_remember: String,
+    /// How long API usage counted from audit events is kept.
+    #[arg(long, default_value = "720h")]
+    pub audit_usage_retention: String,
+    /// The cluster's OpenAPI v2 document (`kubectl get --raw /openapi/v2 > FILE`), to name
+    /// usage endpoints by operationId. The operator reads the cluster's own when not given.
+    #[arg(long, value_name = "FILE")]
+    pub audit_openapi: Option<PathBuf>,
 }
 
 impl Default for AuditArgs {
@@ -56,6 +63,8 @@ impl Default for AuditArgs {
             audit_log_start: LogStart::End,
             audit_patience: "2m".into(),
             audit_remember: "1h".into(),
+            audit_usage_retention: "720h".into(),
+            audit_openapi: None,
         }
     }
 }
@@ -85,6 +94,7 @@ impl AuditArgs {
             patience,
             remember: duration("audit-remember", &self.audit_remember)?,
             unconfirmed_after: only_witness.then_some(patience),
+            usage_retention: duration("audit-usage-retention", &self.audit_usage_retention)?,
         })
     }
 
@@ -109,6 +119,11 @@ pub struct AuditSide {
     pub intake: Option<Arc<capture::audit::AuditIntake>>,
     /// The witness to run (on the leader), when audit events come in some way.
     pub witness: Option<Arc<crate::witness::audit::AuditWitness>>,
+    /// The endpoints usage is named by; to follow the cluster's document (on the leader) when
+    /// `follow_cluster`.
+    pub endpoints: Arc<crate::witness::audit::endpoints::Endpoints>,
+    /// True when no document was given: the operator reads the cluster's.
+    pub follow_cluster: bool,
 }
 
 /// Makes the audit side: the `/audit` intake, the witness, and the log follower, which it
@@ -119,13 +134,20 @@ pub fn start_audit(
     verdicts: crate::witness::verdicts::Verdicts,
     only_witness: bool,
 ) -> Result<AuditSide> {
+    use crate::witness::audit::endpoints::Endpoints;
     if !args.enabled() {
         return Ok(AuditSide {
             intake: None,
             witness: None,
+            endpoints: Arc::new(Endpoints::none()),
+            follow_cluster: false,
         });
     }
     let settings = args.settings(only_witness)?;
+    let endpoints = match &args.audit_openapi {
+        Some(path) => Arc::new(Endpoints::fixed(super::usage::read_document(path)?)),
+        None => Arc::new(Endpoints::none()),
+    };
     if let Some(file) = args.log_file() {
         tokio::spawn(crate::witness::audit::logfile::run(
             file,
@@ -140,12 +162,15 @@ pub fn start_audit(
             capture::audit::DEFAULT_AUDIT_SLOTS,
         ))
     });
-    let witness = Arc::new(crate::witness::audit::AuditWitness::new(
-        journal, verdicts, settings,
-    ));
+    let witness = Arc::new(
+        crate::witness::audit::AuditWitness::new(journal, verdicts, settings)
+            .with_endpoints(endpoints.clone()),
+    );
     Ok(AuditSide {
         intake,
         witness: Some(witness),
+        follow_cluster: args.audit_openapi.is_none(),
+        endpoints,
     })
 }
 

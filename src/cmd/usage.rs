@@ -80,7 +80,8 @@ pub fn run(args: UsageArgs) -> Result<()> {
 }
 
 /// Reads and indexes an OpenAPI v2 document, plain or gzip.
-fn read_document(path: &Path) -> Result<EndpointIndex> {
+/// Reads and indexes an OpenAPI v2 document file (gzip allowed).
+pub fn read_document(path: &Path) -> Result<EndpointIndex> {
     let file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
     let mut json = Vec::new();
     maybe_gunzip(Box::new(file))

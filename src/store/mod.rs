@@ -26,7 +26,7 @@ mod recent;
 pub mod retention;
 mod sled;
 
-pub use self::audit::{AuditEntry, AuditJournal, AuditSeq, MemAudit};
+pub use self::audit::{AuditEntry, AuditJournal, AuditSeq, MemAudit, UsageRow};
 pub use self::history::SNAPSHOT_EVERY;
 pub use self::location::{Engine, Location};
 pub use self::mem::MemStore;

@@ -19,6 +19,7 @@
 use super::endpoint::{self, Client, Endpoint, Unmapped};
 use super::event::{self, AuditEvent, BadLine};
 use super::openapi::EndpointIndex;
+use super::series::Series;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -32,7 +33,7 @@ pub const DEDUPE_WINDOW: usize = 1 << 19;
 const UNMAPPED_EXAMPLES: usize = 3;
 
 /// Calls and how they ended.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Counts {
     /// Requests.
@@ -54,7 +55,8 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, time: Option<jiff::Timestamp>, code: Option<u16>) {
+    /// Counts one call, received at `time`, answered `code`.
+    pub fn add(&mut self, time: Option<jiff::Timestamp>, code: Option<u16>) {
         self.calls += 1;
         if let Some(t) = time {
             self.first_seen = Some(self.first_seen.map_or(t, |f| f.min(t)));
@@ -200,6 +202,26 @@ impl<'a> Usage<'a> {
             None => self.series.entry(key).or_default().add(time, event.code()),
         }
         self.counted += 1;
+    }
+
+    /// Adds counts the store kept (see [`super::series`]): calls to a series in an hour, or
+    /// requests of an unmapped reason or over the bound.
+    pub fn add_stored(&mut self, hour: i64, series: Series, counts: &Counts) {
+        match series {
+            Series::Calls { endpoint, client } => {
+                let key = SeriesKey {
+                    endpoint,
+                    client,
+                    hour: Some(hour),
+                };
+                self.series.entry(key).or_default().merge(counts);
+                self.counted += counts.calls;
+            }
+            Series::Unmapped(reason) => {
+                self.skipped.unmapped.entry(reason).or_default().count += counts.calls;
+            }
+            Series::OverBound => self.skipped.over_bound += counts.calls,
+        }
     }
 
     /// The series, in no particular order.

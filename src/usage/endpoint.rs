@@ -4,7 +4,7 @@
 
 use super::event::AuditEvent;
 use super::openapi::{EndpointIndex, group_version_prefix};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Annotation the apiserver sets on requests to a deprecated API version.
 pub const DEPRECATED_ANNOTATION: &str = "k8s.io/deprecated";
@@ -16,7 +16,7 @@ pub const REMOVED_RELEASE_ANNOTATION: &str = "k8s.io/removed-release";
 const MAX_AGENT_CHARS: usize = 64;
 
 /// An API version's stability, read from its name as Kubernetes names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Level {
     /// `v1`, `v2`.
@@ -66,7 +66,7 @@ impl Level {
 /// The endpoint one request called.
 /// Ordered by group, resource, version, subresource, path, then verb: the order reports list
 /// endpoints in.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     /// API group, empty for the core group.
@@ -115,7 +115,7 @@ impl Endpoint {
 }
 
 /// Why a request was counted without an endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Unmapped {
     /// A non-resource URL (no objectRef) the document does not list, such as `/healthz`.
@@ -239,7 +239,7 @@ fn resource_operation(
 }
 
 /// What kind of identity made a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientKind {
     /// A person or an external identity.
@@ -281,7 +281,7 @@ impl ClientKind {
 }
 
 /// Who called: the identity the request acted as, and with what program.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Client {
     /// The username the request acted as: the impersonated user when there was one.

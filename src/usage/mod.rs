@@ -9,19 +9,22 @@
 //! (`histor usage`).
 //!
 //! Parts: [`event`] parses lines, [`openapi`] indexes the document, [`endpoint`] maps one event,
-//! [`aggregate`] counts, [`report`] selects and renders.
+//! [`aggregate`] counts, [`report`] selects and renders; [`series`] is usage as a store keeps
+//! it, live.
 
 pub mod aggregate;
 pub mod endpoint;
 pub mod event;
 pub mod openapi;
 pub mod report;
+pub mod series;
 
 pub use aggregate::{Counts, MAX_SERIES, Skipped, Usage};
 pub use endpoint::{Client, ClientKind, Endpoint, Level, Unmapped};
 pub use event::{AuditEvent, BadLine, MAX_LINE_BYTES, parse_line};
 pub use openapi::EndpointIndex;
 pub use report::{Filter, Report, render_csv, render_json, render_table, summary};
+pub use series::Series;
 
 #[cfg(test)]
 mod tests;

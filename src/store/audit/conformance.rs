@@ -4,6 +4,7 @@
 //! kept alive for the test). What only one engine has (surviving a restart) is tested with it.
 
 use super::*;
+use crate::usage::Counts;
 use std::sync::Arc;
 
 /// `#[test]`s running every journal contract test against the journal `$open()` makes.
@@ -23,6 +24,8 @@ macro_rules! audit_conformance_suite {
             done_entries_leave_the_queue_but_keep_their_keys,
             forgotten_keys_may_come_again,
             concurrent_appends_of_one_key_queue_it_once,
+            usage_is_added_once_with_done,
+            usage_is_read_by_hour_and_forgotten_by_hour,
         );
     };
     (@tests always $open:expr; $($name:ident),* $(,)?) => {
@@ -102,8 +105,8 @@ pub(crate) fn the_queue_keeps_order_and_bytes(j: Arc<impl AuditJournal>) {
 pub(crate) fn done_entries_leave_the_queue_but_keep_their_keys(j: Arc<impl AuditJournal>) {
     j.append(&[entry(1, 0), entry(2, 0), entry(3, 0)]).unwrap();
     let q = j.queued(None, 10).unwrap();
-    j.done(&[q[0].0, q[2].0]).unwrap();
-    j.done(&[q[0].0, 999_999]).unwrap(); // not queued: no error
+    j.done(&[q[0].0, q[2].0], &[]).unwrap();
+    j.done(&[q[0].0, 999_999], &[]).unwrap(); // not queued: no error
     assert_eq!(keys(&j.queued(None, 10).unwrap()), [2]);
     assert_eq!(
         j.append(&[entry(1, 0), entry(3, 1)]).unwrap(),
@@ -118,7 +121,7 @@ pub(crate) fn forgotten_keys_may_come_again(j: Arc<impl AuditJournal>) {
         .unwrap();
     let q = j.queued(None, 10).unwrap();
     // 1, 2 and 3 are done; 4 stays queued, and a queued key is never forgotten.
-    j.done(&[q[0].0, q[1].0, q[2].0]).unwrap();
+    j.done(&[q[0].0, q[1].0, q[2].0], &[]).unwrap();
     let before = Timestamp::from_second(T0 + 5).unwrap();
     assert_eq!(j.forget(before, 1).unwrap(), 1, "bounded");
     assert_eq!(j.forget(before, 10).unwrap(), 1, "the other old one");
@@ -152,4 +155,83 @@ pub(crate) fn concurrent_appends_of_one_key_queue_it_once(j: Arc<impl AuditJourn
     let total: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(total, 40, "each key queued by exactly one call");
     assert_eq!(j.queued(None, 1000).unwrap().len(), 40);
+}
+
+fn counts(calls: u64, first: i64, last: i64) -> Counts {
+    Counts {
+        calls,
+        first_seen: Some(Timestamp::from_second(T0 + first).unwrap()),
+        last_seen: Some(Timestamp::from_second(T0 + last).unwrap()),
+        success: calls - 1,
+        client_error: 1,
+        ..Counts::default()
+    }
+}
+
+fn row(hour: i64, series: &str, counts: Counts) -> UsageRow {
+    UsageRow {
+        hour: T0 + hour * 3600,
+        series: series.as_bytes().to_vec(),
+        counts,
+    }
+}
+
+pub(crate) fn usage_is_added_once_with_done(j: Arc<impl AuditJournal>) {
+    j.append(&[entry(1, 0), entry(2, 0), entry(3, 0)]).unwrap();
+    let q = j.queued(None, 10).unwrap();
+    j.done(&[q[0].0], &[row(0, "get pods", counts(2, 5, 9))])
+        .unwrap();
+    // A repeat of a done whose entries are out adds nothing.
+    j.done(&[q[0].0], &[row(0, "get pods", counts(2, 5, 9))])
+        .unwrap();
+    j.done(
+        &[q[0].0, q[1].0],
+        &[
+            row(0, "get pods", counts(3, 1, 7)),
+            row(0, "list pods \u{0}\u{ff}", counts(4, 0, 0)),
+        ],
+    )
+    .unwrap();
+    let mut merged = counts(5, 1, 9);
+    merged.success = 3;
+    merged.client_error = 2;
+    assert_eq!(
+        j.usage(T0, 100).unwrap(),
+        [
+            row(0, "get pods", merged),
+            row(0, "list pods \u{0}\u{ff}", counts(4, 0, 0)),
+        ],
+        "summed, earliest first seen, latest last seen, series bytes kept"
+    );
+}
+
+pub(crate) fn usage_is_read_by_hour_and_forgotten_by_hour(j: Arc<impl AuditJournal>) {
+    j.append(&[entry(1, 0)]).unwrap();
+    let q = j.queued(None, 10).unwrap();
+    let mut untimed = Counts::default();
+    untimed.calls = 1;
+    untimed.no_code = 1;
+    j.done(
+        &[q[0].0],
+        &[
+            row(2, "b", counts(1, 0, 0)),
+            row(0, "z", counts(1, 0, 0)),
+            row(2, "a", untimed.clone()),
+            row(1, "a", counts(1, 0, 0)),
+        ],
+    )
+    .unwrap();
+    let hours = |rows: Vec<UsageRow>| -> Vec<(i64, String)> {
+        rows.into_iter()
+            .map(|r| ((r.hour - T0) / 3600, String::from_utf8(r.series).unwrap()))
+            .collect()
+    };
+    assert_eq!(
+        hours(j.usage(T0, 100).unwrap()),
+        [(0, "z".into()), (1, "a".into()), (2, "a".into()), (2, "b".into())]
+    );
+    assert_eq!(hours(j.usage(T0 + 3600, 2).unwrap()), [(1, "a".into()), (2, "a".into())]);
+    assert_eq!(j.usage(T0 + 7200, 1).unwrap()[0].counts, untimed, "no times kept as none");
+    assert_eq!(j.forget_usage(T0 + 7200).unwrap(), 2);
+    assert_eq!(hours(j.usage(0, 100).unwrap()), [(2, "a".into()), (2, "b".into())]);
 }

@@ -1,6 +1,7 @@
 //! [`MemAudit`]: the reference [`AuditJournal`], in memory: one lock, ordered maps.
 
-use super::{AuditCounts, AuditEntry, AuditJournal, AuditSeq};
+use super::{AuditCounts, AuditEntry, AuditJournal, AuditSeq, UsageRow};
+use crate::usage::Counts;
 use crate::Result;
 use jiff::Timestamp;
 use parking_lot::Mutex;
@@ -18,6 +19,7 @@ struct Inner {
     queue: BTreeMap<AuditSeq, AuditEntry>,
     /// Remembered keys: their entry's time, and their seq while queued.
     keys: HashMap<[u8; 16], (Timestamp, Option<AuditSeq>)>,
+    usage: BTreeMap<(i64, Vec<u8>), Counts>,
 }
 
 impl MemAudit {
@@ -56,13 +58,24 @@ impl AuditJournal for MemAudit {
             .collect())
     }
 
-    fn done(&self, seqs: &[AuditSeq]) -> Result<()> {
+    fn done(&self, seqs: &[AuditSeq], usage: &[UsageRow]) -> Result<()> {
         let mut inner = self.inner.lock();
+        let mut took = false;
         for s in seqs {
-            if let Some(e) = inner.queue.remove(s)
-                && let Some(k) = inner.keys.get_mut(&e.key)
-            {
-                k.1 = None;
+            if let Some(e) = inner.queue.remove(s) {
+                took = true;
+                if let Some(k) = inner.keys.get_mut(&e.key) {
+                    k.1 = None;
+                }
+            }
+        }
+        if took {
+            for row in usage {
+                inner
+                    .usage
+                    .entry((row.hour, row.series.clone()))
+                    .or_default()
+                    .merge(&row.counts);
             }
         }
         Ok(())
@@ -89,6 +102,27 @@ impl AuditJournal for MemAudit {
             queued: inner.queue.len() as u64,
             keys: inner.keys.len() as u64,
         })
+    }
+
+    fn usage(&self, since: i64, limit: usize) -> Result<Vec<UsageRow>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .usage
+            .range((since, Vec::new())..)
+            .take(limit)
+            .map(|((hour, series), counts)| UsageRow {
+                hour: *hour,
+                series: series.clone(),
+                counts: counts.clone(),
+            })
+            .collect())
+    }
+
+    fn forget_usage(&self, before: i64) -> Result<usize> {
+        let mut inner = self.inner.lock();
+        let kept = inner.usage.split_off(&(before, Vec::new()));
+        let gone = std::mem::replace(&mut inner.usage, kept);
+        Ok(gone.len())
     }
 }
 

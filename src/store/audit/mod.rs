@@ -3,11 +3,17 @@
 //! audit ingest`) and the moment the audit witness has used them; and the memory of which events
 //! were already taken, so that an event a source repeats is taken once.
 //!
+//! It also keeps what the witness learns from the entries it takes out, as API usage: counts per
+//! series (an endpoint × client the caller encodes) and hour, added in the same atomic write as
+//! the [`done`](AuditJournal::done) that takes the entries out, so that every event is counted
+//! exactly once.
+//!
 //! The contract knows nothing of audit events: an entry is a key the caller derives (from the
-//! audit ID and stage), a time, and bytes the caller encodes. Each engine implements it next to
+//! audit ID, stage and receipt time), a time, and bytes the caller encodes. Each engine implements it next to
 //! its events; the in-memory reference is [`mem`]; one conformance suite holds every engine to it.
 
 use crate::Result;
+use crate::usage::Counts;
 use jiff::Timestamp;
 
 #[cfg(test)]
@@ -30,6 +36,17 @@ pub struct AuditEntry {
     pub at: Timestamp,
     /// What the caller keeps of it, byte for byte.
     pub value: Vec<u8>,
+}
+
+/// Usage counted in one hour for one series.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageRow {
+    /// Start of the hour, Unix seconds (UTC).
+    pub hour: i64,
+    /// What was called by whom, as the caller encodes it: rows with equal bytes are one series.
+    pub series: Vec<u8>,
+    /// The counts.
+    pub counts: Counts,
 }
 
 /// How much the journal holds, for gauges.
@@ -55,6 +72,10 @@ pub struct AuditCounts {
 /// reader that leaves some entries queued for later reads past them); it does not take them out. `done` takes them
 /// out; taking out an entry that is not queued is not an error.
 ///
+/// **Usage.** `done` adds its usage rows to the stored ones (calls and code classes summed,
+/// first seen the earliest, last seen the latest) in the same atomic write, and only when it
+/// takes out at least one queued entry: a `done` repeated for entries already out adds nothing.
+///
 /// **Durable on return.** When `append` returns `Ok`, what it queued survives a crash; so do
 /// `done` and `forget` (losing one of them would only hand an entry out again or keep a key
 /// longer, but engines make them durable all the same). Each call takes effect whole or not at
@@ -70,8 +91,9 @@ pub trait AuditJournal: Send + Sync + 'static {
     /// Up to `limit` queued entries after `after` (from the oldest for `None`), oldest first.
     fn queued(&self, after: Option<AuditSeq>, limit: usize) -> Result<Vec<(AuditSeq, AuditEntry)>>;
 
-    /// Takes entries out of the queue; their keys stay remembered.
-    fn done(&self, seqs: &[AuditSeq]) -> Result<()>;
+    /// Takes entries out of the queue (their keys stay remembered) and, when it took one out,
+    /// adds `usage` to the usage counts, atomically.
+    fn done(&self, seqs: &[AuditSeq], usage: &[UsageRow]) -> Result<()>;
 
     /// Forgets up to `limit` keys of entries whose time is before `before` and that are not
     /// queued; returns how many it forgot (fewer than `limit`: none are left).
@@ -79,4 +101,11 @@ pub trait AuditJournal: Send + Sync + 'static {
 
     /// How much it holds.
     fn counts(&self) -> Result<AuditCounts>;
+
+    /// Usage rows of hours from `since` (Unix seconds) on, ordered by hour then series, at most
+    /// `limit`.
+    fn usage(&self, since: i64, limit: usize) -> Result<Vec<UsageRow>>;
+
+    /// Drops the usage rows of hours before `before` (Unix seconds); returns how many.
+    fn forget_usage(&self, before: i64) -> Result<usize>;
 }

@@ -13,7 +13,8 @@
 //! it inserted). Statements are prepared once per connection.
 
 use super::{PgStore, client_on, wait_on};
-use crate::store::audit::{AuditCounts, AuditEntry, AuditJournal, AuditSeq};
+use crate::store::audit::{AuditCounts, AuditEntry, AuditJournal, AuditSeq, UsageRow};
+use crate::usage::Counts;
 use crate::{Error, Result};
 use jiff::Timestamp;
 use std::collections::{HashMap, HashSet};
@@ -35,6 +36,8 @@ struct Statements {
     done: String,
     forget: String,
     counts: String,
+    usage: String,
+    forget_usage: String,
 }
 
 impl Statements {
@@ -56,10 +59,23 @@ impl Statements {
                 "SELECT seq, key, at, value FROM {s}.audit_queue WHERE seq > $1 ORDER BY seq LIMIT $2"
             ),
             // A queue row is deleted by one transaction only, so each key is updated by the
-            // call that took its entry out.
+            // call that took its entry out, and usage is added by a call that took one out.
+            // Usage rows are upserted in key order (the caller sorts them), so two calls at once
+            // never deadlock.
             done: format!(
-                "WITH gone AS (DELETE FROM {s}.audit_queue WHERE seq = ANY($1) RETURNING key) \
-                 UPDATE {s}.audit_keys k SET queued = false FROM gone WHERE k.key = gone.key"
+                "WITH gone AS (DELETE FROM {s}.audit_queue WHERE seq = ANY($1) RETURNING key), \
+                 keys AS (UPDATE {s}.audit_keys k SET queued = false FROM gone \
+                 WHERE k.key = gone.key) \
+                 INSERT INTO {s}.audit_usage AS a SELECT * FROM unnest($2::bigint[], $3::bytea[], \
+                 $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], \
+                 $9::bigint[], $10::bigint[], $11::bigint[]) WHERE EXISTS (SELECT 1 FROM gone) \
+                 ON CONFLICT (hour, series) DO UPDATE SET calls = a.calls + excluded.calls, \
+                 other = a.other + excluded.other, success = a.success + excluded.success, \
+                 client_error = a.client_error + excluded.client_error, \
+                 server_error = a.server_error + excluded.server_error, \
+                 no_code = a.no_code + excluded.no_code, \
+                 first_seen = least(a.first_seen, excluded.first_seen), \
+                 last_seen = greatest(a.last_seen, excluded.last_seen)"
             ),
             // Oldest first, from the partial index of keys not queued.
             forget: format!(
@@ -70,6 +86,12 @@ impl Statements {
                 "SELECT (SELECT count(*) FROM {s}.audit_queue), \
                  (SELECT count(*) FROM {s}.audit_keys)"
             ),
+            usage: format!(
+                "SELECT hour, series, calls, other, success, client_error, server_error, \
+                 no_code, first_seen, last_seen FROM {s}.audit_usage WHERE hour >= $1 \
+                 ORDER BY hour, series LIMIT $2"
+            ),
+            forget_usage: format!("DELETE FROM {s}.audit_usage WHERE hour < $1"),
         }
     }
 }
@@ -179,7 +201,7 @@ impl AuditJournal for PgAudit {
             .collect()
     }
 
-    fn done(&self, seqs: &[AuditSeq]) -> Result<()> {
+    fn done(&self, seqs: &[AuditSeq], usage: &[UsageRow]) -> Result<()> {
         if seqs.is_empty() {
             return Ok(());
         }
@@ -187,7 +209,56 @@ impl AuditJournal for PgAudit {
         // taking out the same entries lock them in one order.
         let mut seqs: Vec<i64> = seqs.iter().filter_map(|&s| i64::try_from(s).ok()).collect();
         seqs.sort_unstable();
-        self.run(&self.sql.done, async |c, st| c.execute(st, &[&seqs]).await)?;
+        // One row per series and hour (an upsert may not touch a row twice), in key order.
+        let mut merged: std::collections::BTreeMap<(i64, &[u8]), Counts> = Default::default();
+        for row in usage {
+            merged
+                .entry((row.hour, &row.series))
+                .or_default()
+                .merge(&row.counts);
+        }
+        let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let time = |t: Option<Timestamp>| t.map(|t| t.as_microsecond());
+        let (mut hours, mut series) = (Vec::new(), Vec::new());
+        let mut cols: [Vec<i64>; 6] = Default::default();
+        let (mut first, mut last) = (Vec::new(), Vec::new());
+        for ((hour, s), c) in &merged {
+            hours.push(*hour);
+            series.push(*s);
+            let fields = [
+                c.calls,
+                c.other,
+                c.success,
+                c.client_error,
+                c.server_error,
+                c.no_code,
+            ];
+            for (col, f) in cols.iter_mut().zip(fields) {
+                col.push(big(f));
+            }
+            first.push(time(c.first_seen));
+            last.push(time(c.last_seen));
+        }
+        let [calls, other, success, client_error, server_error, no_code] = &cols;
+        self.run(&self.sql.done, async |c, st| {
+            c.execute(
+                st,
+                &[
+                    &seqs,
+                    &hours,
+                    &series,
+                    calls,
+                    other,
+                    success,
+                    client_error,
+                    server_error,
+                    no_code,
+                    &first,
+                    &last,
+                ],
+            )
+            .await
+        })?;
         Ok(())
     }
 
@@ -208,6 +279,44 @@ impl AuditJournal for PgAudit {
             queued: row.get::<_, i64>(0).max(0) as u64,
             keys: row.get::<_, i64>(1).max(0) as u64,
         })
+    }
+
+    fn usage(&self, since: i64, limit: usize) -> Result<Vec<UsageRow>> {
+        let limit = limit_of(limit);
+        let rows = self.run(&self.sql.usage, async |c, st| {
+            c.query(st, &[&since, &limit]).await
+        })?;
+        let count = |r: &tokio_postgres::Row, i: usize| r.get::<_, i64>(i).max(0) as u64;
+        let time = |r: &tokio_postgres::Row, i: usize| -> Result<Option<Timestamp>> {
+            r.get::<_, Option<i64>>(i)
+                .map(|t| Timestamp::from_microsecond(t).map_err(|_| corrupt("usage time")))
+                .transpose()
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(UsageRow {
+                    hour: r.get(0),
+                    series: r.get(1),
+                    counts: Counts {
+                        calls: count(r, 2),
+                        other: count(r, 3),
+                        success: count(r, 4),
+                        client_error: count(r, 5),
+                        server_error: count(r, 6),
+                        no_code: count(r, 7),
+                        first_seen: time(r, 8)?,
+                        last_seen: time(r, 9)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    fn forget_usage(&self, before: i64) -> Result<usize> {
+        let n = self.run(&self.sql.forget_usage, async |c, st| {
+            c.execute(st, &[&before]).await
+        })?;
+        Ok(n as usize)
     }
 }
 

@@ -28,7 +28,8 @@
 //!   [`outbox`](super::outbox)), shared by every replica's notifier.
 //! - `events.audit` (migration 4): the audit log's account of the change (JSON), the truth, not
 //!   `body`, since it comes after the row is written. `audit_queue`, `audit_keys`: the audit
-//!   journal (see [`audit`](super::audit)), shared by every replica's audit intake.
+//!   journal (see [`audit`](super::audit)), shared by every replica's audit intake;
+//!   `audit_usage`: the API usage counted from it.
 
 use crate::{Error, Result};
 
@@ -98,6 +99,14 @@ CREATE TABLE {s}.audit_queue (seq bigserial PRIMARY KEY, key bytea NOT NULL, at 
     value bytea NOT NULL);
 CREATE TABLE {s}.audit_keys (key bytea PRIMARY KEY, at bigint NOT NULL, queued boolean NOT NULL);
 CREATE INDEX audit_keys_forget ON {s}.audit_keys (at) WHERE NOT queued;
+"#,
+    // API usage counted from the audit journal: one row per hour (Unix seconds) and series
+    // (bytes the caller encodes); times are µs since the epoch, NULL when no event had one.
+    r#"
+CREATE TABLE {s}.audit_usage (hour bigint NOT NULL, series bytea NOT NULL,
+    calls bigint NOT NULL, other bigint NOT NULL, success bigint NOT NULL,
+    client_error bigint NOT NULL, server_error bigint NOT NULL, no_code bigint NOT NULL,
+    first_seen bigint, last_seen bigint, PRIMARY KEY (hour, series));
 "#,
 ];
 

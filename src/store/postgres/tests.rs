@@ -596,7 +596,7 @@ fn audit_notes_and_the_journal_are_shared_by_replicas() {
     let seen = journals[1].queued(None, 1000).unwrap();
     assert_eq!(seen.len(), 200);
     journals[0]
-        .done(&seen.iter().map(|(s, _)| *s).collect::<Vec<_>>())
+        .done(&seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(), &[])
         .unwrap();
     assert!(journals[1].queued(None, 1000).unwrap().is_empty());
     assert_eq!(

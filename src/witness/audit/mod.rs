@@ -4,8 +4,11 @@
 //! recorded ([`join`]) by the leader ([`AuditWitness::run`]): the request's response code
 //! confirms a change or marks it not applied, and its audit ID, source, user agent and
 //! impersonator are added to it. The watch and the audit log write the same states; the
-//! first to decide stands, and a later disagreement is logged and counted.
+//! first to decide stands, and a later disagreement is logged and counted. Every entry taken
+//! out, reads included, is also counted as API usage ([`crate::usage::series`]), in the same
+//! write, named by the cluster's own endpoints ([`endpoints`]).
 
+pub mod endpoints;
 pub mod follow;
 pub mod join;
 pub mod logfile;
@@ -13,8 +16,12 @@ pub mod record;
 
 use super::verdicts::Verdicts;
 use crate::pipeline::ChangeState;
-use crate::store::{AuditJournal, AuditSeq, EventStore, MAX_PAGE, Query, Resolution, StoredEvent};
-use crate::usage::AuditEvent;
+use crate::store::{
+    AuditJournal, AuditSeq, EventStore, MAX_PAGE, Query, Resolution, StoredEvent, UsageRow,
+};
+use crate::usage::series::{self, Bound, Series};
+use crate::usage::{AuditEvent, Counts};
+use endpoints::Endpoints;
 use jiff::{SignedDuration, Timestamp};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -85,6 +92,8 @@ pub struct Settings {
     /// When the audit log is the only witness: received changes older than this become
     /// `unconfirmed` (their audit event never came). `None` when the watch decides that.
     pub unconfirmed_after: Option<SignedDuration>,
+    /// How long API usage is kept, by the hour it counts.
+    pub usage_retention: SignedDuration,
 }
 
 impl Default for Settings {
@@ -93,6 +102,7 @@ impl Default for Settings {
             patience: SignedDuration::from_mins(2),
             remember: SignedDuration::from_hours(1),
             unconfirmed_after: None,
+            usage_retention: SignedDuration::from_hours(30 * 24),
         }
     }
 }
@@ -108,6 +118,10 @@ pub struct AuditWitness {
     /// Entries waiting for their change: when to look again, and how often it was looked for.
     /// Each look is a store query, so the wait doubles (up to [`MAX_RETRY_EVERY`]).
     waiting: parking_lot::Mutex<HashMap<AuditSeq, (Timestamp, u32)>>,
+    /// What names the endpoints of usage.
+    endpoints: Arc<Endpoints>,
+    /// The cap on usage series per hour.
+    bound: Arc<parking_lot::Mutex<Bound>>,
 }
 
 /// What one pass over the journal did.
@@ -121,6 +135,8 @@ pub struct PassReport {
     pub resolved: usize,
     /// Audit accounts added to changes.
     pub noted: usize,
+    /// Requests counted as API usage.
+    pub counted: u64,
 }
 
 /// One entry's outcome in a pass.
@@ -141,7 +157,15 @@ impl AuditWitness {
             verdicts,
             settings,
             waiting: Default::default(),
+            endpoints: Arc::new(Endpoints::none()),
+            bound: Default::default(),
         }
+    }
+
+    /// Names usage endpoints with `endpoints` (by default, without operationIds).
+    pub fn with_endpoints(mut self, endpoints: Arc<Endpoints>) -> Self {
+        self.endpoints = endpoints;
+        self
     }
 
     /// Runs until dropped (the leader's term ends): reads the journal, joins, writes.
@@ -178,19 +202,32 @@ impl AuditWitness {
                 .filter(|(_, (next, _))| *next > now)
                 .map(|(&seq, _)| seq)
                 .collect();
-            let steps = blocking(move || {
+            let (endpoints, bound) = (self.endpoints.clone(), self.bound.clone());
+            let (steps, usage) = blocking(move || {
                 let queued = journal.queued(after, READ_BATCH)?;
+                let index = endpoints.get();
                 let mut steps = Vec::with_capacity(queued.len());
+                let mut usage: HashMap<(i64, Series), Counts> = HashMap::new();
                 for (seq, entry) in queued {
-                    let step = if not_yet.contains(&seq) && now.duration_since(entry.at) <= patience
-                    {
-                        Step::Later
-                    } else {
-                        step(store.as_ref(), &entry.value, entry.at, now, patience)?
+                    if not_yet.contains(&seq) && now.duration_since(entry.at) <= patience {
+                        steps.push((seq, Step::Later));
+                        continue;
+                    }
+                    let Ok(event) = record::decode(&entry.value) else {
+                        steps.push((seq, Step::Done("undecodable")));
+                        continue;
                     };
+                    let step = step(store.as_ref(), &event, entry.at, now, patience)?;
+                    if !matches!(step, Step::Wait)
+                        && let Some((hour, s, counts)) = series::count(&event, index.as_deref())
+                    {
+                        endpoints.saw(&event, &s);
+                        let s = bound.lock().admit(hour, s);
+                        usage.entry((hour, s)).or_default().merge(&counts);
+                    }
                     steps.push((seq, step));
                 }
-                Ok(steps)
+                Ok((steps, usage))
             })
             .await?;
             let Some(&(last, _)) = steps.last() else {
@@ -238,10 +275,20 @@ impl AuditWitness {
             let store = self.verdicts.store.clone();
             let journal = self.journal.clone();
             let done_seqs = done.clone();
+            report.counted += usage.values().map(|c| c.calls).sum::<u64>();
+            let usage: Vec<UsageRow> = usage
+                .into_iter()
+                .map(|((hour, s), counts)| UsageRow {
+                    hour,
+                    series: s.encode(),
+                    counts,
+                })
+                .collect();
             let noted = blocking(move || {
                 let noted = store.annotate(&notes)?;
                 // Only once the verdicts and notes are durable: a crash before reads them again.
-                journal.done(&done)?;
+                // The usage of the entries is added in the same write that takes them out.
+                journal.done(&done, &usage)?;
                 Ok((noted.iter().filter(|&&n| n).count(), done.len()))
             })
             .await?;
@@ -259,8 +306,8 @@ impl AuditWitness {
         Ok(report)
     }
 
-    /// Forgets old audit IDs; with the audit log as the only witness, makes received changes
-    /// whose audit event never came `unconfirmed`.
+    /// Forgets old audit IDs and usage past its retention; with the audit log as the only
+    /// witness, makes received changes whose audit event never came `unconfirmed`.
     pub async fn housekeeping(&self, now: Timestamp) {
         let journal = self.journal.clone();
         let before = now - self.settings.remember;
@@ -268,6 +315,14 @@ impl AuditWitness {
             Ok(n) if n > 0 => tracing::debug!(forgotten = n, "old audit IDs forgotten"),
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "forgetting old audit IDs failed"),
+        }
+        let journal = self.journal.clone();
+        let before = (now - self.settings.usage_retention).as_second();
+        let before = before.div_euclid(3600) * 3600;
+        match blocking(move || journal.forget_usage(before)).await {
+            Ok(n) if n > 0 => tracing::debug!(rows = n, "API usage past its retention dropped"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "dropping old API usage failed"),
         }
         if let Some(after) = self.settings.unconfirmed_after
             && let Err(error) = self.sweep(now - after).await
@@ -344,19 +399,16 @@ impl AuditWitness {
 /// Decides one journal entry: blocks on the store.
 fn step(
     store: &dyn EventStore,
-    value: &[u8],
+    event: &AuditEvent,
     at: Timestamp,
     now: Timestamp,
     patience: SignedDuration,
 ) -> crate::Result<Step> {
-    let Ok(event) = record::decode(value) else {
-        return Ok(Step::Done("undecodable"));
-    };
-    if record::request_uids(&event).next().is_none() {
+    if record::request_uids(event).next().is_none() {
         return Ok(Step::Done("not_histors"));
     }
-    let candidates = candidates(store, &event)?;
-    match join::plan(&event, &candidates) {
+    let candidates = candidates(store, event)?;
+    match join::plan(event, &candidates) {
         Some(plan) => {
             let known = candidates.iter().map(|c| (c.id, c.event.state)).collect();
             Ok(Step::Plan(plan, known))

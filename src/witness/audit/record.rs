@@ -71,12 +71,17 @@ pub fn parse_list(body: &[u8]) -> Result<Batch, NotAList> {
     Ok(batch)
 }
 
-/// The journal key of an event: its audit ID and stage (a request's stages are separate
-/// events; each source repeats them the same).
+/// The journal key of an event: its audit ID, stage and receipt time (a request's stages are
+/// separate events; each source repeats them the same). Not the ID alone: a client may send its
+/// own `Audit-ID` header and the apiserver keeps it, so a client reusing one would otherwise
+/// have its later requests taken as copies of its first.
 pub fn key(e: &AuditEvent) -> [u8; 16] {
+    let received = e
+        .request_received_timestamp
+        .map_or(i64::MIN, |t| t.as_microsecond());
     let d = ring::digest::digest(
         &ring::digest::SHA256,
-        format!("{}\0{}", e.audit_id, e.stage).as_bytes(),
+        format!("{}\0{}\0{received}", e.audit_id, e.stage).as_bytes(),
     );
     let mut k = [0u8; 16];
     k.copy_from_slice(&d.as_ref()[..16]);

@@ -43,6 +43,9 @@ pub enum Output {
     Csv,
     /// The report with its hourly series and tallies.
     Json,
+    /// A self-contained HTML page that opens offline from a file: a zoomable sunburst of calls
+    /// by level, group, resource and verb, with the rows below it.
+    Html,
 }
 
 /// Prints the usage report of the files.
@@ -75,6 +78,7 @@ pub fn run(args: UsageArgs) -> Result<()> {
             eprint!("{}", usage::summary(&report));
         }
         Output::Json => print!("{}", usage::render_json(&report)?),
+        Output::Html => print!("{}", usage::render_html(&report)?),
     }
     Ok(())
 }
@@ -208,6 +212,25 @@ mod tests {
                 .to_string()
                 .contains("/nonexistent/audit.log")
         );
+    }
+
+    #[test]
+    fn html_is_an_output() {
+        use clap::Parser;
+        let cli = crate::cmd::Cli::try_parse_from([
+            "histor",
+            "usage",
+            "--audit-log",
+            LOG_PATH,
+            "-o",
+            "html",
+        ])
+        .unwrap();
+        let crate::cmd::Command::Usage(args) = cli.command else {
+            panic!("not the usage command");
+        };
+        assert_eq!(args.output, Output::Html);
+        run(args).unwrap();
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Usage reports: the rows a view selects from [`Usage`], and renderers for them: an aligned
 //! table for people, CSV for spreadsheets (one row per endpoint × client × hour), JSON.
 //!
-//! Seam for the HTML sunburst: a renderer takes a [`Report`]; each [`Row`] carries the four
-//! rings (`endpoint.level`, `endpoint.group`, `endpoint.resource`, `endpoint.verb`) and the size
-//! (`counts.calls`).
+//! The HTML page with the sunburst is [`super::html`]'s: it takes a [`Report`] too, and reads
+//! its four rings from each [`Row`] (`endpoint.level`, `endpoint.group`, `endpoint.resource`,
+//! `endpoint.verb`) and the size from `counts.calls`.
 
 use super::aggregate::{Counts, Skipped, Usage};
 use super::endpoint::{Client, Endpoint};
@@ -128,7 +128,7 @@ impl Report {
 }
 
 /// `1.34` → (1, 34), so `1.100` sorts after `1.34`.
-fn release_order(release: &str) -> (u32, u32) {
+pub(super) fn release_order(release: &str) -> (u32, u32) {
     let mut parts = release
         .split('.')
         .map(|p| p.parse::<u32>().unwrap_or(u32::MAX));

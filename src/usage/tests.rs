@@ -527,3 +527,182 @@ fn table_escapes_user_controlled_strings() {
     assert!(out.contains("evil\\r\\nFAKE"), "{out}");
     assert!(!out.contains('\x1b') && !out.contains('\r'));
 }
+
+/// The JSON the page embeds for its script, parsed back.
+fn page_data(page: &str) -> serde_json::Value {
+    let open = r#"<script type="application/json" id="usage-data">"#;
+    let start = page.find(open).expect("no usage-data element") + open.len();
+    let len = page[start..]
+        .find("</script>")
+        .expect("usage-data not closed");
+    serde_json::from_str(&page[start..start + len]).unwrap()
+}
+
+/// The child of `node` named `name`.
+fn child<'a>(node: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    node["children"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no {name} under {}", node["name"]))
+}
+
+/// Every node's calls are its children's sum.
+fn assert_sums(node: &serde_json::Value) {
+    if let Some(children) = node["children"].as_array() {
+        let sum: u64 = children.iter().map(|c| c["calls"].as_u64().unwrap()).sum();
+        assert_eq!(node["calls"].as_u64(), Some(sum), "{}", node["name"]);
+        children.iter().for_each(assert_sums);
+    }
+}
+
+#[test]
+fn html_page_embeds_the_tree_of_the_report() {
+    let usage = usage_of_log(Some(index()));
+    let report = Report::new(&usage, &Filter::default());
+    let page = render_html(&report).unwrap();
+    let data = page_data(&page);
+    let tree = &data["tree"];
+
+    let total: u64 = report.rows.iter().map(|r| r.counts.calls).sum();
+    assert_eq!(tree["calls"].as_u64(), Some(total));
+    assert_sums(tree);
+    let mut levels: Vec<Level> = report.rows.iter().map(|r| r.endpoint.level).collect();
+    levels.sort();
+    levels.dedup();
+    let names: Vec<&str> = tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    let labels: Vec<&str> = levels.iter().map(|l| l.label()).collect();
+    assert_eq!(names, labels);
+    assert!(
+        labels.starts_with(&["stable", "beta", "alpha"]),
+        "{labels:?}"
+    );
+
+    let calls = |level: Level, group: &str, resource: &str, verb: Option<&str>| -> u64 {
+        report
+            .rows
+            .iter()
+            .filter(|r| {
+                let e = &r.endpoint;
+                e.level == level
+                    && e.group == group
+                    && e.resource == resource
+                    && e.subresource.is_none()
+                    && e.path.is_none()
+                    && verb.is_none_or(|v| e.verb == v)
+            })
+            .map(|r| r.counts.calls)
+            .sum()
+    };
+    let stable = child(tree, "stable");
+    let configmaps = child(child(stable, "core"), "configmaps");
+    let create = child(configmaps, "create");
+    assert!(calls(Level::Stable, "", "configmaps", Some("create")) > 0);
+    assert_eq!(
+        create["calls"].as_u64(),
+        Some(calls(Level::Stable, "", "configmaps", Some("create")))
+    );
+    assert_eq!(
+        configmaps["calls"].as_u64(),
+        Some(calls(Level::Stable, "", "configmaps", None))
+    );
+    // A subresource is its own resource segment, as RBAC names it.
+    let scale = child(child(child(stable, "apps"), "deployments/scale"), "patch");
+    assert!(scale["calls"].as_u64().unwrap() > 0);
+
+    // The deprecated v1beta1 policies: every call deprecated, with the release that removes
+    // them.
+    let policies = child(
+        child(child(tree, "beta"), "admissionregistration.k8s.io"),
+        "validatingadmissionpolicies",
+    );
+    assert_eq!(policies["deprecatedCalls"], policies["calls"]);
+    assert_eq!(policies["removedRelease"], "1.34");
+
+    assert_eq!(data["rows"].as_array().unwrap().len(), report.rows.len());
+    assert_eq!(data["counted"].as_u64(), Some(report.counted));
+    assert!(page.contains("<title>API usage: 350 requests counted</title>"));
+}
+
+const HOSTILE: &str = "</script><img src=x onerror=alert(1)>";
+
+/// A recorded request made by a user, with an agent and to a resource, named [`HOSTILE`] and
+/// with U+2028 and U+2029 in them.
+fn hostile_usage() -> Usage<'static> {
+    let mut e = recorded("get", "/apis/apps/v1/namespaces/demo/deployments/web");
+    e.user.username = format!("{HOSTILE}\u{2028}");
+    e.user_agent = Some(format!("{HOSTILE}\u{2029}"));
+    if let Some(o) = e.object_ref.as_mut() {
+        o.resource = HOSTILE.into();
+    }
+    let mut usage = Usage::new(None);
+    usage.add_event(&e);
+    usage
+}
+
+#[test]
+fn html_page_never_writes_user_strings_as_markup() {
+    let usage = hostile_usage();
+    let report = Report::new(
+        &usage,
+        &Filter {
+            user: Some(format!("{HOSTILE}\u{2028}")),
+            ..Filter::default()
+        },
+    );
+    assert_eq!(report.rows.len(), 1);
+    let page = render_html(&report).unwrap();
+    assert!(!page.contains(HOSTILE), "{page}");
+    assert!(!page.contains("<img"));
+    assert!(!page.contains('\u{2028}') && !page.contains('\u{2029}'));
+    // Only the page's own two script elements close.
+    assert_eq!(page.matches("</script>").count(), 2);
+    assert!(page.contains("<title>API usage: 1 requests counted; user &lt;/script&gt;&lt;img"));
+    let data = page_data(&page);
+    assert_eq!(data["rows"][0]["user"], format!("{HOSTILE}\u{2028}"));
+    assert_eq!(data["rows"][0]["path"][2], HOSTILE);
+    assert_eq!(
+        child(child(&data["tree"], "stable"), "apps")["children"][0]["name"],
+        HOSTILE
+    );
+}
+
+#[test]
+fn html_page_loads_nothing() {
+    let usage = usage_of_log(Some(index()));
+    let page = render_html(&Report::new(&usage, &Filter::default())).unwrap();
+    for url in [
+        "http:",
+        "https:",
+        "//",
+        "src=",
+        "href=",
+        "url(",
+        "@import",
+        "@font-face",
+    ] {
+        // `//` would be a scheme-relative URL; the script has comments, so look outside it.
+        let outside_script = page.split("<script>").next().unwrap();
+        let haystack = if url == "//" {
+            outside_script
+        } else {
+            page.as_str()
+        };
+        assert!(!haystack.contains(url), "the page names {url}");
+    }
+    assert!(page.contains("default-src 'none'"));
+    // The policy allows the page's own script, by hash.
+    let script = page
+        .split("<script>")
+        .nth(1)
+        .and_then(|s| s.split("</script>").next())
+        .unwrap();
+    let digest = ring::digest::digest(&ring::digest::SHA256, script.as_bytes());
+    use base64::Engine as _;
+    let hash = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
+    assert!(page.contains(&format!("script-src 'sha256-{hash}'")));
+}

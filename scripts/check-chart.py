@@ -185,6 +185,14 @@ GOOD_VALUES: dict[str, dict[str, Any]] = {
         },
     },
     "no-witness": {"witness": {"enabled": False}},
+    "audit": {
+        "audit": {
+            "webhook": True,
+            "usageRetention": "2160h",
+            "log": {"hostPath": "/var/log/kubernetes/audit", "file": "audit.log", "start": "beginning"},
+        },
+        "nodeSelector": {"node-role.kubernetes.io/control-plane": ""},
+    },
 }
 
 # Each must fail to render, through values.schema.json or the chart's own checks.
@@ -226,6 +234,10 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "witness rule with a wildcard group": {"witness": {"rules": [{"apiGroups": ["*"], "resources": ["configmaps"]}]}},
     "witness rule with a subresource": {"witness": {"rules": [{"apiGroups": ["apps"], "resources": ["deployments/scale"]}]}},
     "witness rule without resources": {"witness": {"rules": [{"apiGroups": ["apps"]}]}},
+    "audit log hostPath relative": {"audit": {"log": {"hostPath": "var/log"}}},
+    "audit log file with a slash": {"audit": {"log": {"hostPath": "/var/log", "file": "../etc/shadow"}}},
+    "audit log start unknown": {"audit": {"log": {"hostPath": "/var/log", "start": "middle"}}},
+    "audit usage retention not a duration": {"audit": {"usageRetention": "30 days"}},
 }
 
 # For some bad value sets, what the refusal must say: failing for another reason proves nothing.
@@ -249,6 +261,10 @@ BAD_REASONS: dict[str, str] = {
     "witness rule with a wildcard resource": "/witness/rules/0/resources/0",
     "witness rule with a wildcard group": "/witness/rules/0/apiGroups/0",
     "witness rule with a subresource": "/witness/rules/0/resources/0",
+    "audit log hostPath relative": "/audit/log/hostPath",
+    "audit log file with a slash": "/audit/log/file",
+    "audit log start unknown": "/audit/log/start",
+    "audit usage retention not a duration": "/audit/usageRetention",
 }
 
 # Flags of `histor operator` the Deployment must always pass (the binary's contract).
@@ -645,7 +661,30 @@ def assert_webhook_client_ca_configmap(c: Checks, objects: list[dict[str, Any]])
     c.expect(ca["name"] == "webhook-client-ca" and ca["items"] == [{"key": "ca.pem", "path": "ca.crt"}], "webhook-client-ca-configmap: CA mounted from the ConfigMap's key")
 
 
+def assert_audit(c: Checks, objects: list[dict[str, Any]]) -> None:
+    args = container(objects)["args"]
+    c.expect(
+        {
+            "--audit-webhook",
+            "--audit-log=/var/log/histor-audit/audit.log",
+            "--audit-log-start=beginning",
+            "--audit-patience=2m",
+            "--audit-usage-retention=2160h",
+        }
+        <= set(args),
+        "audit: webhook, log file and usage flags passed",
+    )
+    log = volume(objects, "audit-log")["hostPath"]
+    c.expect(log == {"path": "/var/log/kubernetes/audit", "type": "Directory"}, "audit: the log directory from the node")
+    mounts = {m["name"]: m for m in container(objects)["volumeMounts"]}
+    c.expect(mounts["audit-log"]["mountPath"] == "/var/log/histor-audit" and mounts["audit-log"]["readOnly"], "audit: mounted read-only where the flag points")
+    reader = one(objects, "ClusterRole", "histor-usage-reader")
+    c.expect(reader["rules"] == [{"apiGroups": ["query.histor.dev"], "resources": ["apiusages"], "verbs": ["list"]}], "audit: the usage reader may list apiusages, nothing else")
+    c.expect("labels" not in reader["metadata"] or not any("aggregate-to" in k for k in reader["metadata"]["labels"]), "audit: the usage reader is not aggregated")
+
+
 ASSERTIONS: dict[str, Callable[[Checks, list[dict[str, Any]]], None]] = {
+    "audit": assert_audit,
     "webhook-client-ca": assert_webhook_client_ca,
     "webhook-client-ca-configmap": assert_webhook_client_ca_configmap,
     "defaults": assert_defaults,

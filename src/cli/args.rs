@@ -19,10 +19,14 @@ use std::path::PathBuf;
         kubectl blame deploy api -n prod -o diff        # what each change did\n  \
         kubectl blame cm --user alice --operation DELETE\n  \
         kubectl blame -A --state notApplied             # changes the apiserver did not commit\n  \
+        kubectl blame usage --deprecated                # who still calls deprecated APIs (from audit events)\n  \
+        kubectl blame usage --user alice --since 7d -o html > usage.html\n  \
         kubectl blame --server https://localhost:8443 --token-file token --certificate-authority ca.crt"
 )]
 pub struct BlameArgs {
-    /// Resource type (`deploy`, `deployments.apps`, a CRD kind…), optionally `TYPE/NAME`.
+    /// Resource type (`deploy`, `deployments.apps`, a CRD kind…), optionally `TYPE/NAME`; or
+    /// `usage`, for the API usage counted from the cluster's audit events (a resource type
+    /// named `usage` is reached by its full name, `usage.GROUP`).
     #[arg(value_name = "TYPE[/NAME]")]
     pub target: Option<String>,
     /// Object name, when not given as TYPE/NAME.
@@ -40,9 +44,12 @@ pub struct BlameArgs {
     /// Only changes before this time: RFC 3339 or a duration ago.
     #[arg(long)]
     pub until: Option<String>,
-    /// Only changes by this user.
+    /// Only changes by this user (with `usage`: calls made as, or impersonated by, this user).
     #[arg(long)]
     pub user: Option<String>,
+    /// With `usage`: only calls to APIs the apiserver marked deprecated, soonest removal first.
+    #[arg(long)]
+    pub deprecated: bool,
     /// Only this operation: CREATE, UPDATE, DELETE.
     #[arg(long, value_parser = ["CREATE", "UPDATE", "DELETE", "CONNECT", "create", "update", "delete", "connect"])]
     pub operation: Option<String>,
@@ -97,6 +104,11 @@ pub struct TargetArg {
 }
 
 impl BlameArgs {
+    /// True for `kubectl blame usage`.
+    pub fn is_usage(&self) -> bool {
+        self.target.as_deref() == Some("usage")
+    }
+
     /// `deploy/nginx`, `deploy nginx` or `deploy`; an error for `deploy/a b` and `a/`.
     pub fn target(&self) -> Result<Option<TargetArg>, String> {
         let Some(target) = &self.target else {

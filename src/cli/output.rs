@@ -30,6 +30,10 @@ pub enum Format {
     Diff,
     /// The object's YAML, each line annotated with who last changed it and when.
     Blame,
+    /// With `usage`: one row per endpoint × client × hour.
+    Csv,
+    /// With `usage`: a self-contained page with a zoomable sunburst.
+    Html,
 }
 
 /// What rendering depends on besides the changes.

@@ -163,10 +163,12 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
 
     // The query API authenticates users like the apiserver does (front-proxy certificates,
     // TokenReview) and shows each only what SubjectAccessReview allows.
-    let query = Arc::new(QueryState::in_cluster(
-        store.clone() as Arc<dyn EventStore>,
-        client.clone(),
-    ));
+    // API usage, when audit events come in, is served from the store's counts.
+    let mut query = QueryState::in_cluster(store.clone() as Arc<dyn EventStore>, client.clone());
+    if args.audit.enabled() {
+        query = query.with_usage(engine.audit.clone());
+    }
+    let query = Arc::new(query);
     if let Some(front_proxy) = query.front_proxy() {
         tokio::spawn(refresh_request_header(
             client.clone(),

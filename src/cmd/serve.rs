@@ -86,7 +86,14 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             tracing::warn!(%error, policy = %policy.name(), "some notification sinks are not usable");
         }
     }
-    let query = tokens.map(|tokens| Arc::new(QueryState::standalone(store.clone(), tokens)));
+    let query = tokens.map(|tokens| {
+        let query = QueryState::standalone(store.clone(), tokens);
+        Arc::new(if args.audit.enabled() {
+            query.with_usage(engine.audit.clone())
+        } else {
+            query
+        })
+    });
     // One process, no leader: the audit witness runs here, and is the only witness.
     let audit = server::start_audit(
         &args.audit,

@@ -18,8 +18,10 @@ pub const GROUP: &str = "query.histor.dev";
 pub const VERSION: &str = "v1alpha1";
 /// `query.histor.dev/v1alpha1`.
 pub const API_VERSION: &str = "query.histor.dev/v1alpha1";
-/// The one resource: changes.
+/// The resource of recorded changes.
 pub const RESOURCE: &str = "changes";
+/// The resource of API usage counted from audit events (cluster-scoped, `list` only).
+pub const USAGE_RESOURCE: &str = "apiusages";
 /// URL prefix of the group version.
 pub const PREFIX: &str = "/apis/query.histor.dev/v1alpha1";
 
@@ -214,18 +216,32 @@ pub fn group() -> APIGroup {
 pub fn resource_list() -> APIResourceList {
     APIResourceList {
         group_version: API_VERSION.into(),
-        resources: vec![APIResource {
-            name: RESOURCE.into(),
-            singular_name: "change".into(),
-            namespaced: true,
-            kind: "Change".into(),
-            verbs: vec!["get".into(), "list".into()],
-            short_names: Some(vec!["chg".into()]),
-            categories: None,
-            group: None,
-            version: None,
-            storage_version_hash: None,
-        }],
+        resources: vec![
+            APIResource {
+                name: RESOURCE.into(),
+                singular_name: "change".into(),
+                namespaced: true,
+                kind: "Change".into(),
+                verbs: vec!["get".into(), "list".into()],
+                short_names: Some(vec!["chg".into()]),
+                categories: None,
+                group: None,
+                version: None,
+                storage_version_hash: None,
+            },
+            APIResource {
+                name: USAGE_RESOURCE.into(),
+                singular_name: "apiusage".into(),
+                namespaced: false,
+                kind: "APIUsage".into(),
+                verbs: vec!["list".into()],
+                short_names: None,
+                categories: None,
+                group: None,
+                version: None,
+                storage_version_hash: None,
+            },
+        ],
     }
 }
 

@@ -1,6 +1,8 @@
 //! Who may see what: a user sees an event only if they may `get` the changed object's resource
 //! (the parent resource for subresource events) in its namespace. Secrets are resource `secrets`
-//! like any other, so Secret history needs `get secrets`. Denied unless an [`Authorizer`] says yes.
+//! like any other, so Secret history needs `get secrets`. API usage (who calls what) is its own
+//! resource, `apiusages.query.histor.dev`, which needs `list` at the cluster scope. Denied unless
+//! an [`Authorizer`] says yes.
 //! The kube implementation asks SubjectAccessReviews and caches decisions briefly.
 
 use super::auth::UserInfo;
@@ -21,9 +23,11 @@ pub const DECISION_TTL: Duration = Duration::from_secs(10);
 /// Most decisions kept.
 const DECISION_CAPACITY: usize = 10_000;
 
-/// What seeing an event requires: `get` on this resource in this namespace.
+/// What seeing something requires: the verb on this resource in this namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Target {
+    /// `get` for a change, `list` for API usage.
+    pub verb: &'static str,
     /// API group; empty for the core group.
     pub group: String,
     /// Plural resource, without subresource.
@@ -36,6 +40,7 @@ impl Target {
     /// What seeing `event` requires.
     pub fn of(event: &ChangeEvent) -> Target {
         Target {
+            verb: "get",
             group: event.resource.group.clone(),
             resource: event.resource.resource.clone(),
             namespace: event.namespace.clone(),
@@ -43,8 +48,20 @@ impl Target {
     }
 }
 
+impl Target {
+    /// What reading API usage requires: `list apiusages.query.histor.dev`, cluster-wide.
+    pub fn usage() -> Target {
+        Target {
+            verb: "list",
+            group: super::api::GROUP.into(),
+            resource: super::api::USAGE_RESOURCE.into(),
+            namespace: None,
+        }
+    }
+}
+
 impl fmt::Display for Target {
-    /// `deployments.apps in namespace prod`, as the 403 message words it.
+    /// `deployments.apps in namespace prod`, as the 403 message words it (after the verb).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.group.is_empty() {
             f.write_str(&self.resource)?;
@@ -58,9 +75,10 @@ impl fmt::Display for Target {
     }
 }
 
-/// Decides whether a user may `get` a target.
+/// Decides whether a user may do what a target names.
 pub trait Authorizer: Send + Sync {
-    /// True when `user` may get `target`. An error means no decision (the request fails).
+    /// True when `user` may do `target.verb` on `target`. An error means no decision (the
+    /// request fails).
     fn may_get<'a>(&'a self, user: &'a UserInfo, target: &'a Target)
     -> BoxFuture<'a, Result<bool>>;
 }
@@ -98,7 +116,7 @@ impl KubeAuthorizer {
                 groups: Some(user.groups.clone()),
                 extra: Some(user.extra.clone()).filter(|e| !e.is_empty()),
                 resource_attributes: Some(ResourceAttributes {
-                    verb: Some("get".into()),
+                    verb: Some(target.verb.into()),
                     group: Some(target.group.clone()),
                     resource: Some(target.resource.clone()),
                     namespace: target.namespace.clone(),

@@ -15,6 +15,7 @@ pub mod params;
 #[cfg(test)]
 mod tests;
 pub mod tls;
+pub mod usage;
 
 use self::api::{Change, ChangeList, IncludeObject, PREFIX};
 use self::auth::{Authenticator, FrontProxy, StaticTokens, TokenReviewer, Tokens, UserInfo};
@@ -22,7 +23,7 @@ use self::authz::{AllowAll, Authorizer, KubeAuthorizer, Target};
 use self::params::{include_objects, list_params};
 use self::tls::PeerCertificates;
 use crate::crd::Operation;
-use crate::store::{EventId, EventStore, Page, Query, StoredEvent};
+use crate::store::{AuditJournal, EventId, EventStore, Page, Query, StoredEvent};
 use crate::{Error, Result};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query as UrlQuery, State};
@@ -49,6 +50,8 @@ pub struct QueryState {
     pub authenticator: Authenticator,
     /// What they may see.
     pub authorizer: Arc<dyn Authorizer>,
+    /// Where API usage is counted, when audit events come in.
+    pub usage: Option<Arc<dyn AuditJournal>>,
 }
 
 impl QueryState {
@@ -61,7 +64,14 @@ impl QueryState {
                 tokens: Tokens::Static(tokens),
             },
             authorizer: Arc::new(AllowAll),
+            usage: None,
         }
+    }
+
+    /// Serves API usage from `journal`'s counts.
+    pub fn with_usage(mut self, journal: Arc<dyn AuditJournal>) -> Self {
+        self.usage = Some(journal);
+        self
     }
 
     /// In a cluster: front-proxy identities (once [`auth::refresh_request_header`] has read the
@@ -75,6 +85,7 @@ impl QueryState {
                 tokens: Tokens::Review(TokenReviewer::new(client.clone())),
             },
             authorizer: Arc::new(KubeAuthorizer::new(client)),
+            usage: None,
         }
     }
 
@@ -103,6 +114,10 @@ pub fn router(state: Arc<QueryState>) -> Router {
         .route(
             &format!("{PREFIX}/namespaces/{{namespace}}/changes/{{id}}"),
             get(get_namespaced),
+        )
+        .route(
+            &format!("{PREFIX}/{}", api::USAGE_RESOURCE),
+            get(list_usage),
         )
         .with_state(state)
 }
@@ -135,6 +150,10 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Request {
             params: UrlQuery::<Vec<(String, String)>>::from_request_parts(parts, state).await,
         })
     }
+}
+
+async fn list_usage(State(state): State<Arc<QueryState>>, req: Request) -> Response {
+    respond(usage::serve(&state, req).await)
 }
 
 async fn list_cluster(State(state): State<Arc<QueryState>>, req: Request) -> Response {
@@ -288,7 +307,10 @@ async fn decide(state: &QueryState, user: &UserInfo, page: &Page) -> Result<Hash
 }
 
 fn forbidden(user: &UserInfo, target: &Target) -> Error {
-    Error::Forbidden(format!("user {} cannot get {target}", user.username))
+    Error::Forbidden(format!(
+        "user {} cannot {} {target}",
+        user.username, target.verb
+    ))
 }
 
 async fn serve_one(

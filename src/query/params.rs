@@ -112,7 +112,7 @@ fn page_size(value: &str) -> Result<usize> {
 /// An RFC 3339 time, or a duration back from `now` (`1h`, `90m`, `7d`; a sign is ignored: a
 /// duration always reaches back). Every value gives a time or a 400: the arithmetic is checked,
 /// so `9999999999999999d` is "too far back", not a panic.
-fn time(param: &str, value: &str, now: Timestamp) -> Result<Timestamp> {
+pub(super) fn time(param: &str, value: &str, now: Timestamp) -> Result<Timestamp> {
     let bad = |why: String| Error::BadRequest(format!("{param} {}: {why}", quoted(value)));
     let timestamp = value.parse::<Timestamp>();
     if let Ok(t) = timestamp {

@@ -953,3 +953,113 @@ async fn changes_say_their_state_commit_and_inferred_actor() {
         "state \"applied\" is not received, confirmed, notApplied, observed or unconfirmed"
     );
 }
+
+/// A journal that counted two calls by alice and one unmapped request, an hour apart.
+fn counted_usage() -> Arc<crate::store::MemAudit> {
+    use crate::store::{AuditEntry, AuditJournal, UsageRow};
+    use crate::usage::{Client, ClientKind, Counts, Endpoint, Level, Series, Unmapped};
+    let journal = Arc::new(crate::store::MemAudit::new());
+    let now = jiff::Timestamp::now();
+    journal
+        .append(&[AuditEntry {
+            key: [1; 16],
+            at: now,
+            value: Vec::new(),
+        }])
+        .unwrap();
+    let seq = journal.queued(None, 1).unwrap()[0].0;
+    let hour = now.as_second().div_euclid(3600) * 3600;
+    let calls = Series::Calls {
+        endpoint: Endpoint {
+            group: String::new(),
+            resource: "configmaps".into(),
+            version: "v1".into(),
+            subresource: None,
+            path: None,
+            verb: "list".into(),
+            operation_id: Some("listCoreV1NamespacedConfigMap".into()),
+            level: Level::Stable,
+            deprecated: false,
+            removed_release: None,
+        },
+        client: Client {
+            user: "alice".into(),
+            kind: ClientKind::User,
+            impersonator: None,
+            agent: "kubectl".into(),
+        },
+    };
+    let counts = |n| Counts {
+        calls: n,
+        success: n,
+        first_seen: Some(now),
+        last_seen: Some(now),
+        ..Counts::default()
+    };
+    let rows = [
+        (hour - 3600, calls.clone(), 1),
+        (hour, calls, 1),
+        (hour, Series::Unmapped(Unmapped::UnknownResource), 1),
+        // Two days ago: outside the default day.
+        (hour - 48 * 3600, Series::OverBound, 7),
+    ];
+    let rows: Vec<UsageRow> = rows
+        .into_iter()
+        .map(|(hour, series, n)| UsageRow {
+            hour,
+            series: series.encode(),
+            counts: counts(n),
+        })
+        .collect();
+    journal.done(&[seq], &rows).unwrap();
+    journal
+}
+
+#[tokio::test]
+async fn api_usage_needs_its_own_grant() {
+    let (_dir, store) = store();
+    let (client, seen) = apiserver(None);
+    let state = QueryState::in_cluster(store.clone(), client.clone()).with_usage(counted_usage());
+    let app = router(Arc::new(state));
+    let url = changes_url("/apiusages");
+    // alice may get configmaps in dev, and so on, but not who calls what.
+    let (status, body) = call(&app, &url, &[ALICE]).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot list apiusages.query.histor.dev at the cluster scope"),
+        "{body}"
+    );
+    let review = seen.last_access_review.lock().unwrap().clone();
+    assert_eq!(
+        review["spec"]["resourceAttributes"],
+        json!({"verb": "list", "group": "query.histor.dev", "resource": "apiusages"})
+    );
+    let (status, list) = call(&app, &url, &[ADMIN]).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["kind"], "APIUsageList");
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "the last day: {list}");
+    assert_eq!(
+        items[0]["series"]["calls"]["endpoint"]["operationId"],
+        "listCoreV1NamespacedConfigMap"
+    );
+    let (_, week) = call(&app, &format!("{url}?since=7d"), &[ADMIN]).await;
+    assert_eq!(week["items"].as_array().unwrap().len(), 4);
+    let (status, _) = call(&app, &format!("{url}?since=yesterday"), &[ADMIN]).await;
+    assert_eq!(status, 400);
+    let (status, _) = call(&app, &url, &[]).await;
+    assert_eq!(status, 401);
+
+    // Without audit events there is nothing to serve.
+    let app = router(Arc::new(QueryState::in_cluster(store, client)));
+    let (status, body) = call(&app, &url, &[ADMIN]).await;
+    assert_eq!(status, 404, "{body}");
+
+    let c = cluster();
+    let (_, resources) = call(&c.app, PREFIX, &[]).await;
+    assert_eq!(resources["resources"][1]["name"], "apiusages");
+    assert_eq!(resources["resources"][1]["namespaced"], false);
+}

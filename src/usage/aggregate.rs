@@ -132,6 +132,8 @@ pub struct Usage<'a> {
     counted: u64,
     skipped: Skipped,
     seen: Seen,
+    /// True once a stored series came with an operationId.
+    stored_ids: bool,
 }
 
 impl<'a> Usage<'a> {
@@ -143,6 +145,7 @@ impl<'a> Usage<'a> {
             counted: 0,
             skipped: Skipped::default(),
             seen: Seen::default(),
+            stored_ids: false,
         }
     }
 
@@ -209,6 +212,7 @@ impl<'a> Usage<'a> {
     pub fn add_stored(&mut self, hour: i64, series: Series, counts: &Counts) {
         match series {
             Series::Calls { endpoint, client } => {
+                self.stored_ids |= endpoint.operation_id.is_some();
                 let key = SeriesKey {
                     endpoint,
                     client,
@@ -239,9 +243,9 @@ impl<'a> Usage<'a> {
         &self.skipped
     }
 
-    /// True when operationIds are being looked up.
+    /// True when operationIds are being looked up, or came with stored series.
     pub fn has_index(&self) -> bool {
-        self.index.is_some()
+        self.index.is_some() || self.stored_ids
     }
 }
 

@@ -173,6 +173,13 @@ async fn the_audit_webhook_backend_joins_changes_and_the_usage_report_lists_the_
     )
     .unwrap();
     let pki = kapi.join("pki");
+    // The cluster's endpoints, so that live usage is named by operationId; a query token.
+    let openapi = dir.path().join("openapi.json");
+    let doc = kubectl_output(&kubeconfig, &["get", "--raw", "/openapi/v2"]);
+    assert!(doc.status.success());
+    std::fs::write(&openapi, &doc.stdout).unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "usage-reader-token,reader\n").unwrap();
     let mut serve = Serve(
         Command::new(env!("CARGO_BIN_EXE_histor"))
             .arg("serve")
@@ -192,6 +199,10 @@ async fn the_audit_webhook_backend_joins_changes_and_the_usage_report_lists_the_
                 "kube-apiserver",
                 "--audit-webhook",
             ])
+            .arg("--audit-openapi")
+            .arg(&openapi)
+            .arg("--token-file")
+            .arg(&tokens)
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .spawn()
@@ -299,6 +310,59 @@ async fn the_audit_webhook_backend_joins_changes_and_the_usage_report_lists_the_
         stored.is_some_and(|n| n >= 1.0),
         "batches the apiserver posted: {stored:?}"
     );
+
+    // Live usage through the plugin: bob's create, and a call to a deprecated API.
+    kubectl_output(&kubeconfig, &["get", "componentstatuses"]);
+    let token = dir.path().join("token");
+    std::fs::write(&token, "usage-reader-token").unwrap();
+    let blame_usage = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kubectl-blame"))
+            .arg("usage")
+            .args(["--server", &format!("https://127.0.0.1:{port}")])
+            .arg("--token-file")
+            .arg(&token)
+            .arg("--certificate-authority")
+            .arg(pki.join("ca.crt"))
+            .args(args)
+            .output()
+            .expect("kubectl-blame runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let deprecated = eventually(
+        "the deprecated call counted",
+        Duration::from_secs(30),
+        || {
+            let out = blame_usage(&["--deprecated", "-o", "json"]);
+            async move {
+                let report: serde_json::Value = serde_json::from_str(&out).ok()?;
+                report["rows"]
+                    .as_array()?
+                    .iter()
+                    .find(|r| r["endpoint"]["resource"] == "componentstatuses")
+                    .cloned()
+            }
+        },
+    )
+    .await;
+    assert_eq!(deprecated["endpoint"]["deprecated"], true, "{deprecated:#}");
+    assert_eq!(deprecated["client"]["agent"], "kubectl");
+    let live: serde_json::Value =
+        serde_json::from_str(&blame_usage(&["--user", "bob", "-o", "json"])).unwrap();
+    let create = live["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["endpoint"]["operationId"] == "createCoreV1NamespacedConfigMap")
+        .unwrap_or_else(|| panic!("bob's create, live: {live:#}"));
+    assert_eq!(create["endpoint"]["level"], "stable");
+    assert_eq!(create["client"]["impersonator"], "admin");
+    let table = blame_usage(&[]);
+    assert!(table.contains("listCoreV1ComponentStatus"), "{table}");
     serve.stop();
 
     let events = history(dir.path(), &ns);
@@ -321,10 +385,6 @@ async fn the_audit_webhook_backend_joins_changes_and_the_usage_report_lists_the_
     assert_eq!(bobs[0]["audit"]["impersonatedBy"], "admin", "{:#}", bobs[0]);
 
     // The usage report of the kit's audit log: this run's kubectl calls, at their level.
-    let openapi = dir.path().join("openapi.json");
-    let doc = kubectl_output(&kubeconfig, &["get", "--raw", "/openapi/v2"]);
-    assert!(doc.status.success());
-    std::fs::write(&openapi, &doc.stdout).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_histor"))
         .arg("usage")
         .arg("--audit-log")

@@ -228,10 +228,25 @@ pub(crate) fn usage_is_read_by_hour_and_forgotten_by_hour(j: Arc<impl AuditJourn
     };
     assert_eq!(
         hours(j.usage(T0, 100).unwrap()),
-        [(0, "z".into()), (1, "a".into()), (2, "a".into()), (2, "b".into())]
+        [
+            (0, "z".into()),
+            (1, "a".into()),
+            (2, "a".into()),
+            (2, "b".into())
+        ]
     );
-    assert_eq!(hours(j.usage(T0 + 3600, 2).unwrap()), [(1, "a".into()), (2, "a".into())]);
-    assert_eq!(j.usage(T0 + 7200, 1).unwrap()[0].counts, untimed, "no times kept as none");
+    assert_eq!(
+        hours(j.usage(T0 + 3600, 2).unwrap()),
+        [(1, "a".into()), (2, "a".into())]
+    );
+    assert_eq!(
+        j.usage(T0 + 7200, 1).unwrap()[0].counts,
+        untimed,
+        "no times kept as none"
+    );
     assert_eq!(j.forget_usage(T0 + 7200).unwrap(), 2);
-    assert_eq!(hours(j.usage(0, 100).unwrap()), [(2, "a".into()), (2, "b".into())]);
+    assert_eq!(
+        hours(j.usage(0, 100).unwrap()),
+        [(2, "a".into()), (2, "b".into())]
+    );
 }

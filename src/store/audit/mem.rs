@@ -1,8 +1,8 @@
 //! [`MemAudit`]: the reference [`AuditJournal`], in memory: one lock, ordered maps.
 
 use super::{AuditCounts, AuditEntry, AuditJournal, AuditSeq, UsageRow};
-use crate::usage::Counts;
 use crate::Result;
+use crate::usage::Counts;
 use jiff::Timestamp;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};

@@ -180,7 +180,12 @@ fn decode_keys(v: &[u8]) -> Result<Vec<([u8; 16], i64)>> {
         return Err(corrupt("keys"));
     }
     v.chunks_exact(24)
-        .map(|c| Ok((c[..16].try_into().map_err(|_| corrupt("keys"))?, be_u64(c, 16)? as i64)))
+        .map(|c| {
+            Ok((
+                c[..16].try_into().map_err(|_| corrupt("keys"))?,
+                be_u64(c, 16)? as i64,
+            ))
+        })
         .collect()
 }
 
@@ -293,7 +298,11 @@ fn load(db: &sled::Db, tree: &sled::Tree) -> Result<State> {
 /// Moves the old layout's rows (tree `audit`: `q` ‖ seq → key ‖ time ‖ value, `k` ‖ key →
 /// time ‖ seq, 0 once done) into one batch and one remembered row, then drops the old tree.
 fn convert_old_layout(db: &sled::Db, tree: &sled::Tree) -> Result<()> {
-    if !db.tree_names().iter().any(|n| n.as_ref() == OLD_TREE.as_bytes()) {
+    if !db
+        .tree_names()
+        .iter()
+        .any(|n| n.as_ref() == OLD_TREE.as_bytes())
+    {
         return Ok(());
     }
     if !tree.contains_key(CONVERTED)? {
@@ -318,7 +327,10 @@ fn convert_old_layout(db: &sled::Db, tree: &sled::Tree) -> Result<()> {
             let (k, v) = item?;
             if be_u64(&v, 8)? == 0 {
                 let key = k.get(1..17).and_then(|s| s.try_into().ok());
-                done.push((key.ok_or_else(|| corrupt("old key"))?, be_u64(&v, 0)? as i64));
+                done.push((
+                    key.ok_or_else(|| corrupt("old key"))?,
+                    be_u64(&v, 0)? as i64,
+                ));
             }
         }
         let mut batch = sled::Batch::default();
@@ -327,7 +339,10 @@ fn convert_old_layout(db: &sled::Db, tree: &sled::Tree) -> Result<()> {
             batch.insert(&row_key(BATCH, db.generate_id()? + 1), encode_batch(&refs));
         }
         if let Some(oldest) = done.iter().map(|(_, t)| *t).min() {
-            batch.insert(&remembered_key(oldest, db.generate_id()? + 1), encode_keys(&done));
+            batch.insert(
+                &remembered_key(oldest, db.generate_id()? + 1),
+                encode_keys(&done),
+            );
         }
         batch.insert(CONVERTED, &[]);
         tree.apply_batch(batch)?;
@@ -362,7 +377,10 @@ impl AuditJournal for SledAudit {
             for chunk in taken.chunks(MAX_BATCH) {
                 let id = db.generate_id()? + 1;
                 batch.insert(&row_key(BATCH, id), encode_batch(chunk));
-                let keys: Vec<_> = chunk.iter().map(|e| (e.key, e.at.as_microsecond())).collect();
+                let keys: Vec<_> = chunk
+                    .iter()
+                    .map(|e| (e.key, e.at.as_microsecond()))
+                    .collect();
                 pending.push((id, keys));
             }
             tree.apply_batch(batch)?;
@@ -388,7 +406,11 @@ impl AuditJournal for SledAudit {
                 if left == 0 {
                     break;
                 }
-                let skip = if id == first_batch { first_index as usize } else { 0 };
+                let skip = if id == first_batch {
+                    first_index as usize
+                } else {
+                    0
+                };
                 let n = p.marks.iter().skip(skip).filter(|m| **m == QUEUED).count();
                 if n > 0 {
                     out.push((id, p.marks.clone()));
@@ -561,7 +583,10 @@ impl AuditJournal for SledAudit {
     fn usage(&self, since: i64, limit: usize) -> Result<Vec<UsageRow>> {
         let (_, tree) = self.tree()?;
         let mut out = Vec::new();
-        for item in tree.range(usage_key(since, &[])..[USAGE + 1].to_vec()).take(limit) {
+        for item in tree
+            .range(usage_key(since, &[])..[USAGE + 1].to_vec())
+            .take(limit)
+        {
             let (k, v) = item?;
             out.push(UsageRow {
                 hour: unordered(k.get(1..9).ok_or_else(|| corrupt("usage"))?)?,
@@ -667,7 +692,10 @@ mod tests {
             let j = store.audit_journal();
             let q = j.queued(None, 10).unwrap();
             assert_eq!(q.len(), 1);
-            assert_eq!((q[0].1.key, q[0].1.value.as_slice()), ([1; 16], &b"one"[..]));
+            assert_eq!(
+                (q[0].1.key, q[0].1.value.as_slice()),
+                ([1; 16], &b"one"[..])
+            );
             assert_eq!(j.append(&[entry(1), entry(2)]).unwrap(), [false, false]);
             assert_eq!(j.counts().unwrap().keys, 2);
         }

@@ -286,3 +286,87 @@ async fn with_audit_as_the_only_witness_silent_changes_become_unconfirmed() {
         "{states:?}"
     );
 }
+
+fn openapi_index() -> crate::usage::EndpointIndex {
+    use std::io::Read;
+    let gz = std::fs::read(format!(
+        "{}/tests/fixtures/openapi/v1.33/v2.json.gz",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut json)
+        .unwrap();
+    crate::usage::EndpointIndex::from_v2(&json).unwrap()
+}
+
+/// The usage report of what the journal counted.
+fn live_report(journal: &MemAudit) -> crate::usage::Report {
+    let mut usage = crate::usage::Usage::new(None);
+    for row in journal.usage(0, usize::MAX).unwrap() {
+        let series = crate::usage::Series::decode(&row.series).unwrap();
+        usage.add_stored(row.hour, series, &row.counts);
+    }
+    crate::usage::Report::new(&usage, &crate::usage::Filter::default())
+}
+
+#[tokio::test]
+async fn every_request_is_counted_once_as_usage_as_the_offline_report_counts_it() {
+    let log = audit_log();
+    let store = Arc::new(MemStore::new());
+    record_reviews(&store, &log);
+    let journal = Arc::new(MemAudit::new());
+    take_in(journal.as_ref(), &log).unwrap();
+    let index = openapi_index();
+    let w = witness(store, journal.clone())
+        .with_endpoints(Arc::new(endpoints::Endpoints::fixed(openapi_index())));
+    let report = w.pass(Timestamp::now()).await.unwrap();
+    let finals = log.iter().filter(|e| e.is_final()).count() as u64;
+    assert_eq!(report.counted, finals, "reads and writes, each once");
+
+    let mut offline = crate::usage::Usage::new(Some(&index));
+    for e in &log {
+        offline.add_event(e);
+    }
+    let offline = crate::usage::Report::new(&offline, &crate::usage::Filter::default());
+    let live = live_report(&journal);
+    assert!(live.operation_ids);
+    assert_eq!(
+        serde_json::to_value(&live.rows).unwrap(),
+        serde_json::to_value(&offline.rows).unwrap(),
+        "the same rows, hours and counts as `histor usage` on the same log"
+    );
+    assert!(
+        live.rows.iter().any(|r| r.client.user == "bob"
+            && r.client.impersonator.as_deref() == Some("admin")
+            && r.endpoint.operation_id.as_deref() == Some("createCoreV1NamespacedConfigMap")),
+        "bob's impersonated create"
+    );
+
+    // The webhook's batches repeat every event: nothing more is counted.
+    for n in 1..=13 {
+        let body = fixture(&format!("audit/v1.33/webhook-batches/{n:04}.json"));
+        let batch = record::parse_list(body.as_bytes()).unwrap();
+        take_in(journal.as_ref(), &batch.events).unwrap();
+    }
+    assert_eq!(w.pass(Timestamp::now()).await.unwrap().counted, 0);
+    assert_eq!(
+        serde_json::to_value(&live_report(&journal).rows).unwrap(),
+        serde_json::to_value(&offline.rows).unwrap()
+    );
+}
+
+#[test]
+fn a_client_reusing_an_audit_id_has_each_request_taken() {
+    let log = audit_log();
+    let first = log.iter().find(|e| e.is_final()).unwrap().clone();
+    let mut again = first.clone();
+    again.request_received_timestamp = first
+        .request_received_timestamp
+        .map(|t| t + SignedDuration::from_secs(5));
+    again.stage_timestamp = again.request_received_timestamp;
+    let journal = MemAudit::new();
+    let taken = take_in(&journal, &[first.clone(), again, first]).unwrap();
+    assert_eq!((taken.new, taken.duplicate), (2, 1));
+}

@@ -970,7 +970,7 @@ fn counted_usage() -> Arc<crate::store::MemAudit> {
     let seq = journal.queued(None, 1).unwrap()[0].0;
     let hour = now.as_second().div_euclid(3600) * 3600;
     let calls = Series::Calls {
-        endpoint: Endpoint {
+        endpoint: Box::new(Endpoint {
             group: String::new(),
             resource: "configmaps".into(),
             version: "v1".into(),
@@ -981,13 +981,13 @@ fn counted_usage() -> Arc<crate::store::MemAudit> {
             level: Level::Stable,
             deprecated: false,
             removed_release: None,
-        },
-        client: Client {
+        }),
+        client: Box::new(Client {
             user: "alice".into(),
             kind: ClientKind::User,
             impersonator: None,
             agent: "kubectl".into(),
-        },
+        }),
     };
     let counts = |n| Counts {
         calls: n,

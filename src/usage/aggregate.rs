@@ -214,8 +214,8 @@ impl<'a> Usage<'a> {
             Series::Calls { endpoint, client } => {
                 self.stored_ids |= endpoint.operation_id.is_some();
                 let key = SeriesKey {
-                    endpoint,
-                    client,
+                    endpoint: *endpoint,
+                    client: *client,
                     hour: Some(hour),
                 };
                 self.series.entry(key).or_default().merge(counts);

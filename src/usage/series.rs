@@ -27,9 +27,9 @@ pub enum Series {
     /// Calls to an endpoint by a client.
     Calls {
         /// What was called.
-        endpoint: Endpoint,
+        endpoint: Box<Endpoint>,
         /// Who called.
-        client: Client,
+        client: Box<Client>,
     },
     /// Requests that map to no endpoint, for this reason.
     Unmapped(Unmapped),
@@ -59,8 +59,8 @@ pub fn count(event: &AuditEvent, index: Option<&EndpointIndex>) -> Option<(i64, 
     let hour = time.as_second().div_euclid(3600) * 3600;
     let series = match endpoint::map(event, index) {
         Ok(endpoint) => Series::Calls {
-            endpoint,
-            client: Client::of(event),
+            endpoint: Box::new(endpoint),
+            client: Box::new(Client::of(event)),
         },
         Err(reason) => Series::Unmapped(reason),
     };

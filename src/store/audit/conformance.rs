@@ -208,9 +208,11 @@ pub(crate) fn usage_is_added_once_with_done(j: Arc<impl AuditJournal>) {
 pub(crate) fn usage_is_read_by_hour_and_forgotten_by_hour(j: Arc<impl AuditJournal>) {
     j.append(&[entry(1, 0)]).unwrap();
     let q = j.queued(None, 10).unwrap();
-    let mut untimed = Counts::default();
-    untimed.calls = 1;
-    untimed.no_code = 1;
+    let untimed = Counts {
+        calls: 1,
+        no_code: 1,
+        ..Counts::default()
+    };
     j.done(
         &[q[0].0],
         &[

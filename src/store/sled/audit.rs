@@ -146,8 +146,11 @@ fn encode_batch(entries: &[&AuditEntry]) -> Vec<u8> {
     v
 }
 
-/// A batch row's entries: (key, time µs, value range in the row).
-fn decode_batch(v: &[u8]) -> Result<Vec<([u8; 16], i64, std::ops::Range<usize>)>> {
+/// One entry of a batch row: key, time (µs), where its value is in the row.
+type RowEntry = ([u8; 16], i64, std::ops::Range<usize>);
+
+/// A batch row's entries.
+fn decode_batch(v: &[u8]) -> Result<Vec<RowEntry>> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < v.len() {
@@ -176,7 +179,7 @@ fn encode_keys(keys: &[([u8; 16], i64)]) -> Vec<u8> {
 }
 
 fn decode_keys(v: &[u8]) -> Result<Vec<([u8; 16], i64)>> {
-    if v.len() % 24 != 0 {
+    if !v.len().is_multiple_of(24) {
         return Err(corrupt("keys"));
     }
     v.chunks_exact(24)

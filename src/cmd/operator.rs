@@ -227,6 +227,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
             metrics: metrics.clone(),
         },
         witness.is_none(),
+        true,
     )?;
     // The witnesses start on leading, once the capture side (its writer) is up.
     let (capture_tx, capture_rx) = tokio::sync::watch::channel(None);

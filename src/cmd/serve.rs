@@ -105,6 +105,7 @@ pub async fn start(args: ServeArgs) -> Result<Running> {
             metrics: metrics.clone(),
         },
         true,
+        false,
     )?;
     if let Some(w) = audit.witness.clone() {
         tokio::spawn(async move { w.run().await });

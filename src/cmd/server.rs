@@ -128,11 +128,13 @@ pub struct AuditSide {
 
 /// Makes the audit side: the `/audit` intake, the witness, and the log follower, which it
 /// starts (every replica follows the file it can read; the journal takes each event once).
+/// `in_cluster`: the operator, which reads the cluster's endpoints unless given a document.
 pub fn start_audit(
     args: &AuditArgs,
     journal: Arc<dyn crate::store::AuditJournal>,
     verdicts: crate::witness::verdicts::Verdicts,
     only_witness: bool,
+    in_cluster: bool,
 ) -> Result<AuditSide> {
     use crate::witness::audit::endpoints::Endpoints;
     if !args.enabled() {
@@ -146,6 +148,7 @@ pub fn start_audit(
     let settings = args.settings(only_witness)?;
     let endpoints = match &args.audit_openapi {
         Some(path) => Arc::new(Endpoints::fixed(super::usage::read_document(path)?)),
+        None if in_cluster => Arc::new(Endpoints::from_cluster()),
         None => Arc::new(Endpoints::none()),
     };
     if let Some(file) = args.log_file() {
@@ -169,7 +172,7 @@ pub fn start_audit(
     Ok(AuditSide {
         intake,
         witness: Some(witness),
-        follow_cluster: args.audit_openapi.is_none(),
+        follow_cluster: in_cluster && args.audit_openapi.is_none(),
         endpoints,
     })
 }

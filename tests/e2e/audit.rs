@@ -87,6 +87,14 @@ async fn the_audit_log_alone_confirms_refuses_and_names_the_impersonator() {
         Some(0.0),
         "no watch ran"
     );
+    live_usage_needs_its_grant(
+        &kubeconfig,
+        &operator_ns,
+        &instance,
+        operator.port,
+        dir.path(),
+    )
+    .await;
     drop(operator);
 
     let events = history(dir.path(), &ns);
@@ -137,6 +145,98 @@ async fn the_audit_log_alone_confirms_refuses_and_names_the_impersonator() {
     );
     let _ = policies.delete(&instance, &DeleteParams::default()).await;
     delete_namespaces(&client, &[&ns, &operator_ns]).await;
+}
+
+/// The operator's live API usage, read with `kubectl blame usage` by a service account: refused
+/// until it is granted `list apiusages.query.histor.dev` (a real SubjectAccessReview), then it
+/// lists bob's impersonated create by the operationId from the cluster's own `/openapi/v2`.
+async fn live_usage_needs_its_grant(
+    kubeconfig: &str,
+    operator_ns: &str,
+    instance: &str,
+    port: u16,
+    dir: &std::path::Path,
+) {
+    let sa = format!("usage-reader-{instance}");
+    kubectl(
+        kubeconfig,
+        &["-n", operator_ns, "create", "serviceaccount", &sa],
+    );
+    let token = kubectl(kubeconfig, &["-n", operator_ns, "create", "token", &sa]);
+    let token_file = dir.join("usage-token");
+    std::fs::write(&token_file, token.trim()).unwrap();
+    let ca = kubectl(
+        kubeconfig,
+        &[
+            "-n",
+            operator_ns,
+            "get",
+            "secret",
+            histor::certs::SECRET_NAME,
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ],
+    );
+    let ca_file = dir.join("operator-ca.crt");
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD
+        .decode(ca.trim())
+        .expect("the operator's CA");
+    std::fs::write(&ca_file, ca).unwrap();
+    let blame_usage = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kubectl-blame"))
+            .arg("usage")
+            .args(["--server", &format!("https://{}:{port}", crate::e2e_host())])
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--certificate-authority")
+            .arg(&ca_file)
+            .args(args)
+            .output()
+            .expect("kubectl-blame runs")
+    };
+    let refused = blame_usage(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot list apiusages.query.histor.dev at the cluster scope")
+            && stderr.contains("kubectl auth can-i list apiusages.query.histor.dev"),
+        "{stderr}"
+    );
+    let grant = dir.join("usage-grant.yaml");
+    std::fs::write(
+        &grant,
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {sa}}}\n\
+             rules: [{{apiGroups: [query.histor.dev], resources: [apiusages], verbs: [list]}}]\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
+             metadata: {{name: {sa}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {sa}}}\n\
+             subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {operator_ns}}}]\n"
+        ),
+    )
+    .unwrap();
+    kubectl(kubeconfig, &["apply", "-f", grant.to_str().unwrap()]);
+    // SubjectAccessReview decisions are cached for 10 s.
+    let create = eventually(
+        "bob's create in live usage",
+        Duration::from_secs(60),
+        || {
+            let out = blame_usage(&["--user", "bob", "-o", "json"]);
+            async move {
+                let report: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                report["rows"]
+                    .as_array()?
+                    .iter()
+                    .find(|r| r["endpoint"]["operationId"] == "createCoreV1NamespacedConfigMap")
+                    .cloned()
+            }
+        },
+    )
+    .await;
+    assert_eq!(create["endpoint"]["level"], "stable", "{create:#}");
+    assert_eq!(create["client"]["impersonator"], "admin", "{create:#}");
+    kubectl(kubeconfig, &["delete", "-f", grant.to_str().unwrap()]);
 }
 
 /// `histor serve` on the port the kit's audit webhook backend posts to (batch mode, the

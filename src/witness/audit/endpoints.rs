@@ -27,6 +27,9 @@ pub struct Endpoints {
     wanted: tokio::sync::Notify,
     /// When a refresh was last asked for, so that the asking is cheap when it repeats.
     asked: Mutex<Option<Instant>>,
+    /// True until [`follow`](Endpoints::follow) has tried its first read: the witness waits for
+    /// it (a little), so that the first requests are not counted without operationIds.
+    first_read_pending: std::sync::atomic::AtomicBool,
 }
 
 impl Endpoints {
@@ -40,6 +43,21 @@ impl Endpoints {
         let endpoints = Endpoints::default();
         endpoints.set(index);
         endpoints
+    }
+
+    /// Endpoints that [`follow`](Endpoints::follow) will read from the cluster.
+    pub fn from_cluster() -> Endpoints {
+        let endpoints = Endpoints::default();
+        endpoints
+            .first_read_pending
+            .store(true, std::sync::atomic::Ordering::Release);
+        endpoints
+    }
+
+    /// True while the cluster's document has not been tried yet.
+    pub fn first_read_pending(&self) -> bool {
+        self.first_read_pending
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The index now.
@@ -95,6 +113,8 @@ impl Endpoints {
                      without operationIds until it is read"
                 ),
             }
+            self.first_read_pending
+                .store(false, std::sync::atomic::Ordering::Release);
             tokio::select! {
                 _ = self.wanted.notified() => {}
                 _ = tokio::time::sleep(REFRESH_EVERY) => {}

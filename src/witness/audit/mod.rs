@@ -107,6 +107,10 @@ impl Default for Settings {
     }
 }
 
+/// Longest wait, from the witness's start, for the cluster's endpoints to be read before
+/// requests are counted without them.
+const ENDPOINTS_WAIT: Duration = Duration::from_secs(30);
+
 /// Longest wait between two looks for the change a waiting audit event names.
 const MAX_RETRY_EVERY: SignedDuration = SignedDuration::from_secs(15);
 
@@ -122,6 +126,8 @@ pub struct AuditWitness {
     endpoints: Arc<Endpoints>,
     /// The cap on usage series per hour.
     bound: Arc<parking_lot::Mutex<Bound>>,
+    /// When the witness was made, for [`ENDPOINTS_WAIT`].
+    started: std::time::Instant,
 }
 
 /// What one pass over the journal did.
@@ -159,6 +165,7 @@ impl AuditWitness {
             waiting: Default::default(),
             endpoints: Arc::new(Endpoints::none()),
             bound: Default::default(),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -190,6 +197,10 @@ impl AuditWitness {
     /// those past their patience, leaves the rest queued.
     pub async fn pass(&self, now: Timestamp) -> crate::Result<PassReport> {
         let mut report = PassReport::default();
+        if self.endpoints.first_read_pending() && self.started.elapsed() < ENDPOINTS_WAIT {
+            // Entries wait in the journal until the cluster's endpoints are read once.
+            return Ok(report);
+        }
         let mut after: Option<AuditSeq> = None;
         loop {
             let journal = self.journal.clone();

@@ -1145,8 +1145,9 @@ mod tests {
         let ack = writer.submit(captured(5)).unwrap();
         let ack = ack.blocking_recv().unwrap();
         assert!(recorded(ack) || ack == Written::Spooled, "{ack:?}");
+        // Observers hear of a batch after the store took it: wait for both.
         eventually("the old spool to drain", || {
-            spool.is_empty() && store.taken().len() == 6
+            spool.is_empty() && store.taken().len() == 6 && seen.0.lock().unwrap().len() >= 6
         });
         assert_eq!(store.taken(), uids(0..6), "the earlier run's events first");
         assert_heard_once(&seen, &store, 6);

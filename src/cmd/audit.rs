@@ -11,7 +11,6 @@ use crate::witness::audit::{AuditWitness, Settings, Taken, take_in};
 use crate::witness::verdicts::Verdicts;
 use crate::{Error, Result};
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -111,21 +110,7 @@ fn read_files(
     files: &[PathBuf],
     journal: &dyn crate::store::AuditJournal,
 ) -> Result<(Taken, BTreeMap<BadLine, u64>)> {
-    let total: u64 = files
-        .iter()
-        .filter_map(|f| std::fs::metadata(f).ok())
-        .map(|m| m.len())
-        .sum();
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    });
+    let bar = super::progress::bytes_bar(files);
     let mut taken = Taken::default();
     let mut bad: BTreeMap<BadLine, u64> = BTreeMap::new();
     let mut pending = Vec::with_capacity(CHUNK);
@@ -143,7 +128,7 @@ fn read_files(
     };
     for path in files {
         let file = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
-        let counted = CountingReader {
+        let counted = super::progress::CountingReader {
             inner: file,
             bar: bar.clone(),
         };
@@ -173,22 +158,6 @@ fn read_files(
         bar.finish_and_clear();
     }
     Ok((taken, bad))
-}
-
-/// Moves the progress bar by the bytes read (compressed bytes for a gzip file).
-struct CountingReader {
-    inner: std::fs::File,
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl std::io::Read for CountingReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(bar) = &self.bar {
-            bar.inc(n as u64);
-        }
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

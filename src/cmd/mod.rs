@@ -6,6 +6,7 @@ mod demo;
 mod files;
 mod history;
 mod operator;
+mod progress;
 mod replay;
 mod serve;
 mod server;

@@ -1,5 +1,5 @@
-//! `histor usage`: API usage from audit log files, offline. Reads the files (plain or gzip) and
-//! the OpenAPI document; the counting and rendering live in [`crate::usage`].
+//! `histor usage`: API usage from audit log files, offline. Reads the files (plain or gzip, with
+//! a progress bar on a terminal) and the OpenAPI document; the counting and rendering live in [`crate::usage`].
 
 use crate::usage::{self, BadLine, EndpointIndex, Filter, MAX_LINE_BYTES, Report, Usage};
 use crate::{Error, Result};
@@ -52,17 +52,30 @@ pub enum Output {
 pub fn run(args: UsageArgs) -> Result<()> {
     let index = args.openapi.as_deref().map(read_document).transpose()?;
     let mut usage = Usage::new(index.as_ref());
+    let files: Vec<PathBuf> = args
+        .audit_logs
+        .iter()
+        .filter(|p| *p != Path::new("-"))
+        .cloned()
+        .collect();
+    let bar = super::progress::bytes_bar(&files);
     for path in &args.audit_logs {
         let reader: Box<dyn Read> = if path == Path::new("-") {
             Box::new(std::io::stdin().lock())
         } else {
-            Box::new(std::fs::File::open(path).map_err(|e| Error::file(path, e))?)
+            Box::new(super::progress::CountingReader {
+                inner: std::fs::File::open(path).map_err(|e| Error::file(path, e))?,
+                bar: bar.clone(),
+            })
         };
         feed(
             maybe_gunzip(reader).map_err(|e| Error::file(path, e))?,
             &mut usage,
         )
         .map_err(|e| Error::file(path, e))?;
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     let report = Report::new(
         &usage,

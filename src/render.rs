@@ -202,6 +202,22 @@ pub fn shorten(s: &str, max: usize) -> String {
     cut
 }
 
+/// Escapes text for HTML element content and attribute values.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// `s` as it may reach a terminal: every control character (C0 such as ESC, CR, LF, NUL and
 /// TAB; DEL; C1 such as CSI U+009B) and every character that reorders or breaks lines on screen
 /// (bidirectional overrides and isolates, U+2028/U+2029) written as the escape a JSON string

@@ -14,6 +14,7 @@ use super::config::SinkKind;
 use super::digest::{name_list, summarize};
 use crate::crd::Operation;
 use crate::pipeline::{ChangeEvent, ChangeState, FieldChange, summary};
+use crate::render::html_escape;
 use crate::render::{actor, state_note};
 use crate::store::StoredEvent;
 use serde::{Deserialize, Serialize};
@@ -167,22 +168,6 @@ fn slack_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
-}
-
-/// Escapes text for HTML element content and attribute values.
-pub fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn cut(s: &str, max: usize) -> String {

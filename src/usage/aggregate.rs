@@ -71,6 +71,38 @@ impl Counts {
         }
     }
 
+    /// The tallies, in a fixed order: calls, other, success, client error, server error, no
+    /// code (what stores keep as columns).
+    pub fn tallies(&self) -> [u64; 6] {
+        [
+            self.calls,
+            self.other,
+            self.success,
+            self.client_error,
+            self.server_error,
+            self.no_code,
+        ]
+    }
+
+    /// Counts from [`tallies`](Counts::tallies) and the first and last times seen.
+    pub fn from_tallies(
+        tallies: [u64; 6],
+        first_seen: Option<jiff::Timestamp>,
+        last_seen: Option<jiff::Timestamp>,
+    ) -> Counts {
+        let [calls, other, success, client_error, server_error, no_code] = tallies;
+        Counts {
+            calls,
+            first_seen,
+            last_seen,
+            other,
+            success,
+            client_error,
+            server_error,
+            no_code,
+        }
+    }
+
     /// Adds `other`'s counts to these.
     pub fn merge(&mut self, other: &Counts) {
         self.calls += other.calls;

@@ -18,7 +18,7 @@
 
 use super::endpoint::Level;
 use super::report::{Report, Row, release_order, summary};
-use crate::render::escape_controls;
+use crate::render::{escape_controls, html_escape};
 use base64::Engine as _;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -214,22 +214,6 @@ fn title(report: &Report) -> String {
     title
 }
 
-/// Escapes text for HTML element content and attribute values.
-fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// JSON that can sit inside a `<script>` element: `<`, `>` and `&` (which could close it or
 /// open a comment) and U+2028, U+2029 (line ends to older JavaScript) become `\u` escapes.
 /// serde_json writes these characters only inside strings, where the escapes mean the same.
@@ -277,8 +261,8 @@ pub fn render_html(report: &Report) -> crate::Result<String> {
         csp_hash(SCRIPT),
         csp_hash(CSS)
     );
-    let title = escape_html(&title);
-    let summary = escape_html(&summary(report));
+    let title = html_escape(&title);
+    let summary = html_escape(&summary(report));
     Ok(format!(
         r#"<!DOCTYPE html>
 <html lang="en">
@@ -334,9 +318,9 @@ mod tests {
     }
 
     #[test]
-    fn html_escape_covers_text_and_attributes() {
+    fn html_escaping_covers_text_and_attributes() {
         assert_eq!(
-            escape_html(r#"<a href="x">'&'</a>"#),
+            html_escape(r#"<a href="x">'&'</a>"#),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
     }

@@ -225,15 +225,7 @@ impl AuditJournal for PgAudit {
         for ((hour, s), c) in &merged {
             hours.push(*hour);
             series.push(*s);
-            let fields = [
-                c.calls,
-                c.other,
-                c.success,
-                c.client_error,
-                c.server_error,
-                c.no_code,
-            ];
-            for (col, f) in cols.iter_mut().zip(fields) {
+            for (col, f) in cols.iter_mut().zip(c.tallies()) {
                 col.push(big(f));
             }
             first.push(time(c.first_seen));
@@ -294,19 +286,11 @@ impl AuditJournal for PgAudit {
         };
         rows.iter()
             .map(|r| {
+                let tallies = std::array::from_fn(|i| count(r, 2 + i));
                 Ok(UsageRow {
                     hour: r.get(0),
                     series: r.get(1),
-                    counts: Counts {
-                        calls: count(r, 2),
-                        other: count(r, 3),
-                        success: count(r, 4),
-                        client_error: count(r, 5),
-                        server_error: count(r, 6),
-                        no_code: count(r, 7),
-                        first_seen: time(r, 8)?,
-                        last_seen: time(r, 9)?,
-                    },
+                    counts: Counts::from_tallies(tallies, time(r, 8)?, time(r, 9)?),
                 })
             })
             .collect()

@@ -193,19 +193,14 @@ fn decode_keys(v: &[u8]) -> Result<Vec<([u8; 16], i64)>> {
 }
 
 fn encode_counts(c: &Counts) -> [u8; 64] {
-    let time = |t: Option<Timestamp>| t.map_or(i64::MIN, |t| t.as_microsecond());
+    let time = |t: Option<Timestamp>| t.map_or(i64::MIN, |t| t.as_microsecond()) as u64;
     let mut v = [0u8; 64];
-    let fields = [
-        c.calls,
-        c.other,
-        c.success,
-        c.client_error,
-        c.server_error,
-        c.no_code,
-        time(c.first_seen) as u64,
-        time(c.last_seen) as u64,
-    ];
-    for (i, f) in fields.iter().enumerate() {
+    let tallies = c.tallies();
+    let fields = tallies
+        .iter()
+        .copied()
+        .chain([time(c.first_seen), time(c.last_seen)]);
+    for (i, f) in fields.enumerate() {
         v[i * 8..i * 8 + 8].copy_from_slice(&f.to_be_bytes());
     }
     v
@@ -220,16 +215,11 @@ fn decode_counts(v: &[u8]) -> Result<Counts> {
                 .map_err(|_| corrupt("usage time")),
         }
     };
-    Ok(Counts {
-        calls: be_u64(v, 0)?,
-        other: be_u64(v, 8)?,
-        success: be_u64(v, 16)?,
-        client_error: be_u64(v, 24)?,
-        server_error: be_u64(v, 32)?,
-        no_code: be_u64(v, 40)?,
-        first_seen: time(48)?,
-        last_seen: time(56)?,
-    })
+    let mut tallies = [0u64; 6];
+    for (i, t) in tallies.iter_mut().enumerate() {
+        *t = be_u64(v, i * 8)?;
+    }
+    Ok(Counts::from_tallies(tallies, time(48)?, time(56)?))
 }
 
 impl SledAudit {

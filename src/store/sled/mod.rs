@@ -161,6 +161,21 @@ pub(super) struct Trees {
 }
 
 impl Trees {
+    /// [`Trees::open`], waiting up to a second for a lock that sled's threads still hold for a
+    /// database of this process just closed.
+    fn open_waiting(path: &Path) -> Result<Trees> {
+        let mut attempt = 0;
+        loop {
+            match Trees::open(path) {
+                Err(Error::StoreLocked(_)) if attempt < 40 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn open(path: &Path) -> Result<Trees> {
         let db = sled::Config::new()
             .path(path)
@@ -395,17 +410,7 @@ impl SledStore {
         // (a query's iterator) hold it a little longer: wait for them, briefly.
         self.trees.write().take();
         self.shared.set(None);
-        let mut attempt = 0;
-        let trees = loop {
-            match Trees::open(&self.path) {
-                Ok(trees) => break trees,
-                Err(Error::StoreLocked(_)) if attempt < 40 => {
-                    attempt += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(25));
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let trees = Trees::open_waiting(&self.path)?;
         let unsynced = std::mem::take(&mut w.unsynced);
         *w = Writer {
             unsynced,

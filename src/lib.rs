@@ -12,6 +12,7 @@ pub mod cli;
 pub mod cmd;
 pub mod controller;
 pub mod crd;
+pub mod events;
 pub mod index;
 pub mod metrics;
 pub mod notify;

@@ -56,7 +56,7 @@ impl Location {
         matches!(self, Location::Postgres(_))
     }
 
-    /// Opens the engine: its event store and its notification outbox.
+    /// Opens the engine: its event store, notification outbox, audit journal and Events.
     pub fn open(&self) -> Result<Engine> {
         Ok(match self {
             Location::Sled(dir) => {
@@ -64,6 +64,7 @@ impl Location {
                 Engine {
                     outbox: store.outbox(),
                     audit: store.audit_journal(),
+                    kube_events: store.kube_events(),
                     events: Arc::new(store),
                     shared: false,
                 }
@@ -73,6 +74,7 @@ impl Location {
                 Engine {
                     outbox: store.outbox(),
                     audit: store.audit_journal(),
+                    kube_events: store.kube_events(),
                     events: Arc::new(store),
                     shared: true,
                 }
@@ -89,6 +91,8 @@ pub struct Engine {
     pub outbox: Arc<dyn OutboxStore>,
     /// The audit journal, in the same database.
     pub audit: Arc<dyn AuditJournal>,
+    /// Kubernetes Events, in the same database.
+    pub kube_events: Arc<dyn super::KubeEventStore>,
     /// Other processes may write it too (replicas sharing a database).
     pub shared: bool,
 }

@@ -17,6 +17,7 @@ pub(crate) mod conformance;
 pub mod copy;
 pub mod digest;
 pub mod history;
+pub mod kube_events;
 mod location;
 pub mod mem;
 pub mod outbox;
@@ -28,6 +29,7 @@ mod sled;
 
 pub use self::audit::{AuditEntry, AuditJournal, AuditSeq, MemAudit, UsageRow};
 pub use self::history::SNAPSHOT_EVERY;
+pub use self::kube_events::{KeptEvent, KubeEventStore, MemKubeEvents, Regarding};
 pub use self::location::{Engine, Location};
 pub use self::mem::MemStore;
 pub use self::outbox::{MemOutbox, OutboxStore};

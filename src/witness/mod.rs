@@ -11,7 +11,6 @@
 //! the store applies only the first verdict on an event.
 
 pub mod audit;
-pub mod events;
 pub mod managed;
 pub mod observed;
 pub mod offline;

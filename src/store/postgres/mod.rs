@@ -41,6 +41,7 @@ mod append;
 mod audit;
 mod chain;
 mod config;
+mod kube_events;
 mod outbox;
 mod retention;
 mod schema;

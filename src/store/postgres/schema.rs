@@ -29,7 +29,8 @@
 //! - `events.audit` (migration 4): the audit log's account of the change (JSON), the truth, not
 //!   `body`, since it comes after the row is written. `audit_queue`, `audit_keys`: the audit
 //!   journal (see [`audit`](super::audit)), shared by every replica's audit intake;
-//!   `audit_usage`: the API usage counted from it.
+//!   `audit_usage`: the API usage counted from it. `kube_events`: Kubernetes Events (see
+//!   [`kube_events`](super::kube_events)).
 
 use crate::{Error, Result};
 
@@ -107,6 +108,13 @@ CREATE TABLE {s}.audit_usage (hour bigint NOT NULL, series bytea NOT NULL,
     calls bigint NOT NULL, other bigint NOT NULL, success bigint NOT NULL,
     client_error bigint NOT NULL, server_error bigint NOT NULL, no_code bigint NOT NULL,
     first_seen bigint, last_seen bigint, PRIMARY KEY (hour, series));
+"#,
+    // Kubernetes Events: one row per Event uid, found by the object it regards and by time.
+    r#"
+CREATE TABLE {s}.kube_events (uid text PRIMARY KEY, namespace text NOT NULL, kind text NOT NULL,
+    name text NOT NULL, last_seen bigint NOT NULL, body bytea NOT NULL);
+CREATE INDEX kube_events_regarding ON {s}.kube_events (namespace, kind, name, last_seen);
+CREATE INDEX kube_events_last_seen ON {s}.kube_events (last_seen);
 "#,
 ];
 

@@ -433,7 +433,7 @@ fn migration_3_reads_earlier_events_as_unconfirmed() {
             .unwrap();
         store
             .block_on(client.batch_execute(&format!(
-                "DROP TABLE {name}.audit_usage, {name}.audit_queue, {name}.audit_keys; \
+                "DROP TABLE {name}.kube_events, {name}.audit_usage, {name}.audit_queue, {name}.audit_keys; \
                  ALTER TABLE {name}.events DROP COLUMN audit; \
                  DROP TABLE {name}.cursors; DROP INDEX {name}.events_state; \
                  ALTER TABLE {name}.events DROP COLUMN state, DROP COLUMN committed; \
@@ -482,7 +482,7 @@ fn migration_4_adds_audit_notes_and_the_journal_to_earlier_schemas() {
         let client = store.client().unwrap();
         store
             .block_on(client.batch_execute(&format!(
-                "DROP TABLE {name}.audit_usage, {name}.audit_queue, {name}.audit_keys; \
+                "DROP TABLE {name}.kube_events, {name}.audit_usage, {name}.audit_queue, {name}.audit_keys; \
                  ALTER TABLE {name}.events DROP COLUMN audit; \
                  DELETE FROM {name}.migrations WHERE version >= 4;"
             )))
@@ -503,7 +503,7 @@ fn migration_4_adds_audit_notes_and_the_journal_to_earlier_schemas() {
         .block_on(client.query_one(&format!("SELECT max(version) FROM {name}.migrations"), &[]))
         .unwrap()
         .get(0);
-    assert_eq!(version, 5, "migrations 4 and 5 applied");
+    assert_eq!(version, 6, "migrations 4 to 6 applied");
     let id = T0 as u64;
     assert_eq!(store.get(id).unwrap().unwrap().event, c.event);
     let note = crate::pipeline::AuditInfo {

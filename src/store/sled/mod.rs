@@ -66,6 +66,7 @@ pub use self::spool::{DEFAULT_SPOOL_BYTES, Spool, Spooled};
 mod audit;
 mod codec;
 mod keys;
+mod kube_events;
 mod outbox;
 mod spool;
 #[cfg(test)]
@@ -386,6 +387,11 @@ impl SledStore {
     /// The audit journal, in this store's database.
     pub fn audit_journal(&self) -> Arc<dyn AuditJournal> {
         Arc::new(audit::SledAudit::new(self.shared.clone()))
+    }
+
+    /// The Kubernetes Events, in this store's database.
+    pub fn kube_events(&self) -> Arc<dyn crate::store::KubeEventStore> {
+        Arc::new(kube_events::SledKubeEvents::new(self.shared.clone()))
     }
 
     /// Tests: the database as it is now.

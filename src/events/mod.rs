@@ -1,9 +1,9 @@
-//! Kubernetes Events, the fourth account: what happened to an object after its change. This
-//! part is pure: [`record`] reads an Event from either API into one form, and tells what a new
-//! form of it adds ([`record::observe`]); [`Book`] keeps what is known per Event uid, so that
-//! repeats are counted, not dropped and not duplicated: a series update, a core `count` bump
-//! and a heartbeat are one Event with a count, and a relist (after a restart or a 410) adds
-//! only what grew.
+//! Kubernetes Events, the fourth account: what happened to an object after its change. Pure, like
+//! [`crate::usage`]: [`record`] reads an Event from either API into one form, and tells what a
+//! new form of it adds ([`record::observe`]); [`Book`] keeps what is known per Event uid, so
+//! that repeats are counted, not dropped and not duplicated: a series update, a core `count`
+//! bump and a heartbeat are one Event with a count, and a relist (after a restart or a 410)
+//! adds only what grew. The store keeps them (`store::kube_events`); the witness watches them.
 
 pub mod record;
 

@@ -17,6 +17,8 @@ use std::path::PathBuf;
         kubectl blame deploy/api -n prod                # the history of one Deployment\n  \
         kubectl blame deploy api -n prod -o blame       # its YAML, each line with who last changed it\n  \
         kubectl blame deploy api -n prod -o diff        # what each change did\n  \
+        kubectl blame deploy api -n prod --at 2h        # the object as it was two hours ago\n  \
+        kubectl blame deploy api -o diff --since 1d --until 2h   # the net change in between\n  \
         kubectl blame cm --user alice --operation DELETE\n  \
         kubectl blame -A --state notApplied             # changes the apiserver did not commit\n  \
         kubectl blame usage --deprecated                # who still calls deprecated APIs (from audit events)\n  \
@@ -41,9 +43,14 @@ pub struct BlameArgs {
     /// Only changes since this time: RFC 3339 or a duration ago (`30m`, `1h`, `7d`).
     #[arg(long)]
     pub since: Option<String>,
-    /// Only changes before this time: RFC 3339 or a duration ago.
+    /// Only changes before this time: RFC 3339 or a duration ago. With TYPE NAME, `-o diff`
+    /// and `--since`: the net change between the two times.
     #[arg(long)]
     pub until: Option<String>,
+    /// With TYPE NAME: the object as it was at this time (RFC 3339 or a duration ago), as
+    /// `-o yaml` (the default) or `-o json`, rebuilt from the recorded changes.
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
     /// Only changes by this user (with `usage`: calls made as, or impersonated by, this user).
     #[arg(long)]
     pub user: Option<String>,

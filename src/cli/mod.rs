@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod args;
+pub mod at;
 pub mod blame;
 pub mod client;
 pub mod output;
@@ -228,6 +229,19 @@ fn check(args: &BlameArgs) -> Result<(), CliError> {
             "-o csv, -o html and --deprecated are for API usage: kubectl blame usage".into(),
         ));
     }
+    let one_object = target.as_ref().is_some_and(|t| t.name.is_some());
+    if args.at.is_some() {
+        if !one_object {
+            return Err(CliError::Usage(
+                "--at shows one object: kubectl blame TYPE/NAME --at TIME".into(),
+            ));
+        }
+        if !matches!(args.output, Format::Table | Format::Yaml | Format::Json) {
+            return Err(CliError::Usage(
+                "--at prints the object: -o yaml (the default) or -o json".into(),
+            ));
+        }
+    }
     if args.output == Format::Blame && target.is_none_or(|t| t.name.is_none()) {
         return Err(CliError::Usage(
             "-o blame shows one object: kubectl blame TYPE/NAME -o blame".into(),
@@ -276,6 +290,22 @@ pub async fn execute(
             None => obj,
         }
     };
+    if let Some(at) = &args.at {
+        let format = if args.output == Format::Json {
+            Format::Json
+        } else {
+            Format::Yaml
+        };
+        return at::state_at(api, &params, at, format, view, &what(), server).await;
+    }
+    if let (Format::Diff, Some(_), Some(since), Some(until)) =
+        (args.output, &name, &args.since, &args.until)
+    {
+        let mut whole = params.clone();
+        whole.since = None;
+        whole.until = None;
+        return at::net_diff(api, &whole, since, until, view, server).await;
+    }
     let limit = if args.output == Format::Blame {
         0
     } else {

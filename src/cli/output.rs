@@ -319,29 +319,34 @@ pub fn diffs(changes: &[Change], view: &View) -> String {
         out.push_str(&heading(c, view));
         out.push('\n');
         match c.diff.as_deref() {
-            Some(d) if !d.is_empty() => {
-                // The diff comes from the server: a raw CR or ESC in it is shown, not obeyed.
-                // Split on LF only, so a CR before it stays visible.
-                for line in hide_hashes(d).split_terminator('\n') {
-                    let line = escape_controls(line);
-                    let line = line.as_ref();
-                    let painted = if line.starts_with("+++") || line.starts_with("---") {
-                        bold(line, view.color)
-                    } else if line.starts_with("@@") {
-                        paint(line, "36", view.color)
-                    } else if line.starts_with('+') {
-                        paint(line, "32", view.color)
-                    } else if line.starts_with('-') {
-                        paint(line, "31", view.color)
-                    } else {
-                        line.to_owned()
-                    };
-                    out.push_str(&painted);
-                    out.push('\n');
-                }
-            }
+            Some(d) if !d.is_empty() => out.push_str(&paint_diff(&hide_hashes(d), view)),
             _ => out.push_str("(no diff: the object's states around this change are unknown)\n"),
         }
+    }
+    out
+}
+
+/// A unified diff, escaped and coloured as git colours diffs. The diff may come from the
+/// server: a raw CR or ESC in it is shown, not obeyed. Split on LF only, so a CR before it
+/// stays visible.
+pub fn paint_diff(diff: &str, view: &View) -> String {
+    let mut out = String::new();
+    for line in diff.split_terminator('\n') {
+        let line = escape_controls(line);
+        let line = line.as_ref();
+        let painted = if line.starts_with("+++") || line.starts_with("---") {
+            bold(line, view.color)
+        } else if line.starts_with("@@") {
+            paint(line, "36", view.color)
+        } else if line.starts_with('+') {
+            paint(line, "32", view.color)
+        } else if line.starts_with('-') {
+            paint(line, "31", view.color)
+        } else {
+            line.to_owned()
+        };
+        out.push_str(&painted);
+        out.push('\n');
     }
     out
 }

@@ -1108,3 +1108,72 @@ async fn the_audit_account_shows_in_wide_patch_and_json() {
     );
     assert_eq!(bob["event"]["audit"]["sourceIPs"][0], "10.0.0.7");
 }
+
+/// `--at` and the net diff on three people's changes to one Deployment: alice creates it (at
+/// 0 s, 1 replica), bob scales it to 3 (95 s), carol sets the image and a label (3 h).
+#[tokio::test]
+async fn the_object_at_a_time_and_the_net_change_between_two() {
+    let t = |s: i64| at(s).to_string();
+    let cmd = |extra: &[&str]| {
+        let mut all = vec!["deploy", "nginx", "-n", "demo"];
+        all.extend_from_slice(extra);
+        all.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        blame_cmd(&three_users(), &args).await.0
+    };
+    let after_bob = run(cmd(&["--at", &t(600)])).await.unwrap();
+    assert!(
+        after_bob.starts_with("# deployment.apps/nginx in namespace demo at "),
+        "{after_bob}"
+    );
+    assert!(after_bob.contains("replicas: 3"), "{after_bob}");
+    assert!(
+        after_bob.contains(", bob)\n"),
+        "the change that left it: {after_bob}"
+    );
+    assert!(
+        !after_bob.contains("nginx:1.27"),
+        "carol's image came later: {after_bob}"
+    );
+    let first = run(cmd(&["--at", &t(30), "-o", "json"])).await.unwrap();
+    let json: serde_json::Value = serde_json::from_str(first.split_once('\n').unwrap().1).unwrap();
+    assert_eq!(json["spec"]["replicas"], 1, "alice's");
+    let before_all = run(cmd(&["--at", &t(-60)])).await.unwrap_err().to_string();
+    assert!(
+        before_all.contains("no change to deployment.apps/nginx"),
+        "{before_all}"
+    );
+
+    let net = run(cmd(&[
+        "-o",
+        "diff",
+        "--since",
+        &t(600),
+        "--until",
+        &t(4 * 3600),
+    ]))
+    .await
+    .unwrap();
+    assert!(net.contains("+      - image: nginx:1.27"), "{net}");
+    assert!(net.contains("-      maxSurge: 25%"), "{net}");
+    assert!(net.contains("tier: web"), "{net}");
+    assert!(!net.contains("replicas"), "bob's scale was before: {net}");
+    let nothing = run(cmd(&["-o", "diff", "--since", &t(100), "--until", &t(600)]))
+        .await
+        .unwrap();
+    assert!(nothing.starts_with("# no net change"), "{nothing}");
+
+    let refused = run(vec!["deploy".into(), "--at".into(), t(600)])
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("--at shows one object"),
+        "{refused}"
+    );
+    let refused = run(cmd(&["--at", &t(600), "-o", "patch"]))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("-o yaml"), "{refused}");
+}

@@ -264,6 +264,14 @@ impl FakeApi {
             .filter(|c| param("user").is_none_or(|u| u == c.event.user.username))
             .filter(|c| param("operation").is_none_or(|o| o == c.event.operation.as_str()))
             .filter(|c| param("state").is_none_or(|s| s == c.event.state.as_str()))
+            // As the server: `since` inclusive, `until` exclusive (RFC 3339 only here).
+            .filter(|c| {
+                param("since")
+                    .is_none_or(|t| c.event.received_at >= t.parse::<Timestamp>().unwrap())
+            })
+            .filter(|c| {
+                param("until").is_none_or(|t| c.event.received_at < t.parse::<Timestamp>().unwrap())
+            })
             .collect();
         let start: usize = param("continue").map_or(0, |c| c.parse().unwrap());
         let limit: usize = param("limit").map_or(100, |l| l.parse().unwrap());

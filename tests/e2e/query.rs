@@ -213,6 +213,18 @@ async fn aggregated_query_api_follows_cluster_rbac() {
         .find(|l| l.contains("extra: x"))
         .unwrap_or_else(|| panic!("{lines}"));
     assert!(extra.contains("admin"), "{lines}");
+    // The object as it was just before the patch: the create's data, without `extra`.
+    let patched_at = items
+        .iter()
+        .find(|c| c["event"]["operation"] == "UPDATE")
+        .and_then(|c| c["event"]["receivedAt"].as_str())
+        .unwrap_or_else(|| panic!("the patch's time: {json}"))
+        .to_owned();
+    let earlier = blame(&["--at", &patched_at]);
+    assert!(earlier.contains("k: v") && !earlier.contains("extra"), "{earlier}");
+    let now = blame(&["--at", "0s", "-o", "json"]);
+    let now: serde_json::Value = serde_json::from_str(now.split_once('\n').unwrap().1).unwrap();
+    assert_eq!(now["data"], serde_json::json!({"k": "w", "extra": "x"}), "{now}");
 
     // bob may read ConfigMaps and their history in namespace A only.
     let role = serde_json::json!({

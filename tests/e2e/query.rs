@@ -221,10 +221,17 @@ async fn aggregated_query_api_follows_cluster_rbac() {
         .unwrap_or_else(|| panic!("the patch's time: {json}"))
         .to_owned();
     let earlier = blame(&["--at", &patched_at]);
-    assert!(earlier.contains("k: v") && !earlier.contains("extra"), "{earlier}");
+    assert!(
+        earlier.contains("k: v") && !earlier.contains("extra"),
+        "{earlier}"
+    );
     let now = blame(&["--at", "0s", "-o", "json"]);
     let now: serde_json::Value = serde_json::from_str(now.split_once('\n').unwrap().1).unwrap();
-    assert_eq!(now["data"], serde_json::json!({"k": "w", "extra": "x"}), "{now}");
+    assert_eq!(
+        now["data"],
+        serde_json::json!({"k": "w", "extra": "x"}),
+        "{now}"
+    );
 
     // bob may read ConfigMaps and their history in namespace A only.
     let role = serde_json::json!({

@@ -433,6 +433,7 @@ def assert_common(c: Checks, label: str, objects: list[dict[str, Any]]) -> None:
         ("histor.dev", "changerecords/status", "patch"),
         ("admissionregistration.k8s.io", "validatingwebhookconfigurations", "delete"),
         ("", "events", "create"),
+        ("events.k8s.io", "events", "watch"),
         ("", "namespaces", "watch"),
     }
     c.expect(needed <= granted, f"{label}: operator ClusterRole grants what the operator uses{' missing: ' + str(sorted(needed - granted)) if needed - granted else ''}")

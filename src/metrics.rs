@@ -124,6 +124,9 @@ pub struct Metrics {
     pub audit_queued: Gauge,
     /// A witness's verdict disagreed with the verdict another witness wrote first.
     pub witness_disagreements: Counter,
+    /// Forms of Kubernetes Events the Events watch took, by what they added (`new`, `again`,
+    /// `later`, `same`) or why not (`not_selected`, `invalid`).
+    pub kube_events: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -179,6 +182,7 @@ impl Default for Metrics {
             audit_joins: Family::default(),
             audit_queued: Gauge::default(),
             witness_disagreements: Counter::default(),
+            kube_events: Family::default(),
         }
     }
 }
@@ -351,6 +355,11 @@ impl Metrics {
             "witness_disagreements",
             "Verdicts that disagreed with the one another witness wrote first",
             self.witness_disagreements.clone(),
+        );
+        r.register(
+            "kube_events",
+            "Forms of Kubernetes Events the Events watch took, by what they added",
+            self.kube_events.clone(),
         );
     }
 

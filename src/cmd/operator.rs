@@ -229,9 +229,16 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
         witness.is_none(),
         true,
     )?;
+    // Kubernetes Events, watched on the leader while a policy asks for them.
+    let events = Arc::new(crate::witness::events::EventsWitness {
+        store: engine.kube_events.clone(),
+        cursors: store.clone(),
+        policies: policies.clone(),
+        metrics: metrics.clone(),
+    });
     // The witnesses start on leading, once the capture side (its writer) is up.
     let (capture_tx, capture_rx) = tokio::sync::watch::channel(None);
-    let ctx = if witness.is_some() || audit.witness.is_some() {
+    let ctx = {
         let (w, a, client, store) = (
             witness.clone(),
             audit.witness.clone(),
@@ -239,9 +246,11 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
             store.clone(),
         );
         let endpoints = audit.follow_cluster.then(|| audit.endpoints.clone());
+        let events = events.clone();
         let work: controller::LeaderWork = Arc::new(move || {
             let (w, a, client, store) = (w.clone(), a.clone(), client.clone(), store.clone());
             let endpoints = endpoints.clone();
+            let events = events.clone();
             let mut capture_rx = capture_rx.clone();
             Box::pin(async move {
                 let capture = match capture_rx.wait_for(Option::is_some).await {
@@ -250,6 +259,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
                 };
                 let Some(capture) = capture else { return };
                 let openapi_client = client.clone();
+                let events_client = client.clone();
                 let watch = async {
                     match w {
                         Some(w) => w.run(client, capture, store).await,
@@ -269,7 +279,7 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
                         None => std::future::pending().await,
                     }
                 };
-                tokio::join!(watch, audit, openapi);
+                tokio::join!(watch, audit, openapi, events.run(events_client));
             })
         });
         Arc::new(
@@ -277,8 +287,6 @@ pub async fn run(args: OperatorArgs) -> Result<()> {
                 .expect("not shared yet")
                 .with_leader_work(work),
         )
-    } else {
-        ctx
     };
     *records_hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(ctx.clone());
     let controller = tokio::spawn(controller::run(ctx.clone()));

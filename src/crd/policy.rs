@@ -71,6 +71,12 @@ pub struct TrackingPolicySpec {
     /// Settings of the generated ValidatingWebhookConfiguration.
     #[serde(default)]
     pub webhook: WebhookSettings,
+
+    /// Kubernetes Events to keep (those in the namespaces this policy tracks, by `include` and
+    /// `exclude`), chosen by type, reason and the kind of object they regard, with a retention
+    /// of their own. Repeats are one Event with a count. Without it no Events are kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventSelection>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -199,6 +205,49 @@ pub struct MatchCondition {
     /// CEL expression over `request` (the AdmissionRequest), `object` and `oldObject`, returning bool.
     #[schemars(length(min = 1, max = 4096))]
     pub expression: String,
+}
+
+/// Which Kubernetes Events to keep, and for how long.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventSelection {
+    /// Event types kept: `Normal`, `Warning`. Default: only `Warning`.
+    #[serde(default = "default_event_types")]
+    #[schemars(length(min = 1, max = 2))]
+    #[x_kube(validation = Rule::new("self.all(t, t == 'Normal' || t == 'Warning')").message("event types are Normal or Warning"))]
+    pub types: Vec<String>,
+    /// Reasons kept, such as `BackOff` or `FailedScheduling`; empty: every reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 128)))]
+    pub reasons: Vec<String>,
+    /// Kinds of the objects the Events regard, such as `Pod` or `Deployment`; empty: every kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
+    pub regarding_kinds: Vec<String>,
+    /// How long an Event is kept after it was last seen, as a duration such as `168h`.
+    #[serde(default = "default_events_max_age")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(\\\\.[0-9]+)?(ns|us|ms|s|m|h))+$')").message("maxAge must be a duration such as 168h or 90m"))]
+    pub max_age: String,
+}
+
+fn default_event_types() -> Vec<String> {
+    vec!["Warning".into()]
+}
+
+fn default_events_max_age() -> String {
+    "168h".into()
+}
+
+impl Default for EventSelection {
+    fn default() -> Self {
+        EventSelection {
+            types: default_event_types(),
+            reasons: Vec::new(),
+            regarding_kinds: Vec::new(),
+            max_age: default_events_max_age(),
+        }
+    }
 }
 
 /// How much history to keep.

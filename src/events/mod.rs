@@ -9,6 +9,17 @@ pub mod record;
 
 pub use record::{Known, KubeEvent, ObjectRef, Seen, observe};
 
+use crate::crd::EventSelection;
+
+/// True when a policy's selection keeps `event`: its type is one of `types`, and its reason
+/// and the kind of object it regards are among those listed (an empty list takes any).
+pub fn keeps(selection: &EventSelection, event: &KubeEvent) -> bool {
+    let listed = |list: &[String], v: &str| list.is_empty() || list.iter().any(|l| l == v);
+    selection.types.contains(&event.type_)
+        && listed(&selection.reasons, &event.reason)
+        && listed(&selection.regarding_kinds, &event.regarding.kind)
+}
+
 use std::collections::HashMap;
 
 /// What is known of each Event, by uid.

@@ -169,3 +169,33 @@ fn notes_are_cut_and_nothing_but_names_is_read_of_the_object() {
         Err(record::NotAnEvent::Missing("metadata.uid"))
     );
 }
+
+#[test]
+fn a_policy_keeps_what_its_selection_names() {
+    use crate::crd::EventSelection;
+    let events = stream("watch/events.k8s.io-events.jsonl");
+    let kept = |sel: &EventSelection| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| keeps(sel, e))
+            .map(|e| format!("{}/{}", e.regarding.kind, e.reason))
+            .collect()
+    };
+    // The default: Warnings only.
+    let default: EventSelection = serde_json::from_value(serde_json::json!({})).unwrap();
+    assert_eq!(default, EventSelection::default());
+    assert_eq!(default.max_age, "168h");
+    assert_eq!(kept(&default).len(), 6);
+    assert!(kept(&default).iter().all(|k| k == "Pod/BackOff"));
+    let normal = EventSelection {
+        types: vec!["Normal".into(), "Warning".into()],
+        regarding_kinds: vec!["Deployment".into()],
+        ..EventSelection::default()
+    };
+    assert_eq!(kept(&normal), ["Deployment/ScalingReplicaSet"; 2]);
+    let other_reason = EventSelection {
+        reasons: vec!["FailedScheduling".into()],
+        ..EventSelection::default()
+    };
+    assert!(kept(&other_reason).is_empty());
+}

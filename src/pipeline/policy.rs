@@ -441,24 +441,35 @@ impl CompiledPolicy {
     }
 
     fn matches_namespace(&self, req: &Request) -> Result<(), NotMatched> {
-        match req.namespace.as_deref() {
+        if self.tracks_namespace(req.namespace.as_deref()) {
+            Ok(())
+        } else {
+            Err(NotMatched::Namespace)
+        }
+    }
+
+    /// True when the policy's namespace globs take `namespace` (`None`: cluster-scoped, taken
+    /// only without `include`). The namespace label selector is the apiserver's to apply.
+    pub fn tracks_namespace(&self, namespace: Option<&str>) -> bool {
+        match namespace {
             Some(ns) => {
-                if is_match(&self.namespaces_exclude, ns)
-                    || self
+                !is_match(&self.namespaces_exclude, ns)
+                    && self
                         .namespaces_include
                         .as_ref()
-                        .is_some_and(|g| !g.is_match(ns))
-                {
-                    return Err(NotMatched::Namespace);
-                }
+                        .is_none_or(|g| g.is_match(ns))
             }
-            None => {
-                if self.namespaces_include.is_some() {
-                    return Err(NotMatched::Namespace);
-                }
-            }
+            None => self.namespaces_include.is_none(),
         }
-        Ok(())
+    }
+
+    /// True when the policy keeps `event`: it selects Events, the Event is in a namespace it
+    /// tracks, and the selection takes it.
+    pub fn keeps_event(&self, event: &crate::events::KubeEvent) -> bool {
+        self.spec.events.as_ref().is_some_and(|sel| {
+            let ns = Some(event.namespace.as_str()).filter(|n| !n.is_empty());
+            self.tracks_namespace(ns) && crate::events::keeps(sel, event)
+        })
     }
 
     fn matches_user(&self, req: &Request) -> Result<(), NotMatched> {

@@ -11,6 +11,7 @@
 //! the store applies only the first verdict on an event.
 
 pub mod audit;
+pub mod events;
 pub mod managed;
 pub mod observed;
 pub mod offline;

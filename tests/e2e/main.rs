@@ -11,6 +11,7 @@
 
 mod audit;
 mod day_one;
+mod events;
 mod postgres;
 mod query;
 mod receivers;

@@ -22,17 +22,7 @@ impl MemKubeEvents {
 
 impl KubeEventStore for MemKubeEvents {
     fn record(&self, events: &[KubeEvent]) -> Result<Vec<Seen>> {
-        let mut records = self.records.lock();
-        Ok(events
-            .iter()
-            .map(|e| match records.get_mut(&e.uid) {
-                Some(kept) => kept.take(e),
-                None => {
-                    records.insert(e.uid.clone(), KeptEvent::first(e.clone()));
-                    Seen::New { count: e.count }
-                }
-            })
-            .collect())
+        Ok(super::take_into(&mut self.records.lock(), events))
     }
 
     fn regarding(

@@ -10,6 +10,7 @@ use crate::Result;
 use crate::events::{KubeEvent, Seen};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -74,6 +75,21 @@ impl KeptEvent {
         }
         seen
     }
+}
+
+/// Takes `events` into `records` (kept by uid), in order: what each added. Every engine reads
+/// the stored records of a call's uids, runs this, and writes back those that changed.
+pub fn take_into(records: &mut HashMap<String, KeptEvent>, events: &[KubeEvent]) -> Vec<Seen> {
+    events
+        .iter()
+        .map(|e| match records.get_mut(&e.uid) {
+            Some(kept) => kept.take(e),
+            None => {
+                records.insert(e.uid.clone(), KeptEvent::first(e.clone()));
+                Seen::New { count: e.count }
+            }
+        })
+        .collect()
 }
 
 /// An object Events are about: its namespace (empty for cluster-scoped ones), kind and name.

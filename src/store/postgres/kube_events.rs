@@ -10,7 +10,7 @@
 
 use super::{PgStore, client_on, wait_on};
 use crate::events::{KubeEvent, Seen};
-use crate::store::kube_events::{KeptEvent, KubeEventStore, MAX_REGARDING, Regarding};
+use crate::store::kube_events::{KeptEvent, KubeEventStore, MAX_REGARDING, Regarding, take_into};
 use crate::{Error, Result};
 use jiff::Timestamp;
 use std::collections::HashMap;
@@ -139,16 +139,7 @@ impl KubeEventStore for PgKubeEvents {
                 .iter()
                 .map(|(uid, k)| (uid.clone(), k.event.clone()))
                 .collect();
-            let mut seen = Vec::with_capacity(events.len());
-            for e in events {
-                seen.push(match stored.get_mut(&e.uid) {
-                    Some(kept) => kept.take(e),
-                    None => {
-                        stored.insert(e.uid.clone(), KeptEvent::first(e.clone()));
-                        Seen::New { count: e.count }
-                    }
-                });
-            }
+            let seen = take_into(&mut stored, events);
             let mut changed: Vec<&KeptEvent> = stored
                 .values()
                 .filter(|k| before.get(&k.event.uid) != Some(&k.event))

@@ -10,7 +10,7 @@
 
 use super::SharedDb;
 use crate::events::{KubeEvent, Seen};
-use crate::store::kube_events::{KeptEvent, KubeEventStore, MAX_REGARDING, Regarding};
+use crate::store::kube_events::{KeptEvent, KubeEventStore, MAX_REGARDING, Regarding, take_into};
 use crate::{Error, Result};
 use jiff::Timestamp;
 use std::collections::HashMap;
@@ -91,46 +91,27 @@ impl KubeEventStore for SledKubeEvents {
         }
         let (db, tree) = self.tree()?;
         let _order = self.write.lock();
-        // Records as this call leaves them, before the batch is applied; and the index rows of
-        // each record as it was stored.
-        let mut changed: HashMap<&str, KeptEvent> = HashMap::new();
-        let mut stored: HashMap<&str, Option<KubeEvent>> = HashMap::new();
-        let mut seen = Vec::with_capacity(events.len());
+        let mut records: HashMap<String, KeptEvent> = HashMap::new();
         for e in events {
-            let kept = match changed.get_mut(e.uid.as_str()) {
-                Some(kept) => Some(kept),
-                None => {
-                    let old = tree
-                        .get(record_key(&e.uid))?
-                        .map(|v| decode(&v))
-                        .transpose()?;
-                    stored.insert(&e.uid, old.as_ref().map(|k| k.event.clone()));
-                    match old {
-                        Some(old) => {
-                            changed.insert(&e.uid, old);
-                            changed.get_mut(e.uid.as_str())
-                        }
-                        None => None,
-                    }
-                }
-            };
-            let s = match kept {
-                Some(kept) => kept.take(e),
-                None => {
-                    changed.insert(&e.uid, KeptEvent::first(e.clone()));
-                    Seen::New { count: e.count }
-                }
-            };
-            seen.push(s);
+            if !records.contains_key(&e.uid)
+                && let Some(v) = tree.get(record_key(&e.uid))?
+            {
+                records.insert(e.uid.clone(), decode(&v)?);
+            }
         }
+        let stored: HashMap<String, KubeEvent> = records
+            .iter()
+            .map(|(uid, k)| (uid.clone(), k.event.clone()))
+            .collect();
+        let seen = take_into(&mut records, events);
         let mut batch = sled::Batch::default();
         let mut writes = 0;
-        for (uid, kept) in &changed {
-            let old = stored.get(uid).cloned().flatten();
-            if old.as_ref() == Some(&kept.event) {
+        for (uid, kept) in &records {
+            let old = stored.get(uid);
+            if old == Some(&kept.event) {
                 continue;
             }
-            if let Some(old) = &old {
+            if let Some(old) = old {
                 batch.remove(object_key(old));
                 batch.remove(time_key(old));
             }

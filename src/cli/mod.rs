@@ -176,9 +176,7 @@ pub async fn run(args: BlameArgs) -> Result<String, CliError> {
             let api = DirectApi::new(url, token, args.certificate_authority.as_deref())
                 .map_err(CliError::Fetch)?;
             if args.is_usage() {
-                return usage::run(&api, &args)
-                    .await
-                    .map_err(|e| e.into_cli(Some(url)));
+                return usage::run(&api, &args, Some(url)).await;
             }
             let kind = target.as_ref().map(|t| resolve::resolve_offline(&t.kind));
             let namespace = args.namespace.clone().unwrap_or_else(|| "default".into());
@@ -195,7 +193,7 @@ pub async fn run(args: BlameArgs) -> Result<String, CliError> {
             .await
             .map_err(|e| CliError::from_fetch(e, None))?;
             if args.is_usage() {
-                return usage::run(&api, &args).await.map_err(|e| e.into_cli(None));
+                return usage::run(&api, &args, None).await;
             }
             let kind = match &target {
                 Some(t) => {

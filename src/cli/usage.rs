@@ -14,13 +14,23 @@ use crate::usage::{self, Filter, Report, Usage};
 /// What `since` is when not given: the server's default.
 const DEFAULT_SINCE: &str = "24h";
 
-/// Fetches the usage and renders it as `args.output` asks.
-pub async fn run(api: &impl QueryApi, args: &BlameArgs) -> Result<String, FetchOrUsage> {
+/// Fetches the usage and renders it as `args.output` asks; `server` is the `--server` URL
+/// when there is one.
+pub async fn run(
+    api: &impl QueryApi,
+    args: &BlameArgs,
+    server: Option<&str>,
+) -> Result<String, CliError> {
+    // A 403 here is about who calls what, not about an object's changes: its own hint.
+    let fetch = |e| match CliError::from_fetch(e, server) {
+        CliError::Forbidden(m) => CliError::UsageForbidden(m),
+        other => other,
+    };
     let since = args.since.as_deref().unwrap_or(DEFAULT_SINCE);
     let path = format!("{BASE_PATH}/apiusages?since={}", encode(since));
-    let body = api.get(&path).await.map_err(FetchOrUsage::Fetch)?;
+    let body = api.get(&path).await.map_err(fetch)?;
     let list: UsageList = serde_json::from_str(&body).map_err(|e| {
-        FetchOrUsage::Fetch(FetchError::Transport(format!(
+        fetch(FetchError::Transport(format!(
             "unexpected answer from the query API: {e}"
         )))
     })?;
@@ -44,38 +54,13 @@ pub async fn run(api: &impl QueryApi, args: &BlameArgs) -> Result<String, FetchO
             eprint!("{}", usage::summary(&report));
             usage::render_csv(&report)
         }
-        Format::Json => {
-            usage::render_json(&report).map_err(|e| FetchOrUsage::Usage(e.to_string()))?
-        }
-        Format::Html => {
-            usage::render_html(&report).map_err(|e| FetchOrUsage::Usage(e.to_string()))?
-        }
+        Format::Json => usage::render_json(&report).map_err(|e| CliError::Usage(e.to_string()))?,
+        Format::Html => usage::render_html(&report).map_err(|e| CliError::Usage(e.to_string()))?,
         other => {
-            return Err(FetchOrUsage::Usage(format!(
+            return Err(CliError::Usage(format!(
                 "-o {} is not a usage format: use table, csv, json or html",
                 format!("{other:?}").to_lowercase()
             )));
         }
     })
-}
-
-/// Why `usage` failed: the fetch (explained like every other) or the command line.
-#[derive(Debug)]
-pub enum FetchOrUsage {
-    /// The query API's answer.
-    Fetch(FetchError),
-    /// The command line, or rendering.
-    Usage(String),
-}
-
-impl FetchOrUsage {
-    pub(super) fn into_cli(self, server: Option<&str>) -> CliError {
-        match self {
-            FetchOrUsage::Fetch(e) => match CliError::from_fetch(e, server) {
-                CliError::Forbidden(m) => CliError::UsageForbidden(m),
-                other => other,
-            },
-            FetchOrUsage::Usage(m) => CliError::Usage(m),
-        }
-    }
 }

@@ -78,10 +78,10 @@ impl EventsWitness {
                     if n == 0 {
                         break;
                     }
-                    let forms: Vec<KubeEvent> = inputs.drain(..).filter_map(|i| self.form(i)).collect();
-                    if let Err(error) = self.record(forms).await {
-                        tracing::warn!(%error, "Events not recorded; they come again with the next relist");
-                    }
+                    let policies = self.policies.all();
+                    let forms: Vec<KubeEvent> =
+                        inputs.drain(..).filter_map(|i| self.form(&policies, i)).collect();
+                    self.record(forms).await;
                 }
                 _ = housekeeping.tick() => self.forget().await,
             }
@@ -90,7 +90,11 @@ impl EventsWitness {
     }
 
     /// The Event a watch input carries, when a policy keeps it.
-    fn form(&self, input: Input) -> Option<KubeEvent> {
+    fn form(
+        &self,
+        policies: &[Arc<crate::pipeline::CompiledPolicy>],
+        input: Input,
+    ) -> Option<KubeEvent> {
         let Input::Commit {
             object, deleted, ..
         } = input
@@ -109,7 +113,7 @@ impl EventsWitness {
                 return None;
             }
         };
-        if self.policies.all().iter().any(|p| p.keeps_event(&event)) {
+        if policies.iter().any(|p| p.keeps_event(&event)) {
             Some(event)
         } else {
             self.count("not_selected", 1);
@@ -117,14 +121,28 @@ impl EventsWitness {
         }
     }
 
-    async fn record(&self, forms: Vec<KubeEvent>) -> crate::Result<()> {
+    /// Records the forms, trying again (with backoff) while the store cannot write: the watch
+    /// waits meanwhile, so that no form is dropped.
+    async fn record(&self, forms: Vec<KubeEvent>) {
         if forms.is_empty() {
-            return Ok(());
+            return;
         }
-        let store = self.store.clone();
-        let seen = tokio::task::spawn_blocking(move || store.record(&forms))
-            .await
-            .map_err(|e| crate::Error::Usage(format!("events witness task: {e}")))??;
+        let forms = Arc::new(forms);
+        let mut backoff = Duration::from_millis(500);
+        let seen = loop {
+            let (store, batch) = (self.store.clone(), forms.clone());
+            match tokio::task::spawn_blocking(move || store.record(&batch)).await {
+                Ok(Ok(seen)) => break seen,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, retry_in = ?backoff, "Events not recorded; trying again")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?backoff, "Events not recorded; trying again")
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        };
         for s in seen {
             let outcome = match s {
                 Seen::New { .. } => "new",
@@ -134,7 +152,6 @@ impl EventsWitness {
             };
             self.count(outcome, 1);
         }
-        Ok(())
     }
 
     /// Forgets Events past the longest retention any policy gives them.

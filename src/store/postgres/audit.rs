@@ -12,7 +12,7 @@
 //! (appending writes both tables in one statement: keys first, then the queue rows of the keys
 //! it inserted). Statements are prepared once per connection.
 
-use super::{PgStore, client_on, wait_on};
+use super::{PgStore, wait_on, with_pooled};
 use crate::store::audit::{AuditCounts, AuditEntry, AuditJournal, AuditSeq, UsageRow};
 use crate::usage::Counts;
 use crate::{Error, Result};
@@ -138,15 +138,12 @@ impl PgAudit {
         ) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T> {
         let deadline = Instant::now() + self.op_timeout;
-        let client = client_on(&self.handle, &self.pool, deadline)?;
-        let result = wait_on(&self.handle, deadline, async {
-            let st = client.prepare_cached(sql).await?;
-            f(&client, &st).await
-        });
-        if result.is_err() {
-            drop(deadpool_postgres::Object::take(client));
-        }
-        result
+        with_pooled(&self.handle, &self.pool, deadline, |client| {
+            wait_on(&self.handle, deadline, async {
+                let st = client.prepare_cached(sql).await?;
+                f(client, &st).await
+            })
+        })
     }
 }
 

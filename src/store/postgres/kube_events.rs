@@ -8,7 +8,7 @@
 //! and the changed records are written with one multi-row upsert. Only the leader watches
 //! Events, so two replicas seldom record at once; when they do, the row locks order them.
 
-use super::{PgStore, client_on, wait_on};
+use super::{PgStore, wait_on, with_pooled};
 use crate::events::{KubeEvent, Seen};
 use crate::store::kube_events::{KeptEvent, KubeEventStore, MAX_REGARDING, Regarding, take_into};
 use crate::{Error, Result};
@@ -95,12 +95,9 @@ impl PgKubeEvents {
         f: impl FnOnce(&mut deadpool_postgres::Object, Instant) -> Result<T>,
     ) -> Result<T> {
         let deadline = Instant::now() + self.op_timeout;
-        let mut client = client_on(&self.handle, &self.pool, deadline)?;
-        let result = f(&mut client, deadline);
-        if result.is_err() {
-            drop(deadpool_postgres::Object::take(client));
-        }
-        result
+        with_pooled(&self.handle, &self.pool, deadline, |client| {
+            f(client, deadline)
+        })
     }
 
     fn bodies(

@@ -281,12 +281,7 @@ impl PgStore {
         deadline: Instant,
         f: impl FnOnce(&mut deadpool_postgres::Object) -> Result<T>,
     ) -> Result<T> {
-        let mut client = self.client_by(deadline)?;
-        let result = f(&mut client);
-        if result.is_err() {
-            drop(deadpool_postgres::Object::take(client));
-        }
-        result
+        with_pooled(&self.handle, &self.pool, deadline, f)
     }
 
     /// The aliases `kind` resolves to, from the `kinds` table (other replicas learn too).
@@ -313,6 +308,23 @@ fn wait_on<T>(
         .block_on(async { tokio::time::timeout_at(deadline.into(), f).await })
         .map_err(|_| timed_out())?
         .map_err(pg_err)
+}
+
+/// Runs `f` on a connection from `pool` taken by `deadline`. After an error the connection is
+/// closed rather than pooled again: a timed-out statement may still be running on it, or a
+/// transaction open. Shared by the store, the audit journal and the Events.
+fn with_pooled<T>(
+    handle: &tokio::runtime::Handle,
+    pool: &deadpool_postgres::Pool,
+    deadline: Instant,
+    f: impl FnOnce(&mut deadpool_postgres::Object) -> Result<T>,
+) -> Result<T> {
+    let mut client = client_on(handle, pool, deadline)?;
+    let result = f(&mut client);
+    if result.is_err() {
+        drop(deadpool_postgres::Object::take(client));
+    }
+    result
 }
 
 /// [`PgStore::client_by`] on `handle` and `pool`.

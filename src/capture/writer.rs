@@ -991,6 +991,10 @@ mod tests {
 
     /// The observers heard of every event the store holds, once each, in id order.
     fn assert_heard_once(seen: &Seen, store: &Flaky, events: usize) {
+        // Observers hear after the store's write returns and the spool is trimmed: wait for them.
+        eventually("the observers to hear", || {
+            seen.0.lock().unwrap().len() >= events
+        });
         let heard = seen.0.lock().unwrap().clone();
         assert_eq!(heard.len(), events, "{heard:?}");
         assert!(

@@ -5,6 +5,7 @@
 //! and a relist (after a restart or a 410) adds only what grew. The store keeps one record per
 //! Event (`store::kube_events`); the witness watches them.
 
+pub mod owners;
 pub mod record;
 
 pub use record::{Known, KubeEvent, ObjectRef, Seen, observe};
